@@ -1,0 +1,167 @@
+"""The Starlette application: routes, error mapping at the edge, and the lifespan that wires it up.
+
+`uvicorn --factory api.app:create_app`, or `python -m api` to serve with the settings' host and port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api import routes
+from api.appender import Appender
+from api.auth import Forbidden, KeyStore, Unauthorized
+from api.metrics import MetricsMiddleware
+from api.openapi import document
+from api.progress import Listener, Progress
+from api.requests import PayloadTooLarge
+from api.responses import JSON, error
+from api.store import Store
+from ledger import settings as settings_mod
+from ledger.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    LedgerError,
+    MalformedJson,
+    NotFound,
+    TransactionRejected,
+    Unavailable,
+)
+from ledger.settings import Settings
+
+log = logging.getLogger("ledger.api")
+
+STATUS_BY_ERROR: list[tuple[type[LedgerError], int]] = [
+    (MalformedJson, 400),
+    (InvalidRequest, 422),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (AlreadyExists, 409),
+    (TransactionRejected, 409),
+    (PayloadTooLarge, 413),
+    (Unavailable, 503),
+]
+READY_TIMEOUT_S = 1.0
+
+
+def ledger_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LedgerError)
+    status = next((s for cls, s in STATUS_BY_ERROR if isinstance(exc, cls)), 400)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 503:
+        headers = {"Retry-After": "1"}
+    return error(status, exc.code, exc.message, headers=headers)
+
+
+def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
+                 headers=dict(exc.headers) if exc.headers else None)
+
+
+def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error(500, "internal", "an unexpected error occurred; it has been logged")
+
+
+async def healthz(request: Request) -> Response:
+    return JSON({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    context: routes.Context = request.app.state.ctx
+    checks: dict[str, bool] = {}
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await context.store.ping()
+        checks["database"] = True
+    except (LedgerError, TimeoutError):
+        checks["database"] = False
+    checks["kafka"] = await context.appender.ready()
+    checks["notifications"] = request.app.state.listener.healthy
+    ok = all(checks.values())
+    return JSON({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    return JSON(document())
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+                              schema="pg_catalog")
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    cfg: Settings = app.state.settings
+    pool = await asyncpg.create_pool(cfg.api_database_url, min_size=2, max_size=cfg.db_pool_size_max,
+                                     init=_init_connection, timeout=5, command_timeout=5)
+    keys = KeyStore(cfg.admin_token)
+    progress = Progress()
+    lock = asyncio.Lock()
+
+    async def on_keys(payload: str | None) -> None:
+        async with lock:
+            if payload is None:
+                await keys.load_all(pool)
+            else:
+                await keys.load_change(pool, payload)
+
+    listener = Listener(cfg.api_database_url, progress, on_keys)
+    await listener.start()
+    appender = Appender(cfg.kafka_bootstrap)
+    appender.start()
+    app.state.ctx = routes.Context(cfg, keys, Store(pool), appender, progress)
+    app.state.listener = listener
+    try:
+        yield
+    finally:
+        await appender.stop()
+        await listener.stop()
+        await pool.close()
+
+
+def create_app(cfg: Settings | None = None) -> Starlette:
+    cfg = cfg or settings_mod.load()
+    if not cfg.admin_token:
+        raise settings_mod.SettingsError("LEDGER_ADMIN_TOKEN must be set for the API")
+    tenant = "/v1/tenants/{tenant}"
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/v1/tenants", routes.create_tenant, methods=["POST"]),
+            Route(f"{tenant}/keys", routes.create_key, methods=["POST"]),
+            Route(f"{tenant}/keys/{{key_id}}", routes.revoke_key, methods=["DELETE"]),
+            Route(f"{tenant}/transactions", routes.post_transaction, methods=["POST"]),
+            Route(f"{tenant}/transactions/{{id}}", routes.get_transaction, methods=["GET"]),
+            Route(f"{tenant}/accounts/{{address}}", routes.get_account, methods=["GET"]),
+            Route(f"{tenant}/accounts/{{address}}/entries", routes.get_entries, methods=["GET"]),
+        ],
+        exception_handlers={LedgerError: ledger_error, HTTPException: http_error, Exception: unexpected_error},
+        middleware=[Middleware(MetricsMiddleware)],
+        lifespan=lifespan,
+    )
+    app.state.settings = cfg
+    return app

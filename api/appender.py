@@ -1,0 +1,80 @@
+"""Appending requests to `ledger.transactions`: an idempotent producer, key = tenant, bounded waits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from ledger.codec import encode_request
+from ledger.errors import Unavailable
+from ledger.positions import Position
+from ledger.requests import TransactionRequest
+from ledger.settings import TRANSACTIONS_TOPIC
+
+log = logging.getLogger("ledger.api")
+
+APPEND_TIMEOUT_S = 3.0
+START_RETRY_S = 1.0
+
+
+class Appender:
+    """The API's producer. Starts in the background, so the API serves reads while Kafka is away."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.producer: AIOKafkaProducer | None = None
+        self._starting: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._starting = asyncio.create_task(self._start())
+
+    async def _start(self) -> None:
+        while True:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all", linger_ms=1,
+                request_timeout_ms=int(APPEND_TIMEOUT_S * 1000), retry_backoff_ms=100,
+                metadata_max_age_ms=30_000,
+            )
+            try:
+                await producer.start()
+                self.producer = producer
+                return
+            except KafkaError as e:
+                log.warning("Kafka not reachable yet (%s); retrying", e)
+                await producer.stop()
+                await asyncio.sleep(START_RETRY_S)
+
+    async def stop(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
+        if self.producer is not None:
+            await self.producer.stop()
+
+    async def append(self, request: TransactionRequest) -> Position:
+        """The position of the appended request; `Unavailable` if Kafka did not acknowledge it in time."""
+        if self.producer is None:
+            raise Unavailable("the log (Kafka) is not reachable")
+        try:
+            async with asyncio.timeout(APPEND_TIMEOUT_S):
+                sent = await self.producer.send(TRANSACTIONS_TOPIC, encode_request(request),
+                                                key=request.tenant.encode())
+                metadata = await sent
+        except (KafkaError, TimeoutError) as e:
+            raise Unavailable(f"the log (Kafka) did not acknowledge the request: {type(e).__name__}") from e
+        return Position(metadata.partition, metadata.offset)
+
+    async def ready(self) -> bool:
+        if self.producer is None:
+            return False
+        try:
+            async with asyncio.timeout(1.0):
+                metadata = await self.producer.client.fetch_all_metadata()
+                return TRANSACTIONS_TOPIC in metadata.topics()
+        except (KafkaError, TimeoutError):
+            return False

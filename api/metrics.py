@@ -1,0 +1,37 @@
+"""Prometheus metrics for the API, collected by a pure-ASGI middleware (no BaseHTTPMiddleware)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUESTS = Counter("ledger_api_requests_total", "HTTP requests", ["route", "method", "status"])
+LATENCY = Histogram("ledger_api_request_seconds", "HTTP request latency", ["route", "method"],
+                    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            LATENCY.labels(route, scope["method"]).observe(time.perf_counter() - started)
+            REQUESTS.labels(route, scope["method"], str(status)).inc()

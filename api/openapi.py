@@ -1,0 +1,193 @@
+"""The OpenAPI 3.1 document served at `/openapi.json`, written to match the routes exactly."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from ledger.validation import ADDRESS_RE, ASSET_RE, ID_RE, TENANT_RE
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ERROR}}}
+
+
+def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+COMMON_ERRORS = {
+    "400": _err("Malformed JSON"),
+    "401": _err("Missing or unknown key"),
+    "403": _err("Key used outside its tenant or scope"),
+    "404": _err("Unknown tenant or resource"),
+    "422": _err("Invalid input"),
+    "503": _err("A dependency or the projection is not ready in time"),
+}
+
+
+def _path_param(name: str, pattern: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": f"^(?:{pattern})$"}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+READ_PARAMS = [
+    _query("min_position", {"type": "string"}, "Answer only once the projection has applied this position"),
+    _query("timeout_ms", {"type": "integer", "minimum": 1, "maximum": 600000}, "How long to wait (default 5000)"),
+]
+TENANT = _path_param("tenant", TENANT_RE.pattern)
+ADDRESS = _path_param("address", ADDRESS_RE.pattern)
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["code", "message"],
+                                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}},
+    },
+    "Posting": {
+        "type": "object", "additionalProperties": False,
+        "required": ["source", "destination", "amount", "asset"],
+        "properties": {
+            "source": {"type": "string", "pattern": f"^(?:{ADDRESS_RE.pattern})$"},
+            "destination": {"type": "string", "pattern": f"^(?:{ADDRESS_RE.pattern})$"},
+            "amount": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807},
+            "asset": {"type": "string", "pattern": f"^(?:{ASSET_RE.pattern})$"},
+        },
+    },
+    "TransactionRequest": {
+        "type": "object", "additionalProperties": False, "required": ["postings"],
+        "properties": {
+            "postings": {"type": "array", "minItems": 1, "maxItems": 128,
+                         "items": {"$ref": "#/components/schemas/Posting"}},
+            "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+            "reference": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+        },
+    },
+    "Transaction": {
+        "type": "object", "required": ["id", "status", "postings", "metadata", "position", "created_at"],
+        "properties": {
+            "id": {"type": "string", "pattern": f"^(?:{ID_RE.pattern})$"},
+            "status": {"enum": ["committed", "rejected"]},
+            "reason": {"type": "string"},
+            "postings": {"type": "array", "items": {"$ref": "#/components/schemas/Posting"}},
+            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+            "reference": {"type": ["string", "null"]},
+            "idempotency_key": {"type": ["string", "null"]},
+            "position": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "committed_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
+    "Pending": {
+        "type": "object", "required": ["id", "status", "position"],
+        "properties": {"id": {"type": "string"}, "status": {"const": "pending"}, "position": {"type": "string"}},
+    },
+    "Account": {
+        "type": "object", "required": ["address", "balances", "position"],
+        "properties": {
+            "address": {"type": "string"},
+            "balances": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "position": {"type": ["string", "null"]},
+            "at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Entries": {
+        "type": "object", "required": ["entries", "next_cursor"],
+        "properties": {
+            "entries": {"type": "array", "items": {
+                "type": "object",
+                "required": ["transaction_id", "asset", "amount", "balance_after", "committed_at"],
+                "properties": {"transaction_id": {"type": "string"}, "asset": {"type": "string"},
+                               "amount": {"type": "integer"}, "balance_after": {"type": "integer"},
+                               "committed_at": {"type": "string", "format": "date-time"}}}},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _operation(summary: str, responses: dict[str, Any], params: list[dict[str, Any]] | None = None,
+               body: dict[str, Any] | None = None, secure: bool = True) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if params:
+        op["parameters"] = params
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if not secure:
+        op["security"] = []
+    return op
+
+
+def _paths() -> dict[str, Any]:
+    plain = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+    return {
+        "/healthz": {"get": _operation("Liveness", {"200": plain}, secure=False)},
+        "/readyz": {"get": _operation("Readiness: database, Kafka, notifications",
+                                      {"200": plain, "503": plain}, secure=False)},
+        "/metrics": {"get": _operation("Prometheus metrics", {"200": {
+            "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            secure=False)},
+        "/openapi.json": {"get": _operation("This document", {"200": plain}, secure=False)},
+        "/v1/tenants": {"post": _operation(
+            "Create a tenant (admin)",
+            {"201": plain, "409": _err("The tenant exists"), **COMMON_ERRORS},
+            body={"type": "object", "required": ["id"], "properties": {
+                "id": {"type": "string", "pattern": f"^(?:{TENANT_RE.pattern})$"},
+                "name": {"type": "string", "minLength": 1, "maxLength": 200}}})},
+        "/v1/tenants/{tenant}/keys": {"post": _operation(
+            "Create an API key for the tenant (admin); the key is shown once",
+            {"201": _ok("The new key", {"type": "object", "required": ["id", "key", "scopes"], "properties": {
+                "id": {"type": "string"}, "key": {"type": "string"},
+                "scopes": {"type": "array", "items": {"enum": ["read", "write"]}}}}), **COMMON_ERRORS},
+            [TENANT], body={"type": "object", "required": ["scopes"], "properties": {
+                "scopes": {"type": "array", "minItems": 1, "items": {"enum": ["read", "write"]}}}})},
+        "/v1/tenants/{tenant}/keys/{key_id}": {"delete": _operation(
+            "Revoke a key (admin)", {"204": {"description": "Revoked"}, **COMMON_ERRORS},
+            [TENANT, {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}])},
+        "/v1/tenants/{tenant}/transactions": {"post": _operation(
+            "Append a transaction request to the log",
+            {"200": _ok("A replay of an already decided Idempotency-Key", _ref("Transaction")),
+             "201": _ok("Committed (wait=true)", _ref("Transaction")),
+             "202": _ok("Appended, not yet decided", _ref("Pending")),
+             "409": _err("Rejected by the ledger; the error code is the reason"),
+             "413": _err("Body over 1 MiB"), **COMMON_ERRORS},
+            [TENANT,
+             {"name": "Idempotency-Key", "in": "header", "required": False,
+              "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+             _query("wait", {"type": "boolean"}, "Wait for the decision"),
+             READ_PARAMS[1]],
+            body=_ref("TransactionRequest"))},
+        "/v1/tenants/{tenant}/transactions/{id}": {"get": _operation(
+            "A transaction and its outcome", {"200": _ok("The transaction", _ref("Transaction")), **COMMON_ERRORS},
+            [TENANT, _path_param("id", ID_RE.pattern), *READ_PARAMS])},
+        "/v1/tenants/{tenant}/accounts/{address}": {"get": _operation(
+            "An account's balances (one indexed lookup)", {"200": _ok("Balances", _ref("Account")), **COMMON_ERRORS},
+            [TENANT, ADDRESS, _query("at", {"type": "string", "format": "date-time"}, "Balances as of this time"),
+             *READ_PARAMS])},
+        "/v1/tenants/{tenant}/accounts/{address}/entries": {"get": _operation(
+            "An account's history, newest first (keyset pages)",
+            {"200": _ok("A page of entries", _ref("Entries")), **COMMON_ERRORS},
+            [TENANT, ADDRESS, _query("asset", {"type": "string"}, "Only this asset"),
+             _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "Page size (default 50)"),
+             _query("cursor", {"type": "string"}, "next_cursor of the previous page"), *READ_PARAMS])},
+    }
+
+
+@cache
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Wallet ledger", "version": "1.0.0"},
+        "security": [{"bearer": []}],
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": SCHEMAS},
+        "paths": _paths(),
+    }

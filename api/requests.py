@@ -1,0 +1,90 @@
+"""Reading HTTP inputs strictly: bodies with a size limit, query parameters with ranges, cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+
+from ledger.codec import decode_json
+from ledger.errors import InvalidRequest, LedgerError
+from ledger.positions import Position, parse_token
+
+BODY_BYTES_MAX = 1024 * 1024
+_CURSOR = re.compile(r"([0-9]{1,19})\.([0-9]{1,9})", re.ASCII)
+
+
+class PayloadTooLarge(LedgerError):
+    code = "payload_too_large"
+
+
+async def json_body(request: Request) -> Any:
+    """The JSON body, refused with 413 as soon as it passes `BODY_BYTES_MAX` (never read whole)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > BODY_BYTES_MAX:
+        raise PayloadTooLarge(f"the body must be at most {BODY_BYTES_MAX} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > BODY_BYTES_MAX:
+            raise PayloadTooLarge(f"the body must be at most {BODY_BYTES_MAX} bytes")
+        chunks.append(chunk)
+    return decode_json(b"".join(chunks))
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 12 or not low <= int(raw) <= high:
+        raise InvalidRequest(f"must be an integer from {low} to {high}", name)
+    return int(raw)
+
+
+def bool_param(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "false")
+    if raw not in ("true", "false", "1", "0"):
+        raise InvalidRequest("must be true or false", name)
+    return raw in ("true", "1")
+
+
+def time_param(request: Request, name: str) -> datetime | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise InvalidRequest("must be an RFC 3339 time, such as 2026-01-31T12:00:00Z", name) from None
+    if value.tzinfo is None:
+        raise InvalidRequest("must carry a time zone offset (RFC 3339)", name)
+    return value
+
+
+def position_param(request: Request) -> Position | None:
+    raw = request.query_params.get("min_position")
+    return None if raw is None else parse_token(raw)
+
+
+def encode_cursor(offset: int, leg: int) -> str:
+    return base64.urlsafe_b64encode(f"{offset}.{leg}".encode()).decode().rstrip("=")
+
+
+def cursor_param(request: Request) -> tuple[int, int]:
+    """Entries strictly before this (offset, leg); the first page starts past every entry."""
+    raw = request.query_params.get("cursor")
+    if raw is None:
+        return (2**63 - 1, 2**31 - 1)
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("not a cursor this API issued", "cursor") from None
+    match = _CURSOR.fullmatch(text)
+    if match is None or int(match[1]) >= 2**63:
+        raise InvalidRequest("not a cursor this API issued", "cursor")
+    return int(match[1]), int(match[2])

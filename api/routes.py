@@ -1,0 +1,200 @@
+"""The contract's routes. Each handler authenticates from memory, validates, then does one thing."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api import views
+from api.appender import Appender
+from api.auth import SCOPES, KeyStore, Principal, new_secret_key
+from api.progress import Progress
+from api.requests import (
+    bool_param,
+    cursor_param,
+    encode_cursor,
+    int_param,
+    json_body,
+    position_param,
+    time_param,
+)
+from api.responses import JSON, error
+from api.store import Store
+from ledger.errors import InvalidRequest, NotFound, Unavailable
+from ledger.positions import Position
+from ledger.requests import TransactionRequest
+from ledger.settings import Settings
+from ledger.validation import check_address, check_asset, check_id, check_tenant, parse_body
+
+WAIT_TIMEOUT_MS_DEFAULT = 5000
+ENTRIES_LIMIT_DEFAULT = 50
+ENTRIES_LIMIT_MAX = 500
+TENANT_NAME_LEN_MAX = 200
+
+
+@dataclass(slots=True)
+class Context:
+    """What every handler shares, built by the app's lifespan."""
+
+    settings: Settings
+    keys: KeyStore
+    store: Store
+    appender: Appender
+    progress: Progress
+
+
+def ctx(request: Request) -> Context:
+    context: Context = request.app.state.ctx
+    return context
+
+
+def authorized(request: Request, scope: str) -> tuple[Context, Principal, str | None]:
+    """Authenticate, then check the path's tenant (if any) against the key's tenant and scopes."""
+    context = ctx(request)
+    principal = context.keys.authenticate(request.headers.get("authorization"))
+    raw = request.path_params.get("tenant")
+    tenant = None if raw is None else check_tenant(raw)
+    principal.require(tenant, scope)
+    if tenant is not None and scope != "admin" and tenant not in context.keys.tenants:
+        raise NotFound(f"no tenant {tenant!r}")
+    return context, principal, tenant
+
+
+async def caught_up(request: Request, context: Context) -> None:
+    """Read your writes: wait until `min_position` is applied, or 503 after `timeout_ms`."""
+    position = position_param(request)
+    if position is None:
+        return
+    timeout_ms = int_param(request, "timeout_ms", WAIT_TIMEOUT_MS_DEFAULT, 1, context.settings.wait_timeout_ms_max)
+    if not await context.progress.wait(position, timeout_ms / 1000):
+        raise Unavailable(f"the projection has not reached {position.token()} yet")
+
+
+# --- operators -----------------------------------------------------------------------------------------
+
+async def create_tenant(request: Request) -> Response:
+    context, _, _ = authorized(request, "admin")
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidRequest("must be an object", "body")
+    tenant = check_tenant(body.get("id"), "id")
+    name = body.get("name", tenant)
+    if not isinstance(name, str) or not 1 <= len(name) <= TENANT_NAME_LEN_MAX or "\x00" in name:
+        raise InvalidRequest(f"must be a string of 1 to {TENANT_NAME_LEN_MAX} characters", "name")
+    await context.store.create_tenant(tenant, name)
+    context.keys.tenants[tenant] = name
+    return JSON({"id": tenant, "name": name}, status_code=201)
+
+
+async def create_key(request: Request) -> Response:
+    context, _, tenant = authorized(request, "admin")
+    assert tenant is not None
+    if tenant not in context.keys.tenants:
+        raise NotFound(f"no tenant {tenant!r}")
+    body = await json_body(request)
+    scopes = body.get("scopes") if isinstance(body, dict) else None
+    if not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) and s in SCOPES for s in scopes):
+        raise InvalidRequest(f"must be a non-empty list of {sorted(SCOPES)}", "scopes")
+    key_id, key, digest = new_secret_key()
+    ordered = sorted(set(scopes))
+    await context.store.create_key(key_id, tenant, digest, ordered)
+    await context.keys.load_change(context.store.pool, f"key:{key_id}")
+    return JSON({"id": key_id, "key": key, "scopes": ordered}, status_code=201)
+
+
+async def revoke_key(request: Request) -> Response:
+    context, _, tenant = authorized(request, "admin")
+    assert tenant is not None
+    key_id = request.path_params["key_id"]
+    await context.store.revoke_key(tenant, key_id)
+    await context.keys.load_change(context.store.pool, f"key:{key_id}")
+    return Response(status_code=204)
+
+
+# --- transactions --------------------------------------------------------------------------------------
+
+def _replayed(original: dict[str, object], request: TransactionRequest, fingerprint: bytes) -> Response:
+    if fingerprint != request.fingerprint():
+        return error(409, "idempotency_conflict",
+                     "this Idempotency-Key was used with a different body", transaction=original)
+    return JSON(original, status_code=200, headers={"Idempotent-Replayed": "true"})
+
+
+def _decided(row_view: dict[str, object]) -> Response:
+    if row_view["status"] == "committed":
+        return JSON(row_view, status_code=201)
+    reason = str(row_view.get("reason"))
+    return error(409, reason, f"the ledger rejected the transaction: {reason}", transaction=row_view)
+
+
+async def post_transaction(request: Request) -> Response:
+    context, _, tenant = authorized(request, "write")
+    assert tenant is not None
+    wait = bool_param(request, "wait")
+    timeout_ms = int_param(request, "timeout_ms", WAIT_TIMEOUT_MS_DEFAULT, 1, context.settings.wait_timeout_ms_max)
+    body = await json_body(request)
+    key = request.headers.get("idempotency-key")
+    tx = parse_body(body, id=uuid.uuid4().hex, tenant=tenant, idempotency_key=key)
+    if key is not None:
+        prior = await context.store.transaction_by_key(tenant, key)
+        if prior is not None:
+            return _replayed(views.transaction(prior), tx, bytes(prior["fingerprint"]))
+    position = await context.appender.append(tx)
+    pending = JSON({"id": tx.id, "status": "pending", "position": position.token()}, status_code=202)
+    if not wait or not await context.progress.wait(position, timeout_ms / 1000):
+        return pending
+    row = await context.store.transaction(tenant, tx.id)
+    if row is not None:
+        return _decided(views.transaction(row))
+    # Not recorded under its own id: a repeat of a request decided while this one was in flight.
+    prior = await context.store.transaction_by_key(tenant, key) if key is not None else None
+    if prior is None:
+        return pending
+    return _replayed(views.transaction(prior), tx, bytes(prior["fingerprint"]))
+
+
+async def get_transaction(request: Request) -> Response:
+    context, _, tenant = authorized(request, "read")
+    assert tenant is not None
+    tx_id = check_id(request.path_params["id"])
+    await caught_up(request, context)
+    row = await context.store.transaction(tenant, tx_id)
+    if row is None:
+        raise NotFound(f"no transaction {tx_id!r}")
+    return JSON(views.transaction(row))
+
+
+# --- accounts ------------------------------------------------------------------------------------------
+
+async def get_account(request: Request) -> Response:
+    context, _, tenant = authorized(request, "read")
+    assert tenant is not None
+    address = check_address(request.path_params["address"])
+    at = time_param(request, "at")
+    await caught_up(request, context)
+    if at is not None:
+        rows = await context.store.balances_at(tenant, address, at)
+        return JSON({"address": address, "balances": {r["asset"]: r["balance"] for r in rows}, "position": None,
+                     "at": views.timestamp(at)})
+    rows = await context.store.balances(tenant, address)
+    latest = max((Position(r["log_partition"], r["log_offset"]) for r in rows), default=None)
+    return JSON({"address": address, "balances": {r["asset"]: r["balance"] for r in rows},
+                 "position": latest.token() if latest else None})
+
+
+async def get_entries(request: Request) -> Response:
+    context, _, tenant = authorized(request, "read")
+    assert tenant is not None
+    address = check_address(request.path_params["address"])
+    raw_asset = request.query_params.get("asset")
+    asset = None if raw_asset is None else check_asset(raw_asset)
+    limit = int_param(request, "limit", ENTRIES_LIMIT_DEFAULT, 1, ENTRIES_LIMIT_MAX)
+    before = cursor_param(request)
+    await caught_up(request, context)
+    rows = await context.store.entries(tenant, address, asset, before, limit + 1)
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1]["log_offset"], page[-1]["leg"]) if len(rows) > limit else None
+    return JSON({"entries": [views.entry(r) for r in page], "next_cursor": next_cursor})

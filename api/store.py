@@ -1,0 +1,87 @@
+"""The API's reads and registry writes in PostgreSQL, as the `ledger_api` role.
+
+Every tenant read is one call of a plpgsql function that sets the tenant for its own transaction and
+returns the rows: one round trip, and row-level security on. asyncpg errors become `Unavailable` here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ledger.errors import AlreadyExists, NotFound, Unavailable
+from ledger.settings import KEYS_CHANNEL
+
+QUERY_TIMEOUT_S = 2.0
+CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                     asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, TimeoutError,
+                     asyncpg.QueryCanceledError)
+
+
+@contextlib.asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    try:
+        yield
+    except CONNECTION_ERRORS as e:
+        raise Unavailable(f"the database is unavailable: {type(e).__name__}") from e
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with _translated():
+            return await self.pool.fetch(query, *args, timeout=QUERY_TIMEOUT_S)
+
+    async def balances(self, tenant: str, account: str) -> list[asyncpg.Record]:
+        return await self._fetch("SELECT * FROM api_balances($1, $2)", tenant, account)
+
+    async def balances_at(self, tenant: str, account: str, at: datetime) -> list[asyncpg.Record]:
+        return await self._fetch("SELECT * FROM api_balances_at($1, $2, $3)", tenant, account, at)
+
+    async def transaction(self, tenant: str, id: str) -> asyncpg.Record | None:
+        rows = await self._fetch("SELECT * FROM api_transaction($1, $2)", tenant, id)
+        return rows[0] if rows else None
+
+    async def transaction_by_key(self, tenant: str, key: str) -> asyncpg.Record | None:
+        rows = await self._fetch("SELECT * FROM api_transaction_by_key($1, $2)", tenant, key)
+        return rows[0] if rows else None
+
+    async def entries(self, tenant: str, account: str, asset: str | None, before: tuple[int, int],
+                      limit: int) -> list[asyncpg.Record]:
+        return await self._fetch("SELECT * FROM api_entries($1, $2, $3, $4, $5, $6)",
+                                 tenant, account, asset, before[0], before[1], limit)
+
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1")
+
+    async def _notify_change(self, conn: asyncpg.Connection, payload: str) -> None:
+        await conn.execute("SELECT pg_notify($1, $2)", KEYS_CHANNEL, payload)
+
+    async def create_tenant(self, id: str, name: str) -> None:
+        async with _translated(), self.pool.acquire() as conn, conn.transaction():
+            try:
+                await conn.execute("INSERT INTO tenants (id, name) VALUES ($1, $2)", id, name)
+            except asyncpg.UniqueViolationError:
+                raise AlreadyExists(f"tenant {id!r} exists") from None
+            await self._notify_change(conn, f"tenant:{id}")
+
+    async def create_key(self, key_id: str, tenant: str, digest: bytes, scopes: list[str]) -> None:
+        async with _translated(), self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO api_keys (id, tenant, secret_sha256, scopes) VALUES ($1, $2, $3, $4)",
+                               key_id, tenant, digest, scopes)
+            await self._notify_change(conn, f"key:{key_id}")
+
+    async def revoke_key(self, tenant: str, key_id: str) -> None:
+        async with _translated(), self.pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchval(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND tenant = $2 "
+                "RETURNING id", key_id, tenant)
+            if done is None:
+                raise NotFound(f"no key {key_id!r} for tenant {tenant!r}")
+            await self._notify_change(conn, f"key:{key_id}")

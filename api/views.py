@@ -1,0 +1,41 @@
+"""How stored rows are shown: the contract's JSON shapes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ledger.positions import Position
+
+
+def timestamp(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def transaction(row: asyncpg.Record) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": row["id"],
+        "status": row["status"],
+        "postings": row["postings"],
+        "metadata": row["metadata"],
+        "reference": row["reference"],
+        "idempotency_key": row["idempotency_key"],
+        "position": Position(row["log_partition"], row["log_offset"]).token(),
+        "created_at": timestamp(row["created_at"]),
+        "committed_at": timestamp(row["committed_at"]),
+    }
+    if row["reason"] is not None:
+        body["reason"] = row["reason"]
+    return body
+
+
+def entry(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "transaction_id": row["transaction_id"],
+        "asset": row["asset"],
+        "amount": row["amount"],
+        "balance_after": row["balance_after"],
+        "committed_at": timestamp(row["committed_at"]),
+    }

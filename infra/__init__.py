@@ -1,0 +1,1 @@
+"""Local services, migrations and topics: everything the ledger runs on, none of its logic."""

@@ -1,0 +1,258 @@
+"""Starts and stops the local Kafka broker (KRaft, one node) and PostgreSQL cluster under `.data/`.
+
+A service named by `LEDGER_KAFKA_BOOTSTRAP` / `LEDGER_DATABASE_URL` is used as it is and never started.
+Both keep their data across runs. `python -m infra.local up|down|status`.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / ".data"
+CACHE = ROOT / ".cache"
+KAFKA_VERSION = "4.1.1"
+KAFKA_PORT = 9092
+KAFKA_CONTROLLER_PORT = 9093
+PG_PORT = 5433
+PG_BIN_CANDIDATES = [Path("/usr/lib/postgresql/15/bin"), Path("/usr/lib/postgresql/16/bin"),
+                     Path("/usr/lib/postgresql/17/bin")]
+START_TIMEOUT_S = 90
+STOP_TIMEOUT_S = 30
+
+
+def say(message: str) -> None:
+    print(f"[infra] {message}", flush=True)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_for_port(port: int, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not port_open(port):
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"{what} exited with status {proc.returncode} while starting; see its log")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not open port {port} within {START_TIMEOUT_S} s")
+        time.sleep(0.2)
+
+
+def _alive(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return None
+
+
+def _stop_pid(pid_file: Path, what: str) -> None:
+    pid = _alive(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while _alive(pid_file) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(pid_file):
+        say(f"{what} did not stop within {STOP_TIMEOUT_S} s; killing it")
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    say(f"{what} stopped")
+
+
+# --- Kafka ---------------------------------------------------------------------------------------------
+
+def kafka_libs() -> Path:
+    """The broker's jars: `$KAFKA_HOME/libs`, or fetched once from Maven Central into `.cache/`."""
+    if os.environ.get("KAFKA_HOME"):
+        return Path(os.environ["KAFKA_HOME"]) / "libs"
+    libs = CACHE / f"kafka-{KAFKA_VERSION}" / "libs"
+    marker = libs.parent / "complete"
+    if not marker.exists():
+        if shutil.which("mvn") is None:
+            raise SystemExit("Maven (mvn) is needed to fetch Kafka's jars; install it or set KAFKA_HOME")
+        say(f"fetching Kafka {KAFKA_VERSION} jars from Maven Central")
+        subprocess.run(
+            ["mvn", "-q", "-B", "-f", str(ROOT / "infra/kafka/pom.xml"), "dependency:copy-dependencies",
+             f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
+            check=True,
+        )
+        marker.write_text(KAFKA_VERSION)
+    return libs
+
+
+def kafka_properties(data: Path) -> str:
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.bootstrap.servers=127.0.0.1:{KAFKA_CONTROLLER_PORT}",
+        f"listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},CONTROLLER://127.0.0.1:{KAFKA_CONTROLLER_PORT}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"log.dirs={data / 'log'}",
+        "num.network.threads=2",
+        "num.io.threads=4",
+        "num.partitions=4",
+        "auto.create.topics.enable=false",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=8",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "transaction.state.log.num.partitions=4",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "log.retention.hours=-1",
+        "",
+    ])
+
+
+def _java(libs: Path, logs: Path, *args: str) -> list[str]:
+    heap = os.environ.get("LEDGER_KAFKA_HEAP", "768m")
+    return ["java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true", f"-Dkafka.logs.dir={logs}",
+            f"-Dlog4j2.configurationFile={ROOT / 'infra/kafka/log4j2.properties'}",
+            "-cp", f"{libs}/*", *args]
+
+
+def start_kafka() -> bool:
+    """Start the broker unless one is configured or already running; True when this call started it."""
+    if os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
+        say(f"using Kafka at {os.environ['LEDGER_KAFKA_BOOTSTRAP']}")
+        return False
+    data = DATA / "kafka"
+    pid_file = data / "kafka.pid"
+    if port_open(KAFKA_PORT):
+        say(f"Kafka already listening on 127.0.0.1:{KAFKA_PORT}; reusing it")
+        return False
+    libs = kafka_libs()
+    data.mkdir(parents=True, exist_ok=True)
+    config = data / "server.properties"
+    config.write_text(kafka_properties(data))
+    if not (data / "log" / "meta.properties").exists():
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        subprocess.run(_java(libs, data, "kafka.tools.StorageTool", "format", "--standalone",
+                             "-t", cluster_id, "-c", str(config)),
+                       check=True, stdout=subprocess.DEVNULL)
+        say(f"formatted Kafka storage (cluster {cluster_id})")
+    started = time.monotonic()
+    with open(data / "kafka.out", "ab") as out:
+        proc = subprocess.Popen(_java(libs, data, "kafka.Kafka", str(config)), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    pid_file.write_text(str(proc.pid))
+    wait_for_port(KAFKA_PORT, "Kafka", proc)
+    say(f"Kafka {KAFKA_VERSION} up on 127.0.0.1:{KAFKA_PORT} in {time.monotonic() - started:.1f} s "
+        f"(logs: {data / 'server.log'})")
+    return True
+
+
+def stop_kafka() -> None:
+    _stop_pid(DATA / "kafka" / "kafka.pid", "Kafka")
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------------
+
+def pg_bin(name: str) -> str:
+    for directory in PG_BIN_CANDIDATES:
+        if (directory / name).exists():
+            return str(directory / name)
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(f"PostgreSQL's {name} was not found; install postgresql-15 (or set LEDGER_DATABASE_URL)")
+    return found
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    # initdb refuses to run as root, so root runs the cluster as the `postgres` user.
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def _pg_data() -> Path:
+    data = DATA / "pg"
+    if not (data / "PG_VERSION").exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        data.mkdir(mode=0o700, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(data, "postgres", "postgres")
+        subprocess.run(_as_postgres([pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                                     "-E", "UTF8", "--locale=C.UTF-8"]), check=True, stdout=subprocess.DEVNULL)
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write("\n# wallet ledger, local cluster\n"
+                       f"port = {PG_PORT}\nlisten_addresses = '127.0.0.1'\n"
+                       f"unix_socket_directories = '{data}'\n"
+                       "max_connections = 300\nshared_buffers = 512MB\n"
+                       "shared_preload_libraries = 'pg_stat_statements'\n"
+                       "wal_compression = on\nmax_wal_size = 4GB\n"
+                       "logging_collector = on\nlog_directory = 'log'\n")
+        say("initialized PostgreSQL cluster")
+    return data
+
+
+def start_postgres() -> bool:
+    """Start the cluster unless one is configured or already running; True when this call started it."""
+    if os.environ.get("LEDGER_DATABASE_URL"):
+        say("using PostgreSQL at LEDGER_DATABASE_URL")
+        return False
+    if port_open(PG_PORT):
+        say(f"PostgreSQL already listening on 127.0.0.1:{PG_PORT}; reusing it")
+        return False
+    data = _pg_data()
+    subprocess.run(_as_postgres([pg_bin("pg_ctl"), "-D", str(data), "-l", str(data / "startup.log"),
+                                 "-w", "-t", str(START_TIMEOUT_S), "start"]),
+                   check=True, stdout=subprocess.DEVNULL)
+    wait_for_port(PG_PORT, "PostgreSQL")
+    say(f"PostgreSQL up on 127.0.0.1:{PG_PORT}")
+    return True
+
+
+def stop_postgres() -> None:
+    data = DATA / "pg"
+    if not (data / "postmaster.pid").exists():
+        return
+    subprocess.run(_as_postgres([pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                   check=False, stdout=subprocess.DEVNULL)
+    say("PostgreSQL stopped")
+
+
+def up() -> tuple[bool, bool]:
+    return start_postgres(), start_kafka()
+
+
+def down() -> None:
+    stop_kafka()
+    stop_postgres()
+
+
+def main() -> None:
+    command = sys.argv[1] if len(sys.argv) > 1 else "status"
+    if command == "up":
+        up()
+    elif command == "down":
+        down()
+    elif command == "kafka-jars":
+        print(kafka_libs())
+    elif command == "status":
+        print(f"kafka: {'up' if port_open(KAFKA_PORT) else 'down'}; postgres: {'up' if port_open(PG_PORT) else 'down'}")
+    else:
+        raise SystemExit("usage: python -m infra.local up|down|status|kafka-jars")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Versioned SQL migrations, applied in order and recorded in `schema_migrations`.
+
+Run as the database owner (`LEDGER_DATABASE_URL`); creates the database itself when it is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from ledger import settings as settings_mod
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_NAME = re.compile(r"(\d{3})_([a-z0-9_]+)\.sql")
+_LOCK_ID = 0x1ED6E2  # advisory lock: one migrator at a time
+
+log = logging.getLogger("ledger.migrate")
+
+
+def migrations() -> list[tuple[int, str, Path]]:
+    found = []
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        match = _NAME.fullmatch(path.name)
+        assert match is not None, f"migration file name must be NNN_name.sql: {path.name}"
+        found.append((int(match[1]), match[2], path))
+    versions = [v for v, _, _ in found]
+    assert versions == sorted(set(versions)), "migration versions must be unique"
+    return found
+
+
+async def ensure_database(url: str) -> None:
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin_url = urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, ""))
+    conn = await asyncpg.connect(admin_url)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+            log.info("created database %s", name)
+    finally:
+        await conn.close()
+
+
+async def migrate(url: str) -> list[int]:
+    """Apply every migration not yet recorded; returns the versions applied now."""
+    await ensure_database(url)
+    conn = await asyncpg.connect(url)
+    applied: list[int] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, path in migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            log.info("applied migration %03d_%s", version, name)
+            applied.append(version)
+    finally:
+        await conn.close()
+    return applied
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    applied = asyncio.run(migrate(settings_mod.load().database_url))
+    print(f"migrations applied: {applied or 'none (up to date)'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Creates the ledger's Kafka topics with explicit settings (never left to broker auto-creation)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from ledger import settings as settings_mod
+from ledger.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
+
+log = logging.getLogger("ledger.topics")
+
+# The log is the source of truth: kept forever, timestamped by the broker so that a record's time is
+# part of the log and replays reproduce it.
+TRANSACTIONS_CONFIG = {
+    "retention.ms": "-1",
+    "retention.bytes": "-1",
+    "cleanup.policy": "delete",
+    "message.timestamp.type": "LogAppendTime",
+    "min.insync.replicas": "1",
+}
+OUTCOMES_CONFIG = {"retention.ms": str(7 * 24 * 3600 * 1000), "message.timestamp.type": "LogAppendTime"}
+
+
+async def ensure_topics(bootstrap: str, partitions: int, replication: int = 1) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(TRANSACTIONS_TOPIC, partitions, replication, topic_configs=TRANSACTIONS_CONFIG),
+            NewTopic(OUTCOMES_TOPIC, partitions, replication, topic_configs=OUTCOMES_CONFIG),
+        ]
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another process created it first
+            log.info("created topics %s", [t.name for t in missing])
+    finally:
+        await admin.close()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = settings_mod.load()
+    asyncio.run(ensure_topics(cfg.kafka_bootstrap, cfg.topic_partitions))
+
+
+if __name__ == "__main__":
+    main()

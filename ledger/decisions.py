@@ -1,0 +1,157 @@
+"""The deterministic decision: what a request does to the ledger, from the log alone.
+
+`decide(state, request)` validates a request against the state and returns an `Outcome`; `Ledger.apply`
+folds an outcome into the state and only asserts, never re-validates, so replaying a log is a fold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from ledger.positions import Position
+from ledger.requests import TransactionRequest
+from ledger.validation import BALANCE_MAX, BALANCE_MIN, is_system
+
+Status = Literal["committed", "rejected"]
+BalanceKey = tuple[str, str, str]  # (tenant, account, asset)
+
+INSUFFICIENT_FUNDS = "insufficient_funds"
+OVERFLOW = "overflow"
+IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+INVALID = "invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One leg of a posting on one account: `amount` is signed (negative = debit)."""
+
+    account: str
+    asset: str
+    amount: int
+    balance_after: int
+    leg: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """What the ledger remembers of a decided request, for idempotent replays."""
+
+    transaction_id: str
+    status: Status
+    reason: str | None
+    fingerprint: bytes
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The decision on one request.
+
+    `replay_of` is set when the request repeats one already decided (same idempotency key or same id):
+    nothing is applied and the original decision stands.
+    """
+
+    status: Status
+    reason: str | None = None
+    entries: tuple[Entry, ...] = ()
+    replay_of: Decided | None = None
+
+
+class LedgerState(Protocol):
+    """What `decide` needs to read: balances and earlier decisions."""
+
+    def balance(self, key: BalanceKey) -> int: ...
+
+    def decided_key(self, tenant: str, idempotency_key: str) -> Decided | None: ...
+
+    def decided_id(self, tenant: str, transaction_id: str) -> Decided | None: ...
+
+
+def _replay(prior: Decided, request: TransactionRequest) -> Outcome:
+    if prior.fingerprint == request.fingerprint():
+        return Outcome(prior.status, prior.reason, replay_of=prior)
+    if prior.transaction_id != request.id:
+        # A new request reusing a key: recorded under its own id, the key stays with the original.
+        return Outcome("rejected", IDEMPOTENCY_CONFLICT)
+    return Outcome("rejected", IDEMPOTENCY_CONFLICT, replay_of=prior)
+
+
+def _legs(state: LedgerState, request: TransactionRequest) -> tuple[list[Entry], dict[BalanceKey, int]]:
+    running: dict[BalanceKey, int] = {}
+    entries: list[Entry] = []
+    for index, posting in enumerate(request.postings):
+        for side, account, amount in ((0, posting.source, -posting.amount), (1, posting.destination, posting.amount)):
+            key = (request.tenant, account, posting.asset)
+            after = (running[key] if key in running else state.balance(key)) + amount
+            running[key] = after
+            entries.append(Entry(account, posting.asset, amount, after, index * 2 + side))
+    return entries, running
+
+
+def decide(state: LedgerState, request: TransactionRequest) -> Outcome:
+    """Decide `request` by the contract's rules, in order: idempotency, overflow, funds."""
+    prior = state.decided_id(request.tenant, request.id)
+    if prior is None and request.idempotency_key is not None:
+        prior = state.decided_key(request.tenant, request.idempotency_key)
+    if prior is not None:
+        return _replay(prior, request)
+    entries, finals = _legs(state, request)
+    # Any running balance must fit int64: entries store balance_after as a bigint.
+    if any(not BALANCE_MIN <= e.balance_after <= BALANCE_MAX for e in entries):
+        return Outcome("rejected", OVERFLOW)
+    if any(balance < 0 and not is_system(account) for (_, account, _), balance in finals.items()):
+        return Outcome("rejected", INSUFFICIENT_FUNDS)
+    return Outcome("committed", entries=tuple(entries))
+
+
+@dataclass(slots=True)
+class Ledger:
+    """An in-memory ledger state: the pure fold of a log, and the projector's working set for a batch.
+
+    A key absent from `balances` holds zero; `decided_*` absent means never decided. The projector preloads
+    every key a batch touches, so the same fold runs over a partial view of PostgreSQL.
+    """
+
+    balances: dict[BalanceKey, int] = field(default_factory=dict)
+    by_key: dict[tuple[str, str], Decided] = field(default_factory=dict)
+    by_id: dict[tuple[str, str], Decided] = field(default_factory=dict)
+
+    def balance(self, key: BalanceKey) -> int:
+        return self.balances.get(key, 0)
+
+    def decided_key(self, tenant: str, idempotency_key: str) -> Decided | None:
+        return self.by_key.get((tenant, idempotency_key))
+
+    def decided_id(self, tenant: str, transaction_id: str) -> Decided | None:
+        return self.by_id.get((tenant, transaction_id))
+
+    def apply(self, request: TransactionRequest, outcome: Outcome, position: Position) -> Decided | None:
+        """Fold a decided request in; returns what is now remembered of it (None for a replay)."""
+        if outcome.replay_of is not None:
+            return None
+        decided = Decided(request.id, outcome.status, outcome.reason, request.fingerprint(), position)
+        self.by_id[(request.tenant, request.id)] = decided
+        if request.idempotency_key is not None and outcome.reason != IDEMPOTENCY_CONFLICT:
+            assert (request.tenant, request.idempotency_key) not in self.by_key
+            self.by_key[(request.tenant, request.idempotency_key)] = decided
+        for entry in outcome.entries:
+            self.balances[(request.tenant, entry.account, entry.asset)] = entry.balance_after
+        return decided
+
+    def record_invalid(self, tenant: str, transaction_id: str, position: Position) -> Decided:
+        """Remember a malformed request under its id so a later request cannot reuse that id."""
+        decided = Decided(transaction_id, "rejected", INVALID, b"", position)
+        self.by_id[(tenant, transaction_id)] = decided
+        return decided
+
+
+def touched(requests: Iterable[TransactionRequest]) -> set[BalanceKey]:
+    """Every balance the requests may read or write."""
+    return {
+        (r.tenant, account, p.asset)
+        for r in requests
+        for p in r.postings
+        for account in (p.source, p.destination)
+    }

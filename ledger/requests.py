@@ -1,0 +1,44 @@
+"""The transaction request: what producers append to the log."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import orjson
+
+WIRE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """Moves `amount` minor units of `asset` from `source` to `destination`."""
+
+    source: str
+    destination: str
+    amount: int
+    asset: str
+
+    def as_json(self) -> dict[str, object]:
+        return {"source": self.source, "destination": self.destination, "amount": self.amount, "asset": self.asset}
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionRequest:
+    """One request on `ledger.transactions`, already validated."""
+
+    id: str
+    tenant: str
+    postings: tuple[Posting, ...]
+    idempotency_key: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    reference: str | None = None
+
+    def fingerprint(self) -> bytes:
+        """A digest of the body an `Idempotency-Key` binds: postings, metadata and reference (not the id)."""
+        body = {
+            "postings": [p.as_json() for p in self.postings],
+            "metadata": self.metadata,
+            "reference": self.reference,
+        }
+        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()

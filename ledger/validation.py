@@ -1,0 +1,147 @@
+"""The contract's rules for ids, addresses, assets, amounts and request bodies.
+
+Every check raises `InvalidRequest` naming the offending field; nothing here trusts its input's types.
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+
+from ledger.errors import InvalidRequest
+from ledger.requests import Posting, TransactionRequest
+
+AMOUNT_MAX = 2**63 - 1
+BALANCE_MIN = -(2**63)
+BALANCE_MAX = 2**63 - 1
+POSTINGS_MAX = 128
+METADATA_BYTES_MAX = 4096
+REFERENCE_LEN_MAX = 255
+IDEMPOTENCY_KEY_LEN_MAX = 255
+
+TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}", re.ASCII)
+ADDRESS_RE = re.compile(r"@[A-Za-z0-9_:.-]{1,127}|[A-Za-z0-9_:.-]{1,128}", re.ASCII)
+ASSET_RE = re.compile(r"[A-Z][A-Z0-9]{0,15}(/([0-9]|1[0-8]))?", re.ASCII)
+# Ids travel in URL paths, so they keep to characters that need no escaping.
+ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}", re.ASCII)
+
+POSTING_FIELDS = frozenset({"source", "destination", "amount", "asset"})
+BODY_FIELDS = frozenset({"postings", "metadata", "reference"})
+
+
+def _matching(value: object, pattern: re.Pattern[str], field: str, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"must be a string ({what})", field)
+    if pattern.fullmatch(value) is None:
+        raise InvalidRequest(f"is not a valid {what}", field)
+    return value
+
+
+def check_tenant(value: object, field: str = "tenant") -> str:
+    return _matching(value, TENANT_RE, field, "tenant id")
+
+
+def check_address(value: object, field: str = "address") -> str:
+    return _matching(value, ADDRESS_RE, field, "account address")
+
+
+def check_asset(value: object, field: str = "asset") -> str:
+    return _matching(value, ASSET_RE, field, "asset")
+
+
+def check_id(value: object, field: str = "id") -> str:
+    return _matching(value, ID_RE, field, "id")
+
+
+def is_system(address: str) -> bool:
+    """System accounts (`@world`, ...) may hold negative balances."""
+    return address.startswith("@")
+
+
+def check_amount(value: object, field: str = "amount") -> int:
+    # bool is an int subclass; a float is never money.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest("must be an integer in minor units", field)
+    if not 1 <= value <= AMOUNT_MAX:
+        raise InvalidRequest(f"must be between 1 and {AMOUNT_MAX}", field)
+    return value
+
+
+def _object(value: object, field: str, allowed: frozenset[str]) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise InvalidRequest("must be an object", field)
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}", field)
+    return value
+
+
+def parse_posting(value: object, field: str) -> Posting:
+    obj = _object(value, field, POSTING_FIELDS)
+    missing = sorted(POSTING_FIELDS - set(obj))
+    if missing:
+        raise InvalidRequest(f"missing field {missing[0]!r}", field)
+    posting = Posting(
+        source=check_address(obj["source"], f"{field}.source"),
+        destination=check_address(obj["destination"], f"{field}.destination"),
+        amount=check_amount(obj["amount"], f"{field}.amount"),
+        asset=check_asset(obj["asset"], f"{field}.asset"),
+    )
+    if posting.source == posting.destination:
+        raise InvalidRequest("source and destination must differ", field)
+    return posting
+
+
+def parse_postings(value: object) -> tuple[Posting, ...]:
+    if not isinstance(value, list):
+        raise InvalidRequest("must be a list", "postings")
+    if not 1 <= len(value) <= POSTINGS_MAX:
+        raise InvalidRequest(f"must hold 1 to {POSTINGS_MAX} postings", "postings")
+    return tuple(parse_posting(p, f"postings[{i}]") for i, p in enumerate(value))
+
+
+def parse_metadata(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest("must be an object of string values", "metadata")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise InvalidRequest(f"value of {key!r} must be a string", "metadata")
+    if len(orjson.dumps(value)) > METADATA_BYTES_MAX:
+        raise InvalidRequest(f"must be at most {METADATA_BYTES_MAX} bytes as JSON", "metadata")
+    return value
+
+
+def _short_string(value: object, field: str, length_max: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest("must be a string or null", field)
+    if not 1 <= len(value) <= length_max or "\x00" in value:
+        raise InvalidRequest(f"must be 1 to {length_max} characters, without NUL", field)
+    return value
+
+
+def parse_reference(value: object) -> str | None:
+    return _short_string(value, "reference", REFERENCE_LEN_MAX)
+
+
+def parse_idempotency_key(value: object) -> str | None:
+    return _short_string(value, "idempotency_key", IDEMPOTENCY_KEY_LEN_MAX)
+
+
+def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | None) -> TransactionRequest:
+    """The request an HTTP body describes; the API supplies the id, tenant and idempotency key."""
+    obj = _object(body, "body", BODY_FIELDS)
+    if "postings" not in obj:
+        raise InvalidRequest("missing field 'postings'", "body")
+    return TransactionRequest(
+        id=check_id(id),
+        tenant=check_tenant(tenant),
+        postings=parse_postings(obj["postings"]),
+        idempotency_key=parse_idempotency_key(idempotency_key),
+        metadata=parse_metadata(obj.get("metadata")),
+        reference=parse_reference(obj.get("reference")),
+    )

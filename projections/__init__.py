@@ -1,0 +1,1 @@
+"""The projector: reads `ledger.transactions` in order and maintains the PostgreSQL projections."""

@@ -1,0 +1,122 @@
+"""The faust-streaming app: one agent reads `ledger.transactions` in batches and applies them.
+
+Concurrency is 1 per worker: ordering within a partition is the whole point. Several workers in the
+consumer group share the partitions; the offsets rows in PostgreSQL keep redeliveries from applying twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import asyncpg
+import faust
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from ledger import settings as settings_mod
+from ledger.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
+from projections.batches import Record
+from projections.writer import BatchResult, apply_batch
+
+log = logging.getLogger("ledger.projector")
+
+RECONNECT_ATTEMPTS_MAX = 600
+RECONNECT_BACKOFF_S_MAX = 2.0
+
+BATCH_SIZE = Histogram("ledger_projector_batch_size", "Records per batch",
+                       buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000))
+APPLY_SECONDS = Histogram("ledger_projector_apply_seconds", "Time to apply one batch in PostgreSQL")
+OUTCOMES = Counter("ledger_projector_outcomes_total", "Decided requests", ["status", "reason"])
+SKIPPED = Counter("ledger_projector_skipped_total", "Redelivered records skipped")
+APPLIED = Counter("ledger_projector_applied_total", "Records applied")
+LAST_OFFSET = Gauge("ledger_projector_next_offset", "Next offset to apply", ["partition"])
+
+cfg = settings_mod.load()
+app = faust.App(
+    os.environ.get("LEDGER_PROJECTOR_GROUP", "ledger-projector"),
+    broker=f"kafka://{cfg.kafka_bootstrap}",
+    web_enabled=False,
+    consumer_auto_offset_reset="earliest",
+    topic_allow_declare=False,
+    topic_disable_leader=True,
+    producer_acks=-1,
+    stream_wait_empty=False,
+    broker_commit_interval=0.5,
+)
+transactions = app.topic(TRANSACTIONS_TOPIC, key_type=bytes, value_type=bytes,
+                         key_serializer="raw", value_serializer="raw")
+outcomes = app.topic(OUTCOMES_TOPIC, key_type=bytes, value_type=bytes,
+                     key_serializer="raw", value_serializer="raw")
+
+
+class Projection:
+    """The projector's PostgreSQL connection, reopened when it fails (bounded attempts)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn: asyncpg.Connection | None = None
+
+    async def apply(self, records: list[Record]) -> BatchResult:
+        for attempt in range(RECONNECT_ATTEMPTS_MAX):
+            try:
+                if self.conn is None or self.conn.is_closed():
+                    self.conn = await asyncpg.connect(self.url, timeout=5)
+                return await apply_batch(self.conn, records)
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                    asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError) as e:
+                delay = min(RECONNECT_BACKOFF_S_MAX, 0.05 * 2**attempt)
+                log.warning("PostgreSQL unavailable (%s); retrying batch in %.2f s", e, delay)
+                await self._drop()
+                await asyncio.sleep(delay)
+        raise RuntimeError(f"PostgreSQL unreachable after {RECONNECT_ATTEMPTS_MAX} attempts")
+
+    async def _drop(self) -> None:
+        if self.conn is not None:
+            self.conn.terminate()
+            self.conn = None
+
+
+def _record(event: Any) -> Record:
+    message = event.message
+    return Record(message.partition, message.offset, message.key, message.value,
+                  round(message.timestamp * 1000))
+
+
+def _observe(result: BatchResult, records: list[Record]) -> None:
+    BATCH_SIZE.observe(len(records))
+    APPLY_SECONDS.observe(result.apply_s)
+    APPLIED.inc(result.applied)
+    SKIPPED.inc(result.skipped)
+    for label, n in result.counts.items():
+        status, _, reason = label.rpartition(":")
+        OUTCOMES.labels(status, reason).inc(n)
+    for r in records:
+        LAST_OFFSET.labels(str(r.partition)).set(r.offset + 1)
+
+
+@app.agent(transactions, concurrency=1)
+async def project(stream: Any) -> None:
+    projection = Projection(cfg.projector_database_url)
+    async for events in stream.take_events(cfg.batch_size_max, within=cfg.batch_wait_ms / 1000):
+        records = [_record(e) for e in events]
+        result = await projection.apply(records)
+        _observe(result, records)
+        for key, value in result.outcomes:
+            await outcomes.send(key=key, value=value)
+        if result.skipped:
+            log.info("skipped %d redelivered records", result.skipped)
+
+
+def main() -> None:
+    """Run one projector worker in the foreground until SIGINT/SIGTERM."""
+    metrics_port = int(os.environ.get("LEDGER_PROJECTOR_METRICS_PORT", "0"))
+    if metrics_port:
+        start_http_server(metrics_port, addr="127.0.0.1")
+    worker = faust.Worker(app, loglevel=os.environ.get("LEDGER_LOG_LEVEL", "WARNING"), quiet=True)
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()
