@@ -44,6 +44,10 @@ app = faust.App(
     producer_acks=-1,
     stream_wait_empty=False,
     broker_commit_interval=0.5,
+    # A dead member's partitions move to a survivor after this, not after faust's 60 s default.
+    broker_session_timeout=10.0,
+    broker_heartbeat_interval=1.0,
+    broker_rebalance_timeout=20.0,
 )
 transactions = app.topic(TRANSACTIONS_TOPIC, key_type=bytes, value_type=bytes,
                          key_serializer="raw", value_serializer="raw")

@@ -1,0 +1,40 @@
+# The two Quick start commands are `make run` and `make test`; everything they need is installed here.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-unit lint deps kafka-jars services-up services-down clean-data
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+deps: $(STAMP) kafka-jars
+
+kafka-jars: $(STAMP)
+	@$(PY) -m infra.local kafka-jars >/dev/null
+
+run: deps
+	$(PY) -m infra.run
+
+test: deps
+	$(PY) -m infra.testing
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy ledger
+
+services-up: deps
+	$(PY) -m infra.local up
+
+services-down: $(STAMP)
+	$(PY) -m infra.local down
+
+clean-data: services-down
+	rm -rf .data

@@ -1,0 +1,55 @@
+"""Starting the ledger's own processes (projector, API) and stopping them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from infra.local import ROOT, say
+from infra.migrate import migrate
+from infra.topics import ensure_topics
+from ledger import settings as settings_mod
+
+STOP_TIMEOUT_S = 10.0
+
+
+def spawn(module: str, env: dict[str, str], log_file: Path | None = None) -> subprocess.Popen[bytes]:
+    """`python -m module` in its own session, so a terminal's Ctrl-C reaches only the supervisor."""
+    if log_file is None:
+        return subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, start_new_session=True)
+    with open(log_file, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes], name: str, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        say(f"{name} did not stop within {timeout_s:.0f} s; killing it")
+        proc.kill()
+        proc.wait()
+
+
+def prepare(env: dict[str, str]) -> None:
+    """Topics and migrations for the settings in `env`."""
+    cfg = settings_mod.load(env)
+    started = time.monotonic()
+    asyncio.run(ensure_topics(cfg.kafka_bootstrap, cfg.topic_partitions))
+    applied = asyncio.run(migrate(cfg.database_url))
+    say(f"topics ready, migrations {applied or 'up to date'} ({time.monotonic() - started:.1f} s)")
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(overrides)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env

@@ -1,0 +1,95 @@
+"""`make run`: the whole stack in the foreground until Ctrl-C (SIGINT) or SIGTERM.
+
+Starts (or reuses) Kafka and PostgreSQL, creates the topics, migrates, runs the projector and the API,
+and on a signal stops what it started in reverse order: API, projector, Kafka, PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from infra import local, processes
+from infra.local import DATA, say
+from ledger import settings as settings_mod
+
+READY_TIMEOUT_S = 60
+
+
+def admin_token() -> str:
+    """`LEDGER_ADMIN_TOKEN`, or one generated once and kept under `.data/` so restarts keep it."""
+    if os.environ.get("LEDGER_ADMIN_TOKEN"):
+        return os.environ["LEDGER_ADMIN_TOKEN"]
+    path = DATA / "admin_token"
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the API exited with status {proc.returncode} while starting")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"the API was not ready within {READY_TIMEOUT_S} s")
+
+
+def main() -> None:
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    started_pg, started_kafka = local.up()
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    status = 0
+    try:
+        env = processes.child_env(LEDGER_ADMIN_TOKEN=admin_token())
+        cfg = settings_mod.load(env)
+        processes.prepare(env)
+        logs = DATA / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        children.append(("projector", processes.spawn("projections.app", env, logs / "projector.log")))
+        api = processes.spawn("api", env, logs / "api.log")
+        children.append(("API", api))
+        url = f"http://{cfg.api_host}:{cfg.api_port}"
+        wait_ready(url, api)
+        say(f"API ready at {url}")
+        say(f"admin token: {cfg.admin_token}")
+        say(f"logs: {logs}/ ; press Ctrl-C to stop")
+        while not stopping:
+            for name, proc in children:
+                if proc.poll() is not None:
+                    say(f"the {name} exited with status {proc.returncode}; stopping (see {logs})")
+                    stopping, status = True, 1
+            time.sleep(0.2)
+    finally:
+        say("stopping")
+        for name, proc in reversed(children):
+            processes.stop(proc, name)
+        if started_kafka:
+            local.stop_kafka()
+        if started_pg:
+            local.stop_postgres()
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Fixtures shared by the service tests; unit tests request none of them and need no services."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.stack import Stack, unique
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    running = Stack()
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+async def admin(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30,
+                                 headers={"Authorization": f"Bearer {stack.admin_token}"}) as client:
+        yield client
+
+
+@dataclass
+class Tenant:
+    id: str
+    key: str
+    client: httpx.AsyncClient
+
+    def path(self, suffix: str = "") -> str:
+        return f"/v1/tenants/{self.id}{suffix}"
+
+
+async def create_tenant(admin: httpx.AsyncClient, stack: Stack, scopes: tuple[str, ...] = ("read", "write")) -> Tenant:
+    tenant_id = unique()
+    created = await admin.post("/v1/tenants", json={"id": tenant_id, "name": tenant_id})
+    assert created.status_code == 201, created.text
+    key = await admin.post(f"/v1/tenants/{tenant_id}/keys", json={"scopes": list(scopes)})
+    assert key.status_code == 201, key.text
+    secret = key.json()["key"]
+    client = httpx.AsyncClient(base_url=stack.api_url, timeout=30, headers={"Authorization": f"Bearer {secret}"})
+    return Tenant(tenant_id, secret, client)
+
+
+@pytest.fixture
+async def tenant(admin: httpx.AsyncClient, stack: Stack) -> AsyncIterator[Tenant]:
+    created = await create_tenant(admin, stack)
+    yield created
+    await created.client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def producer(stack: Stack) -> AsyncIterator[AIOKafkaProducer]:
+    kafka = AIOKafkaProducer(bootstrap_servers=os.environ["LEDGER_KAFKA_BOOTSTRAP"], enable_idempotence=True)
+    await kafka.start()
+    yield kafka
+    await kafka.stop()
+
+
+@pytest.fixture(scope="session")
+async def db() -> AsyncIterator[asyncpg.Pool]:
+    """The owner's connection, for asserting on what the projector stored."""
+    pool = await asyncpg.create_pool(os.environ["LEDGER_DATABASE_URL"], min_size=1, max_size=4)
+    yield pool
+    await pool.close()

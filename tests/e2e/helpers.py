@@ -1,0 +1,37 @@
+"""Small helpers for driving the API in tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from ledger.settings import TRANSACTIONS_TOPIC
+
+
+def posting(source: str, destination: str, amount: int, asset: str = "USD/2") -> dict[str, Any]:
+    return {"source": source, "destination": destination, "amount": amount, "asset": asset}
+
+
+async def transfer(client: httpx.AsyncClient, tenant: str, *postings: dict[str, Any], key: str | None = None,
+                   wait: bool = True, **body: Any) -> httpx.Response:
+    headers = {"Idempotency-Key": key} if key is not None else {}
+    return await client.post(f"/v1/tenants/{tenant}/transactions", params={"wait": str(wait).lower()},
+                             json={"postings": list(postings), **body}, headers=headers)
+
+
+async def balances(client: httpx.AsyncClient, tenant: str, address: str, min_position: str | None = None) -> dict[str, int]:
+    params = {"min_position": min_position} if min_position else {}
+    response = await client.get(f"/v1/tenants/{tenant}/accounts/{address}", params=params)
+    assert response.status_code == 200, response.text
+    result: dict[str, int] = response.json()["balances"]
+    return result
+
+
+async def produce(producer: AIOKafkaProducer, key: bytes | None, value: bytes | dict[str, Any]) -> str:
+    """Append a raw record straight to the log; returns its position token."""
+    raw = value if isinstance(value, bytes) else orjson.dumps(value)
+    metadata = await producer.send_and_wait(TRANSACTIONS_TOPIC, raw, key=key)
+    return f"{metadata.partition}-{metadata.offset}"

@@ -1,0 +1,89 @@
+"""The real stack under test: a projector and an API started as processes against real Kafka and PostgreSQL.
+
+`make test` (infra.testing) starts the services and points `LEDGER_*` at them before pytest runs.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import time
+import uuid
+
+import httpx
+
+from infra import processes
+from infra.local import DATA
+
+API_PORT = 8011
+READY_TIMEOUT_S = 60
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class Stack:
+    """The processes of one test session, with the controls fault tests need."""
+
+    def __init__(self) -> None:
+        if "LEDGER_DATABASE_URL" not in os.environ:
+            raise RuntimeError("service tests run under `make test`, which starts Kafka and PostgreSQL")
+        self.admin_token = secrets.token_urlsafe(24)
+        self.api_url = f"http://127.0.0.1:{API_PORT}"
+        self.env = processes.child_env(LEDGER_ADMIN_TOKEN=self.admin_token, LEDGER_API_PORT=str(API_PORT))
+        self.logs = DATA / "logs" / "tests"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.projector: subprocess.Popen[bytes] | None = None
+        self.api: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.start_projector()
+        self.api = processes.spawn("api", self.env, self.logs / "api.log")
+        self._wait_ready()
+        self._wait_projecting()
+
+    def start_projector(self) -> None:
+        self.projector = processes.spawn("projections.app", self.env, self.logs / "projector.log")
+
+    def kill_projector(self, sig: int = signal.SIGKILL) -> None:
+        assert self.projector is not None
+        self.projector.send_signal(sig)
+        self.projector.wait(15)
+
+    def stop(self) -> None:
+        for proc, name in ((self.api, "API"), (self.projector, "projector")):
+            if proc is not None:
+                processes.stop(proc, name)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.api is not None and self.api.poll() is None, "the API exited; see .data/logs/tests/api.log"
+            try:
+                if httpx.get(f"{self.api_url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the API was not ready in time")
+
+    def _wait_projecting(self) -> None:
+        """Until a probe transaction commits: the projector has joined its group and caught up."""
+        admin = {"Authorization": f"Bearer {self.admin_token}"}
+        probe = unique("probe")
+        assert httpx.post(f"{self.api_url}/v1/tenants", json={"id": probe}, headers=admin).status_code == 201
+        key = httpx.post(f"{self.api_url}/v1/tenants/{probe}/keys", json={"scopes": ["read", "write"]}, headers=admin)
+        headers = {"Authorization": f"Bearer {key.json()['key']}"}
+        body = {"postings": [{"source": "@world", "destination": "probe", "amount": 1, "asset": "PROBE"}]}
+        sent = httpx.post(f"{self.api_url}/v1/tenants/{probe}/transactions", json=body, headers=headers)
+        assert sent.status_code == 202, sent.text
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            response = httpx.get(f"{self.api_url}/v1/tenants/{probe}/accounts/probe", headers=headers,
+                                 params={"min_position": sent.json()["position"], "timeout_ms": 5000}, timeout=10)
+            if response.status_code == 200:
+                return
+        raise RuntimeError("the projector did not apply a probe in time; see .data/logs/tests/projector.log")
