@@ -20,7 +20,7 @@ kafka-jars: $(STAMP)
 run: deps
 	$(PY) -m infra.run
 
-test: deps
+test: deps lint
 	$(PY) -m infra.testing
 
 test-unit: $(STAMP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -36,10 +37,8 @@ async def ensure_topics(bootstrap: str, partitions: int, replication: int = 1) -
         ]
         missing = [t for t in wanted if t.name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process created it first
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another process created it first
             log.info("created topics %s", [t.name for t in missing])
     finally:
         await admin.close()

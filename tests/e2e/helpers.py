@@ -22,7 +22,9 @@ async def transfer(client: httpx.AsyncClient, tenant: str, *postings: dict[str, 
                              json={"postings": list(postings), **body}, headers=headers)
 
 
-async def balances(client: httpx.AsyncClient, tenant: str, address: str, min_position: str | None = None) -> dict[str, int]:
+async def balances(
+    client: httpx.AsyncClient, tenant: str, address: str, min_position: str | None = None
+) -> dict[str, int]:
     params = {"min_position": min_position} if min_position else {}
     response = await client.get(f"/v1/tenants/{tenant}/accounts/{address}", params=params)
     assert response.status_code == 200, response.text

@@ -6,14 +6,13 @@ import asyncio
 import signal
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
 
+from ledger.settings import TRANSACTIONS_TOPIC
 from tests.conftest import Tenant
 from tests.e2e.helpers import balances, posting
 from tests.stack import Stack, unique
-
-import orjson
-from ledger.settings import TRANSACTIONS_TOPIC
 
 BURST = 1500
 

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger.codec import decode_request, encode_request, salvage_identity
+from ledger.errors import InvalidRequest
+from ledger.requests import Posting, TransactionRequest
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"v": 1, "id": "tx1", "tenant": "acme",
+                            "postings": [{"source": "@world", "destination": "a", "amount": 5, "asset": "USD/2"}]}
+    base.update(overrides)
+    return base
+
+
+RAW_POSTING = (
+    b'{"v":1,"id":"x","tenant":"acme","postings":[{"source":"a","destination":"b","amount":AMOUNT,"asset":"X"}]}'
+)
+
+
+def test_round_trip() -> None:
+    request = TransactionRequest("tx1", "acme", (Posting("@world", "a", 5, "USD/2"),), "k", {"m": "v"}, "ref")
+    assert decode_request(b"acme", encode_request(request)) == request
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (b"acme", b"{not json"),
+        (b"acme", b"[]"),
+        (b"acme", b"null"),
+        (b"acme", None),
+        (b"acme", orjson.dumps(event(v=2))),
+        (b"acme", orjson.dumps(event(v=True))),
+        (b"acme", orjson.dumps(event(v=1.0))),
+        (b"other", orjson.dumps(event())),
+        (None, orjson.dumps(event())),
+        (b"acme", orjson.dumps({k: v for k, v in event().items() if k != "postings"})),
+        (b"acme", orjson.dumps(event(extra=1))),
+        (b"acme", orjson.dumps(event(id=""))),
+        (b"acme", orjson.dumps(event(id="x" * 65))),
+        (b"acme", orjson.dumps(event(postings=[{"source": "a", "destination": "a", "amount": 1, "asset": "X"}]))),
+        (b"acme", orjson.dumps(event(postings=[{"source": "a", "destination": "b", "amount": 0, "asset": "X"}]))),
+        (b"acme", RAW_POSTING.replace(b"AMOUNT", b"1.0")),
+        (b"acme", RAW_POSTING.replace(b"AMOUNT", b"99999999999999999999")),
+        (b"acme", RAW_POSTING.replace(b"AMOUNT", b"1e3")),
+        (b"acme", orjson.dumps(event(postings=[{"source": "a", "destination": "b", "amount": 1, "asset": "usd"}]))),
+        (b"acme", orjson.dumps(event(postings=[{"source": "a", "destination": "b", "amount": 1, "asset": "X"}] * 129))),
+        (b"acme", orjson.dumps(event(metadata={"k": "v" * 5000}))),
+        (b"acme", orjson.dumps(event(metadata={"k": 1}))),
+        (b"acme", orjson.dumps(event(reference=5))),
+    ],
+)
+def test_malformed_events_are_invalid(key: bytes | None, value: bytes | None) -> None:
+    with pytest.raises(InvalidRequest):
+        decode_request(key, value)
+
+
+def test_salvage_identity_only_when_tenant_and_id_are_sound() -> None:
+    assert salvage_identity(b"acme", orjson.dumps(event(postings=[]))) == ("acme", "tx1")
+    assert salvage_identity(b"other", orjson.dumps(event())) is None
+    assert salvage_identity(b"acme", b"garbage") is None
+    assert salvage_identity(b"acme", b"[1]") is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=2048), st.one_of(st.none(), st.binary(max_size=70)))
+def test_no_byte_string_crashes_the_decoder(value: bytes, key: bytes | None) -> None:
+    with contextlib.suppress(InvalidRequest):
+        decode_request(key, value)
+    salvage_identity(key, value)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+
+
+EVENT_KEYS = ["v", "id", "tenant", "postings", "idempotency_key", "metadata", "reference", "x"]
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.dictionaries(st.sampled_from(EVENT_KEYS), json_values, max_size=8))
+def test_no_json_object_crashes_the_decoder(obj: dict[str, Any]) -> None:
+    try:
+        decode_request(b"acme", orjson.dumps(obj))
+    except InvalidRequest:
+        pass
+    except orjson.JSONEncodeError:
+        pass

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from ledger.decisions import (
+    IDEMPOTENCY_CONFLICT,
+    INSUFFICIENT_FUNDS,
+    OVERFLOW,
+    Ledger,
+    Outcome,
+    decide,
+)
+from ledger.positions import Position
+from ledger.requests import Posting, TransactionRequest
+from ledger.validation import AMOUNT_MAX
+
+T = "acme"
+
+
+def tx(id: str, *postings: tuple[str, str, int], key: str | None = None, asset: str = "USD/2",
+       reference: str | None = None) -> TransactionRequest:
+    return TransactionRequest(id, T, tuple(Posting(s, d, a, asset) for s, d, a in postings), key, {}, reference)
+
+
+def run(ledger: Ledger, request: TransactionRequest, offset: int = 0) -> Outcome:
+    outcome = decide(ledger, request)
+    ledger.apply(request, outcome, Position(0, offset))
+    return outcome
+
+
+def test_deposit_commits_and_world_goes_negative() -> None:
+    ledger = Ledger()
+    outcome = run(ledger, tx("1", ("@world", "alice", 100)))
+    assert outcome.status == "committed"
+    assert [(e.account, e.amount, e.balance_after) for e in outcome.entries] == [("@world", -100, -100),
+                                                                                  ("alice", 100, 100)]
+    assert ledger.balance((T, "alice", "USD/2")) == 100
+
+
+def test_overdraft_is_rejected_and_changes_nothing() -> None:
+    ledger = Ledger()
+    run(ledger, tx("1", ("@world", "alice", 100)))
+    outcome = run(ledger, tx("2", ("alice", "bob", 101)))
+    assert (outcome.status, outcome.reason, outcome.entries) == ("rejected", INSUFFICIENT_FUNDS, ())
+    assert ledger.balance((T, "alice", "USD/2")) == 100
+    assert ledger.balance((T, "bob", "USD/2")) == 0
+
+
+def test_funds_are_checked_after_the_whole_transaction() -> None:
+    ledger = Ledger()
+    # bob pays carol before receiving from @world in the same transaction: fine, the end state is >= 0.
+    outcome = run(ledger, tx("1", ("bob", "carol", 50), ("@world", "bob", 50)))
+    assert outcome.status == "committed"
+    assert ledger.balance((T, "bob", "USD/2")) == 0
+
+
+def test_a_transaction_of_128_postings_applies_all_or_none() -> None:
+    ledger = Ledger()
+    run(ledger, tx("seed", ("@world", "a0", 127)))
+    postings = [(f"a{i}", f"a{i + 1}", 127 - i) for i in range(127)]
+    good = run(ledger, tx("chain", *postings, ("a127", "a0", 1)))
+    assert good.status == "committed"
+    before = dict(ledger.balances)
+    bad = run(ledger, tx("chain2", *postings, ("a5", "a0", 10**6)))
+    assert (bad.status, bad.reason) == ("rejected", INSUFFICIENT_FUNDS)
+    assert ledger.balances == before
+
+
+def test_balance_leaving_int64_is_overflow() -> None:
+    ledger = Ledger()
+    run(ledger, tx("1", ("@world", "alice", AMOUNT_MAX)))
+    outcome = run(ledger, tx("2", ("@world", "alice", 1)))
+    assert (outcome.status, outcome.reason) == ("rejected", OVERFLOW)
+    run(ledger, tx("3", ("alice", "bob", AMOUNT_MAX)))
+    # @world now holds -(2^63 - 1): one more unit is the lowest bigint, two more overflow.
+    assert run(ledger, tx("4", ("@world", "carol", 1))).status == "committed"
+    assert run(ledger, tx("5", ("@world", "carol", 1))).reason == OVERFLOW
+
+
+def test_same_idempotency_key_same_body_is_the_original_outcome() -> None:
+    ledger = Ledger()
+    first = run(ledger, tx("1", ("@world", "alice", 5), key="k"))
+    again = run(ledger, tx("2", ("@world", "alice", 5), key="k"), offset=1)
+    assert first.status == again.status == "committed"
+    assert again.replay_of is not None and again.replay_of.transaction_id == "1"
+    assert ledger.balance((T, "alice", "USD/2")) == 5
+    assert (T, "2") not in ledger.by_id
+
+
+def test_same_idempotency_key_replays_a_rejection_too() -> None:
+    ledger = Ledger()
+    run(ledger, tx("1", ("alice", "bob", 5), key="k"))
+    run(ledger, tx("seed", ("@world", "alice", 5)))
+    again = run(ledger, tx("2", ("alice", "bob", 5), key="k"))
+    assert (again.status, again.reason) == ("rejected", INSUFFICIENT_FUNDS)
+    assert ledger.balance((T, "bob", "USD/2")) == 0
+
+
+def test_same_idempotency_key_different_body_is_a_recorded_conflict() -> None:
+    ledger = Ledger()
+    run(ledger, tx("1", ("@world", "alice", 5), key="k"))
+    conflict = run(ledger, tx("2", ("@world", "alice", 6), key="k"))
+    assert (conflict.status, conflict.reason, conflict.replay_of) == ("rejected", IDEMPOTENCY_CONFLICT, None)
+    assert ledger.by_id[(T, "2")].reason == IDEMPOTENCY_CONFLICT
+    assert ledger.by_key[(T, "k")].transaction_id == "1"
+    assert ledger.balance((T, "alice", "USD/2")) == 5
+
+
+def test_repeated_id_is_not_applied_twice() -> None:
+    ledger = Ledger()
+    run(ledger, tx("1", ("@world", "alice", 5)))
+    same = run(ledger, tx("1", ("@world", "alice", 5)))
+    other = run(ledger, tx("1", ("@world", "alice", 9)))
+    assert same.replay_of is not None and same.status == "committed"
+    assert other.replay_of is not None and other.reason == IDEMPOTENCY_CONFLICT
+    assert ledger.balance((T, "alice", "USD/2")) == 5
+
+
+def test_keys_and_balances_are_per_tenant() -> None:
+    ledger = Ledger()
+    run(ledger, tx("1", ("@world", "alice", 5), key="k"))
+    other = TransactionRequest("1", "other", (Posting("alice", "bob", 1, "USD/2"),), "k")
+    outcome = decide(ledger, other)
+    assert (outcome.status, outcome.reason, outcome.replay_of) == ("rejected", INSUFFICIENT_FUNDS, None)
+
+
+def test_fingerprint_ignores_the_id_but_not_the_body() -> None:
+    a = tx("1", ("@world", "alice", 5), reference="r")
+    assert a.fingerprint() == tx("2", ("@world", "alice", 5), reference="r").fingerprint()
+    assert a.fingerprint() != tx("1", ("@world", "alice", 5), reference="s").fingerprint()

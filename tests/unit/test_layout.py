@@ -1,0 +1,32 @@
+"""The shape of the codebase: ledger/ stays pure (STYLE.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+LEDGER = Path(__file__).resolve().parents[2] / "ledger"
+FORBIDDEN = {"asyncpg", "aiokafka", "faust", "starlette", "uvicorn", "api", "projections", "infra", "prometheus_client"}
+
+
+def imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_ledger_imports_nothing_but_the_standard_library_and_orjson() -> None:
+    files = sorted(LEDGER.glob("*.py"))
+    assert files, "ledger/ has no modules"
+    offenders = {f.name: imported_roots(f) & FORBIDDEN for f in files if imported_roots(f) & FORBIDDEN}
+    assert offenders == {}
+
+
+def test_ledger_never_uses_floats_or_decimals_for_money() -> None:
+    for path in LEDGER.glob("*.py"):
+        text = path.read_text()
+        assert "float(" not in text and "Decimal" not in text, path.name
