@@ -7,6 +7,7 @@ Both keep their data across runs. `python -m infra.local up|down|status`.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import shutil
 import signal
@@ -81,14 +82,16 @@ def kafka_libs() -> Path:
     """The broker's jars: `$KAFKA_HOME/libs`, or fetched once from Maven Central into `.cache/`."""
     if os.environ.get("KAFKA_HOME"):
         return Path(os.environ["KAFKA_HOME"]) / "libs"
-    libs = CACHE / f"kafka-{KAFKA_VERSION}" / "libs"
+    pom = ROOT / "infra/kafka/pom.xml"
+    # Keyed by the POM's content, so a changed dependency list fetches a fresh set of jars.
+    libs = CACHE / f"kafka-{KAFKA_VERSION}-{hashlib.sha256(pom.read_bytes()).hexdigest()[:10]}" / "libs"
     marker = libs.parent / "complete"
     if not marker.exists():
         if shutil.which("mvn") is None:
             raise SystemExit("Maven (mvn) is needed to fetch Kafka's jars; install it or set KAFKA_HOME")
         say(f"fetching Kafka {KAFKA_VERSION} jars from Maven Central")
         subprocess.run(
-            ["mvn", "-q", "-B", "-f", str(ROOT / "infra/kafka/pom.xml"), "dependency:copy-dependencies",
+            ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
              f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
             check=True,
         )

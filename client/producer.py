@@ -1,0 +1,115 @@
+"""`LedgerProducer`: append requests to `ledger.transactions` and await their outcomes on `ledger.outcomes`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from ledger.codec import encode_request
+from ledger.positions import Position
+from ledger.requests import Posting, TransactionRequest
+from ledger.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
+from ledger.validation import check_id, check_tenant, parse_idempotency_key, parse_metadata, parse_reference
+
+PENDING_MAX = 100_000
+
+
+class OutcomeTimeout(TimeoutError):
+    """The outcome did not arrive in time; the request may still be decided later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    tenant: str
+    id: str
+    position: Position
+
+
+class LedgerProducer:
+    """An idempotent Kafka producer for ledger requests, with an outcomes listener started on demand.
+
+    Outcomes are followed from the moment `start()` runs: submit after starting, then await.
+    """
+
+    def __init__(self, bootstrap: str, *, follow_outcomes: bool = True) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
+                                          linger_ms=2)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False) \
+            if follow_outcomes else None
+        self._waiters: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LedgerProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: tuple[type[BaseException], BaseException, TracebackType] | Any) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        await self._producer.start()
+        if self._consumer is None:
+            return
+        await self._consumer.start()
+        partitions = self._consumer.partitions_for_topic(OUTCOMES_TOPIC) or set()
+        tps = [TopicPartition(OUTCOMES_TOPIC, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        self._reader = asyncio.create_task(self._read())
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._consumer is not None:
+            await self._consumer.stop()
+        await self._producer.stop()
+
+    async def submit(self, tenant: str, postings: list[Posting], *, idempotency_key: str | None = None,
+                     metadata: dict[str, str] | None = None, reference: str | None = None,
+                     id: str | None = None) -> Submitted:
+        """Validate locally, append, and return the request's id and position once Kafka acknowledged it."""
+        request = TransactionRequest(
+            id=check_id(id or uuid.uuid4().hex), tenant=check_tenant(tenant), postings=tuple(postings),
+            idempotency_key=parse_idempotency_key(idempotency_key), metadata=parse_metadata(metadata),
+            reference=parse_reference(reference),
+        )
+        if self._consumer is not None:
+            if len(self._waiters) >= PENDING_MAX:
+                raise RuntimeError(f"over {PENDING_MAX} outcomes not collected; await outcome() for them")
+            # Registered before sending, so an outcome cannot arrive before anyone waits for it.
+            self._waiters[(tenant, request.id)] = asyncio.get_running_loop().create_future()
+        metadata_ = await self._producer.send_and_wait(TRANSACTIONS_TOPIC, encode_request(request),
+                                                       key=tenant.encode())
+        return Submitted(tenant, request.id, Position(metadata_.partition, metadata_.offset))
+
+    async def outcome(self, submitted: Submitted, timeout_s: float = 10.0) -> dict[str, Any]:
+        """`{"tenant", "id", "status", "reason", "position"}` of a submitted request."""
+        assert self._consumer is not None, "created with follow_outcomes=False"
+        key = (submitted.tenant, submitted.id)
+        future = self._waiters.get(key)
+        if future is None:
+            raise KeyError(f"{submitted.id} was not submitted by this producer, or its outcome was collected")
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            raise OutcomeTimeout(f"no outcome for {submitted.id} within {timeout_s} s") from None
+        del self._waiters[key]
+        return outcome
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        async for record in self._consumer:
+            outcome = orjson.loads(record.value)
+            key = (outcome.get("tenant"), outcome.get("id"))
+            future = self._waiters.get(key)
+            if future is not None and not future.done():
+                future.set_result(outcome)
