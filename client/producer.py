@@ -58,8 +58,9 @@ class LedgerProducer:
         if self._consumer is None:
             return
         await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(OUTCOMES_TOPIC) or set()
-        tps = [TopicPartition(OUTCOMES_TOPIC, p) for p in sorted(partitions)]
+        # An unsubscribed consumer tracks no topic's metadata: ask the cluster, as `topics()` does.
+        cluster = await self._consumer._client.fetch_all_metadata()
+        tps = [TopicPartition(OUTCOMES_TOPIC, p) for p in sorted(cluster.partitions_for_topic(OUTCOMES_TOPIC) or ())]
         self._consumer.assign(tps)
         await self._consumer.seek_to_end(*tps)
         self._reader = asyncio.create_task(self._read())

@@ -13,6 +13,8 @@ from typing import Any
 
 import asyncpg
 import faust
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from ledger import settings as settings_mod
@@ -51,30 +53,43 @@ app = faust.App(
 )
 transactions = app.topic(TRANSACTIONS_TOPIC, key_type=bytes, value_type=bytes,
                          key_serializer="raw", value_serializer="raw")
-outcomes = app.topic(OUTCOMES_TOPIC, key_type=bytes, value_type=bytes,
-                     key_serializer="raw", value_serializer="raw")
 
 
 class Projection:
-    """The projector's PostgreSQL connection, reopened when it fails (bounded attempts)."""
+    """The projector's PostgreSQL connection (reopened when it fails, bounded attempts) and its outcomes producer."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, bootstrap: str) -> None:
         self.url = url
         self.conn: asyncpg.Connection | None = None
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
+                                         linger_ms=1)
+        self.producer_started = False
+
+    async def publish(self, outcomes: list[tuple[bytes, bytes]]) -> None:
+        if not self.producer_started:
+            await self.producer.start()
+            self.producer_started = True
+        sent = [await self.producer.send(OUTCOMES_TOPIC, value, key=key) for key, value in outcomes]
+        await asyncio.gather(*sent)
 
     async def apply(self, records: list[Record]) -> BatchResult:
         for attempt in range(RECONNECT_ATTEMPTS_MAX):
             try:
                 if self.conn is None or self.conn.is_closed():
                     self.conn = await asyncpg.connect(self.url, timeout=5)
-                return await apply_batch(self.conn, records)
+                return await apply_batch(self.conn, records, self.publish)
             except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                    asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError) as e:
+                    asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, KafkaError, TimeoutError) as e:
                 delay = min(RECONNECT_BACKOFF_S_MAX, 0.05 * 2**attempt)
-                log.warning("PostgreSQL unavailable (%s); retrying batch in %.2f s", e, delay)
+                log.warning("PostgreSQL or Kafka unavailable (%r); retrying batch in %.2f s", e, delay)
                 await self._drop()
                 await asyncio.sleep(delay)
         raise RuntimeError(f"PostgreSQL unreachable after {RECONNECT_ATTEMPTS_MAX} attempts")
+
+    async def close(self) -> None:
+        await self._drop()
+        if self.producer_started:
+            await self.producer.stop()
 
     async def _drop(self) -> None:
         if self.conn is not None:
@@ -102,15 +117,16 @@ def _observe(result: BatchResult, records: list[Record]) -> None:
 
 @app.agent(transactions, concurrency=1)
 async def project(stream: Any) -> None:
-    projection = Projection(cfg.projector_database_url)
-    async for events in stream.take_events(cfg.batch_size_max, within=cfg.batch_wait_ms / 1000):
-        records = [_record(e) for e in events]
-        result = await projection.apply(records)
-        _observe(result, records)
-        for key, value in result.outcomes:
-            await outcomes.send(key=key, value=value)
-        if result.skipped:
-            log.info("skipped %d redelivered records", result.skipped)
+    projection = Projection(cfg.projector_database_url, cfg.kafka_bootstrap)
+    try:
+        async for events in stream.take_events(cfg.batch_size_max, within=cfg.batch_wait_ms / 1000):
+            records = [_record(e) for e in events]
+            result = await projection.apply(records)
+            _observe(result, records)
+            if result.skipped:
+                log.info("skipped %d redelivered records", result.skipped)
+    finally:
+        await projection.close()
 
 
 def main() -> None:

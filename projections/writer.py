@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import asyncpg
@@ -68,6 +68,9 @@ UPDATE projection_offsets o SET next_offset = n.next_offset, updated_at = now()
 FROM unnest($2::int[], $3::bigint[]) AS n(log_partition, next_offset)
 WHERE o.topic = $1 AND o.log_partition = n.log_partition
 """
+
+
+Publish = Callable[[list[tuple[bytes, bytes]]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +134,12 @@ async def _store(conn: asyncpg.Connection, rows: BatchRows) -> None:
                        orjson.dumps({str(p): rows.next_offsets[p] for p in parts}).decode())
 
 
-async def apply_batch(conn: asyncpg.Connection, records: list[Record]) -> BatchResult:
-    """Apply `records` (in log order per partition) in one transaction with their offsets."""
+async def apply_batch(conn: asyncpg.Connection, records: list[Record], publish: Publish | None = None) -> BatchResult:
+    """Apply `records` (in log order per partition) in one transaction with their offsets.
+
+    `publish` gets the batch's outcomes before the commit: a crash after publishing redoes the batch and
+    publishes again, so outcomes are delivered at least once and never lost.
+    """
     started = time.perf_counter()
     partitions = sorted({r.partition for r in records})
     async with conn.transaction():
@@ -146,6 +153,8 @@ async def apply_batch(conn: asyncpg.Connection, records: list[Record]) -> BatchR
         ledger = await _preload(conn, [d for d in decoded if not isinstance(d, InvalidRequest)])
         rows = fold_batch(ledger, fresh, decoded)
         await _store(conn, rows)
+        if publish is not None:
+            await publish(rows.outcomes)
     return BatchResult(rows.outcomes, rows.counts, len(fresh), len(records) - len(fresh),
                        time.perf_counter() - started)
 
