@@ -33,7 +33,9 @@ class Stack:
             raise RuntimeError("service tests run under `make test`, which starts Kafka and PostgreSQL")
         self.admin_token = secrets.token_urlsafe(24)
         self.api_url = f"http://127.0.0.1:{API_PORT}"
-        self.env = processes.child_env(LEDGER_ADMIN_TOKEN=self.admin_token, LEDGER_API_PORT=str(API_PORT))
+        # A small pool: tenant context must never leak between requests that share connections.
+        self.env = processes.child_env(LEDGER_ADMIN_TOKEN=self.admin_token, LEDGER_API_PORT=str(API_PORT),
+                                       LEDGER_DB_POOL_SIZE_MAX="4")
         self.logs = DATA / "logs" / "tests"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.projector: subprocess.Popen[bytes] | None = None
