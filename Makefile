@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit lint deps kafka-jars services-up services-down clean-data
+.PHONY: run test test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,12 @@ services-down: $(STAMP)
 
 clean-data: services-down
 	rm -rf .data
+
+bench-deps: deps
+	$(PY) -m pip install -q -e '.[dev,bench]'
+
+bench: bench-deps
+	$(PY) -m bench.run
+
+bench-quick: bench-deps
+	$(PY) -m bench.run --quick

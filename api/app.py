@@ -105,6 +105,12 @@ async def openapi(request: Request) -> Response:
     return JSON(document())
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's default `RESET ALL; UNLISTEN *; ...`: the API never changes session state
+    (the tenant is set transaction-locally inside each read function), so that reset would only cost a
+    second round trip on every request. asyncpg still rolls back any transaction left open."""
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
                               schema="pg_catalog")
@@ -114,7 +120,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     cfg: Settings = app.state.settings
     pool = await asyncpg.create_pool(cfg.api_database_url, min_size=2, max_size=cfg.db_pool_size_max,
-                                     init=_init_connection, timeout=5, command_timeout=5)
+                                     init=_init_connection, reset=_keep_session, timeout=5, command_timeout=5)
     keys = KeyStore(cfg.admin_token)
     progress = Progress()
     lock = asyncio.Lock()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,6 +16,9 @@ LATENCY = Histogram("ledger_api_request_seconds", "HTTP request latency", ["rout
 class MetricsMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # labels() is a lock and a dict lookup on every call; the set of label values is small and fixed.
+        self._latency: dict[tuple[str, str], Any] = {}
+        self._requests: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -33,5 +37,12 @@ class MetricsMiddleware:
             await self.app(scope, receive, sending)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            LATENCY.labels(route, scope["method"]).observe(time.perf_counter() - started)
-            REQUESTS.labels(route, scope["method"], str(status)).inc()
+            method = scope["method"]
+            latency = self._latency.get((route, method))
+            if latency is None:
+                latency = self._latency.setdefault((route, method), LATENCY.labels(route, method))
+            latency.observe(time.perf_counter() - started)
+            counter = self._requests.get((route, method, status))
+            if counter is None:
+                counter = self._requests.setdefault((route, method, status), REQUESTS.labels(route, method, str(status)))
+            counter.inc()

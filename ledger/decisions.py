@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from ledger.positions import Position
 from ledger.requests import TransactionRequest
@@ -23,9 +23,12 @@ IDEMPOTENCY_CONFLICT = "idempotency_conflict"
 INVALID = "invalid"
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One leg of a posting on one account: `amount` is signed (negative = debit)."""
+class Entry(NamedTuple):
+    """One leg of a posting on one account: `amount` is signed (negative = debit).
+
+    A NamedTuple rather than a frozen dataclass: the projector makes millions, and a frozen dataclass's
+    `__init__` costs a `object.__setattr__` per field.
+    """
 
     account: str
     asset: str

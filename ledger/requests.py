@@ -33,9 +33,17 @@ class TransactionRequest:
     idempotency_key: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     reference: str | None = None
+    _fingerprint: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def fingerprint(self) -> bytes:
         """A digest of the body an `Idempotency-Key` binds: postings, metadata and reference (not the id)."""
+        if self._fingerprint is None:
+            # Frozen, so cache through object.__setattr__: it is asked for several times per decision.
+            object.__setattr__(self, "_fingerprint", self._digest())
+        assert self._fingerprint is not None
+        return self._fingerprint
+
+    def _digest(self) -> bytes:
         body = {
             "postings": [p.as_json() for p in self.postings],
             "metadata": self.metadata,

@@ -65,11 +65,24 @@ class Projection:
                                          linger_ms=1)
         self.producer_started = False
 
-    async def publish(self, outcomes: list[tuple[bytes, bytes]]) -> None:
+    async def publish(self, outcomes: list[tuple[int, bytes, bytes]]) -> None:
+        """Send a batch's outcomes and wait for Kafka's acknowledgement: one record batch per partition."""
         if not self.producer_started:
             await self.producer.start()
             self.producer_started = True
-        sent = [await self.producer.send(OUTCOMES_TOPIC, value, key=key) for key, value in outcomes]
+        partitions = len(await self.producer.partitions_for(OUTCOMES_TOPIC))
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for partition, key, value in outcomes:
+            by_partition.setdefault(partition % partitions, []).append((key, value))
+        sent = []
+        for partition, items in by_partition.items():
+            batch = self.producer.create_batch()
+            for key, value in items:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    sent.append(await self.producer.send_batch(batch, OUTCOMES_TOPIC, partition=partition))
+                    batch = self.producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+            sent.append(await self.producer.send_batch(batch, OUTCOMES_TOPIC, partition=partition))
         await asyncio.gather(*sent)
 
     async def apply(self, records: list[Record]) -> BatchResult:
@@ -108,9 +121,8 @@ def _observe(result: BatchResult, records: list[Record]) -> None:
     APPLY_SECONDS.observe(result.apply_s)
     APPLIED.inc(result.applied)
     SKIPPED.inc(result.skipped)
-    for label, n in result.counts.items():
-        status, _, reason = label.rpartition(":")
-        OUTCOMES.labels(status, reason).inc(n)
+    for (status, reason), n in result.counts.items():
+        OUTCOMES.labels(status, reason or "").inc(n)
     for r in records:
         LAST_OFFSET.labels(str(r.partition)).set(r.offset + 1)
 

@@ -7,7 +7,7 @@ every row to write and every outcome to publish.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -18,6 +18,7 @@ from ledger.positions import Position
 from ledger.requests import TransactionRequest
 from ledger.validation import TENANT_RE
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ERROR_LEN_MAX = 500
 RAW_VALUE_BYTES_MAX = 64 * 1024
 
@@ -38,7 +39,7 @@ class Record:
 
     @property
     def time(self) -> datetime:
-        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
+        return EPOCH + timedelta(milliseconds=self.timestamp_ms)
 
 
 @dataclass(slots=True)
@@ -50,9 +51,10 @@ class BatchRows:
     idempotency_keys: list[tuple[object, ...]] = field(default_factory=list)
     invalid_events: list[tuple[object, ...]] = field(default_factory=list)
     balances: dict[BalanceKey, tuple[int, Position]] = field(default_factory=dict)
-    outcomes: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # (partition, key, value): outcomes go to the partition of ledger.outcomes that matches the request's.
+    outcomes: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[tuple[str, str | None], int] = field(default_factory=dict)
 
 
 TRANSACTION_COLUMNS = ("tenant", "id", "status", "reason", "postings", "metadata", "reference",
@@ -73,8 +75,8 @@ def _outcome(tenant: str | None, id: str | None, status: str, reason: str | None
     return orjson.dumps(body)
 
 
-def _count(rows: BatchRows, label: str) -> None:
-    rows.counts[label] = rows.counts.get(label, 0) + 1
+def _count(rows: BatchRows, status: str, reason: str | None) -> None:
+    rows.counts[(status, reason)] = rows.counts.get((status, reason), 0) + 1
 
 
 def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, request: TransactionRequest) -> None:
@@ -83,45 +85,46 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, request: Tran
     key = request.tenant.encode()
     if outcome.replay_of is not None:
         original = outcome.replay_of
-        _count(rows, f"replayed:{outcome.status}:{outcome.reason}")
-        rows.outcomes.append((key, _outcome(request.tenant, request.id, outcome.status, outcome.reason,
+        _count(rows, "replayed", outcome.reason)
+        rows.outcomes.append((position.partition, key, _outcome(request.tenant, request.id, outcome.status, outcome.reason,
                                             original.position, original.transaction_id)))
         return
     ledger.apply(request, outcome, position)
-    committed_at = record.time if outcome.status == "committed" else None
+    at = record.time
+    committed_at = at if outcome.status == "committed" else None
     rows.transactions.append((
         request.tenant, request.id, outcome.status, outcome.reason,
         orjson.dumps([p.as_json() for p in request.postings]).decode(),
         orjson.dumps(request.metadata).decode(), request.reference, request.idempotency_key,
-        request.fingerprint(), position.partition, position.offset, record.time, committed_at, None,
+        request.fingerprint(), position.partition, position.offset, at, committed_at, None,
     ))
     if request.idempotency_key is not None and outcome.reason != IDEMPOTENCY_CONFLICT:
         rows.idempotency_keys.append((request.tenant, request.idempotency_key, request.id))
     for entry in outcome.entries:
         rows.entries.append((request.tenant, entry.account, entry.asset, position.offset, entry.leg,
-                             request.id, entry.amount, entry.balance_after, record.time))
+                             request.id, entry.amount, entry.balance_after, at))
         rows.balances[(request.tenant, entry.account, entry.asset)] = (entry.balance_after, position)
-    _count(rows, f"{outcome.status}:{outcome.reason}")
-    rows.outcomes.append((key, _outcome(request.tenant, request.id, outcome.status, outcome.reason, position)))
+    _count(rows, outcome.status, outcome.reason)
+    rows.outcomes.append((position.partition, key, _outcome(request.tenant, request.id, outcome.status, outcome.reason, position)))
 
 
 def _fold_invalid(ledger: Ledger, rows: BatchRows, record: Record, error: InvalidRequest) -> None:
     position = record.position
     message = error.message[:ERROR_LEN_MAX]
     identity = salvage_identity(record.key, record.value)
-    _count(rows, f"rejected:{INVALID}")
+    _count(rows, "rejected", INVALID)
     if identity is not None and ledger.decided_id(*identity) is None:
         tenant, id = identity
         ledger.record_invalid(tenant, id, position)
         rows.transactions.append((tenant, id, "rejected", INVALID, "[]", "{}", None, None, b"",
                                   position.partition, position.offset, record.time, None, message))
-        rows.outcomes.append((tenant.encode(), _outcome(tenant, id, "rejected", INVALID, position)))
+        rows.outcomes.append((position.partition, tenant.encode(), _outcome(tenant, id, "rejected", INVALID, position)))
         return
     rows.invalid_events.append((position.partition, position.offset, record.key,
                                 (record.value or b"")[:RAW_VALUE_BYTES_MAX], message, record.time))
     tenant = record.key.decode("utf-8", "replace") if record.key else None
     tenant = tenant if tenant is not None and TENANT_RE.fullmatch(tenant) else None
-    rows.outcomes.append((record.key or b"", _outcome(tenant, identity[1] if identity else None, "rejected",
+    rows.outcomes.append((position.partition, record.key or b"", _outcome(tenant, identity[1] if identity else None, "rejected",
                                                       INVALID, position)))
 
 

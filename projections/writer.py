@@ -70,15 +70,15 @@ WHERE o.topic = $1 AND o.log_partition = n.log_partition
 """
 
 
-Publish = Callable[[list[tuple[bytes, bytes]]], Awaitable[None]]
+Publish = Callable[[list[tuple[int, bytes, bytes]]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     """What a batch did: outcomes to publish, counts by status and reason, records skipped as redelivered."""
 
-    outcomes: list[tuple[bytes, bytes]]
-    counts: dict[str, int]
+    outcomes: list[tuple[int, bytes, bytes]]
+    counts: dict[tuple[str, str | None], int]
     applied: int
     skipped: int
     apply_s: float

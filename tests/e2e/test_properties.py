@@ -221,7 +221,7 @@ async def _check_history(w: World, history: list[dict[str, Any]]) -> None:
         assert await _stored(w.db, tenants) == _expected(rows)
 
         # Outcomes: every decision published (at least once), exactly as the fold decided it.
-        expected_outcomes = {bytes(v) for _, v in rows.outcomes}
+        expected_outcomes = {bytes(v) for _, _, v in rows.outcomes}
         positions = {r.position.token() for r in records}
         for _ in range(200):
             # A replayed request's outcome carries its original's position; a foreign key's, a foreign tenant.

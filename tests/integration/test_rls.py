@@ -78,7 +78,6 @@ async def test_crafted_tenant_strings_match_nothing(api_conn: asyncpg.Connection
 
 
 async def test_api_role_cannot_write_ledger_tables(api_conn: asyncpg.Connection, two_tenants: tuple[str, str]) -> None:
-    a, _ = two_tenants
     for statement in ("UPDATE balances SET balance = 0", "DELETE FROM entries",
                       "INSERT INTO balances VALUES ('x', 'y', 'USD', 1, 0, 0)", "TRUNCATE transactions"):
         with pytest.raises(asyncpg.InsufficientPrivilegeError):

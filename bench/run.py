@@ -1,0 +1,360 @@
+"""`make bench` / `make bench-quick`: the stack as `make run` starts it, measured end to end.
+
+Prints a table, saves JSON and a PNG plot under `bench/results/`. Uses its own database (`ledger_bench`)
+and consumer group; the scale data is generated inside PostgreSQL, not appended to the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import secrets
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaProducer
+
+from api.requests import encode_cursor
+from bench import data, tools
+from infra import local, processes
+from infra.local import DATA, ROOT, say
+from infra.migrate import migrate
+from infra.run import wait_ready
+from infra.testing import test_database_url
+from ledger.codec import encode_request
+from ledger.requests import Posting, TransactionRequest
+from ledger.settings import TRANSACTIONS_TOPIC
+from projections.replay import replay
+
+RESULTS = ROOT / "bench" / "results"
+PORT = 8013
+DEEP = 150_000
+
+
+class Bench:
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.duration_s = 5 if quick else 10
+        self.results: dict[str, Any] = {"quick": quick, "machine": _machine()}
+        base = processes.child_env()
+        db_url = test_database_url(os.environ.get("LEDGER_DATABASE_URL", "postgresql://postgres@127.0.0.1:5433/x"))
+        self.db_url = db_url.rsplit("/", 1)[0] + "/ledger_bench"
+        self.env = processes.child_env(LEDGER_DATABASE_URL=self.db_url, LEDGER_API_PORT=str(PORT),
+                                       LEDGER_PROJECTOR_GROUP="ledger-projector-bench",
+                                       LEDGER_ADMIN_TOKEN=secrets.token_urlsafe(24))
+        self.bootstrap = base.get("LEDGER_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+        self.url = f"http://127.0.0.1:{PORT}"
+        self.logs = DATA / "logs" / "bench"
+        self.projector: Any = None
+        self.api: Any = None
+        self.keys: dict[str, str] = {}
+
+    # --- the stack -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        processes.prepare(self.env)
+        self.projector = processes.spawn("projections.app", self.env, self.logs / "projector.log")
+        self.api = processes.spawn("api", self.env, self.logs / "api.log")
+        wait_ready(self.url, self.api)
+
+    def stop(self) -> None:
+        for proc, name in ((self.api, "API"), (self.projector, "projector")):
+            if proc is not None:
+                processes.stop(proc, name)
+
+    async def tenants(self) -> None:
+        admin = {"Authorization": f"Bearer {self.env['LEDGER_ADMIN_TOKEN']}"}
+        async with httpx.AsyncClient(base_url=self.url, headers=admin) as client:
+            for tenant in data.TENANTS:
+                created = await client.post("/v1/tenants", json={"id": tenant})
+                assert created.status_code in (201, 409), created.text
+                key = await client.post(f"/v1/tenants/{tenant}/keys", json={"scopes": ["read", "write"]})
+                self.keys[tenant] = key.json()["key"]
+
+    async def caught_up(self, conn: asyncpg.Connection, timeout_s: float = 600) -> float:
+        """Wait until the projection has applied the whole log; returns when it got there."""
+        kafka = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+        await kafka.start()
+        try:
+            partitions = await kafka.partitions_for(TRANSACTIONS_TOPIC)
+        finally:
+            await kafka.stop()
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
+        await consumer.start()
+        try:
+            end = await consumer.end_offsets([TopicPartition(TRANSACTIONS_TOPIC, p) for p in partitions])
+        finally:
+            await consumer.stop()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            applied = {r["log_partition"]: r["next_offset"] for r in await conn.fetch(
+                "SELECT log_partition, next_offset FROM projection_offsets")}
+            if all(applied.get(tp.partition, 0) >= offset for tp, offset in end.items()):
+                return time.monotonic()
+            await asyncio.sleep(0.05)
+        raise TimeoutError("the projector did not catch up with the log")
+
+    # --- measurements ----------------------------------------------------------------------------------
+
+    def _targets(self, accounts: int, count: int = 20_000, suffix: str = "") -> str:
+        rng = random.Random(1)
+        lines = []
+        for _ in range(count):
+            i = rng.randint(1, accounts)
+            tenant = f"bench-{i % 10:02d}"
+            lines.append(f"GET {self.url}/v1/tenants/{tenant}/accounts/acct-{i}{suffix}\n"
+                         f"Authorization: Bearer {self.keys[tenant]}\n")
+        return "\n".join(lines) + "\n"
+
+    def _lua_targets(self, accounts: int) -> Path:
+        rng = random.Random(2)
+        rows = []
+        for _ in range(5000):
+            i = rng.randint(1, accounts)
+            tenant = f"bench-{i % 10:02d}"
+            rows.append(f'{{"/v1/tenants/{tenant}/accounts/acct-{i}", "{self.keys[tenant]}"}}')
+        path = self.logs / "targets.lua"
+        path.write_text("return {\n" + ",\n".join(rows) + "\n}\n")
+        return path
+
+    def reads(self, accounts: int, label: str, rates: list[int]) -> None:
+        targets = self._targets(accounts)
+        tools.attack(targets, 200, 2)  # warm every pooled connection's prepared statements
+        rows = []
+        for rate in rates:
+            row = tools.attack(targets, rate, self.duration_s)
+            row["accounts"] = accounts
+            rows.append(row)
+            say(f"{label} @ {rate}/s: p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, errors {row['errors']}")
+        self.results[label] = rows
+
+    def saturation(self, accounts: int) -> None:
+        script = str(ROOT / "bench" / "balance.lua")
+        env = {"LEDGER_BENCH_TARGETS": str(self._lua_targets(accounts))}
+        balance = tools.saturate(self.url, self.duration_s, script=script, env=env)
+        static = tools.saturate(f"{self.url}/healthz", self.duration_s)
+        ratio = balance["rps"] / static["rps"]
+        self.results["saturation"] = {"balance": balance, "static": static, "ratio": round(ratio, 3)}
+        say(f"saturation: balance {balance['rps']:.0f} req/s vs static {static['rps']:.0f} req/s = {ratio:.2f}x")
+
+    async def round_trips(self, owner: asyncpg.Connection, accounts: int) -> None:
+        targets = self._targets(accounts)
+        tools.attack(targets, 200, 2)
+        await owner.execute("SELECT pg_stat_statements_reset()")
+        row = tools.attack(targets, 500, 4)
+        calls = await owner.fetch(
+            "SELECT query, calls FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid "
+            "WHERE r.rolname = 'ledger_api' ORDER BY calls DESC")
+        total = sum(r["calls"] for r in calls)
+        self.results["round_trips"] = {
+            "requests": row["requests"], "statements": total,
+            "per_request": round(total / row["requests"], 3),
+            "top": [(r["query"][:80], r["calls"]) for r in calls[:3]],
+        }
+        say(f"round trips per balance read: {total} statements / {row['requests']} requests")
+
+    def history(self) -> None:
+        key = self.keys["bench-00"]
+        base = f"{self.url}/v1/tenants/bench-00/accounts/{data.DEEP_ACCOUNT}/entries?limit=50"
+        deep_cursor = encode_cursor(DEEP - 100_000 + 1, 1)
+        rows = {}
+        for label, url in (("depth_0", base), ("depth_100000", f"{base}&cursor={deep_cursor}")):
+            rows[label] = tools.attack(f"GET {url}\nAuthorization: Bearer {key}\n", 500, self.duration_s)
+            say(f"history {label} @ 500/s: p50 {rows[label]['p50_ms']:.2f} ms, p99 {rows[label]['p99_ms']:.2f} ms")
+        self.results["history"] = rows
+
+    async def ingest_direct(self, owner: asyncpg.Connection, count: int) -> None:
+        """Stop the projector, append `count` requests, restart it and time the catch-up alone."""
+        processes.stop(self.projector, "projector")
+        kafka = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=True, linger_ms=5,
+                                 max_batch_size=256 * 1024)
+        await kafka.start()
+        try:
+            futures = []
+            for n in range(count):
+                tenant = data.TENANTS[n % 10]
+                request = TransactionRequest(uuid.uuid4().hex, tenant,
+                                             (Posting("@world", f"ingest-{n % 5000}", 100, "USD/2"),
+                                              Posting(f"ingest-{n % 5000}", f"acct-{n % 997 + 1}", 40, "USD/2")))
+                futures.append(await kafka.send(TRANSACTIONS_TOPIC, encode_request(request), key=tenant.encode()))
+            await asyncio.gather(*futures)
+        finally:
+            await kafka.stop()
+        before = await owner.fetchval("SELECT sum(next_offset)::bigint FROM projection_offsets")
+        self.projector = processes.spawn("projections.app", self.env, self.logs / "projector.log")
+        while await owner.fetchval("SELECT sum(next_offset)::bigint FROM projection_offsets") == before:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        first = await owner.fetchval("SELECT sum(next_offset)::bigint FROM projection_offsets")
+        finished = await self.caught_up(owner)
+        applied = before + count - first
+        rate = applied / (finished - started)
+        self.results["ingest_direct"] = {"transactions": count, "measured": applied,
+                                         "seconds": round(finished - started, 2), "tx_per_s": round(rate)}
+        say(f"ingest (straight to Kafka, one projector): {rate:.0f} committed tx/s over {applied} transactions")
+
+    def ingest_http(self, rate: int) -> None:
+        bodies = self.logs / "bodies"
+        bodies.mkdir(exist_ok=True)
+        lines = []
+        for n in range(50):
+            tenant = data.TENANTS[n % 10]
+            body = bodies / f"{n}.json"
+            body.write_text(json.dumps({"postings": [
+                {"source": "@world", "destination": f"http-{n}", "amount": 5, "asset": "USD/2"}]}))
+            lines.append(f"POST {self.url}/v1/tenants/{tenant}/transactions?wait=true\n"
+                         f"Authorization: Bearer {self.keys[tenant]}\nContent-Type: application/json\n@{body}\n")
+        row = tools.attack("\n".join(lines), rate, self.duration_s)
+        self.results.setdefault("ingest_http_wait", []).append(row)
+        say(f"POST ?wait=true @ {rate}/s: p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, "
+            f"errors {row['errors']} {row['status_codes']}")
+
+    async def replay_rate(self) -> None:
+        url = self.db_url.rsplit("/", 1)[0] + f"/ledger_bench_replay_{secrets.token_hex(4)}"
+        await migrate(url)
+        conn = await asyncpg.connect(url)
+        try:
+            started = time.monotonic()
+            stats = await replay(conn, self.bootstrap)
+            seconds = time.monotonic() - started
+        finally:
+            await conn.close()
+            admin = await asyncpg.connect(url.rsplit("/", 1)[0] + "/postgres")
+            await admin.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}"')
+            await admin.close()
+        self.results["replay"] = {"events": stats.records, "seconds": round(seconds, 2),
+                                  "events_per_s": round(stats.records / seconds)}
+        say(f"replay: {stats.records} events in {seconds:.1f} s = {stats.records / seconds:.0f} events/s")
+
+    # --- the run ---------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        owner = await asyncpg.connect(self.db_url)
+        try:
+            await self.tenants()
+            await self.caught_up(owner)
+            small = 10_000
+            say(f"loading {small} accounts x 10 entries and one history of {DEEP}")
+            await data.load_accounts(owner, 1, small, 10)
+            await data.load_deep_history(owner, DEEP)
+            await data.analyze(owner)
+            rates = [500, 2000] if self.quick else [500, 1000, 2000, 5000]
+            self.reads(small, "reads_10k", rates)
+            self.saturation(small)
+            await self.round_trips(owner, small)
+            self.history()
+            await self.ingest_direct(owner, 20_000 if self.quick else 200_000)
+            self.ingest_http(500)
+            await self.replay_rate()
+            if not self.quick:
+                large = 1_000_000
+                say(f"loading up to {large} accounts x 10 entries")
+                started = time.monotonic()
+                await data.load_accounts(owner, small + 1, large, 10)
+                await data.analyze(owner)
+                self.results["load_1m_seconds"] = round(time.monotonic() - started, 1)
+                self.reads(large, "reads_1m", [2000])
+        finally:
+            await owner.close()
+
+
+def _machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "uname": " ".join(os.uname()), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                          time.gmtime())}
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = ["", "| measurement | rate | p50 ms | p95 ms | p99 ms | max ms | achieved | errors |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label in ("reads_10k", "reads_1m"):
+        for r in results.get(label, []):
+            lines.append(f"| balance read, {r['accounts']:,} accounts | {r['rate']}/s | {r['p50_ms']:.2f} | "
+                         f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['achieved_rps']} | {r['errors']} |")
+    for label, r in results.get("history", {}).items():
+        lines.append(f"| history page, {label} | {r['rate']}/s | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['achieved_rps']} | {r['errors']} |")
+    for r in results.get("ingest_http_wait", []):
+        lines.append(f"| POST ?wait=true | {r['rate']}/s | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['max_ms']:.1f} | {r['achieved_rps']} | {r['errors']} |")
+    sat = results.get("saturation")
+    if sat:
+        lines += ["", f"saturation (wrk, 64 connections): balance {sat['balance']['rps']:.0f} req/s "
+                      f"(p99 {sat['balance']['p99_ms']} ms), static /healthz {sat['static']['rps']:.0f} req/s, "
+                      f"ratio {sat['ratio']}x"]
+    if "round_trips" in results:
+        rt = results["round_trips"]
+        lines.append(f"database statements per balance read: {rt['per_request']} ({rt['statements']} / {rt['requests']})")
+    if "ingest_direct" in results:
+        i = results["ingest_direct"]
+        lines.append(f"ingest straight to Kafka, one projector: {i['tx_per_s']} committed tx/s "
+                     f"({i['measured']} tx in {i['seconds']} s)")
+    if "replay" in results:
+        r = results["replay"]
+        lines.append(f"replay into an empty database: {r['events_per_s']} events/s ({r['events']} in {r['seconds']} s)")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label in ("reads_10k", "reads_1m"):
+        rows = results.get(label, [])
+        if rows:
+            ax.plot([r["rate"] for r in rows], [r["p99_ms"] for r in rows], marker="o", label=f"{label} p99")
+            ax.plot([r["rate"] for r in rows], [r["p50_ms"] for r in rows], marker=".", linestyle="--",
+                    label=f"{label} p50")
+    ax.set_xlabel("offered rate (req/s, open loop)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title("Balance reads")
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a reduced run, under 3 minutes")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    tools.vegeta()
+    tools.wrk()
+    started_pg, started_kafka = local.up()
+    bench = Bench(args.quick)
+    began = time.monotonic()
+    try:
+        bench.start()
+        asyncio.run(bench.run())
+    finally:
+        bench.stop()
+        if started_kafka:
+            local.stop_kafka()
+        if started_pg:
+            local.stop_postgres()
+    bench.results["total_seconds"] = round(time.monotonic() - began, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(bench.results, indent=2, default=str))
+    plotted = plot(bench.results, RESULTS / f"{stamp}.png")
+    print(report(bench.results))
+    print(f"\nresults: {RESULTS / f'{stamp}.json'}" + (f" and {stamp}.png" if plotted else ""))
+
+
+if __name__ == "__main__":
+    main()

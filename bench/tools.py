@@ -1,0 +1,81 @@
+"""The load tools: vegeta (open loop, fixed rate) and wrk (closed loop, saturation), installed on demand."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from infra.local import CACHE, say
+
+VEGETA_VERSION = "v12.13.0"
+
+
+def vegeta() -> str:
+    """vegeta from the Go module proxy, built once into `.cache/bin`."""
+    binary = CACHE / "bin" / "vegeta"
+    if not binary.exists():
+        if shutil.which("go") is None:
+            raise SystemExit("the benchmarks need Go (to build vegeta) or vegeta on PATH")
+        say(f"building vegeta {VEGETA_VERSION}")
+        env = {**os.environ, "GOBIN": str(binary.parent)}
+        subprocess.run(["go", "install", f"github.com/tsenart/vegeta/v12@{VEGETA_VERSION}"], check=True, env=env)
+    return str(binary)
+
+
+def wrk() -> str:
+    found = shutil.which("wrk")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        say("installing wrk from Debian")
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, stdout=subprocess.DEVNULL)
+        found = shutil.which("wrk")
+    if found is None:
+        raise SystemExit("the benchmarks need wrk (apt-get install wrk)")
+    return found
+
+
+def attack(targets: str, rate: int, duration_s: int, connections: int = 64, timeout_s: int = 10) -> dict[str, Any]:
+    """Open loop: `rate` requests/s whatever the answers; latency counts from the scheduled send."""
+    with tempfile.NamedTemporaryFile("w", suffix=".targets", delete=False) as f:
+        f.write(targets)
+    try:
+        attack_run = subprocess.run(
+            [vegeta(), "attack", f"-targets={f.name}", f"-rate={rate}/s", f"-duration={duration_s}s",
+             f"-connections={connections}", f"-max-connections={connections}", f"-timeout={timeout_s}s"],
+            capture_output=True, check=True)
+        report = subprocess.run([vegeta(), "report", "-type=json"], input=attack_run.stdout,
+                                capture_output=True, check=True)
+    finally:
+        Path(f.name).unlink()
+    raw = json.loads(report.stdout)
+    ms = {k: v / 1e6 for k, v in raw["latencies"].items()}
+    errors = sum(n for code, n in raw["status_codes"].items() if not code.startswith("2"))
+    return {"rate": rate, "achieved_rps": round(raw["throughput"], 1), "requests": raw["requests"],
+            "p50_ms": ms["50th"], "p95_ms": ms["95th"], "p99_ms": ms["99th"], "max_ms": ms["max"],
+            "errors": errors, "status_codes": raw["status_codes"]}
+
+
+def saturate(url: str, duration_s: int, connections: int = 64, script: str | None = None,
+             env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Closed loop: as many requests as `connections` keep in flight."""
+    argv = [wrk(), "-t2", f"-c{connections}", f"-d{duration_s}s", "--latency", url]
+    if script:
+        argv[1:1] = ["-s", script]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, env={**os.environ, **(env or {})}).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    pct = {m[0]: _ms(m[1]) for m in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+\w+)", out, re.M)}
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50_ms": pct.get("50"), "p99_ms": pct.get("99"),
+            "errors": int(errors.group(1)) if errors else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else None}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
