@@ -44,5 +44,6 @@ class MetricsMiddleware:
             latency.observe(time.perf_counter() - started)
             counter = self._requests.get((route, method, status))
             if counter is None:
-                counter = self._requests.setdefault((route, method, status), REQUESTS.labels(route, method, str(status)))
+                child = REQUESTS.labels(route, method, str(status))
+                counter = self._requests.setdefault((route, method, status), child)
             counter.inc()

@@ -273,19 +273,18 @@ def _machine() -> dict[str, Any]:
                                                                                           time.gmtime())}
 
 
+def _row(name: str, r: dict[str, Any]) -> str:
+    return (f"| {name} | {r['rate']}/s | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['max_ms']:.1f} | {r['achieved_rps']} | {r['errors']} |")
+
+
 def report(results: dict[str, Any]) -> str:
     lines = ["", "| measurement | rate | p50 ms | p95 ms | p99 ms | max ms | achieved | errors |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label in ("reads_10k", "reads_1m"):
-        for r in results.get(label, []):
-            lines.append(f"| balance read, {r['accounts']:,} accounts | {r['rate']}/s | {r['p50_ms']:.2f} | "
-                         f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['achieved_rps']} | {r['errors']} |")
-    for label, r in results.get("history", {}).items():
-        lines.append(f"| history page, {label} | {r['rate']}/s | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
-                     f"{r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['achieved_rps']} | {r['errors']} |")
-    for r in results.get("ingest_http_wait", []):
-        lines.append(f"| POST ?wait=true | {r['rate']}/s | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['max_ms']:.1f} | {r['achieved_rps']} | {r['errors']} |")
+        lines += [_row(f"balance read, {r['accounts']:,} accounts", r) for r in results.get(label, [])]
+    lines += [_row(f"history page, {label}", r) for label, r in results.get("history", {}).items()]
+    lines += [_row("POST ?wait=true", r) for r in results.get("ingest_http_wait", [])]
     sat = results.get("saturation")
     if sat:
         lines += ["", f"saturation (wrk, 64 connections): balance {sat['balance']['rps']:.0f} req/s "
@@ -293,7 +292,8 @@ def report(results: dict[str, Any]) -> str:
                       f"ratio {sat['ratio']}x"]
     if "round_trips" in results:
         rt = results["round_trips"]
-        lines.append(f"database statements per balance read: {rt['per_request']} ({rt['statements']} / {rt['requests']})")
+        lines.append(f"database statements per balance read: {rt['per_request']} "
+                     f"({rt['statements']} / {rt['requests']})")
     if "ingest_direct" in results:
         i = results["ingest_direct"]
         lines.append(f"ingest straight to Kafka, one projector: {i['tx_per_s']} committed tx/s "

@@ -86,8 +86,9 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, request: Tran
     if outcome.replay_of is not None:
         original = outcome.replay_of
         _count(rows, "replayed", outcome.reason)
-        rows.outcomes.append((position.partition, key, _outcome(request.tenant, request.id, outcome.status, outcome.reason,
-                                            original.position, original.transaction_id)))
+        body = _outcome(request.tenant, request.id, outcome.status, outcome.reason, original.position,
+                        original.transaction_id)
+        rows.outcomes.append((position.partition, key, body))
         return
     ledger.apply(request, outcome, position)
     at = record.time
@@ -105,7 +106,8 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, request: Tran
                              request.id, entry.amount, entry.balance_after, at))
         rows.balances[(request.tenant, entry.account, entry.asset)] = (entry.balance_after, position)
     _count(rows, outcome.status, outcome.reason)
-    rows.outcomes.append((position.partition, key, _outcome(request.tenant, request.id, outcome.status, outcome.reason, position)))
+    body = _outcome(request.tenant, request.id, outcome.status, outcome.reason, position)
+    rows.outcomes.append((position.partition, key, body))
 
 
 def _fold_invalid(ledger: Ledger, rows: BatchRows, record: Record, error: InvalidRequest) -> None:
@@ -124,8 +126,8 @@ def _fold_invalid(ledger: Ledger, rows: BatchRows, record: Record, error: Invali
                                 (record.value or b"")[:RAW_VALUE_BYTES_MAX], message, record.time))
     tenant = record.key.decode("utf-8", "replace") if record.key else None
     tenant = tenant if tenant is not None and TENANT_RE.fullmatch(tenant) else None
-    rows.outcomes.append((position.partition, record.key or b"", _outcome(tenant, identity[1] if identity else None, "rejected",
-                                                      INVALID, position)))
+    body = _outcome(tenant, identity[1] if identity else None, "rejected", INVALID, position)
+    rows.outcomes.append((position.partition, record.key or b"", body))
 
 
 def decode_all(records: list[Record]) -> list[TransactionRequest | InvalidRequest]:
