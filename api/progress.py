@@ -18,7 +18,7 @@ import orjson
 
 from ledger.errors import Unavailable
 from ledger.positions import Position
-from ledger.settings import KEYS_CHANNEL, PROGRESS_CHANNEL, TRANSACTIONS_TOPIC
+from ledger.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
 
 log = logging.getLogger("ledger.api")
 
@@ -100,8 +100,7 @@ class Listener:
         await conn.add_listener(PROGRESS_CHANNEL, self._on_progress)
         await conn.add_listener(KEYS_CHANNEL, self._on_key)
         # Listen first, then read: a batch committed in between is seen by one or the other.
-        rows = await conn.fetch("SELECT log_partition, next_offset FROM projection_offsets WHERE topic = $1",
-                                TRANSACTIONS_TOPIC)
+        rows = await conn.fetch("SELECT log_partition, next_offset FROM api_offsets()")
         self.progress.advance({r["log_partition"]: r["next_offset"] for r in rows})
         await self.on_keys(None)
         self.conn = conn

@@ -225,7 +225,7 @@ class Bench:
         conn = await asyncpg.connect(url)
         try:
             started = time.monotonic()
-            stats = await replay(conn, self.bootstrap)
+            stats = await replay(conn, self.bootstrap, "proj_v1")
             seconds = time.monotonic() - started
         finally:
             await conn.close()

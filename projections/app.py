@@ -13,13 +13,15 @@ from typing import Any
 
 import asyncpg
 import faust
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from ledger import settings as settings_mod
 from ledger.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from projections.batches import Record
+from projections.replay import topic_partitions
 from projections.writer import BatchResult, apply_batch
 
 log = logging.getLogger("ledger.projector")
@@ -141,8 +143,41 @@ async def project(stream: Any) -> None:
         await projection.close()
 
 
+async def align_group_offsets() -> None:
+    """Move the group's committed offsets back to the projection's where they are ahead of it.
+
+    Kafka's committed offsets trail PostgreSQL's (faust commits after a batch), but a restored database can
+    be behind them, and starting there would skip records. Kafka accepts this commit only while the group
+    has no live member, so it runs before the worker joins; with members alive, they own the offsets.
+    """
+    conn = await asyncpg.connect(cfg.projector_database_url, timeout=10)
+    try:
+        projected = {r["log_partition"]: r["next_offset"] for r in await conn.fetch("SELECT * FROM api_offsets()")}
+    finally:
+        await conn.close()
+    kafka = AIOKafkaConsumer(bootstrap_servers=cfg.kafka_bootstrap, group_id=app.conf.id, enable_auto_commit=False)
+    await kafka.start()
+    try:
+        tps = await topic_partitions(kafka, TRANSACTIONS_TOPIC)
+        kafka.assign(tps)
+        ahead = {}
+        for tp in tps:
+            committed = await kafka.committed(tp)
+            if committed is not None and committed > projected.get(tp.partition, 0):
+                ahead[tp] = OffsetAndMetadata(projected.get(tp.partition, 0), "")
+        if ahead:
+            await kafka.commit(ahead)
+            log.warning("moved the group's offsets back to the projection's: %s",
+                        {tp.partition: o.offset for tp, o in ahead.items()})
+    except KafkaError as e:
+        log.info("group offsets left as they are (%r): the group has live members", e)
+    finally:
+        await kafka.stop()
+
+
 def main() -> None:
     """Run one projector worker in the foreground until SIGINT/SIGTERM."""
+    asyncio.run(align_group_offsets())
     metrics_port = int(os.environ.get("LEDGER_PROJECTOR_METRICS_PORT", "0"))
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1")

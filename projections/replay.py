@@ -1,19 +1,21 @@
-"""Replaying `ledger.transactions` from its start into a projection, with the projector's own writer.
+"""Replaying `ledger.transactions` into a projection schema, with the projector's own writer.
 
-Used to rebuild or verify projections: the same fold over the same log gives the same rows.
+Used to rebuild or verify projections: the same fold over the same log gives the same rows. A replay
+resumes where the schema's offsets stand, so an interrupted one picks up where it stopped.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger.settings import TRANSACTIONS_TOPIC
 from projections.batches import Record
-from projections.writer import apply_batch
+from projections.writer import apply_batch, committed_offsets
 
 FETCH_TIMEOUT_MS = 1000
 EMPTY_FETCHES_MAX = 30
@@ -25,6 +27,9 @@ class ReplayStats:
     batches: int = 0
 
 
+Progress = Callable[[dict[int, int], dict[int, int], ReplayStats], None]
+
+
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     """Every partition of `topic`. An unsubscribed consumer tracks no topic's metadata, so ask the cluster
     (as `AIOKafkaConsumer.topics()` itself does)."""
@@ -32,47 +37,76 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
     return [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
 
 
-async def log_end(consumer: AIOKafkaConsumer) -> dict[int, int]:
-    tps = await topic_partitions(consumer, TRANSACTIONS_TOPIC)
-    return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
+def consumer(bootstrap: str) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                            max_partition_fetch_bytes=8 * 1024 * 1024)
 
 
-async def read_log(bootstrap: str, batch_size_max: int, until: dict[int, int] | None = None
-                   ) -> AsyncIterator[tuple[list[Record], dict[int, int]]]:
-    """Batches of the log from its start up to `until` (next offsets; default: the end when called)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024)
-    await consumer.start()
+async def log_end(bootstrap: str) -> dict[int, int]:
+    """The next offset to be written, per partition of the log."""
+    kafka = consumer(bootstrap)
+    await kafka.start()
     try:
-        end = until if until is not None else await log_end(consumer)
-        tps = [TopicPartition(TRANSACTIONS_TOPIC, p) for p in sorted(end)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        remaining = {p for p, offset in end.items() if offset > 0}
+        tps = await topic_partitions(kafka, TRANSACTIONS_TOPIC)
+        return {tp.partition: offset for tp, offset in (await kafka.end_offsets(tps)).items()}
+    finally:
+        await kafka.stop()
+
+
+async def read_log(bootstrap: str, batch_size_max: int, until: dict[int, int], start: dict[int, int] | None = None,
+                   until_time: datetime | None = None) -> AsyncIterator[list[Record]]:
+    """Batches of the log from `start` (default: the beginning) up to `until` (next offsets per partition),
+    stopping early in each partition at the first record after `until_time`."""
+    start = start or {}
+    kafka = consumer(bootstrap)
+    await kafka.start()
+    try:
+        remaining = {p for p, end in until.items() if start.get(p, 0) < end}
+        tps = [TopicPartition(TRANSACTIONS_TOPIC, p) for p in sorted(remaining)]
+        if not tps:
+            return
+        kafka.assign(tps)
+        for tp in tps:
+            kafka.seek(tp, start.get(tp.partition, 0))
+        limit_ms = None if until_time is None else int(until_time.timestamp() * 1000)
         empty = 0
         while remaining:
-            fetched = await consumer.getmany(*[TopicPartition(TRANSACTIONS_TOPIC, p) for p in remaining],
-                                             timeout_ms=FETCH_TIMEOUT_MS, max_records=batch_size_max)
+            fetched = await kafka.getmany(*[TopicPartition(TRANSACTIONS_TOPIC, p) for p in remaining],
+                                          timeout_ms=FETCH_TIMEOUT_MS, max_records=batch_size_max)
             empty = 0 if fetched else empty + 1
             if empty > EMPTY_FETCHES_MAX:
-                raise TimeoutError(f"the log stopped delivering before {end}")
-            batch = [Record(m.partition, m.offset, m.key, m.value, m.timestamp)
-                     for tp, messages in fetched.items() for m in messages if m.offset < end[tp.partition]]
-            for tp in fetched:
-                if await consumer.position(tp) >= end[tp.partition]:
+                raise TimeoutError(f"the log stopped delivering before {until}")
+            batch: list[Record] = []
+            for tp, messages in fetched.items():
+                for m in messages:
+                    if m.offset >= until[tp.partition] or (limit_ms is not None and m.timestamp > limit_ms):
+                        remaining.discard(tp.partition)
+                        break
+                    batch.append(Record(m.partition, m.offset, m.key, m.value, m.timestamp))
+                if await kafka.position(tp) >= until[tp.partition]:
                     remaining.discard(tp.partition)
             if batch:
-                yield batch, end
+                yield batch
     finally:
-        await consumer.stop()
+        await kafka.stop()
 
 
-async def replay(conn: asyncpg.Connection, bootstrap: str, batch_size_max: int = 5000,
-                 until: dict[int, int] | None = None) -> ReplayStats:
-    """Apply the log to the projection behind `conn`; already applied offsets are skipped."""
+async def replay(conn: asyncpg.Connection, bootstrap: str, schema: str, batch_size_max: int = 5000,
+                 until: dict[int, int] | None = None, until_time: datetime | None = None,
+                 progress: Progress | None = None, keep: Callable[[Record], bool] | None = None) -> ReplayStats:
+    """Apply the log to the projection in `schema`, from its own offsets up to `until` (default: the end)."""
     stats = ReplayStats()
-    async for batch, _ in read_log(bootstrap, batch_size_max, until):
-        result = await apply_batch(conn, batch)
-        stats.records += result.applied
-        stats.batches += 1
+    end = until if until is not None else await log_end(bootstrap)
+    start = await committed_offsets(conn, schema)
+    current = {p: start.get(p, 0) for p in end}
+    async for batch in read_log(bootstrap, batch_size_max, end, start, until_time):
+        kept = batch if keep is None else [r for r in batch if keep(r)]
+        if kept:
+            result = await apply_batch(conn, kept, schema=schema)
+            stats.records += result.applied
+            stats.batches += 1
+        for record in batch:
+            current[record.partition] = record.offset + 1
+        if progress is not None:
+            progress(current, end, stats)
     return stats

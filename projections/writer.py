@@ -8,6 +8,7 @@ whatever its size.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from projections.batches import (
 )
 
 log = logging.getLogger("ledger.projector")
+
+SCHEMA_RE = re.compile(r"(proj|verify)_[a-z0-9_]{1,40}", re.ASCII)
 
 LOCK_OFFSETS = """
 INSERT INTO projection_offsets (topic, log_partition, next_offset)
@@ -134,19 +137,47 @@ async def _store(conn: asyncpg.Connection, rows: BatchRows) -> None:
                        orjson.dumps({str(p): rows.next_offsets[p] for p in parts}).decode())
 
 
-async def apply_batch(conn: asyncpg.Connection, records: list[Record], publish: Publish | None = None) -> BatchResult:
+class OffsetGap(RuntimeError):
+    """Records arrived past the projection's next offset: applying them would skip the ones in between."""
+
+
+def _check_contiguous(records: list[Record], next_offsets: dict[int, int]) -> None:
+    # The log has no gaps (no compaction, no transactional producers), so a gap means the consumer is
+    # positioned wrong; refusing is the only way not to lose the records in between. A projection that has
+    # applied nothing yet starts wherever the log starts.
+    expected = dict(next_offsets)
+    for record in records:
+        want = expected[record.partition]
+        if record.offset != want and want != 0:
+            raise OffsetGap(f"partition {record.partition}: got offset {record.offset}, expected {want}")
+        expected[record.partition] = record.offset + 1
+
+
+def schema_path(schema: str) -> str:
+    assert SCHEMA_RE.fullmatch(schema), f"not a projection schema name: {schema!r}"
+    return f"{schema}, public"
+
+
+async def apply_batch(conn: asyncpg.Connection, records: list[Record], publish: Publish | None = None,
+                      schema: str | None = None) -> BatchResult:
     """Apply `records` (in log order per partition) in one transaction with their offsets.
 
-    `publish` gets the batch's outcomes before the commit: a crash after publishing redoes the batch and
-    publishes again, so outcomes are delivered at least once and never lost.
+    Into the live projection by default (waiting while an operator switches it), or into `schema` (a
+    rebuild). `publish` gets the batch's outcomes before the commit: a crash after publishing redoes the
+    batch and publishes again, so outcomes are delivered at least once and never lost.
     """
     started = time.perf_counter()
     partitions = sorted({r.partition for r in records})
     async with conn.transaction():
+        if schema is None:
+            await conn.execute("SELECT projector_begin()")
+        else:
+            await conn.execute("SELECT set_config('search_path', $1, true)", schema_path(schema))
         await conn.execute(LOCK_OFFSETS, TRANSACTIONS_TOPIC, partitions)
         next_offsets = {r["log_partition"]: r["next_offset"]
                         for r in await conn.fetch(SELECT_OFFSETS, TRANSACTIONS_TOPIC, partitions)}
         fresh = [r for r in records if r.offset >= next_offsets[r.partition]]
+        _check_contiguous(fresh, next_offsets)
         if not fresh:
             return BatchResult([], {}, 0, len(records), time.perf_counter() - started)
         decoded = decode_all(fresh)
@@ -159,8 +190,9 @@ async def apply_batch(conn: asyncpg.Connection, records: list[Record], publish: 
                        time.perf_counter() - started)
 
 
-async def committed_offsets(conn: asyncpg.Connection) -> dict[int, int]:
-    """The next offset to apply of every partition the projection has seen."""
-    rows = await conn.fetch("SELECT log_partition, next_offset FROM projection_offsets WHERE topic = $1",
+async def committed_offsets(conn: asyncpg.Connection, schema: str) -> dict[int, int]:
+    """The next offset to apply of every partition the projection in `schema` has seen."""
+    assert SCHEMA_RE.fullmatch(schema)
+    rows = await conn.fetch(f"SELECT log_partition, next_offset FROM {schema}.projection_offsets WHERE topic = $1",
                             TRANSACTIONS_TOPIC)
     return {r["log_partition"]: r["next_offset"] for r in rows}

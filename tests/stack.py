@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -12,13 +13,16 @@ import subprocess
 import time
 import uuid
 
+import asyncpg
 import httpx
 
 from infra import processes
 from infra.local import DATA
+from projections.replay import log_end
 
 API_PORT = 8011
 READY_TIMEOUT_S = 60
+CATCH_UP_TIMEOUT_S = 600
 
 
 def unique(prefix: str = "t") -> str:
@@ -87,5 +91,21 @@ class Stack:
             response = httpx.get(f"{self.api_url}/v1/tenants/{probe}/accounts/probe", headers=headers,
                                  params={"min_position": sent.json()["position"], "timeout_ms": 5000}, timeout=10)
             if response.status_code == 200:
+                asyncio.run(self._caught_up())
                 return
         raise RuntimeError("the projector did not apply a probe in time; see .data/logs/tests/projector.log")
+
+    async def _caught_up(self) -> None:
+        """Until the projection has applied the whole log (a reused broker may hold a long history)."""
+        end = await log_end(self.env["LEDGER_KAFKA_BOOTSTRAP"])
+        conn = await asyncpg.connect(self.env["LEDGER_DATABASE_URL"])
+        try:
+            deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+            while time.monotonic() < deadline:
+                applied = {r["log_partition"]: r["next_offset"] for r in await conn.fetch("SELECT * FROM api_offsets()")}
+                if all(applied.get(p, 0) >= offset for p, offset in end.items()):
+                    return
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+        raise RuntimeError("the projector did not catch up with the log in time")

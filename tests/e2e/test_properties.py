@@ -286,7 +286,7 @@ async def _replay_and_compare(stack: Stack) -> int:
     try:
         applied = {r["log_partition"]: r["next_offset"] for r in await live.fetch(
             "SELECT log_partition, next_offset FROM projection_offsets")}
-        stats = await replay(fresh, os.environ["LEDGER_KAFKA_BOOTSTRAP"], until=applied)
+        stats = await replay(fresh, os.environ["LEDGER_KAFKA_BOOTSTRAP"], "proj_v1", until=applied)
         queries = [
             "SELECT tenant, id, status, reason, postings::text, metadata::text, reference, idempotency_key, "
             "fingerprint, log_partition, log_offset, created_at, committed_at, error FROM transactions ORDER BY 1, 2",

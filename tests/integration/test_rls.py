@@ -16,7 +16,8 @@ TENANT_TABLES = ["transactions", "balances", "entries", "idempotency_keys"]
 
 @pytest.fixture
 async def two_tenants(db: asyncpg.Pool) -> AsyncIterator[tuple[str, str]]:
-    """Rows for tenants A and B in every tenant table, written as the owner."""
+    """Rows for tenants A and B in every tenant table, written as the owner, removed afterwards (they are
+    not in the log, so `ledger verify` would rightly flag them)."""
     a, b = unique("rls"), unique("rls")
     for t in (a, b):
         await db.execute(
@@ -26,6 +27,8 @@ async def two_tenants(db: asyncpg.Pool) -> AsyncIterator[tuple[str, str]]:
         await db.execute("INSERT INTO entries VALUES ($1, 'alice', 'USD/2', 0, 0, 'tx', 5, 5, now())", t)
         await db.execute("INSERT INTO idempotency_keys VALUES ($1, 'k', 'tx')", t)
     yield a, b
+    for table in TENANT_TABLES:
+        await db.execute(f"DELETE FROM {table} WHERE tenant = ANY($1)", [a, b])
 
 
 @pytest.fixture

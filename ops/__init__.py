@@ -1,0 +1,1 @@
+"""Operators' tools: the `ledger` command line (replay, verify, status, tenants, keys)."""

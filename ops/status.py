@@ -1,0 +1,76 @@
+"""`ledger status`: per partition, the log's end, the projection's position and the lag; and the group."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from ledger.settings import TRANSACTIONS_TOPIC
+from projections.replay import consumer, log_end
+from projections.writer import committed_offsets
+
+FETCH_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStatus:
+    partition: int
+    log_end: int
+    projected: int
+    lag_events: int
+    lag_seconds: float | None
+
+
+async def _oldest_pending_ms(bootstrap: str, pending: dict[int, int]) -> dict[int, int]:
+    """The timestamp of the first record not yet projected, per lagging partition."""
+    if not pending:
+        return {}
+    kafka = consumer(bootstrap)
+    await kafka.start()
+    try:
+        stamps = {}
+        for partition, offset in pending.items():
+            tp = TopicPartition(TRANSACTIONS_TOPIC, partition)
+            kafka.assign([tp])
+            kafka.seek(tp, offset)
+            batch = await kafka.getmany(tp, timeout_ms=int(FETCH_TIMEOUT_S * 1000), max_records=1)
+            for messages in batch.values():
+                stamps[partition] = messages[0].timestamp
+        return stamps
+    finally:
+        await kafka.stop()
+
+
+async def partitions(url: str, bootstrap: str) -> list[PartitionStatus]:
+    end = await log_end(bootstrap)
+    conn = await asyncpg.connect(url)
+    try:
+        projected = await committed_offsets(conn, str(await conn.fetchval("SELECT active_schema FROM ledger_meta")))
+    finally:
+        await conn.close()
+    pending = {p: projected.get(p, 0) for p, e in end.items() if projected.get(p, 0) < e}
+    stamps = await _oldest_pending_ms(bootstrap, pending)
+    now_ms = time.time() * 1000
+    return [PartitionStatus(p, e, projected.get(p, 0), max(0, e - projected.get(p, 0)),
+                            round((now_ms - stamps[p]) / 1000, 1) if p in stamps else (0.0 if p not in pending else None))
+            for p, e in sorted(end.items())]
+
+
+async def group_members(bootstrap: str, group: str) -> list[dict[str, Any]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    members = []
+    for response in described:
+        for g in response.groups:
+            for m in g[5] if len(g) > 5 else []:
+                members.append({"member_id": m[0], "client_id": m[1], "host": m[2], "state": g[2]})
+    return members
