@@ -13,8 +13,8 @@ Settings come from the same `LEDGER_*` variables as the services (owner connecti
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
+import dataclasses
 import json
 import os
 import sys

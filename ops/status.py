@@ -56,8 +56,13 @@ async def partitions(url: str, bootstrap: str) -> list[PartitionStatus]:
     pending = {p: projected.get(p, 0) for p, e in end.items() if projected.get(p, 0) < e}
     stamps = await _oldest_pending_ms(bootstrap, pending)
     now_ms = time.time() * 1000
-    return [PartitionStatus(p, e, projected.get(p, 0), max(0, e - projected.get(p, 0)),
-                            round((now_ms - stamps[p]) / 1000, 1) if p in stamps else (0.0 if p not in pending else None))
+
+    def lag_s(p: int) -> float | None:
+        if p in stamps:
+            return round((now_ms - stamps[p]) / 1000, 1)
+        return None if p in pending else 0.0
+
+    return [PartitionStatus(p, e, projected.get(p, 0), max(0, e - projected.get(p, 0)), lag_s(p))
             for p, e in sorted(end.items())]
 
 

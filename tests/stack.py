@@ -102,7 +102,8 @@ class Stack:
         try:
             deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
             while time.monotonic() < deadline:
-                applied = {r["log_partition"]: r["next_offset"] for r in await conn.fetch("SELECT * FROM api_offsets()")}
+                rows = await conn.fetch("SELECT * FROM api_offsets()")
+                applied = {r["log_partition"]: r["next_offset"] for r in rows}
                 if all(applied.get(p, 0) >= offset for p, offset in end.items()):
                     return
                 await asyncio.sleep(0.1)

@@ -38,7 +38,7 @@ async def test_a_redelivered_batch_is_skipped(scratch: tuple[asyncpg.Connection,
     tenant = unique()
     batch = [record(0, tenant), record(1, tenant), record(2, tenant)]
     first = await apply_batch(conn, batch, schema=schema)
-    again = await apply_batch(conn, batch[1:] + [record(3, tenant)], schema=schema)
+    again = await apply_batch(conn, [*batch[1:], record(3, tenant)], schema=schema)
     assert (first.applied, first.skipped) == (3, 0)
     assert (again.applied, again.skipped) == (1, 2)
     assert await conn.fetchval(f"SELECT balance FROM {schema}.balances WHERE account = 'alice'") == 40
