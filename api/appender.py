@@ -21,6 +21,18 @@ APPEND_TIMEOUT_S = 3.0
 START_RETRY_S = 1.0
 
 
+class AppendUnconfirmed(Unavailable):
+    """Kafka did not acknowledge in time. The request may still be appended (the producer retries), so the
+    client is told its id: it can look it up, or retry with the same Idempotency-Key."""
+
+    code = "append_unconfirmed"
+
+    def __init__(self, transaction_id: str) -> None:
+        super().__init__("the log (Kafka) did not acknowledge the request in time; it may still be appended: "
+                         "retry with the same Idempotency-Key, or look up the transaction id")
+        self.transaction_id = transaction_id
+
+
 class Appender:
     """The API's producer. Starts in the background, so the API serves reads while Kafka is away."""
 
@@ -66,7 +78,7 @@ class Appender:
                                                 key=request.tenant.encode())
                 metadata = await sent
         except (KafkaError, TimeoutError) as e:
-            raise Unavailable(f"the log (Kafka) did not acknowledge the request: {type(e).__name__}") from e
+            raise AppendUnconfirmed(request.id) from e
         return Position(metadata.partition, metadata.offset)
 
     async def ready(self) -> bool:

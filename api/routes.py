@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api import views
-from api.appender import Appender
+from api.appender import Appender, AppendUnconfirmed
 from api.auth import SCOPES, KeyStore, Principal, new_secret_key
 from api.progress import Progress
 from api.requests import (
@@ -142,7 +142,10 @@ async def post_transaction(request: Request) -> Response:
         prior = await context.store.transaction_by_key(tenant, key)
         if prior is not None:
             return _replayed(views.transaction(prior), tx, bytes(prior["fingerprint"]))
-    position = await context.appender.append(tx)
+    try:
+        position = await context.appender.append(tx)
+    except AppendUnconfirmed as e:
+        return error(503, e.code, e.message, headers={"Retry-After": "1"}, id=e.transaction_id)
     pending = JSON({"id": tx.id, "status": "pending", "position": position.token()}, status_code=202)
     if not wait or not await context.progress.wait(position, timeout_ms / 1000):
         return pending

@@ -28,6 +28,7 @@ PG_PORT = 5433
 PG_BIN_CANDIDATES = [Path("/usr/lib/postgresql/15/bin"), Path("/usr/lib/postgresql/16/bin"),
                      Path("/usr/lib/postgresql/17/bin")]
 START_TIMEOUT_S = 90
+_DETACHED: list[subprocess.Popen[bytes]] = []
 STOP_TIMEOUT_S = 30
 
 
@@ -135,9 +136,11 @@ def _java(libs: Path, logs: Path, *args: str) -> list[str]:
             "-cp", f"{libs}/*", *args]
 
 
-def start_kafka() -> bool:
+def start_kafka(configured_elsewhere: bool | None = None) -> bool:
     """Start the broker unless one is configured or already running; True when this call started it."""
-    if os.environ.get("LEDGER_KAFKA_BOOTSTRAP"):
+    if configured_elsewhere is None:
+        configured_elsewhere = bool(os.environ.get("LEDGER_KAFKA_BOOTSTRAP"))
+    if configured_elsewhere:
         say(f"using Kafka at {os.environ['LEDGER_KAFKA_BOOTSTRAP']}")
         return False
     data = DATA / "kafka"
@@ -160,6 +163,7 @@ def start_kafka() -> bool:
         proc = subprocess.Popen(_java(libs, data, "kafka.Kafka", str(config)), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     pid_file.write_text(str(proc.pid))
+    _DETACHED.append(proc)  # it outlives this call (stopped by pid file); keep Popen from warning about it
     wait_for_port(KAFKA_PORT, "Kafka", proc)
     say(f"Kafka {KAFKA_VERSION} up on 127.0.0.1:{KAFKA_PORT} in {time.monotonic() - started:.1f} s "
         f"(logs: {data / 'server.log'})")
@@ -208,9 +212,11 @@ def _pg_data() -> Path:
     return data
 
 
-def start_postgres() -> bool:
+def start_postgres(configured_elsewhere: bool | None = None) -> bool:
     """Start the cluster unless one is configured or already running; True when this call started it."""
-    if os.environ.get("LEDGER_DATABASE_URL"):
+    if configured_elsewhere is None:
+        configured_elsewhere = bool(os.environ.get("LEDGER_DATABASE_URL"))
+    if configured_elsewhere:
         say("using PostgreSQL at LEDGER_DATABASE_URL")
         return False
     if port_open(PG_PORT):

@@ -19,6 +19,8 @@ from infra.local import DATA, say
 from ledger import settings as settings_mod
 
 READY_TIMEOUT_S = 60
+RESTARTS_MAX = 5
+RESTART_WINDOW_S = 300.0
 
 
 def admin_token() -> str:
@@ -66,19 +68,29 @@ def main() -> None:
         processes.prepare(env)
         logs = DATA / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        modules = {"projector": "projections.app", "API": "api"}
         children.append(("projector", processes.spawn("projections.app", env, logs / "projector.log")))
         api = processes.spawn("api", env, logs / "api.log")
         children.append(("API", api))
+        restarts: list[float] = []
         url = f"http://{cfg.api_host}:{cfg.api_port}"
         wait_ready(url, api)
         say(f"API ready at {url}")
         say(f"admin token: {cfg.admin_token}")
         say(f"logs: {logs}/ ; press Ctrl-C to stop")
         while not stopping:
-            for name, proc in children:
-                if proc.poll() is not None:
-                    say(f"the {name} exited with status {proc.returncode}; stopping (see {logs})")
+            for i, (name, proc) in enumerate(children):
+                if proc.poll() is None or stopping:
+                    continue
+                restarts = [t for t in restarts if time.monotonic() - t < RESTART_WINDOW_S]
+                if len(restarts) >= RESTARTS_MAX:
+                    say(f"the {name} exited with status {proc.returncode} and has restarted too often; stopping")
                     stopping, status = True, 1
+                    break
+                say(f"the {name} exited with status {proc.returncode}; restarting it (see {logs})")
+                restarts.append(time.monotonic())
+                log_name = "projector.log" if name == "projector" else "api.log"
+                children[i] = (name, processes.spawn(modules[name], env, logs / log_name))
             time.sleep(0.2)
     finally:
         say("stopping")

@@ -6,6 +6,7 @@ Exits with pytest's status.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from urllib.parse import urlsplit, urlunsplit
@@ -22,6 +23,7 @@ def test_database_url(url: str) -> str:
 
 
 def main() -> None:
+    local_services = not (os.environ.get("LEDGER_KAFKA_BOOTSTRAP") or os.environ.get("LEDGER_DATABASE_URL"))
     started_pg, started_kafka = local.up()
     try:
         base = settings_mod.load()
@@ -29,6 +31,8 @@ def main() -> None:
             LEDGER_DATABASE_URL=test_database_url(base.database_url),
             LEDGER_KAFKA_BOOTSTRAP=base.kafka_bootstrap,
             LEDGER_PROJECTOR_GROUP="ledger-projector-test",
+            # Fault tests stop and restart the services, which they may do only to the project's own.
+            LEDGER_TEST_LOCAL_SERVICES="1" if local_services else "",
         )
         processes.prepare(env)
         status = subprocess.run([sys.executable, "-m", "pytest", *sys.argv[1:]], env=env, check=False).returncode

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import time
 from typing import Any
 
 import asyncpg
@@ -21,7 +23,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from ledger import settings as settings_mod
 from ledger.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from projections.batches import Record
-from projections.replay import topic_partitions
+from projections.replay import log_end, topic_partitions
 from projections.writer import BatchResult, apply_batch
 
 log = logging.getLogger("ledger.projector")
@@ -36,6 +38,8 @@ OUTCOMES = Counter("ledger_projector_outcomes_total", "Decided requests", ["stat
 SKIPPED = Counter("ledger_projector_skipped_total", "Redelivered records skipped")
 APPLIED = Counter("ledger_projector_applied_total", "Records applied")
 LAST_OFFSET = Gauge("ledger_projector_next_offset", "Next offset to apply", ["partition"])
+LAG = Gauge("ledger_projector_lag_records", "Records in the log not yet applied", ["partition"])
+WATCH: dict[str, Any] = {}
 
 cfg = settings_mod.load()
 app = faust.App(
@@ -141,6 +145,42 @@ async def project(stream: Any) -> None:
                 log.info("skipped %d redelivered records", result.skipped)
     finally:
         await projection.close()
+
+
+WATCHDOG_INTERVAL_S = 5.0
+STALL_S_MAX = 30.0
+
+
+@app.timer(WATCHDOG_INTERVAL_S)
+async def watchdog() -> None:
+    """Stop the worker when the log has records waiting but nothing is applied for `STALL_S_MAX`.
+
+    Seen after a broker restart: faust's consumer dropped its subscription while the topic briefly looked
+    missing and never rejoined. A supervisor (make run, compose, Kubernetes) starts a fresh worker, which
+    resumes from the projection's offsets.
+    """
+    state = WATCH
+    try:
+        end = await log_end(cfg.kafka_bootstrap)
+        conn = await asyncpg.connect(cfg.projector_database_url, timeout=5)
+        try:
+            projected = {r["log_partition"]: r["next_offset"] for r in await conn.fetch("SELECT * FROM api_offsets()")}
+        finally:
+            await conn.close()
+    except (OSError, KafkaError, asyncpg.PostgresError, TimeoutError) as e:
+        log.info("watchdog could not look (%r)", e)
+        return
+    lag = sum(max(0, o - projected.get(p, 0)) for p, o in end.items())
+    for p, offset in end.items():
+        LAG.labels(str(p)).set(max(0, offset - projected.get(p, 0)))
+    now = time.monotonic()
+    if lag == 0 or projected != state.get("projected"):
+        state.update(projected=projected, since=now)
+        return
+    if now - state["since"] > STALL_S_MAX:
+        log.critical("no progress for %.0f s with %d records waiting; stopping so a supervisor restarts me",
+                     now - state["since"], lag)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def align_group_offsets() -> None:

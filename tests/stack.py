@@ -44,6 +44,7 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.projector: subprocess.Popen[bytes] | None = None
         self.api: subprocess.Popen[bytes] | None = None
+        self.extras: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
         self.start_projector()
@@ -54,13 +55,25 @@ class Stack:
     def start_projector(self) -> None:
         self.projector = processes.spawn("projections.app", self.env, self.logs / "projector.log")
 
+    def extra_projector(self) -> subprocess.Popen[bytes]:
+        """A second projector in the same consumer group, stopped with the stack."""
+        proc = processes.spawn("projections.app", self.env, self.logs / "projector-2.log")
+        self.extras.append(proc)
+        return proc
+
+    def ensure_projector(self) -> None:
+        """Restart the projector if a fault test left it dead (as a supervisor would)."""
+        assert self.projector is not None
+        if self.projector.poll() is not None:
+            self.start_projector()
+
     def kill_projector(self, sig: int = signal.SIGKILL) -> None:
         assert self.projector is not None
         self.projector.send_signal(sig)
         self.projector.wait(15)
 
     def stop(self) -> None:
-        for proc, name in ((self.api, "API"), (self.projector, "projector")):
+        for proc, name in ((self.api, "API"), (self.projector, "projector"), *((p, "extra") for p in self.extras)):
             if proc is not None:
                 processes.stop(proc, name)
 
