@@ -74,7 +74,8 @@ def http_error(request: Request, exc: Exception) -> Response:
 
 
 def unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    log.exception("unexpected error", extra={"request_id": getattr(request.state, "request_id", None),
+                                             "method": request.method, "path": request.url.path})
     return error(500, "internal", "an unexpected error occurred; it has been logged")
 
 
@@ -91,10 +92,14 @@ async def readyz(request: Request) -> Response:
         checks["database"] = True
     except (LedgerError, TimeoutError):
         checks["database"] = False
-    checks["kafka"] = await context.appender.ready()
+    end = await context.appender.log_end()
+    checks["kafka"] = end is not None
     checks["notifications"] = request.app.state.listener.healthy
+    lag = None if end is None else sum(max(0, o - context.progress.applied.get(p, 0)) for p, o in end.items())
+    checks["projector"] = lag is not None and lag <= context.settings.projector_lag_ready_max
     ok = all(checks.values())
-    return JSON({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+    return JSON({"status": "ready" if ok else "not_ready", "checks": checks, "projector_lag_records": lag},
+                status_code=200 if ok else 503)
 
 
 async def metrics(request: Request) -> Response:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from ledger.codec import encode_request
@@ -40,6 +40,7 @@ class Appender:
         self.bootstrap = bootstrap
         self.producer: AIOKafkaProducer | None = None
         self._starting: asyncio.Task[None] | None = None
+        self._watch: AIOKafkaConsumer | None = None  # only for end offsets, in /readyz
 
     def start(self) -> None:
         self._starting = asyncio.create_task(self._start())
@@ -67,6 +68,8 @@ class Appender:
                 await self._starting
         if self.producer is not None:
             await self.producer.stop()
+        if self._watch is not None:
+            await self._watch.stop()
 
     async def append(self, request: TransactionRequest) -> Position:
         """The position of the appended request; `Unavailable` if Kafka did not acknowledge it in time."""
@@ -81,12 +84,18 @@ class Appender:
             raise AppendUnconfirmed(request.id) from e
         return Position(metadata.partition, metadata.offset)
 
-    async def ready(self) -> bool:
+    async def log_end(self) -> dict[int, int] | None:
+        """The next offset of each partition of the log, or None if Kafka does not answer within a second."""
         if self.producer is None:
-            return False
+            return None
         try:
             async with asyncio.timeout(1.0):
                 metadata = await self.producer.client.fetch_all_metadata()
-                return TRANSACTIONS_TOPIC in metadata.topics()
+                partitions = metadata.partitions_for_topic(TRANSACTIONS_TOPIC) or set()
+                if self._watch is None:
+                    self._watch = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+                    await self._watch.start()
+                tps = [TopicPartition(TRANSACTIONS_TOPIC, p) for p in partitions]
+                return {tp.partition: o for tp, o in (await self._watch.end_offsets(tps)).items()}
         except (KafkaError, TimeoutError):
-            return False
+            return None

@@ -1,7 +1,8 @@
-"""Prometheus metrics for the API, collected by a pure-ASGI middleware (no BaseHTTPMiddleware)."""
+"""Prometheus metrics and request ids for the API, in one pure-ASGI middleware (no BaseHTTPMiddleware)."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -11,6 +12,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 REQUESTS = Counter("ledger_api_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram("ledger_api_request_seconds", "HTTP request latency", ["route", "method"],
                     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+
+def _request_id(scope: Scope) -> str:
+    """The caller's `X-Request-Id` when it is sane, else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if 1 <= len(value) <= 128 and value.isascii() and value.decode().isprintable():
+                return value.decode()
+            break
+    return secrets.token_hex(8)
 
 
 class MetricsMiddleware:
@@ -26,11 +37,14 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
 
         async def sending(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from ledger.positions import Position
 from ledger.requests import TransactionRequest
 from ledger.settings import Settings
 from ledger.validation import check_address, check_asset, check_id, check_tenant, parse_body
+
+log = logging.getLogger("ledger.api")
 
 WAIT_TIMEOUT_MS_DEFAULT = 5000
 ENTRIES_LIMIT_DEFAULT = 50
@@ -146,6 +149,8 @@ async def post_transaction(request: Request) -> Response:
         position = await context.appender.append(tx)
     except AppendUnconfirmed as e:
         return error(503, e.code, e.message, headers={"Retry-After": "1"}, id=e.transaction_id)
+    log.info("transaction appended", extra={"request_id": request.state.request_id, "tenant": tenant,
+                                            "transaction_id": tx.id, "position": position.token()})
     pending = JSON({"id": tx.id, "status": "pending", "position": position.token()}, status_code=202)
     if not wait or not await context.progress.wait(position, timeout_ms / 1000):
         return pending

@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from infra import logs
 from ledger import settings as settings_mod
 from ledger.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from projections.batches import Record
@@ -29,6 +30,11 @@ from projections.writer import BatchResult, apply_batch
 log = logging.getLogger("ledger.projector")
 
 RECONNECT_ATTEMPTS_MAX = 600
+# Failures that retrying the same batch on a fresh connection can fix. InternalClientError is what asyncpg
+# raises when the server goes away in the middle of a COPY.
+TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+             asyncpg.AdminShutdownError, asyncpg.exceptions.InternalClientError, KafkaError, TimeoutError)
+EXIT_ON_CRASH = 70
 RECONNECT_BACKOFF_S_MAX = 2.0
 
 BATCH_SIZE = Histogram("ledger_projector_batch_size", "Records per batch",
@@ -97,8 +103,7 @@ class Projection:
                 if self.conn is None or self.conn.is_closed():
                     self.conn = await asyncpg.connect(self.url, timeout=5)
                 return await apply_batch(self.conn, records, self.publish)
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                    asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, KafkaError, TimeoutError) as e:
+            except TRANSIENT as e:
                 delay = min(RECONNECT_BACKOFF_S_MAX, 0.05 * 2**attempt)
                 log.warning("PostgreSQL or Kafka unavailable (%r); retrying batch in %.2f s", e, delay)
                 await self._drop()
@@ -137,14 +142,26 @@ def _observe(result: BatchResult, records: list[Record]) -> None:
 async def project(stream: Any) -> None:
     projection = Projection(cfg.projector_database_url, cfg.kafka_bootstrap)
     try:
-        async for events in stream.take_events(cfg.batch_size_max, within=cfg.batch_wait_ms / 1000):
-            records = [_record(e) for e in events]
-            result = await projection.apply(records)
-            _observe(result, records)
-            if result.skipped:
-                log.info("skipped %d redelivered records", result.skipped)
+        await _project(stream, projection)
+    except Exception:
+        # Never let faust restart the agent: the failed batch's events are gone from the stream, and
+        # carrying on would skip them (the writer would refuse with OffsetGap anyway). Exit at once, before
+        # any offset of theirs is committed; a supervisor starts a fresh worker at the projection's offsets.
+        log.critical("the projector failed; exiting for a clean restart", exc_info=True)
+        os._exit(EXIT_ON_CRASH)
     finally:
         await projection.close()
+
+
+async def _project(stream: Any, projection: Projection) -> None:
+    async for events in stream.take_events(cfg.batch_size_max, within=cfg.batch_wait_ms / 1000):
+        records = [_record(e) for e in events]
+        result = await projection.apply(records)
+        _observe(result, records)
+        if result.skipped:
+            log.info("skipped redelivered records", extra={"skipped": result.skipped})
+        log.debug("batch applied", extra={"records": len(records), "applied": result.applied,
+                                          "apply_ms": round(result.apply_s * 1000, 1)})
 
 
 WATCHDOG_INTERVAL_S = 5.0
@@ -221,7 +238,8 @@ def main() -> None:
     metrics_port = int(os.environ.get("LEDGER_PROJECTOR_METRICS_PORT", "0"))
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1")
-    worker = faust.Worker(app, loglevel=os.environ.get("LEDGER_LOG_LEVEL", "WARNING"), quiet=True)
+    level = os.environ.get("LEDGER_LOG_LEVEL", "WARNING")
+    worker = faust.Worker(app, loglevel=level, quiet=True, logging_config=logs.config("projector", level))
     worker.execute_from_commandline()
 
 

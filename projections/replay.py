@@ -6,6 +6,7 @@ resumes where the schema's offsets stand, so an interrupted one picks up where i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,6 +61,8 @@ async def read_log(bootstrap: str, batch_size_max: int, until: dict[int, int], s
     start = start or {}
     kafka = consumer(bootstrap)
     await kafka.start()
+    # Let the consumer's background task begin: stopping it before its first step raises CancelledError.
+    await asyncio.sleep(0)
     try:
         remaining = {p for p, end in until.items() if start.get(p, 0) < end}
         tps = [TopicPartition(TRANSACTIONS_TOPIC, p) for p in sorted(remaining)]

@@ -67,9 +67,16 @@ async def producer(stack: Stack) -> AsyncIterator[AIOKafkaProducer]:
     await kafka.stop()
 
 
+async def live_projection(conn: asyncpg.Connection) -> None:
+    """Point a pooled connection at the live projection each time it is handed out (`ledger replay` may
+    switch it during the session)."""
+    schema = await conn.fetchval("SELECT active_schema FROM public.ledger_meta")
+    await conn.execute(f"SET search_path = {schema}, public")
+
+
 @pytest.fixture(scope="session")
 async def db() -> AsyncIterator[asyncpg.Pool]:
     """The owner's connection, for asserting on what the projector stored."""
-    pool = await asyncpg.create_pool(os.environ["LEDGER_DATABASE_URL"], min_size=1, max_size=4)
+    pool = await asyncpg.create_pool(os.environ["LEDGER_DATABASE_URL"], min_size=1, max_size=4, setup=live_projection)
     yield pool
     await pool.close()

@@ -26,6 +26,7 @@ from ledger.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from ledger.validation import is_system
 from projections.batches import BatchRows, Record, decode_all, fold_batch
 from projections.replay import replay, topic_partitions
+from tests.conftest import live_projection
 from tests.stack import Stack, unique
 
 EXAMPLES = int(os.environ.get("LEDGER_PROPERTY_EXAMPLES", "100"))
@@ -103,7 +104,8 @@ class World:
         for tp in tps:  # resolve the end now, before anything is produced
             await self.outcomes.position(tp)
         self.reader = asyncio.create_task(self._read_outcomes())
-        self.db = await asyncpg.create_pool(os.environ["LEDGER_DATABASE_URL"], min_size=1, max_size=4)
+        self.db = await asyncpg.create_pool(os.environ["LEDGER_DATABASE_URL"], min_size=1, max_size=4,
+                                            setup=live_projection)
         self.http = httpx.AsyncClient(base_url=self.stack.api_url, timeout=30,
                                       headers={"Authorization": f"Bearer {self.stack.admin_token}"})
 

@@ -1,0 +1,98 @@
+"""The `ledger` command line on the running stack: status, tenants and keys, verify, and a replay that
+switches the live projection while it is being read and written."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import asyncpg
+import httpx
+
+from tests.conftest import Tenant
+from tests.e2e.helpers import balances, posting, transfer
+from tests.stack import Stack, unique
+
+
+def ledger(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ops.cli", *args], env=stack.env, capture_output=True, text=True,
+                          timeout=600, check=False)
+
+
+def test_status_reports_every_partition_and_the_group(stack: Stack) -> None:
+    run = ledger(stack, "status", "--json")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert len(report["partitions"]) == 4
+    assert all(p["log_end"] >= p["projected"] >= 0 for p in report["partitions"])
+    assert len(report["members"]) >= 1
+    assert "partition" in ledger(stack, "status").stdout
+
+
+async def test_tenants_and_keys_from_the_command_line(stack: Stack) -> None:
+    tenant = unique("cli")
+    assert ledger(stack, "tenants", "create", tenant, "--name", "CLI").returncode == 0
+    created = ledger(stack, "keys", "create", tenant, "--scopes", "read")
+    assert created.returncode == 0, created.stderr
+    key_id = created.stdout.split("key id:")[1].split()[0]
+    key = next(line.split()[-1] for line in created.stdout.splitlines() if line.startswith("key:"))
+    async with httpx.AsyncClient(base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}) as client:
+        for _ in range(20):
+            if (await client.get(f"/v1/tenants/{tenant}/accounts/a")).status_code == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert (await client.get(f"/v1/tenants/{tenant}/accounts/a")).status_code == 200
+        assert ledger(stack, "keys", "revoke", tenant, key_id).returncode == 0
+        await asyncio.sleep(1.0)
+        assert (await client.get(f"/v1/tenants/{tenant}/accounts/a")).status_code == 401
+    bad = ledger(stack, "keys", "create", unique("nobody"))
+    assert bad.returncode == 2 and "no tenant" in bad.stderr
+
+
+async def test_replay_switches_the_live_projection_without_failing_a_read(
+    stack: Stack, tenant: Tenant, db: asyncpg.Pool
+) -> None:
+    assert (await transfer(tenant.client, tenant.id, posting("@world", "alice", 1000))).status_code == 201
+    before = await db.fetchval("SELECT active_schema FROM ledger_meta")
+    stop = asyncio.Event()
+    statuses: list[int] = []
+    written = 0
+
+    async def read_and_write() -> None:
+        nonlocal written
+        while not stop.is_set():
+            statuses.append((await tenant.client.get(tenant.path("/accounts/alice"))).status_code)
+            response = await transfer(tenant.client, tenant.id, posting("alice", "bob", 1), wait=False)
+            statuses.append(response.status_code)
+            written += response.status_code == 202
+
+    load = asyncio.create_task(read_and_write())
+    run = await asyncio.to_thread(ledger, stack, "replay", "--no-progress")
+    stop.set()
+    await load
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "switched" in run.stdout
+    after = await db.fetchval("SELECT active_schema FROM ledger_meta")
+    assert after != before
+    assert statuses and set(statuses) <= {200, 202}, sorted(set(statuses))
+    last = await transfer(tenant.client, tenant.id, posting("@world", "carol", 1))
+    assert last.status_code == 201
+    assert await balances(tenant.client, tenant.id, "bob", min_position=last.json()["position"]) == {"USD/2": written}
+    verified = ledger(stack, "verify")
+    assert verified.returncode == 0, verified.stdout
+    assert "identical" in verified.stdout
+
+
+def test_replay_until_a_position_leaves_a_shadow_that_a_second_run_finishes(stack: Stack) -> None:
+    status = json.loads(ledger(stack, "status", "--json").stdout)
+    first = status["partitions"][0]
+    token = f"{first['partition']}-{max(0, first['log_end'] // 2)}"
+    partial = ledger(stack, "replay", "--until", token, "--no-progress")
+    assert partial.returncode == 0, partial.stderr
+    assert "left as a shadow" in partial.stdout
+    finished = ledger(stack, "replay", "--no-progress")
+    assert finished.returncode == 0, finished.stderr
+    assert "switched" in finished.stdout
+    assert ledger(stack, "verify").returncode == 0
