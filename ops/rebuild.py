@@ -14,10 +14,12 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from ledger.errors import Unavailable
 from projections.replay import ReplayStats, replay
 from projections.writer import committed_offsets
 
 CATCH_UP_ROUNDS_MAX = 20
+REPLAY_LOCK = 7215830  # one replay at a time (session lock, released when the connection closes)
 SWITCH_LAG_MAX = 5000
 
 
@@ -80,6 +82,13 @@ async def _switch(url: str, bootstrap: str, schema: str, conn: asyncpg.Connectio
         await locker.close()
 
 
+async def _drop_older(conn: asyncpg.Connection, keep: set[str]) -> None:
+    """Drop projection schemas older than the one just replaced (kept for a rollback by hand)."""
+    for row in await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'proj\\_%'"):
+        if row["nspname"] not in keep:
+            await conn.execute(f'DROP SCHEMA "{row["nspname"]}" CASCADE')
+
+
 async def rebuild(url: str, bootstrap: str, until: dict[int, int] | None = None,
                   until_time: datetime | None = None, show_progress: bool = True) -> Rebuilt:
     """Replay the whole log into a shadow schema (resuming one left unfinished) and switch to it, unless
@@ -87,6 +96,8 @@ async def rebuild(url: str, bootstrap: str, until: dict[int, int] | None = None,
     conn = await asyncpg.connect(url)
     started = time.monotonic()
     try:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
+            raise Unavailable("another `ledger replay` is running")
         schema = await _shadow(conn)
         bar = ProgressBar() if show_progress else None
         stats = await replay(conn, bootstrap, schema, until=until, until_time=until_time, progress=bar)
@@ -101,7 +112,9 @@ async def rebuild(url: str, bootstrap: str, until: dict[int, int] | None = None,
             if behind <= SWITCH_LAG_MAX:
                 break
             records += (await replay(conn, bootstrap, schema, until=target)).records
+        previous = await conn.fetchval("SELECT active_schema FROM ledger_meta")
         records += await _switch(url, bootstrap, schema, conn)
+        await _drop_older(conn, keep={schema, previous})
         return Rebuilt(schema, records, time.monotonic() - started, True)
     finally:
         await conn.close()

@@ -41,8 +41,10 @@ async def api_conn() -> AsyncIterator[asyncpg.Connection]:
 async def test_api_role_is_not_the_owner_and_cannot_bypass(api_conn: asyncpg.Connection) -> None:
     row = await api_conn.fetchrow("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
     assert (row["rolsuper"], row["rolbypassrls"]) == (False, False)
-    forced = await api_conn.fetch("SELECT relname FROM pg_class WHERE relrowsecurity AND relforcerowsecurity "
-                                  "AND relname = ANY($1)", TENANT_TABLES)
+    forced = await api_conn.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relrowsecurity AND c.relforcerowsecurity AND c.relname = ANY($1) "
+        "AND n.nspname = (SELECT active_schema FROM ledger_meta)", TENANT_TABLES)
     assert sorted(r["relname"] for r in forced) == sorted(TENANT_TABLES)
 
 
