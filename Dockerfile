@@ -7,6 +7,9 @@ COPY ledger ledger
 COPY projections projections
 COPY api api
 COPY infra infra
+COPY ops ops
+COPY client client
+COPY bench bench
 RUN pip install .
 USER nobody
 CMD ["python", "-m", "api"]

@@ -263,7 +263,7 @@ class Bench:
                 await data.load_accounts(owner, small + 1, large, 10)
                 await data.analyze(owner)
                 self.results["load_1m_seconds"] = round(time.monotonic() - started, 1)
-                self.reads(large, "reads_1m", [2000])
+                self.reads(large, "reads_1m", [1000])
         finally:
             await owner.close()
 
@@ -343,10 +343,7 @@ def main() -> None:
         asyncio.run(bench.run())
     finally:
         bench.stop()
-        if started_kafka:
-            local.stop_kafka()
-        if started_pg:
-            local.stop_postgres()
+        local.stop_started(started_pg, started_kafka)
     bench.results["total_seconds"] = round(time.monotonic() - began, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")

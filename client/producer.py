@@ -16,7 +16,14 @@ from ledger.codec import encode_request
 from ledger.positions import Position
 from ledger.requests import Posting, TransactionRequest
 from ledger.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
-from ledger.validation import check_id, check_tenant, parse_idempotency_key, parse_metadata, parse_reference
+from ledger.validation import (
+    check_id,
+    check_tenant,
+    parse_idempotency_key,
+    parse_metadata,
+    parse_postings,
+    parse_reference,
+)
 
 PENDING_MAX = 100_000
 
@@ -79,7 +86,8 @@ class LedgerProducer:
                      id: str | None = None) -> Submitted:
         """Validate locally, append, and return the request's id and position once Kafka acknowledged it."""
         request = TransactionRequest(
-            id=check_id(id or uuid.uuid4().hex), tenant=check_tenant(tenant), postings=tuple(postings),
+            id=check_id(id or uuid.uuid4().hex), tenant=check_tenant(tenant),
+            postings=parse_postings([p.as_json() for p in postings]),
             idempotency_key=parse_idempotency_key(idempotency_key), metadata=parse_metadata(metadata),
             reference=parse_reference(reference),
         )

@@ -245,6 +245,14 @@ def up() -> tuple[bool, bool]:
     return start_postgres(), start_kafka()
 
 
+def stop_started(started_pg: bool, started_kafka: bool) -> None:
+    """Stop what `up()` started (and nothing it merely reused), broker first."""
+    if started_kafka:
+        stop_kafka()
+    if started_pg:
+        stop_postgres()
+
+
 def down() -> None:
     stop_kafka()
     stop_postgres()

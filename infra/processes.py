@@ -43,7 +43,7 @@ def prepare(env: dict[str, str]) -> None:
     """Topics and migrations for the settings in `env`."""
     cfg = settings_mod.load(env)
     started = time.monotonic()
-    asyncio.run(ensure_topics(cfg.kafka_bootstrap, cfg.topic_partitions))
+    asyncio.run(ensure_topics(cfg.kafka_bootstrap, cfg.topic_partitions, cfg.topic_replication))
     applied = asyncio.run(migrate(cfg.database_url))
     say(f"topics ready, migrations {applied or 'up to date'} ({time.monotonic() - started:.1f} s)")
 

@@ -63,7 +63,8 @@ def main() -> None:
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     status = 0
     try:
-        env = processes.child_env(LEDGER_ADMIN_TOKEN=admin_token())
+        env = processes.child_env(LEDGER_ADMIN_TOKEN=admin_token(),
+                                  LEDGER_PROJECTOR_METRICS_PORT=os.environ.get("LEDGER_PROJECTOR_METRICS_PORT", "9464"))
         cfg = settings_mod.load(env)
         processes.prepare(env)
         logs = DATA / "logs"
@@ -77,6 +78,7 @@ def main() -> None:
         wait_ready(url, api)
         say(f"API ready at {url}")
         say(f"admin token: {cfg.admin_token}")
+        say(f"projector metrics: http://127.0.0.1:{env['LEDGER_PROJECTOR_METRICS_PORT']}/metrics")
         say(f"logs: {logs}/ ; press Ctrl-C to stop")
         while not stopping:
             for i, (name, proc) in enumerate(children):
@@ -96,10 +98,7 @@ def main() -> None:
         say("stopping")
         for name, proc in reversed(children):
             processes.stop(proc, name)
-        if started_kafka:
-            local.stop_kafka()
-        if started_pg:
-            local.stop_postgres()
+        local.stop_started(started_pg, started_kafka)
     sys.exit(status)
 
 

@@ -37,10 +37,7 @@ def main() -> None:
         processes.prepare(env)
         status = subprocess.run([sys.executable, "-m", "pytest", *sys.argv[1:]], env=env, check=False).returncode
     finally:
-        if started_kafka:
-            local.stop_kafka()
-        if started_pg:
-            local.stop_postgres()
+        local.stop_started(started_pg, started_kafka)
     sys.exit(status)
 
 

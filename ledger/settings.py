@@ -35,6 +35,7 @@ class Settings:
     api_port: int
     admin_token: str
     topic_partitions: int
+    topic_replication: int
     batch_size_max: int
     batch_wait_ms: int
     wait_timeout_ms_max: int
@@ -81,6 +82,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         api_port=_int(env, "LEDGER_API_PORT", 8000, 1, 65535),
         admin_token=env.get("LEDGER_ADMIN_TOKEN", ""),
         topic_partitions=_int(env, "LEDGER_TOPIC_PARTITIONS", 4, 1, 1024),
+        topic_replication=_int(env, "LEDGER_TOPIC_REPLICATION", 1, 1, 5),
         batch_size_max=_int(env, "LEDGER_BATCH_SIZE_MAX", 5000, 1, 100_000),
         batch_wait_ms=_int(env, "LEDGER_BATCH_WAIT_MS", 20, 1, 10_000),
         wait_timeout_ms_max=_int(env, "LEDGER_WAIT_TIMEOUT_MS_MAX", 30_000, 1, 600_000),

@@ -1,0 +1,35 @@
+"""The producer client for services that append straight to Kafka, with outcomes from ledger.outcomes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from client import LedgerProducer
+from ledger.errors import InvalidRequest
+from ledger.requests import Posting
+from tests.conftest import Tenant
+from tests.e2e.helpers import balances
+
+
+async def test_submit_and_await_outcomes(tenant: Tenant) -> None:
+    async with LedgerProducer(os.environ["LEDGER_KAFKA_BOOTSTRAP"]) as ledger:
+        deposit = await ledger.submit(tenant.id, [Posting("@world", "alice", 100, "USD/2")], idempotency_key="d1",
+                                      metadata={"source": "client"}, reference="r1")
+        overdraft = await ledger.submit(tenant.id, [Posting("alice", "bob", 101, "USD/2")])
+        repeat = await ledger.submit(tenant.id, [Posting("@world", "alice", 100, "USD/2")], idempotency_key="d1",
+                                     metadata={"source": "client"}, reference="r1")
+        first = await ledger.outcome(deposit, timeout_s=30)
+        rejected = await ledger.outcome(overdraft, timeout_s=30)
+        replayed = await ledger.outcome(repeat, timeout_s=30)
+    assert (first["status"], first["position"]) == ("committed", deposit.position.token())
+    assert (rejected["status"], rejected["reason"]) == ("rejected", "insufficient_funds")
+    assert (replayed["status"], replayed["original_id"]) == ("committed", deposit.id)
+    assert await balances(tenant.client, tenant.id, "alice", min_position=repeat.position.token()) == {"USD/2": 100}
+
+
+async def test_client_validates_before_sending() -> None:
+    async with LedgerProducer(os.environ["LEDGER_KAFKA_BOOTSTRAP"], follow_outcomes=False) as ledger:
+        with pytest.raises(InvalidRequest):
+            await ledger.submit("Not A Tenant", [Posting("@world", "alice", 1, "USD/2")])
