@@ -29,6 +29,7 @@ PG_BIN_CANDIDATES = [Path("/usr/lib/postgresql/15/bin"), Path("/usr/lib/postgres
                      Path("/usr/lib/postgresql/17/bin")]
 START_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 30
+LINGER_S = 2.0
 
 
 def say(message: str) -> None:
@@ -55,19 +56,39 @@ def _alive(pid_file: Path) -> int | None:
     try:
         pid = int(pid_file.read_text())
         os.kill(pid, 0)
-        return pid
     except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
         return None
+    # The broker may be our own child: reap it once it exits, or it lingers as a zombie that kill(0) still finds.
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return None
+    except ChildProcessError:
+        pass
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return None
+    except (FileNotFoundError, IndexError):
+        return None
+    return pid
 
 
-def _stop_pid(pid_file: Path, what: str) -> None:
+def _stop_pid(pid_file: Path, what: str, done_marker: Path | None = None) -> None:
+    """SIGTERM, then wait for the process to exit (or, with `done_marker`, for that file to appear: the
+    service has finished its own shutdown), and SIGKILL whatever lingers after `STOP_TIMEOUT_S`."""
     pid = _alive(pid_file)
     if pid is None:
         pid_file.unlink(missing_ok=True)
         return
+    asked = time.time()
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while _alive(pid_file) and time.monotonic() < deadline:
+        if done_marker is not None and done_marker.exists() and done_marker.stat().st_mtime >= asked - 1:
+            # The broker wrote its clean-shutdown marker; its JVM sometimes lingers for half a minute after.
+            time.sleep(LINGER_S)
+            if _alive(pid_file):
+                os.kill(pid, signal.SIGKILL)
+            break
         time.sleep(0.2)
     if _alive(pid_file):
         say(f"{what} did not stop within {STOP_TIMEOUT_S} s; killing it")
@@ -172,7 +193,7 @@ def start_kafka(configured_elsewhere: bool | None = None) -> bool:
 
 
 def stop_kafka() -> None:
-    _stop_pid(DATA / "kafka" / "kafka.pid", "Kafka")
+    _stop_pid(DATA / "kafka" / "kafka.pid", "Kafka", done_marker=DATA / "kafka" / "log" / ".kafka_cleanshutdown")
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------------
