@@ -49,22 +49,25 @@ async def ensure_database(url: str) -> None:
 async def migrate(url: str) -> list[int]:
     """Apply every migration not yet recorded; returns the versions applied now."""
     await ensure_database(url)
-    conn = await asyncpg.connect(url)
+    # The database's default search_path names the live projection (for operators' sessions); migrations
+    # must resolve unqualified names in public.
+    conn = await asyncpg.connect(url, server_settings={"search_path": "public"})
     applied: list[int] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
         await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            "CREATE TABLE IF NOT EXISTS public.schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM public.schema_migrations")}
         for version, name, path in migrations():
             if version in done:
                 continue
             async with conn.transaction():
                 await conn.execute(path.read_text())
-                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+                await conn.execute("INSERT INTO public.schema_migrations (version, name) VALUES ($1, $2)",
+                                   version, name)
             log.info("applied migration %03d_%s", version, name)
             applied.append(version)
     finally:
