@@ -174,8 +174,9 @@ def start_kafka(configured_elsewhere: bool | None = None) -> bool:
     config.write_text(kafka_properties(data))
     if not (data / "log" / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # `=` form: a random id may begin with "-", which a separate argument would read as an option.
         subprocess.run(_java(libs, data, "kafka.tools.StorageTool", "format", "--standalone",
-                             "-t", cluster_id, "-c", str(config)),
+                             f"--cluster-id={cluster_id}", f"--config={config}"),
                        check=True, stdout=subprocess.DEVNULL)
         say(f"formatted Kafka storage (cluster {cluster_id})")
     started = time.monotonic()
@@ -263,7 +264,14 @@ def stop_postgres() -> None:
 
 
 def up() -> tuple[bool, bool]:
-    return start_postgres(), start_kafka()
+    """Start both services as needed; (started PostgreSQL, started Kafka). Leaves nothing behind on failure."""
+    started_pg = start_postgres()
+    try:
+        return started_pg, start_kafka()
+    except BaseException:
+        if started_pg:
+            stop_postgres()
+        raise
 
 
 def stop_started(started_pg: bool, started_kafka: bool) -> None:
