@@ -319,7 +319,8 @@ def plot(results: dict[str, Any], path: Path) -> bool:
             ax.plot([r["rate"] for r in rows], [r["p50_ms"] for r in rows], marker=".", linestyle="--",
                     label=f"{label} p50")
     ax.set_xlabel("offered rate (req/s, open loop)")
-    ax.set_ylabel("latency (ms)")
+    ax.set_ylabel("latency (ms, log scale)")
+    ax.set_yscale("log")
     ax.set_title("Balance reads")
     ax.legend()
     ax.grid(True, alpha=0.3)
