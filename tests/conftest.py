@@ -17,8 +17,8 @@ from tests.stack import Stack, unique
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     running = Stack()
-    running.start()
     try:
+        running.start()
         yield running
     finally:
         running.stop()
