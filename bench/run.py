@@ -32,7 +32,7 @@ from infra.testing import test_database_url
 from ledger.codec import encode_request
 from ledger.requests import Posting, TransactionRequest
 from ledger.settings import TRANSACTIONS_TOPIC
-from projections.replay import replay
+from projections.replay import log_end, replay
 
 RESULTS = ROOT / "bench" / "results"
 PORT = 8013
@@ -82,24 +82,12 @@ class Bench:
 
     async def caught_up(self, conn: asyncpg.Connection, timeout_s: float = 600) -> float:
         """Wait until the projection has applied the whole log; returns when it got there."""
-        kafka = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
-        await kafka.start()
-        try:
-            partitions = await kafka.partitions_for(TRANSACTIONS_TOPIC)
-        finally:
-            await kafka.stop()
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
-        await consumer.start()
-        try:
-            end = await consumer.end_offsets([TopicPartition(TRANSACTIONS_TOPIC, p) for p in partitions])
-        finally:
-            await consumer.stop()
+        end = await log_end(self.bootstrap)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             applied = {r["log_partition"]: r["next_offset"] for r in await conn.fetch(
                 "SELECT log_partition, next_offset FROM projection_offsets")}
-            if all(applied.get(tp.partition, 0) >= offset for tp, offset in end.items()):
+            if all(applied.get(p, 0) >= offset for p, offset in end.items()):
                 return time.monotonic()
             await asyncio.sleep(0.05)
         raise TimeoutError("the projector did not catch up with the log")

@@ -105,17 +105,20 @@ class Stack:
             response = httpx.get(f"{self.api_url}/v1/tenants/{probe}/accounts/probe", headers=headers,
                                  params={"min_position": sent.json()["position"], "timeout_ms": 5000}, timeout=10)
             if response.status_code == 200:
-                asyncio.run(self._caught_up())
+                asyncio.run(self.caught_up())
                 return
         raise RuntimeError("the projector did not apply a probe in time; see .data/logs/tests/projector.log")
 
-    async def _caught_up(self) -> None:
-        """Until the projection has applied the whole log (a reused broker may hold a long history)."""
+    async def caught_up(self, timeout_s: float = CATCH_UP_TIMEOUT_S, restart: bool = False) -> None:
+        """Until the projection has applied the whole log (a reused broker may hold a long history); with
+        `restart`, a projector that stopped itself is started again, as a supervisor would."""
         end = await log_end(self.env["LEDGER_KAFKA_BOOTSTRAP"])
         conn = await asyncpg.connect(self.env["LEDGER_DATABASE_URL"])
         try:
-            deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+            deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
+                if restart:
+                    self.ensure_projector()
                 rows = await conn.fetch("SELECT * FROM api_offsets()")
                 applied = {r["log_partition"]: r["next_offset"] for r in rows}
                 if all(applied.get(p, 0) >= offset for p, offset in end.items()):
@@ -123,4 +126,4 @@ class Stack:
                 await asyncio.sleep(0.1)
         finally:
             await conn.close()
-        raise RuntimeError("the projector did not catch up with the log in time")
+        raise RuntimeError(f"the projection did not reach the end of the log {end} in time")

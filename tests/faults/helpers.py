@@ -13,7 +13,6 @@ from aiokafka import AIOKafkaProducer
 
 from ledger.settings import TRANSACTIONS_TOPIC
 from ops.verify import verify
-from projections.replay import log_end
 from tests.stack import Stack, unique
 
 needs_local_services = pytest.mark.skipif(
@@ -61,23 +60,6 @@ async def wait_projected(db: asyncpg.Pool, sent: dict[str, int], timeout_s: floa
         assert all(got.get(t, 0) <= n for t, n in sent.items()), f"applied more than sent: {got} > {sent}"
         await asyncio.sleep(0.1)
     raise AssertionError(f"not projected in {timeout_s} s: {sent}")
-
-
-async def wait_caught_up(stack: Stack, timeout_s: float = 120) -> None:
-    """Until the projection has applied the whole log, restarting a projector that stopped itself."""
-    end = await log_end(stack.env["LEDGER_KAFKA_BOOTSTRAP"])
-    conn = await asyncpg.connect(stack.env["LEDGER_DATABASE_URL"])
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            stack.ensure_projector()
-            applied = {r["log_partition"]: r["next_offset"] for r in await conn.fetch("SELECT * FROM api_offsets()")}
-            if all(applied.get(p, 0) >= o for p, o in end.items()):
-                return
-            await asyncio.sleep(0.2)
-    finally:
-        await conn.close()
-    raise AssertionError(f"the projection did not reach the end of the log {end}")
 
 
 async def assert_verified(tenants: list[str]) -> None:

@@ -16,7 +16,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from infra import local, processes
 from ops.status import group_members
 from tests.conftest import Tenant
-from tests.faults.helpers import assert_verified, needs_local_services, stream, wait_caught_up, wait_projected
+from tests.faults.helpers import assert_verified, needs_local_services, stream, wait_projected
 from tests.stack import Stack, unique
 
 PARTITIONS = 4
@@ -124,7 +124,7 @@ async def test_kafka_down_gives_prompt_503s_and_loses_nothing_acknowledged(
         await asyncio.sleep(0.5)
     for _ in range(20):
         await post()
-    await wait_caught_up(stack)
+    await stack.caught_up(timeout_s=120, restart=True)
     stored = {r["id"] for r in await db.fetch("SELECT id FROM transactions WHERE tenant = $1", tenant.id)}
     # Every acknowledged request is there; a refused one may be too (the producer retried it), never another.
     assert set(acknowledged) <= stored <= set(acknowledged) | set(unconfirmed)
