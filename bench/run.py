@@ -178,12 +178,12 @@ class Bench:
             await asyncio.gather(*futures)
         finally:
             await kafka.stop()
-        before = await owner.fetchval("SELECT sum(next_offset)::bigint FROM projection_offsets")
+        before = await owner.fetchval("SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets")
         self.projector = processes.spawn("projections.app", self.env, self.logs / "projector.log")
-        while await owner.fetchval("SELECT sum(next_offset)::bigint FROM projection_offsets") == before:
+        while await owner.fetchval("SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets") == before:
             await asyncio.sleep(0.01)
         started = time.monotonic()
-        first = await owner.fetchval("SELECT sum(next_offset)::bigint FROM projection_offsets")
+        first = await owner.fetchval("SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets")
         finished = await self.caught_up(owner)
         applied = before + count - first
         rate = applied / (finished - started)

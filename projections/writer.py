@@ -78,13 +78,15 @@ Publish = Callable[[list[tuple[int, bytes, bytes]]], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """What a batch did: outcomes to publish, counts by status and reason, records skipped as redelivered."""
+    """What a batch did: outcomes to publish, counts by status and reason, records skipped as redelivered,
+    and where the projection now stands in each partition the batch touched."""
 
     outcomes: list[tuple[int, bytes, bytes]]
     counts: dict[tuple[str, str | None], int]
     applied: int
     skipped: int
     apply_s: float
+    next_offsets: dict[int, int]
 
 
 def _columns(keys: Iterable[tuple[str, ...]], width: int) -> list[list[str]]:
@@ -179,7 +181,7 @@ async def apply_batch(conn: asyncpg.Connection, records: list[Record], publish: 
         fresh = [r for r in records if r.offset >= next_offsets[r.partition]]
         _check_contiguous(fresh, next_offsets)
         if not fresh:
-            return BatchResult([], {}, 0, len(records), time.perf_counter() - started)
+            return BatchResult([], {}, 0, len(records), time.perf_counter() - started, next_offsets)
         decoded = decode_all(fresh)
         ledger = await _preload(conn, [d for d in decoded if not isinstance(d, InvalidRequest)])
         rows = fold_batch(ledger, fresh, decoded)
@@ -187,7 +189,7 @@ async def apply_batch(conn: asyncpg.Connection, records: list[Record], publish: 
         if publish is not None:
             await publish(rows.outcomes)
     return BatchResult(rows.outcomes, rows.counts, len(fresh), len(records) - len(fresh),
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, next_offsets | rows.next_offsets)
 
 
 async def committed_offsets(conn: asyncpg.Connection, schema: str) -> dict[int, int]:
