@@ -37,9 +37,8 @@ class Entry(NamedTuple):
     leg: int
 
 
-@dataclass(frozen=True, slots=True)
-class Decided:
-    """What the ledger remembers of a decided request, for idempotent replays."""
+class Decided(NamedTuple):
+    """What the ledger remembers of a decided request, for idempotent replays (a NamedTuple: one per request)."""
 
     transaction_id: str
     status: Status
@@ -48,9 +47,8 @@ class Decided:
     position: Position
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The decision on one request.
+class Outcome(NamedTuple):
+    """The decision on one request (a NamedTuple: one per request).
 
     `replay_of` is set when the request repeats one already decided (same idempotency key or same id):
     nothing is applied and the original decision stands.

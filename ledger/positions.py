@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ledger.errors import InvalidRequest
 
 _TOKEN = re.compile(r"([0-9]{1,9})-([0-9]{1,19})", re.ASCII)
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Position:
-    """A record's partition and offset in `ledger.transactions`."""
+class Position(NamedTuple):
+    """A record's partition and offset in `ledger.transactions`; ordered by (partition, offset).
+
+    A NamedTuple for the same reason as `Entry`: several are made per request the projector decides.
+    """
 
     partition: int
     offset: int

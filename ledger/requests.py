@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import orjson
 
 WIRE_VERSION = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Posting:
-    """Moves `amount` minor units of `asset` from `source` to `destination`."""
+class Posting(NamedTuple):
+    """Moves `amount` minor units of `asset` from `source` to `destination`.
+
+    A NamedTuple rather than a frozen dataclass, like `Entry`: the projector makes two or more per request,
+    and a frozen dataclass's `__init__` costs an `object.__setattr__` per field (measured 1.3 µs vs 0.6 µs).
+    """
 
     source: str
     destination: str

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import orjson
 
@@ -23,9 +24,8 @@ ERROR_LEN_MAX = 500
 RAW_VALUE_BYTES_MAX = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One record of `ledger.transactions` as the consumer delivered it."""
+class Record(NamedTuple):
+    """One record of `ledger.transactions` as the consumer delivered it (a NamedTuple: one per record)."""
 
     partition: int
     offset: int
@@ -79,7 +79,7 @@ def _count(rows: BatchRows, status: str, reason: str | None) -> None:
     rows.counts[(status, reason)] = rows.counts.get((status, reason), 0) + 1
 
 
-def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, request: TransactionRequest) -> None:
+def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime, request: TransactionRequest) -> None:
     outcome = decide(ledger, request)
     position = record.position
     key = request.tenant.encode()
@@ -91,7 +91,6 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, request: Tran
         rows.outcomes.append((position.partition, key, body))
         return
     ledger.apply(request, outcome, position)
-    at = record.time
     committed_at = at if outcome.status == "committed" else None
     rows.transactions.append((
         request.tenant, request.id, outcome.status, outcome.reason,
@@ -110,7 +109,7 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, request: Tran
     rows.outcomes.append((position.partition, key, body))
 
 
-def _fold_invalid(ledger: Ledger, rows: BatchRows, record: Record, error: InvalidRequest) -> None:
+def _fold_invalid(ledger: Ledger, rows: BatchRows, record: Record, at: datetime, error: InvalidRequest) -> None:
     position = record.position
     message = error.message[:ERROR_LEN_MAX]
     identity = salvage_identity(record.key, record.value)
@@ -119,11 +118,11 @@ def _fold_invalid(ledger: Ledger, rows: BatchRows, record: Record, error: Invali
         tenant, id = identity
         ledger.record_invalid(tenant, id, position)
         rows.transactions.append((tenant, id, "rejected", INVALID, "[]", "{}", None, None, b"",
-                                  position.partition, position.offset, record.time, None, message))
+                                  position.partition, position.offset, at, None, message))
         rows.outcomes.append((position.partition, tenant.encode(), _outcome(tenant, id, "rejected", INVALID, position)))
         return
     rows.invalid_events.append((position.partition, position.offset, record.key,
-                                (record.value or b"")[:RAW_VALUE_BYTES_MAX], message, record.time))
+                                (record.value or b"")[:RAW_VALUE_BYTES_MAX], message, at))
     tenant = record.key.decode("utf-8", "replace") if record.key else None
     tenant = tenant if tenant is not None and TENANT_RE.fullmatch(tenant) else None
     body = _outcome(tenant, identity[1] if identity else None, "rejected", INVALID, position)
@@ -143,11 +142,15 @@ def decode_all(records: list[Record]) -> list[TransactionRequest | InvalidReques
 def fold_batch(ledger: Ledger, records: list[Record], decoded: list[TransactionRequest | InvalidRequest]) -> BatchRows:
     """Decide every record in log order against `ledger` (preloaded with what they touch)."""
     rows = BatchRows()
+    times: dict[int, datetime] = {}  # records appended in the same millisecond share one datetime
     for record, request in zip(records, decoded, strict=True):
+        at = times.get(record.timestamp_ms)
+        if at is None:
+            at = times[record.timestamp_ms] = record.time
         if isinstance(request, InvalidRequest):
-            _fold_invalid(ledger, rows, record, request)
+            _fold_invalid(ledger, rows, record, at, request)
         else:
-            _fold_request(ledger, rows, record, request)
+            _fold_request(ledger, rows, record, at, request)
         rows.next_offsets[record.partition] = record.offset + 1
     return rows
 
