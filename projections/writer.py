@@ -97,24 +97,23 @@ def _columns(keys: Iterable[tuple[str, ...]], width: int) -> list[list[str]]:
     return columns
 
 
-async def _preload(conn: asyncpg.Connection, requests: list[TransactionRequest]) -> Ledger:
-    ledger = Ledger()
-    keys: set[BalanceKey] = touched(requests)
+async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], ledger: Ledger) -> None:
+    """Load into `ledger` every balance, id and idempotency key the requests touch that it does not hold."""
+    keys: set[BalanceKey] = touched(requests) - ledger.balances.keys()
     if keys:
         for row in await conn.fetch(SELECT_BALANCES, *_columns(keys, 3)):
             ledger.balances[(row["tenant"], row["account"], row["asset"])] = row["balance"]
-    ids = {(r.tenant, r.id) for r in requests}
+    ids = {(r.tenant, r.id) for r in requests} - ledger.by_id.keys()
     if ids:
         for row in await conn.fetch(SELECT_BY_ID, *_columns(ids, 2)):
             ledger.by_id[(row["tenant"], row["id"])] = decided_from_row(dict(row))
-    idem = {(r.tenant, r.idempotency_key) for r in requests if r.idempotency_key is not None}
+    idem = {(r.tenant, r.idempotency_key) for r in requests if r.idempotency_key is not None} - ledger.by_key.keys()
     if idem:
         for row in await conn.fetch(SELECT_BY_KEY, *_columns(idem, 2)):  # type: ignore[arg-type]
             ledger.by_key[(row["tenant"], row["key"])] = decided_from_row(dict(row))
-    return ledger
 
 
-async def _store(conn: asyncpg.Connection, rows: BatchRows) -> None:
+async def store(conn: asyncpg.Connection, rows: BatchRows) -> None:
     if rows.transactions:
         await conn.copy_records_to_table("transactions", records=rows.transactions, columns=TRANSACTION_COLUMNS)
     if rows.entries:
@@ -160,6 +159,28 @@ def schema_path(schema: str) -> str:
     return f"{schema}, public"
 
 
+async def begin(conn: asyncpg.Connection, schema: str | None) -> None:
+    """Point this transaction at the live projection (waiting while an operator switches it) or at `schema`."""
+    if schema is None:
+        await conn.execute("SELECT projector_begin()")
+    else:
+        await conn.execute("SELECT set_config('search_path', $1, true)", schema_path(schema))
+
+
+async def lock_offsets(conn: asyncpg.Connection, partitions: list[int]) -> dict[int, int]:
+    """The next offset of each of `partitions`, their rows locked until the transaction ends."""
+    await conn.execute(LOCK_OFFSETS, TRANSACTIONS_TOPIC, partitions)
+    rows = await conn.fetch(SELECT_OFFSETS, TRANSACTIONS_TOPIC, partitions)
+    return {r["log_partition"]: r["next_offset"] for r in rows}
+
+
+def fresh_records(records: list[Record], next_offsets: dict[int, int]) -> list[Record]:
+    """The records not applied yet, checked to follow on from `next_offsets` without a gap."""
+    fresh = [r for r in records if r.offset >= next_offsets[r.partition]]
+    _check_contiguous(fresh, next_offsets)
+    return fresh
+
+
 async def apply_batch(conn: asyncpg.Connection, records: list[Record], publish: Publish | None = None,
                       schema: str | None = None) -> BatchResult:
     """Apply `records` (in log order per partition) in one transaction with their offsets.
@@ -171,21 +192,16 @@ async def apply_batch(conn: asyncpg.Connection, records: list[Record], publish: 
     started = time.perf_counter()
     partitions = sorted({r.partition for r in records})
     async with conn.transaction():
-        if schema is None:
-            await conn.execute("SELECT projector_begin()")
-        else:
-            await conn.execute("SELECT set_config('search_path', $1, true)", schema_path(schema))
-        await conn.execute(LOCK_OFFSETS, TRANSACTIONS_TOPIC, partitions)
-        next_offsets = {r["log_partition"]: r["next_offset"]
-                        for r in await conn.fetch(SELECT_OFFSETS, TRANSACTIONS_TOPIC, partitions)}
-        fresh = [r for r in records if r.offset >= next_offsets[r.partition]]
-        _check_contiguous(fresh, next_offsets)
+        await begin(conn, schema)
+        next_offsets = await lock_offsets(conn, partitions)
+        fresh = fresh_records(records, next_offsets)
         if not fresh:
             return BatchResult([], {}, 0, len(records), time.perf_counter() - started, next_offsets)
         decoded = decode_all(fresh)
-        ledger = await _preload(conn, [d for d in decoded if not isinstance(d, InvalidRequest)])
+        ledger = Ledger()
+        await preload(conn, [d for d in decoded if not isinstance(d, InvalidRequest)], ledger)
         rows = fold_batch(ledger, fresh, decoded)
-        await _store(conn, rows)
+        await store(conn, rows)
         if publish is not None:
             await publish(rows.outcomes)
     return BatchResult(rows.outcomes, rows.counts, len(fresh), len(records) - len(fresh),
