@@ -33,7 +33,7 @@ from projections.writer import (
     apply_batch,
     begin,
     fresh_records,
-    lock_offsets,
+    open_batch,
     preload,
     store,
 )
@@ -70,15 +70,12 @@ async def write(conn: asyncpg.Connection, batch: Prepared, publish: Publish | No
     rows = batch.rows
     after = batch.base | rows.next_offsets
     async with conn.transaction():
-        await begin(conn, schema)
-        standing = await lock_offsets(conn, sorted(batch.base))
+        standing = await open_batch(conn, sorted(batch.base), schema)
         if standing == after:  # an earlier attempt committed; its acknowledgement was lost
             return BatchResult([], {}, 0, len(batch.records), time.perf_counter() - started, standing)
         if standing != batch.base:
             raise Stale(f"partitions stand at {standing}, folded at {batch.base}")
-        await store(conn, rows)
-        if publish is not None:
-            await publish(rows.outcomes)
+        await store(conn, rows, publish, notify=schema is None)
     return BatchResult(rows.outcomes, rows.counts, batch.fresh, len(batch.records) - batch.fresh,
                        batch.folded_s + time.perf_counter() - started, after)
 

@@ -7,6 +7,8 @@ whatever its size.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -36,15 +38,7 @@ log = logging.getLogger("ledger.projector")
 
 SCHEMA_RE = re.compile(r"(proj|verify)_[a-z0-9_]{1,40}", re.ASCII)
 
-LOCK_OFFSETS = """
-INSERT INTO projection_offsets (topic, log_partition, next_offset)
-SELECT $1, p, 0 FROM unnest($2::int[]) AS p
-ON CONFLICT (topic, log_partition) DO NOTHING
-"""
-SELECT_OFFSETS = """
-SELECT log_partition, next_offset FROM projection_offsets
-WHERE topic = $1 AND log_partition = ANY($2::int[]) ORDER BY log_partition FOR UPDATE
-"""
+OPEN_BATCH = "SELECT log_partition, next_offset FROM projector_begin_batch($1, $2::int[], $3)"
 SELECT_BALANCES = """
 SELECT b.tenant, b.account, b.asset, b.balance FROM balances b
 JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(tenant, account, asset)
@@ -70,6 +64,12 @@ UPDATE_OFFSETS = """
 UPDATE projection_offsets o SET next_offset = n.next_offset, updated_at = now()
 FROM unnest($2::int[], $3::bigint[]) AS n(log_partition, next_offset)
 WHERE o.topic = $1 AND o.log_partition = n.log_partition
+"""
+# The same, and the API's progress notification (delivered on commit only, so a waiter never wakes for rows
+# it cannot see yet), in one round trip.
+UPDATE_OFFSETS_AND_NOTIFY = f"""
+WITH moved AS ({UPDATE_OFFSETS} RETURNING 1)
+SELECT pg_notify($4, $5) FROM (SELECT count(*) FROM moved) AS done
 """
 
 
@@ -113,7 +113,22 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
             ledger.by_key[(row["tenant"], row["key"])] = decided_from_row(dict(row))
 
 
-async def store(conn: asyncpg.Connection, rows: BatchRows) -> None:
+async def store(conn: asyncpg.Connection, rows: BatchRows, publish: Publish | None, notify: bool) -> None:
+    """Write a batch's rows and offsets; `publish` its outcomes meanwhile (done before this returns, so
+    before the commit); `notify` the API when this is the live projection."""
+    sending = asyncio.ensure_future(publish(rows.outcomes)) if publish is not None else None
+    try:
+        await _write_rows(conn, rows, notify)
+        if sending is not None:
+            await sending
+    finally:
+        if sending is not None and not sending.done():
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sending
+
+
+async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -> None:
     if rows.transactions:
         await conn.copy_records_to_table("transactions", records=rows.transactions, columns=TRANSACTION_COLUMNS)
     if rows.entries:
@@ -132,10 +147,12 @@ async def store(conn: asyncpg.Connection, rows: BatchRows) -> None:
             [v[0] for _, v in items], [v[1].partition for _, v in items], [v[1].offset for _, v in items],
         )
     parts = sorted(rows.next_offsets)
-    await conn.execute(UPDATE_OFFSETS, TRANSACTIONS_TOPIC, parts, [rows.next_offsets[p] for p in parts])
-    # Delivered on commit only, so a waiter never wakes for rows it cannot see yet.
-    await conn.execute("SELECT pg_notify($1, $2)", PROGRESS_CHANNEL,
-                       orjson.dumps({str(p): rows.next_offsets[p] for p in parts}).decode())
+    offsets = [rows.next_offsets[p] for p in parts]
+    if not notify:  # a rebuild's or a verification's schema: the API's progress is the live projection's
+        await conn.execute(UPDATE_OFFSETS, TRANSACTIONS_TOPIC, parts, offsets)
+        return
+    payload = orjson.dumps({str(p): rows.next_offsets[p] for p in parts}).decode()
+    await conn.execute(UPDATE_OFFSETS_AND_NOTIFY, TRANSACTIONS_TOPIC, parts, offsets, PROGRESS_CHANNEL, payload)
 
 
 class OffsetGap(RuntimeError):
@@ -167,10 +184,10 @@ async def begin(conn: asyncpg.Connection, schema: str | None) -> None:
         await conn.execute("SELECT set_config('search_path', $1, true)", schema_path(schema))
 
 
-async def lock_offsets(conn: asyncpg.Connection, partitions: list[int]) -> dict[int, int]:
-    """The next offset of each of `partitions`, their rows locked until the transaction ends."""
-    await conn.execute(LOCK_OFFSETS, TRANSACTIONS_TOPIC, partitions)
-    rows = await conn.fetch(SELECT_OFFSETS, TRANSACTIONS_TOPIC, partitions)
+async def open_batch(conn: asyncpg.Connection, partitions: list[int], schema: str | None) -> dict[int, int]:
+    """`begin`, then the next offset of each of `partitions`, their rows locked until the transaction ends."""
+    assert schema is None or SCHEMA_RE.fullmatch(schema), f"not a projection schema name: {schema!r}"
+    rows = await conn.fetch(OPEN_BATCH, TRANSACTIONS_TOPIC, partitions, schema)
     return {r["log_partition"]: r["next_offset"] for r in rows}
 
 
@@ -192,8 +209,7 @@ async def apply_batch(conn: asyncpg.Connection, records: list[Record], publish: 
     started = time.perf_counter()
     partitions = sorted({r.partition for r in records})
     async with conn.transaction():
-        await begin(conn, schema)
-        next_offsets = await lock_offsets(conn, partitions)
+        next_offsets = await open_batch(conn, partitions, schema)
         fresh = fresh_records(records, next_offsets)
         if not fresh:
             return BatchResult([], {}, 0, len(records), time.perf_counter() - started, next_offsets)
@@ -201,9 +217,7 @@ async def apply_batch(conn: asyncpg.Connection, records: list[Record], publish: 
         ledger = Ledger()
         await preload(conn, [d for d in decoded if not isinstance(d, InvalidRequest)], ledger)
         rows = fold_batch(ledger, fresh, decoded)
-        await store(conn, rows)
-        if publish is not None:
-            await publish(rows.outcomes)
+        await store(conn, rows, publish, notify=schema is None)
     return BatchResult(rows.outcomes, rows.counts, len(fresh), len(records) - len(fresh),
                        time.perf_counter() - started, next_offsets | rows.next_offsets)
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+
 import asyncpg
 import pytest
 
+from ledger.settings import PROGRESS_CHANNEL
 from projections.writer import OffsetGap, apply_batch, committed_offsets
 from tests.integration.conftest import record
 from tests.stack import unique
@@ -44,3 +48,22 @@ async def test_a_failed_batch_rolls_back_whole(scratch: tuple[asyncpg.Connection
         await apply_batch(conn, [record(0, tenant), record(1, tenant)], publish=failing_publish, schema=schema)
     assert await committed_offsets(conn, schema) == {}
     assert await conn.fetchval(f"SELECT count(*) FROM {schema}.entries") == 0
+
+
+async def test_a_rebuild_schema_does_not_move_the_apis_progress(scratch: tuple[asyncpg.Connection, str]) -> None:
+    # The API's waiters trust every progress notification to be the live projection's: a replay into a
+    # shadow schema announcing its offsets would wake `min_position` readers before their rows are live.
+    conn, schema = scratch
+    heard: list[str] = []
+    listener = await asyncpg.connect(os.environ["LEDGER_DATABASE_URL"])
+    await listener.add_listener(PROGRESS_CHANNEL, lambda *args: heard.append(args[-1]))
+    try:
+        result = await apply_batch(conn, [record(0, unique()), record(1, unique())], schema=schema)
+        await listener.execute("SELECT 1")  # notifications arrive before the reply to a later query
+        await conn.execute("SELECT pg_notify($1, 'marker')", PROGRESS_CHANNEL)
+        await asyncio.sleep(0.2)
+        await listener.execute("SELECT 1")
+    finally:
+        await listener.close()
+    assert result.applied == 2
+    assert heard == ["marker"]
