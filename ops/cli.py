@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import json
 import os
 import sys
@@ -26,6 +27,7 @@ from ledger.positions import parse_token
 from ops import registry, status
 from ops.rebuild import rebuild
 from ops.verify import verify
+from projections.batches import GC_THRESHOLDS
 
 
 def _until(raw: str | None) -> dict[int, int] | None:
@@ -138,6 +140,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         cfg = settings_mod.load()
         sys.exit(asyncio.run(args.run(args, cfg)))

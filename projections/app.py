@@ -29,7 +29,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from infra import logs
 from ledger import settings as settings_mod
 from ledger.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC, Settings
-from projections.batches import Record
+from projections.batches import GC_THRESHOLDS, Record
 from projections.pipeline import Pipeline
 from projections.replay import log_end
 from projections.writer import BatchResult
@@ -239,12 +239,6 @@ async def _main(cfg: Settings) -> int:
         # projection's offsets, so the failed batch is neither skipped nor applied twice.
         log.critical("the projector failed; exiting for a clean restart", exc_info=True)
         return EXIT_ON_CRASH
-
-
-# The fold allocates millions of short-lived acyclic tuples while the carried state holds ~10^5 long-lived
-# objects: with the default threshold (700) the collector re-scans them all the time, which measured here
-# doubled decode and fold times. Reference counting frees these objects; collections can be rare.
-GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def main() -> None:
