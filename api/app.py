@@ -16,56 +16,35 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from api import routes
 from api.appender import Appender
-from api.auth import Forbidden, KeyStore, Unauthorized
+from api.auth import KeyStore
+from api.errors import error_response
+from api.hot import HotRoutes
 from api.metrics import MetricsMiddleware
 from api.openapi import document
 from api.progress import Listener, Progress
-from api.requests import PayloadTooLarge
 from api.responses import JSON, error
 from api.store import Store
 from ledger import settings as settings_mod
 from ledger.errors import (
-    AlreadyExists,
-    InvalidRequest,
     LedgerError,
-    MalformedJson,
-    NotFound,
-    TransactionRejected,
-    Unavailable,
 )
 from ledger.settings import Settings
 
 log = logging.getLogger("ledger.api")
 
-STATUS_BY_ERROR: list[tuple[type[LedgerError], int]] = [
-    (MalformedJson, 400),
-    (InvalidRequest, 422),
-    (Unauthorized, 401),
-    (Forbidden, 403),
-    (NotFound, 404),
-    (AlreadyExists, 409),
-    (TransactionRejected, 409),
-    (PayloadTooLarge, 413),
-    (Unavailable, 503),
-]
 READY_TIMEOUT_S = 1.0
 GC_THRESHOLDS = (20_000, 20, 100)
 
 
 def ledger_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LedgerError)
-    status = next((s for cls, s in STATUS_BY_ERROR if isinstance(exc, cls)), 400)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    if status == 503:
-        headers = {"Retry-After": "1"}
-    return error(status, exc.code, exc.message, headers=headers)
+    return error_response(exc)
 
 
 def http_error(request: Request, exc: Exception) -> Response:
@@ -158,7 +137,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await pool.close()
 
 
-def create_app(cfg: Settings | None = None) -> Starlette:
+def create_app(cfg: Settings | None = None) -> MetricsMiddleware:
     cfg = cfg or settings_mod.load()
     if not cfg.admin_token:
         raise settings_mod.SettingsError("LEDGER_ADMIN_TOKEN must be set for the API")
@@ -178,8 +157,7 @@ def create_app(cfg: Settings | None = None) -> Starlette:
             Route(f"{tenant}/accounts/{{address}}/entries", routes.get_entries, methods=["GET"]),
         ],
         exception_handlers={LedgerError: ledger_error, HTTPException: http_error, Exception: unexpected_error},
-        middleware=[Middleware(MetricsMiddleware)],
         lifespan=lifespan,
     )
     app.state.settings = cfg
-    return app
+    return MetricsMiddleware(HotRoutes(app))

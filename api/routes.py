@@ -57,13 +57,20 @@ def ctx(request: Request) -> Context:
 def authorized(request: Request, scope: str) -> tuple[Context, Principal, str | None]:
     """Authenticate, then check the path's tenant (if any) against the key's tenant and scopes."""
     context = ctx(request)
-    principal = context.keys.authenticate(request.headers.get("authorization"))
-    raw = request.path_params.get("tenant")
-    tenant = None if raw is None else check_tenant(raw)
+    principal, tenant = authorize(context, request.headers.get("authorization"), request.path_params.get("tenant"),
+                                  scope)
+    return context, principal, tenant
+
+
+def authorize(context: Context, authorization: str | None, raw_tenant: str | None,
+              scope: str) -> tuple[Principal, str | None]:
+    """`authorized` without a Starlette request, for `api.hot`."""
+    principal = context.keys.authenticate(authorization)
+    tenant = None if raw_tenant is None else check_tenant(raw_tenant)
     principal.require(tenant, scope)
     if tenant is not None and scope != "admin" and tenant not in context.keys.tenants:
         raise NotFound(f"no tenant {tenant!r}")
-    return context, principal, tenant
+    return principal, tenant
 
 
 async def caught_up(request: Request, context: Context) -> None:
@@ -187,10 +194,15 @@ async def get_account(request: Request) -> Response:
         rows = await context.store.balances_at(tenant, address, at)
         return JSON({"address": address, "balances": {r["asset"]: r["balance"] for r in rows}, "position": None,
                      "at": views.timestamp(at)})
+    return JSON(await account(context, tenant, address))
+
+
+async def account(context: Context, tenant: str, address: str) -> dict[str, object]:
+    """An account's balances now, and the position of the last request that changed them."""
     rows = await context.store.balances(tenant, address)
     latest = max((Position(r["log_partition"], r["log_offset"]) for r in rows), default=None)
-    return JSON({"address": address, "balances": {r["asset"]: r["balance"] for r in rows},
-                 "position": latest.token() if latest else None})
+    return {"address": address, "balances": {r["asset"]: r["balance"] for r in rows},
+            "position": latest.token() if latest else None}
 
 
 async def get_entries(request: Request) -> Response:

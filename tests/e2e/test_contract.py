@@ -179,3 +179,28 @@ async def test_service_routes(stack: Stack) -> None:
         assert "ledger_api_requests_total" in metrics
         doc = (await client.get("/openapi.json")).json()
         assert doc["openapi"].startswith("3.") and "/v1/tenants/{tenant}/accounts/{address}" in doc["paths"]
+
+
+async def test_balance_reads_answer_alike_on_the_fast_path_and_through_the_router(tenant: Tenant) -> None:
+    # A read without query parameters is served by api.hot; any parameter sends it through Starlette.
+    created = await transfer(tenant.client, tenant.id, posting("@world", "hot-path", 5))
+    position = created.json()["position"]
+    fast = await tenant.client.get(tenant.path("/accounts/hot-path"), headers={"X-Request-Id": "hot-1"})
+    routed = await tenant.client.get(tenant.path("/accounts/hot-path"), params={"min_position": position},
+                                     headers={"X-Request-Id": "hot-2"})
+    assert fast.status_code == routed.status_code == 200
+    assert fast.json() == routed.json() == {"address": "hot-path", "balances": {"USD/2": 5}, "position": position}
+    assert (fast.headers["x-request-id"], routed.headers["x-request-id"]) == ("hot-1", "hot-2")
+    assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
+    for params in ({}, {"timeout_ms": "100"}):
+        assert_error(await tenant.client.get(tenant.path("/accounts/bad%20address"), params=params), 422)
+        assert_error(await tenant.client.get(tenant.path("/accounts/a"), params=params,
+                                             headers={"Authorization": "Bearer nope"}), 401, "unauthorized")
+
+
+async def test_fast_path_reads_are_counted_under_their_route(stack: Stack, tenant: Tenant) -> None:
+    assert (await tenant.client.get(tenant.path("/accounts/counted"))).status_code == 200
+    async with httpx.AsyncClient(base_url=stack.api_url) as client:
+        metrics = (await client.get("/metrics")).text
+    assert 'ledger_api_requests_total{method="GET",route="/v1/tenants/{tenant}/accounts/{address}",status="200"}' \
+        in metrics

@@ -1,0 +1,39 @@
+"""Ledger errors as HTTP: the status each kind maps to, and the contract's error body."""
+
+from __future__ import annotations
+
+from starlette.responses import Response
+
+from api.auth import Forbidden, Unauthorized
+from api.requests import PayloadTooLarge
+from api.responses import error
+from ledger.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    LedgerError,
+    MalformedJson,
+    NotFound,
+    TransactionRejected,
+    Unavailable,
+)
+
+STATUS_BY_ERROR: list[tuple[type[LedgerError], int]] = [
+    (MalformedJson, 400),
+    (InvalidRequest, 422),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (AlreadyExists, 409),
+    (TransactionRejected, 409),
+    (PayloadTooLarge, 413),
+    (Unavailable, 503),
+]
+
+
+def error_response(exc: LedgerError) -> Response:
+    """The contract's error for `exc`, with the status its kind maps to."""
+    status = next((s for cls, s in STATUS_BY_ERROR if isinstance(exc, cls)), 400)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 503:
+        headers = {"Retry-After": "1"}
+    return error(status, exc.code, exc.message, headers=headers)

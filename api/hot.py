@@ -1,0 +1,76 @@
+"""The two routes called thousands of times a second, served without Starlette's router and middleware stack.
+
+A balance read without query parameters and `GET /healthz` are answered here, through the same handlers'
+logic (`routes.authorize`, `routes.account`) and the same error mapping; anything else, these routes with
+any query parameter included, goes on to the Starlette app. Starlette's exception middlewares, router and
+request objects cost about a third of a balance read's CPU (py-spy); on a 2-core machine shared with the
+database that is the difference between saturating below 2,000 reads/s and not.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from api import routes
+from api.errors import error_response
+from api.responses import JSON, error
+from ledger.errors import LedgerError
+from ledger.validation import check_address
+
+log = logging.getLogger("ledger.api")
+
+HEALTHY = b'{"status":"ok"}'
+ACCOUNT_PATH = "/v1/tenants/{tenant}/accounts/{address}"
+
+
+class HotRoutes:
+    """Pure ASGI, in front of `app`; sets `scope["route"]` as Starlette's router would, for the metrics."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        by_path = {r.path: r for r in app.routes if isinstance(r, Route)}
+        self.account_route = by_path[ACCOUNT_PATH]
+        self.health_route = by_path["/healthz"]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"]:
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path == "/healthz":
+            scope["route"] = self.health_route
+            await Response(HEALTHY, media_type="application/json")(scope, receive, send)
+            return
+        parts = path.split("/")
+        # ["", "v1", "tenants", tenant, "accounts", address]: Starlette's `{param}` is one non-empty segment.
+        if len(parts) != 6 or parts[1] != "v1" or parts[2] != "tenants" or parts[4] != "accounts" \
+                or not parts[3] or not parts[5]:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self.account_route
+        await (await self._account(scope, parts[3], parts[5]))(scope, receive, send)
+
+    async def _account(self, scope: Scope, raw_tenant: str, raw_address: str) -> Response:
+        context: routes.Context = self.app.state.ctx
+        try:
+            _, tenant = routes.authorize(context, _header(scope, b"authorization"), raw_tenant, "read")
+            assert tenant is not None
+            return JSON(await routes.account(context, tenant, check_address(raw_address)))
+        except LedgerError as e:
+            return error_response(e)
+        except Exception:
+            log.exception("unexpected error", extra={"request_id": scope.get("state", {}).get("request_id"),
+                                                     "method": "GET", "path": scope["path"]})
+            return error(500, "internal", "an unexpected error occurred; it has been logged")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
