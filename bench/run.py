@@ -14,29 +14,28 @@ import random
 import secrets
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from api.requests import encode_cursor
 from bench import data, tools
+from client import LedgerProducer
 from infra import local, processes
 from infra.local import DATA, ROOT, say
 from infra.migrate import migrate
 from infra.run import wait_ready
 from infra.testing import test_database_url
-from ledger.codec import encode_request
-from ledger.requests import Posting, TransactionRequest
-from ledger.settings import TRANSACTIONS_TOPIC
+from ledger.requests import Posting
 from projections.replay import log_end, replay
 
 RESULTS = ROOT / "bench" / "results"
 PORT = 8013
 DEEP = 150_000
+PRODUCE_CONCURRENCY_MAX = 2000
 
 
 class Bench:
@@ -162,22 +161,13 @@ class Bench:
         self.results["history"] = rows
 
     async def ingest_direct(self, owner: asyncpg.Connection, count: int) -> None:
-        """Stop the projector, append `count` requests, restart it and time the catch-up alone."""
+        """Stop the projector, append `count` requests with the producer client, restart the projector and
+        time the catch-up alone."""
         processes.stop(self.projector, "projector")
-        kafka = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=True, linger_ms=5,
-                                 max_batch_size=256 * 1024)
-        await kafka.start()
-        try:
-            futures = []
-            for n in range(count):
-                tenant = data.TENANTS[n % 10]
-                request = TransactionRequest(uuid.uuid4().hex, tenant,
-                                             (Posting("@world", f"ingest-{n % 5000}", 100, "USD/2"),
-                                              Posting(f"ingest-{n % 5000}", f"acct-{n % 997 + 1}", 40, "USD/2")))
-                futures.append(await kafka.send(TRANSACTIONS_TOPIC, encode_request(request), key=tenant.encode()))
-            await asyncio.gather(*futures)
-        finally:
-            await kafka.stop()
+        async with LedgerProducer(self.bootstrap, follow_outcomes=False) as ledger:
+            for first in range(0, count, PRODUCE_CONCURRENCY_MAX):
+                await asyncio.gather(*[ledger.submit(data.TENANTS[n % 10], _transfer(n))
+                                       for n in range(first, min(count, first + PRODUCE_CONCURRENCY_MAX))])
         before = await owner.fetchval("SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets")
         self.projector = processes.spawn("projections.app", self.env, self.logs / "projector.log")
         while await owner.fetchval("SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets") == before:
@@ -190,6 +180,36 @@ class Bench:
         self.results["ingest_direct"] = {"transactions": count, "measured": applied,
                                          "seconds": round(finished - started, 2), "tx_per_s": round(rate)}
         say(f"ingest (straight to Kafka, one projector): {rate:.0f} committed tx/s over {applied} transactions")
+
+    async def ingest_client(self, rate: int) -> None:
+        """Open loop through the producer client: `rate` requests/s, each timed from its scheduled send to
+        its outcome read back from `ledger.outcomes` (append + projector commit + outcome delivery)."""
+        count = rate * self.duration_s
+        latencies: list[float] = []
+        errors = 0
+        async with LedgerProducer(self.bootstrap) as ledger:
+            started = time.perf_counter() + 0.1
+
+            async def one(n: int) -> None:
+                nonlocal errors
+                scheduled = started + n / rate
+                await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+                try:
+                    outcome = await ledger.outcome(await ledger.submit(data.TENANTS[n % 10], _transfer(n)), 30)
+                    if outcome["status"] != "committed":
+                        errors += 1
+                except (KafkaError, TimeoutError):
+                    errors += 1
+                latencies.append((time.perf_counter() - scheduled) * 1000)
+
+            await asyncio.gather(*[one(n) for n in range(count)])
+        latencies.sort()
+        row = {"rate": rate, "requests": count, "errors": errors, "achieved_rps": round(count / self.duration_s, 1),
+               "p50_ms": latencies[len(latencies) // 2], "p95_ms": latencies[int(len(latencies) * 0.95)],
+               "p99_ms": latencies[int(len(latencies) * 0.99)], "max_ms": latencies[-1]}
+        self.results.setdefault("ingest_client", []).append(row)
+        say(f"producer client, append to outcome @ {rate}/s: p50 {row['p50_ms']:.2f} ms, "
+            f"p99 {row['p99_ms']:.2f} ms, errors {errors}")
 
     def ingest_http(self, rate: int) -> None:
         bodies = self.logs / "bodies"
@@ -235,25 +255,33 @@ class Bench:
             say(f"loading {small} accounts x 10 entries and one history of {DEEP}")
             await data.load_accounts(owner, 1, small, 10)
             await data.load_deep_history(owner, DEEP)
-            await data.analyze(owner)
+            await data.settle(owner)
             rates = [500, 2000] if self.quick else [500, 1000, 2000, 5000]
             self.reads(small, "reads_10k", rates)
             self.saturation(small)
             await self.round_trips(owner, small)
             self.history()
             await self.ingest_direct(owner, 20_000 if self.quick else 200_000)
-            self.ingest_http(500)
+            await self.ingest_client(500)
+            for rate in [100, 500] if not self.quick else [500]:
+                self.ingest_http(rate)
             await self.replay_rate()
             if not self.quick:
                 large = 1_000_000
                 say(f"loading up to {large} accounts x 10 entries")
                 started = time.monotonic()
                 await data.load_accounts(owner, small + 1, large, 10)
-                await data.analyze(owner)
+                await data.settle(owner)
                 self.results["load_1m_seconds"] = round(time.monotonic() - started, 1)
                 self.reads(large, "reads_1m", [1000])
         finally:
             await owner.close()
+
+
+def _transfer(n: int) -> list[Posting]:
+    """A deposit to one of 5,000 accounts and a payment from it to one of 997 others."""
+    return [Posting("@world", f"ingest-{n % 5000}", 100, "USD/2"),
+            Posting(f"ingest-{n % 5000}", f"acct-{n % 997 + 1}", 40, "USD/2")]
 
 
 def _machine() -> dict[str, Any]:
@@ -273,6 +301,7 @@ def report(results: dict[str, Any]) -> str:
         lines += [_row(f"balance read, {r['accounts']:,} accounts", r) for r in results.get(label, [])]
     lines += [_row(f"history page, {label}", r) for label, r in results.get("history", {}).items()]
     lines += [_row("POST ?wait=true", r) for r in results.get("ingest_http_wait", [])]
+    lines += [_row("producer client, append to outcome", r) for r in results.get("ingest_client", [])]
     sat = results.get("saturation")
     if sat:
         lines += ["", f"saturation (wrk, 64 connections): balance {sat['balance']['rps']:.0f} req/s "
