@@ -145,9 +145,10 @@ def decode_all(records: list[Record]) -> list[TransactionRequest | InvalidReques
     return decoded
 
 
-def fold_batch(ledger: Ledger, records: list[Record], decoded: list[TransactionRequest | InvalidRequest]) -> BatchRows:
-    """Decide every record in log order against `ledger` (preloaded with what they touch)."""
-    rows = BatchRows()
+def fold_batch(ledger: Ledger, records: list[Record], decoded: list[TransactionRequest | InvalidRequest],
+               rows: BatchRows | None = None) -> BatchRows:
+    """Decide every record in log order against `ledger` (preloaded with what they touch), adding to `rows`."""
+    rows = rows if rows is not None else BatchRows()
     times: dict[int, datetime] = {}  # records appended in the same millisecond share one datetime
     for record, request in zip(records, decoded, strict=True):
         at = times.get(record.timestamp_ms)

@@ -25,6 +25,7 @@ import asyncpg
 
 from ledger.decisions import Ledger
 from ledger.errors import InvalidRequest
+from ledger.requests import TransactionRequest
 from ledger.settings import TRANSACTIONS_TOPIC
 from projections.batches import BatchRows, Record, decode_all, fold_batch
 from projections.writer import (
@@ -43,6 +44,9 @@ log = logging.getLogger("ledger.projector")
 # Past this many carried balances, ids and keys, the state is dropped (once no write is in flight).
 CARRIED_KEYS_MAX = 500_000
 RECONNECT_BACKOFF_S_MAX = 2.0
+# Decode and fold in slices, yielding to the event loop between them: the write in flight streams its COPY
+# only when this coroutine lets it run, and PostgreSQL idles while it does not.
+SLICE_RECORDS = 500
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 T = TypeVar("T")
@@ -146,18 +150,28 @@ class Pipeline:
     async def _prepare(self, conn: asyncpg.Connection, records: list[Record]) -> Prepared:
         started = time.perf_counter()
         partitions = {r.partition for r in records}
-        async with conn.transaction(readonly=True):
-            await begin(conn, self.schema)
-            if not partitions <= self.expected.keys():
-                rows = await conn.fetch("SELECT log_partition, next_offset FROM projection_offsets WHERE topic = $1",
-                                        TRANSACTIONS_TOPIC)
-                known = {r["log_partition"]: r["next_offset"] for r in rows}
-                self.expected.update({p: known.get(p, 0) for p in partitions - self.expected.keys()})
-            base = {p: self.expected[p] for p in partitions}
-            fresh = fresh_records(records, base)
-            decoded = decode_all(fresh)
-            await preload(conn, [d for d in decoded if not isinstance(d, InvalidRequest)], self.ledger)
-        rows = fold_batch(self.ledger, fresh, decoded)
+        if not partitions <= self.expected.keys():
+            async with conn.transaction(readonly=True):
+                await begin(conn, self.schema)
+                stored = await conn.fetch("SELECT log_partition, next_offset FROM projection_offsets WHERE topic = $1",
+                                          TRANSACTIONS_TOPIC)
+            known = {r["log_partition"]: r["next_offset"] for r in stored}
+            self.expected.update({p: known.get(p, 0) for p in partitions - self.expected.keys()})
+        base = {p: self.expected[p] for p in partitions}
+        fresh = fresh_records(records, base)
+        decoded: list[TransactionRequest | InvalidRequest] = []
+        for i in range(0, len(fresh), SLICE_RECORDS):
+            decoded += decode_all(fresh[i:i + SLICE_RECORDS])
+            await asyncio.sleep(0)
+        requests = [d for d in decoded if not isinstance(d, InvalidRequest)]
+        if requests:
+            async with conn.transaction(readonly=True):
+                await begin(conn, self.schema)
+                await preload(conn, requests, self.ledger)
+        rows = BatchRows()
+        for i in range(0, len(fresh), SLICE_RECORDS):
+            fold_batch(self.ledger, fresh[i:i + SLICE_RECORDS], decoded[i:i + SLICE_RECORDS], rows)
+            await asyncio.sleep(0)
         self.expected.update(rows.next_offsets)
         return Prepared(records, rows, base, len(fresh), time.perf_counter() - started)
 
