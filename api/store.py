@@ -17,6 +17,10 @@ from ledger.errors import AlreadyExists, NotFound, Unavailable
 from ledger.settings import KEYS_CHANNEL
 
 QUERY_TIMEOUT_S = 2.0
+BALANCES = "SELECT * FROM api_balances($1, $2)"
+TRANSACTION = "SELECT * FROM api_transaction($1, $2)"
+TRANSACTION_BY_KEY = "SELECT * FROM api_transaction_by_key($1, $2)"
+ENTRIES = "SELECT * FROM api_entries($1, $2, $3, $4, $5, $6)"
 CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                      asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, TimeoutError,
                      asyncpg.QueryCanceledError)
@@ -38,24 +42,31 @@ class Store:
         async with _translated():
             return await self.pool.fetch(query, *args, timeout=QUERY_TIMEOUT_S)
 
+    @staticmethod
+    async def warm(conn: asyncpg.Connection) -> None:
+        """Prepare the hot reads on `conn` and have its backend compile them (no tenant matches '')."""
+        await conn.fetch(BALANCES, "", "")
+        await conn.fetch(TRANSACTION, "", "")
+        await conn.fetch(TRANSACTION_BY_KEY, "", "")
+        await conn.fetch(ENTRIES, "", "", None, 0, 0, 1)
+
     async def balances(self, tenant: str, account: str) -> list[asyncpg.Record]:
-        return await self._fetch("SELECT * FROM api_balances($1, $2)", tenant, account)
+        return await self._fetch(BALANCES, tenant, account)
 
     async def balances_at(self, tenant: str, account: str, at: datetime) -> list[asyncpg.Record]:
         return await self._fetch("SELECT * FROM api_balances_at($1, $2, $3)", tenant, account, at)
 
     async def transaction(self, tenant: str, id: str) -> asyncpg.Record | None:
-        rows = await self._fetch("SELECT * FROM api_transaction($1, $2)", tenant, id)
+        rows = await self._fetch(TRANSACTION, tenant, id)
         return rows[0] if rows else None
 
     async def transaction_by_key(self, tenant: str, key: str) -> asyncpg.Record | None:
-        rows = await self._fetch("SELECT * FROM api_transaction_by_key($1, $2)", tenant, key)
+        rows = await self._fetch(TRANSACTION_BY_KEY, tenant, key)
         return rows[0] if rows else None
 
     async def entries(self, tenant: str, account: str, asset: str | None, before: tuple[int, int],
                       limit: int) -> list[asyncpg.Record]:
-        return await self._fetch("SELECT * FROM api_entries($1, $2, $3, $4, $5, $6)",
-                                 tenant, account, asset, before[0], before[1], limit)
+        return await self._fetch(ENTRIES, tenant, account, asset, before[0], before[1], limit)
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1")
