@@ -233,7 +233,7 @@ class Bench:
         conn = await asyncpg.connect(url)
         try:
             started = time.monotonic()
-            stats = await replay(conn, self.bootstrap, "proj_v1")
+            stats = await replay(conn, self.bootstrap, "proj_v1", connect=lambda: asyncpg.connect(url))
             seconds = time.monotonic() - started
         finally:
             await conn.close()

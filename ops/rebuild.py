@@ -100,7 +100,8 @@ async def rebuild(url: str, bootstrap: str, until: dict[int, int] | None = None,
             raise Unavailable("another `ledger replay` is running")
         schema = await _shadow(conn)
         bar = ProgressBar() if show_progress else None
-        stats = await replay(conn, bootstrap, schema, until=until, until_time=until_time, progress=bar)
+        stats = await replay(conn, bootstrap, schema, until=until, until_time=until_time, progress=bar,
+                             connect=lambda: asyncpg.connect(url))
         records = stats.records
         if until is not None or until_time is not None:
             return Rebuilt(schema, records, time.monotonic() - started, False)

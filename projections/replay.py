@@ -16,7 +16,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger.settings import TRANSACTIONS_TOPIC
 from projections.batches import Record
-from projections.writer import apply_batch, committed_offsets
+from projections.pipeline import Connect, Pipeline
+from projections.writer import BatchResult, apply_batch, committed_offsets
 
 FETCH_TIMEOUT_MS = 1000
 EMPTY_FETCHES_MAX = 30
@@ -96,20 +97,36 @@ async def read_log(bootstrap: str, batch_size_max: int, until: dict[int, int], s
 
 async def replay(conn: asyncpg.Connection, bootstrap: str, schema: str, batch_size_max: int = 5000,
                  until: dict[int, int] | None = None, until_time: datetime | None = None,
-                 progress: Progress | None = None, keep: Callable[[Record], bool] | None = None) -> ReplayStats:
-    """Apply the log to the projection in `schema`, from its own offsets up to `until` (default: the end)."""
+                 progress: Progress | None = None, keep: Callable[[Record], bool] | None = None,
+                 connect: Connect | None = None) -> ReplayStats:
+    """Apply the log to the projection in `schema`, from its own offsets up to `until` (default: the end).
+
+    With `connect` (and no `keep` filter, whose gaps the pipeline would refuse), batches go through the
+    projector's pipeline on two connections of their own: batch N+1 is folded while N is written.
+    """
     stats = ReplayStats()
     end = until if until is not None else await log_end(bootstrap)
     start = await committed_offsets(conn, schema)
     current = {p: start.get(p, 0) for p in end}
-    async for batch in read_log(bootstrap, batch_size_max, end, start, until_time):
-        kept = batch if keep is None else [r for r in batch if keep(r)]
-        if kept:
-            result = await apply_batch(conn, kept, schema=schema)
+    line = Pipeline(connect, None, 1, (), schema) if connect is not None and keep is None else None
+
+    def count(results: list[BatchResult]) -> None:
+        for result in results:
             stats.records += result.applied
             stats.batches += 1
-        for record in batch:
-            current[record.partition] = record.offset + 1
-        if progress is not None:
-            progress(current, end, stats)
+
+    try:
+        async for batch in read_log(bootstrap, batch_size_max, end, start, until_time):
+            kept = batch if keep is None else [r for r in batch if keep(r)]
+            if kept:
+                count(await line.submit(kept) if line is not None else [await apply_batch(conn, kept, schema=schema)])
+            for record in batch:
+                current[record.partition] = record.offset + 1
+            if progress is not None:
+                progress(current, end, stats)
+        if line is not None:
+            count(await line.drain())
+    finally:
+        if line is not None:
+            await line.close()
     return stats
