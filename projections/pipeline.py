@@ -26,13 +26,13 @@ import asyncpg
 from ledger.decisions import Ledger
 from ledger.errors import InvalidRequest
 from ledger.requests import TransactionRequest
-from ledger.settings import TRANSACTIONS_TOPIC
 from projections.batches import BatchRows, Record, decode_all, fold_batch
 from projections.writer import (
     BatchResult,
     Publish,
     apply_batch,
     begin,
+    committed_offsets,
     fresh_records,
     open_batch,
     preload,
@@ -152,10 +152,7 @@ class Pipeline:
         partitions = {r.partition for r in records}
         if not partitions <= self.expected.keys():
             async with conn.transaction(readonly=True):
-                await begin(conn, self.schema)
-                stored = await conn.fetch("SELECT log_partition, next_offset FROM projection_offsets WHERE topic = $1",
-                                          TRANSACTIONS_TOPIC)
-            known = {r["log_partition"]: r["next_offset"] for r in stored}
+                known = await committed_offsets(conn, await begin(conn, self.schema))
             self.expected.update({p: known.get(p, 0) for p in partitions - self.expected.keys()})
         base = {p: self.expected[p] for p in partitions}
         fresh = fresh_records(records, base)

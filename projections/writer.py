@@ -178,12 +178,13 @@ def schema_path(schema: str) -> str:
     return f"{schema}, public"
 
 
-async def begin(conn: asyncpg.Connection, schema: str | None) -> None:
-    """Point this transaction at the live projection (waiting while an operator switches it) or at `schema`."""
+async def begin(conn: asyncpg.Connection, schema: str | None) -> str:
+    """Point this transaction at the live projection (waiting while an operator switches it) or at `schema`;
+    returns the schema it points at."""
     if schema is None:
-        await conn.execute("SELECT projector_begin()")
-    else:
-        await conn.execute("SELECT set_config('search_path', $1, true)", schema_path(schema))
+        return str(await conn.fetchval("SELECT projector_begin()"))
+    await conn.execute("SELECT set_config('search_path', $1, true)", schema_path(schema))
+    return schema
 
 
 async def open_batch(conn: asyncpg.Connection, partitions: list[int], schema: str | None) -> dict[int, int]:
