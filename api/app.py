@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -23,20 +22,16 @@ from starlette.routing import Route
 from api import routes
 from api.appender import Appender
 from api.auth import KeyStore
-from api.errors import error_response
-from api.hot import HotRoutes
+from api.errors import error_response, internal_error
+from api.hot import HEALTHY, HotRoutes
 from api.metrics import MetricsMiddleware
 from api.openapi import document
 from api.progress import Listener, Progress
 from api.responses import JSON, error
 from api.store import Store
 from ledger import settings as settings_mod
-from ledger.errors import (
-    LedgerError,
-)
+from ledger.errors import LedgerError
 from ledger.settings import Settings
-
-log = logging.getLogger("ledger.api")
 
 READY_TIMEOUT_S = 1.0
 GC_THRESHOLDS = (20_000, 20, 100)
@@ -55,13 +50,11 @@ def http_error(request: Request, exc: Exception) -> Response:
 
 
 def unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error", extra={"request_id": getattr(request.state, "request_id", None),
-                                             "method": request.method, "path": request.url.path})
-    return error(500, "internal", "an unexpected error occurred; it has been logged")
+    return internal_error(getattr(request.state, "request_id", None), request.method, request.url.path)
 
 
 async def healthz(request: Request) -> Response:
-    return JSON({"status": "ok"})
+    return Response(HEALTHY, media_type="application/json")
 
 
 async def readyz(request: Request) -> Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from starlette.responses import Response
 
 from api.auth import Forbidden, Unauthorized
@@ -16,6 +18,8 @@ from ledger.errors import (
     TransactionRejected,
     Unavailable,
 )
+
+log = logging.getLogger("ledger.api")
 
 STATUS_BY_ERROR: list[tuple[type[LedgerError], int]] = [
     (MalformedJson, 400),
@@ -37,3 +41,9 @@ def error_response(exc: LedgerError) -> Response:
     if status == 503:
         headers = {"Retry-After": "1"}
     return error(status, exc.code, exc.message, headers=headers)
+
+
+def internal_error(request_id: str | None, method: str, path: str) -> Response:
+    """Log the exception being handled and answer 500 without its details."""
+    log.exception("unexpected error", extra={"request_id": request_id, "method": method, "path": path})
+    return error(500, "internal", "an unexpected error occurred; it has been logged")

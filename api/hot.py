@@ -9,20 +9,16 @@ database that is the difference between saturating below 2,000 reads/s and not.
 
 from __future__ import annotations
 
-import logging
-
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from api import routes
-from api.errors import error_response
-from api.responses import JSON, error
+from api.errors import error_response, internal_error
+from api.responses import JSON
 from ledger.errors import LedgerError
 from ledger.validation import check_address
-
-log = logging.getLogger("ledger.api")
 
 HEALTHY = b'{"status":"ok"}'
 ACCOUNT_PATH = "/v1/tenants/{tenant}/accounts/{address}"
@@ -64,9 +60,7 @@ class HotRoutes:
         except LedgerError as e:
             return error_response(e)
         except Exception:
-            log.exception("unexpected error", extra={"request_id": scope.get("state", {}).get("request_id"),
-                                                     "method": "GET", "path": scope["path"]})
-            return error(500, "internal", "an unexpected error occurred; it has been logged")
+            return internal_error(scope.get("state", {}).get("request_id"), "GET", scope["path"])
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
