@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -15,8 +16,14 @@ from tests.stack import unique
 TRANSIENT = (OSError, asyncpg.PostgresConnectionError)
 
 
-def pipeline(schema: str) -> Pipeline:
-    return Pipeline(lambda: asyncpg.connect(os.environ["LEDGER_DATABASE_URL"]), None, 3, TRANSIENT, schema)
+@pytest.fixture
+async def line(scratch: tuple[asyncpg.Connection, str]) -> AsyncIterator[Pipeline]:
+    """A pipeline writing to the scratch schema, on connections of its own."""
+    pipeline = Pipeline(lambda: asyncpg.connect(os.environ["LEDGER_DATABASE_URL"]), None, 3, TRANSIENT, scratch[1])
+    try:
+        yield pipeline
+    finally:
+        await pipeline.close()
 
 
 async def statuses(conn: asyncpg.Connection, schema: str) -> dict[str, tuple[str, str | None]]:
@@ -24,18 +31,15 @@ async def statuses(conn: asyncpg.Connection, schema: str) -> dict[str, tuple[str
     return {r["id"]: (r["status"], r["reason"]) for r in rows}
 
 
-async def test_each_batch_is_decided_on_the_state_the_one_before_left(scratch: tuple[asyncpg.Connection, str]) -> None:
+async def test_each_batch_is_decided_on_the_state_the_one_before_left(
+        scratch: tuple[asyncpg.Connection, str], line: Pipeline) -> None:
     conn, schema = scratch
     tenant = unique()
-    line = pipeline(schema)
-    try:
-        # alice gets 10, then spends 6 twice: the second spend must see the first, still uncommitted.
-        done = await line.submit([record(0, tenant, 10)])
-        done += await line.submit([record(1, tenant, 6, source="alice", destination="bob")])
-        done += await line.submit([record(2, tenant, 6, source="alice", destination="bob")])
-        done += await line.drain()
-    finally:
-        await line.close()
+    # alice gets 10, then spends 6 twice: the second spend must see the first, still uncommitted.
+    done = await line.submit([record(0, tenant, 10)])
+    done += await line.submit([record(1, tenant, 6, source="alice", destination="bob")])
+    done += await line.submit([record(2, tenant, 6, source="alice", destination="bob")])
+    done += await line.drain()
     assert [r.applied for r in done] == [1, 1, 1]
     assert await statuses(conn, schema) == {"tx0": ("committed", None), "tx1": ("committed", None),
                                              "tx2": ("rejected", "insufficient_funds")}
@@ -45,23 +49,19 @@ async def test_each_batch_is_decided_on_the_state_the_one_before_left(scratch: t
 
 
 async def test_another_writer_in_between_is_detected_and_the_batch_redone(
-        scratch: tuple[asyncpg.Connection, str]) -> None:
+        scratch: tuple[asyncpg.Connection, str], line: Pipeline) -> None:
     conn, schema = scratch
     tenant = unique()
-    line = pipeline(schema)
-    try:
-        await line.submit([record(0, tenant, 10), record(1, tenant, 5)])
-        await line.drain()
-        # Another worker takes the partition for a while and applies two records this one never sees.
-        await apply_batch(conn, [record(2, tenant, 6, source="alice", destination="bob"),
-                                 record(3, tenant, 6, source="alice", destination="carol")], schema=schema)
-        # Folded on carried state, record 4 would spend alice's 15; she has 3 left.
-        done = await line.submit([record(2, tenant, 6, source="alice", destination="bob"),
-                                  record(3, tenant, 6, source="alice", destination="carol"),
-                                  record(4, tenant, 6, source="alice", destination="dave")])
-        done += await line.drain()
-    finally:
-        await line.close()
+    await line.submit([record(0, tenant, 10), record(1, tenant, 5)])
+    await line.drain()
+    # Another worker takes the partition for a while and applies two records this one never sees.
+    await apply_batch(conn, [record(2, tenant, 6, source="alice", destination="bob"),
+                             record(3, tenant, 6, source="alice", destination="carol")], schema=schema)
+    # Folded on carried state, record 4 would spend alice's 15; she has 3 left.
+    done = await line.submit([record(2, tenant, 6, source="alice", destination="bob"),
+                              record(3, tenant, 6, source="alice", destination="carol"),
+                              record(4, tenant, 6, source="alice", destination="dave")])
+    done += await line.drain()
     assert [(r.applied, r.skipped) for r in done] == [(1, 2)]
     assert (await statuses(conn, schema))["tx4"] == ("rejected", "insufficient_funds")
     assert await conn.fetchval(f"SELECT balance FROM {schema}.balances WHERE account = 'alice'") == 3
@@ -69,34 +69,26 @@ async def test_another_writer_in_between_is_detected_and_the_batch_redone(
 
 
 async def test_a_write_committed_without_acknowledgement_is_not_applied_twice(
-        scratch: tuple[asyncpg.Connection, str]) -> None:
+        scratch: tuple[asyncpg.Connection, str], line: Pipeline) -> None:
     conn, schema = scratch
     tenant = unique()
-    line = pipeline(schema)
-    try:
-        batch = await line._prepare(conn, [record(0, tenant, 10), record(1, tenant, 10)])
-        first = await write(conn, batch, None, schema)
-        retried = await write(conn, batch, None, schema)
-    finally:
-        await line.close()
+    batch = await line._prepare(conn, [record(0, tenant, 10), record(1, tenant, 10)])
+    first = await write(conn, batch, None, schema)
+    retried = await write(conn, batch, None, schema)
     assert (first.applied, retried.applied, retried.skipped) == (2, 0, 2)
     assert await conn.fetchval(f"SELECT balance FROM {schema}.balances WHERE account = 'alice'") == 20
 
 
 @pytest.mark.parametrize("carried", [0, 1])
 async def test_redelivered_records_are_skipped_before_folding(scratch: tuple[asyncpg.Connection, str],
-                                                              carried: int) -> None:
+                                                              line: Pipeline, carried: int) -> None:
     conn, schema = scratch
     tenant = unique()
-    line = pipeline(schema)
-    try:
-        await line.submit([record(0, tenant, 10), record(1, tenant, 10)])
-        await line.drain()
-        if not carried:
-            line.reset_wanted = True  # as after a rebalance: offsets are read again from PostgreSQL
-        done = await line.submit([record(1, tenant, 10), record(2, tenant, 10)])
-        done += await line.drain()
-    finally:
-        await line.close()
+    await line.submit([record(0, tenant, 10), record(1, tenant, 10)])
+    await line.drain()
+    if not carried:
+        line.reset_wanted = True  # as after a rebalance: offsets are read again from PostgreSQL
+    done = await line.submit([record(1, tenant, 10), record(2, tenant, 10)])
+    done += await line.drain()
     assert [(r.applied, r.skipped) for r in done] == [(1, 1)]
     assert await conn.fetchval(f"SELECT balance FROM {schema}.balances WHERE account = 'alice'") == 30
