@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import os
-
 import uvicorn
 
 from infra import logs
-from ledger import settings as settings_mod
+from infra import settings as settings_mod
 
 
 def main() -> None:
-    cfg = settings_mod.load()
+    try:
+        cfg = settings_mod.load()
+    except settings_mod.SettingsError as e:
+        raise SystemExit(f"api: {e}") from None
     uvicorn.run("api.app:create_app", factory=True, host=cfg.api_host, port=cfg.api_port, loop="uvloop",
-                http="httptools", workers=int(os.environ.get("LEDGER_API_WORKERS", "1")),
-                log_config=logs.config("api", os.environ.get("LEDGER_LOG_LEVEL", "INFO")), log_level="warning",
+                http="httptools", workers=cfg.api_workers,
+                log_config=logs.config("api", cfg.log_level or "INFO"), log_level="warning",
                 access_log=False, proxy_headers=False, timeout_graceful_shutdown=8)
 
 

@@ -29,9 +29,9 @@ from api.openapi import document
 from api.progress import Listener, Progress
 from api.responses import JSON, error
 from api.store import Store
-from ledger import settings as settings_mod
+from infra import settings as settings_mod
+from infra.settings import Settings
 from ledger.errors import LedgerError
-from ledger.settings import Settings
 
 READY_TIMEOUT_S = 1.0
 GC_THRESHOLDS = (20_000, 20, 100)
@@ -128,7 +128,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
     listener = Listener(cfg.api_database_url, progress, on_keys)
     await listener.start()
-    appender = Appender(cfg.kafka_bootstrap)
+    appender = Appender(cfg.kafka_bootstrap, cfg.transactions_topic)
     appender.start()
     app.state.ctx = routes.Context(cfg, keys, Store(pool), appender, progress)
     app.state.listener = listener

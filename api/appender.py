@@ -6,14 +6,14 @@ import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from infra.kafka import end_offsets
 from ledger.codec import encode_request
 from ledger.errors import Unavailable
 from ledger.positions import Position
 from ledger.requests import TransactionRequest
-from ledger.settings import TRANSACTIONS_TOPIC
 
 log = logging.getLogger("ledger.api")
 
@@ -36,8 +36,9 @@ class AppendUnconfirmed(Unavailable):
 class Appender:
     """The API's producer. Starts in the background, so the API serves reads while Kafka is away."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap = bootstrap
+        self.topic = topic
         self.producer: AIOKafkaProducer | None = None
         self._starting: asyncio.Task[None] | None = None
         self._watch: AIOKafkaConsumer | None = None  # only for end offsets, in /readyz
@@ -77,7 +78,7 @@ class Appender:
             raise Unavailable("the log (Kafka) is not reachable")
         try:
             async with asyncio.timeout(APPEND_TIMEOUT_S):
-                sent = await self.producer.send(TRANSACTIONS_TOPIC, encode_request(request),
+                sent = await self.producer.send(self.topic, encode_request(request),
                                                 key=request.tenant.encode())
                 metadata = await sent
         except (KafkaError, TimeoutError) as e:
@@ -90,12 +91,9 @@ class Appender:
             return None
         try:
             async with asyncio.timeout(1.0):
-                metadata = await self.producer.client.fetch_all_metadata()
-                partitions = metadata.partitions_for_topic(TRANSACTIONS_TOPIC) or set()
                 if self._watch is None:
                     self._watch = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
                     await self._watch.start()
-                tps = [TopicPartition(TRANSACTIONS_TOPIC, p) for p in partitions]
-                return {tp.partition: o for tp, o in (await self._watch.end_offsets(tps)).items()}
+                return await end_offsets(self._watch, self.topic)
         except (KafkaError, TimeoutError):
             return None

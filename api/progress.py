@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import orjson
 
+from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
 from ledger.errors import Unavailable
 from ledger.positions import Position
-from ledger.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
 
 log = logging.getLogger("ledger.api")
 

@@ -24,10 +24,10 @@ from api.requests import (
 )
 from api.responses import JSON, error
 from api.store import Store
+from infra.settings import Settings
 from ledger.errors import InvalidRequest, NotFound, Unavailable
 from ledger.positions import Position
 from ledger.requests import TransactionRequest
-from ledger.settings import Settings
 from ledger.validation import check_address, check_asset, check_id, check_tenant, parse_body
 
 log = logging.getLogger("ledger.api")

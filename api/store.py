@@ -13,8 +13,8 @@ from typing import Any
 
 import asyncpg
 
+from infra.settings import KEYS_CHANNEL
 from ledger.errors import AlreadyExists, NotFound, Unavailable
-from ledger.settings import KEYS_CHANNEL
 
 QUERY_TIMEOUT_S = 2.0
 BALANCES = "SELECT * FROM api_balances($1, $2)"

@@ -25,15 +25,16 @@ from api.requests import encode_cursor
 from bench import data, tools
 from client import LedgerProducer
 from infra import local, processes
+from infra import settings as settings_mod
+from infra.kafka import log_end
 from infra.local import DATA, ROOT, say
 from infra.migrate import migrate
 from infra.run import wait_ready
-from infra.testing import test_database_url
+from infra.testing import remove_world, session_env
 from ledger.requests import Posting
-from projections.replay import log_end, replay
+from projections.replay import replay
 
 RESULTS = ROOT / "bench" / "results"
-PORT = 8013
 DEEP = 150_000
 PRODUCE_CONCURRENCY_MAX = 2000
 
@@ -43,14 +44,14 @@ class Bench:
         self.quick = quick
         self.duration_s = 5 if quick else 10
         self.results: dict[str, Any] = {"quick": quick, "machine": _machine()}
-        base = processes.child_env()
-        db_url = test_database_url(os.environ.get("LEDGER_DATABASE_URL", "postgresql://postgres@127.0.0.1:5433/x"))
-        self.db_url = db_url.rsplit("/", 1)[0] + "/ledger_bench"
-        self.env = processes.child_env(LEDGER_DATABASE_URL=self.db_url, LEDGER_API_PORT=str(PORT),
-                                       LEDGER_PROJECTOR_GROUP="ledger-projector-bench",
-                                       LEDGER_ADMIN_TOKEN=secrets.token_urlsafe(24))
-        self.bootstrap = base.get("LEDGER_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-        self.url = f"http://127.0.0.1:{PORT}"
+        # Its own database, topics and group, removed afterwards: a run never reads an earlier one's log.
+        self.env = session_env(settings_mod.load(), f"bench-{secrets.token_hex(4)}", local_services=False)
+        self.env["LEDGER_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+        self.cfg = settings_mod.load(self.env)
+        self.db_url = self.cfg.database_url
+        self.bootstrap = self.cfg.kafka_bootstrap
+        self.topic = self.cfg.transactions_topic
+        self.url = f"http://127.0.0.1:{self.cfg.api_port}"
         self.logs = DATA / "logs" / "bench"
         self.projector: Any = None
         self.api: Any = None
@@ -81,7 +82,7 @@ class Bench:
 
     async def caught_up(self, conn: asyncpg.Connection, timeout_s: float = 600) -> float:
         """Wait until the projection has applied the whole log; returns when it got there."""
-        end = await log_end(self.bootstrap)
+        end = await log_end(self.bootstrap, self.topic)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             applied = {r["log_partition"]: r["next_offset"] for r in await conn.fetch(
@@ -164,7 +165,7 @@ class Bench:
         """Stop the projector, append `count` requests with the producer client, restart the projector and
         time the catch-up alone."""
         processes.stop(self.projector, "projector")
-        async with LedgerProducer(self.bootstrap, follow_outcomes=False) as ledger:
+        async with LedgerProducer(self.bootstrap, follow_outcomes=False, topic=self.topic) as ledger:
             for first in range(0, count, PRODUCE_CONCURRENCY_MAX):
                 await asyncio.gather(*[ledger.submit(data.TENANTS[n % 10], _transfer(n))
                                        for n in range(first, min(count, first + PRODUCE_CONCURRENCY_MAX))])
@@ -187,7 +188,7 @@ class Bench:
         count = rate * self.duration_s
         latencies: list[float] = []
         errors = 0
-        async with LedgerProducer(self.bootstrap) as ledger:
+        async with LedgerProducer(self.bootstrap, topic=self.topic, outcomes_topic=self.cfg.outcomes_topic) as ledger:
             started = time.perf_counter() + 0.1
 
             async def one(n: int) -> None:
@@ -233,7 +234,7 @@ class Bench:
         conn = await asyncpg.connect(url)
         try:
             started = time.monotonic()
-            stats = await replay(conn, self.bootstrap, "proj_v1", connect=lambda: asyncpg.connect(url))
+            stats = await replay(conn, self.bootstrap, self.topic, "proj_v1", connect=lambda: asyncpg.connect(url))
             seconds = time.monotonic() - started
         finally:
             await conn.close()
@@ -361,6 +362,7 @@ def main() -> None:
         asyncio.run(bench.run())
     finally:
         bench.stop()
+        asyncio.run(remove_world(bench.cfg))
         local.stop_started(started_pg, started_kafka)
     bench.results["total_seconds"] = round(time.monotonic() - began, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -10,12 +10,13 @@ from types import TracebackType
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from infra.kafka import topic_partitions
+from infra.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from ledger.codec import encode_request
 from ledger.positions import Position
 from ledger.requests import Posting, TransactionRequest
-from ledger.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from ledger.validation import (
     check_id,
     check_tenant,
@@ -45,7 +46,10 @@ class LedgerProducer:
     Outcomes are followed from the moment `start()` runs: submit after starting, then await.
     """
 
-    def __init__(self, bootstrap: str, *, follow_outcomes: bool = True) -> None:
+    def __init__(self, bootstrap: str, *, follow_outcomes: bool = True, topic: str = TRANSACTIONS_TOPIC,
+                 outcomes_topic: str = OUTCOMES_TOPIC) -> None:
+        self.topic = topic
+        self.outcomes_topic = outcomes_topic
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
                                           linger_ms=2)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False) \
@@ -65,9 +69,7 @@ class LedgerProducer:
         if self._consumer is None:
             return
         await self._consumer.start()
-        # An unsubscribed consumer tracks no topic's metadata: ask the cluster, as `topics()` does.
-        cluster = await self._consumer._client.fetch_all_metadata()
-        tps = [TopicPartition(OUTCOMES_TOPIC, p) for p in sorted(cluster.partitions_for_topic(OUTCOMES_TOPIC) or ())]
+        tps = await topic_partitions(self._consumer, self.outcomes_topic)
         self._consumer.assign(tps)
         await self._consumer.seek_to_end(*tps)
         self._reader = asyncio.create_task(self._read())
@@ -96,7 +98,7 @@ class LedgerProducer:
                 raise RuntimeError(f"over {PENDING_MAX} outcomes not collected; await outcome() for them")
             # Registered before sending, so an outcome cannot arrive before anyone waits for it.
             self._waiters[(tenant, request.id)] = asyncio.get_running_loop().create_future()
-        metadata_ = await self._producer.send_and_wait(TRANSACTIONS_TOPIC, encode_request(request),
+        metadata_ = await self._producer.send_and_wait(self.topic, encode_request(request),
                                                        key=tenant.encode())
         return Submitted(tenant, request.id, Position(metadata_.partition, metadata_.offset))
 

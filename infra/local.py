@@ -18,6 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
+from infra import settings as settings_mod
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"
 CACHE = ROOT / ".cache"
@@ -101,8 +103,9 @@ def _stop_pid(pid_file: Path, what: str, done_marker: Path | None = None) -> Non
 
 def kafka_libs() -> Path:
     """The broker's jars: `$KAFKA_HOME/libs`, or fetched once from Maven Central into `.cache/`."""
-    if os.environ.get("KAFKA_HOME"):
-        return Path(os.environ["KAFKA_HOME"]) / "libs"
+    kafka_home = settings_mod.load().kafka_home
+    if kafka_home:
+        return Path(kafka_home) / "libs"
     pom = ROOT / "infra/kafka/pom.xml"
     # Keyed by the POM's content, so a changed dependency list fetches a fresh set of jars.
     libs = CACHE / f"kafka-{KAFKA_VERSION}-{hashlib.sha256(pom.read_bytes()).hexdigest()[:10]}" / "libs"
@@ -149,7 +152,7 @@ def kafka_properties(data: Path) -> str:
 
 
 def _java(libs: Path, logs: Path, *args: str) -> list[str]:
-    heap = os.environ.get("LEDGER_KAFKA_HEAP", "768m")
+    heap = settings_mod.load().kafka_heap
     return ["java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
             "-Djava.awt.headless=true", f"-Dkafka.logs.dir={logs}",
             f"-Dlog4j2.configurationFile={ROOT / 'infra/kafka/log4j2.properties'}",
@@ -158,10 +161,11 @@ def _java(libs: Path, logs: Path, *args: str) -> list[str]:
 
 def start_kafka(configured_elsewhere: bool | None = None) -> bool:
     """Start the broker unless one is configured or already running; True when this call started it."""
+    cfg = settings_mod.load()
     if configured_elsewhere is None:
-        configured_elsewhere = bool(os.environ.get("LEDGER_KAFKA_BOOTSTRAP"))
+        configured_elsewhere = cfg.kafka_external
     if configured_elsewhere:
-        say(f"using Kafka at {os.environ['LEDGER_KAFKA_BOOTSTRAP']}")
+        say(f"using Kafka at {cfg.kafka_bootstrap}")
         return False
     data = DATA / "kafka"
     pid_file = data / "kafka.pid"
@@ -238,7 +242,7 @@ def _pg_data() -> Path:
 def start_postgres(configured_elsewhere: bool | None = None) -> bool:
     """Start the cluster unless one is configured or already running; True when this call started it."""
     if configured_elsewhere is None:
-        configured_elsewhere = bool(os.environ.get("LEDGER_DATABASE_URL"))
+        configured_elsewhere = settings_mod.load().database_external
     if configured_elsewhere:
         say("using PostgreSQL at LEDGER_DATABASE_URL")
         return False

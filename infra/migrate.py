@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from ledger import settings as settings_mod
+from infra import settings as settings_mod
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _NAME = re.compile(r"(\d{3})_([a-z0-9_]+)\.sql")

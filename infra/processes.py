@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from infra import settings as settings_mod
 from infra.local import ROOT, say
 from infra.migrate import migrate
 from infra.topics import ensure_topics
-from ledger import settings as settings_mod
 
 STOP_TIMEOUT_S = 10.0
 
@@ -43,7 +43,8 @@ def prepare(env: dict[str, str]) -> None:
     """Topics and migrations for the settings in `env`."""
     cfg = settings_mod.load(env)
     started = time.monotonic()
-    asyncio.run(ensure_topics(cfg.kafka_bootstrap, cfg.topic_partitions, cfg.topic_replication))
+    topics = (cfg.transactions_topic, cfg.outcomes_topic)
+    asyncio.run(ensure_topics(cfg.kafka_bootstrap, topics, cfg.topic_partitions, cfg.topic_replication))
     applied = asyncio.run(migrate(cfg.database_url))
     say(f"topics ready, migrations {applied or 'up to date'} ({time.monotonic() - started:.1f} s)")
 

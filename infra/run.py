@@ -6,7 +6,6 @@ and on a signal stops what it started in reverse order: API, projector, Kafka, P
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import subprocess
@@ -15,18 +14,18 @@ import time
 import urllib.request
 
 from infra import local, processes
+from infra import settings as settings_mod
 from infra.local import DATA, say
-from ledger import settings as settings_mod
 
 READY_TIMEOUT_S = 60
 RESTARTS_MAX = 5
 RESTART_WINDOW_S = 300.0
 
 
-def admin_token() -> str:
+def admin_token(configured: str) -> str:
     """`LEDGER_ADMIN_TOKEN`, or one generated once and kept under `.data/` so restarts keep it."""
-    if os.environ.get("LEDGER_ADMIN_TOKEN"):
-        return os.environ["LEDGER_ADMIN_TOKEN"]
+    if configured:
+        return configured
     path = DATA / "admin_token"
     if not path.exists():
         DATA.mkdir(parents=True, exist_ok=True)
@@ -59,12 +58,13 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    base = settings_mod.load()
     started_pg, started_kafka = local.up()
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     status = 0
     try:
-        env = processes.child_env(LEDGER_ADMIN_TOKEN=admin_token(),
-                                  LEDGER_PROJECTOR_METRICS_PORT=os.environ.get("LEDGER_PROJECTOR_METRICS_PORT", "9464"))
+        env = processes.child_env(LEDGER_ADMIN_TOKEN=admin_token(base.admin_token),
+                                  LEDGER_PROJECTOR_METRICS_PORT=str(base.projector_metrics_port or 9464))
         cfg = settings_mod.load(env)
         processes.prepare(env)
         logs = DATA / "logs"

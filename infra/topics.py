@@ -9,8 +9,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from ledger import settings as settings_mod
-from ledger.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
+from infra import settings as settings_mod
 
 log = logging.getLogger("ledger.topics")
 
@@ -25,16 +24,17 @@ TRANSACTIONS_CONFIG = {
 OUTCOMES_CONFIG = {"retention.ms": str(7 * 24 * 3600 * 1000), "message.timestamp.type": "LogAppendTime"}
 
 
-async def ensure_topics(bootstrap: str, partitions: int, replication: int = 1) -> None:
+async def ensure_topics(bootstrap: str, topics: tuple[str, str], partitions: int, replication: int = 1) -> None:
     """Both topics; with 3 replicas an append needs 2 of them in sync (acks=all), so one broker may fail."""
     min_isr = {"min.insync.replicas": str(min(2, replication))}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        transactions, outcomes = topics
         wanted = [
-            NewTopic(TRANSACTIONS_TOPIC, partitions, replication, topic_configs=TRANSACTIONS_CONFIG | min_isr),
-            NewTopic(OUTCOMES_TOPIC, partitions, replication, topic_configs=OUTCOMES_CONFIG | min_isr),
+            NewTopic(transactions, partitions, replication, topic_configs=TRANSACTIONS_CONFIG | min_isr),
+            NewTopic(outcomes, partitions, replication, topic_configs=OUTCOMES_CONFIG | min_isr),
         ]
         missing = [t for t in wanted if t.name not in existing]
         if missing:
@@ -48,7 +48,8 @@ async def ensure_topics(bootstrap: str, partitions: int, replication: int = 1) -
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = settings_mod.load()
-    asyncio.run(ensure_topics(cfg.kafka_bootstrap, cfg.topic_partitions, cfg.topic_replication))
+    topics = (cfg.transactions_topic, cfg.outcomes_topic)
+    asyncio.run(ensure_topics(cfg.kafka_bootstrap, topics, cfg.topic_partitions, cfg.topic_replication))
 
 
 if __name__ == "__main__":

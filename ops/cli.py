@@ -17,11 +17,10 @@ import asyncio
 import dataclasses
 import gc
 import json
-import os
 import sys
 from datetime import datetime
 
-from ledger import settings as settings_mod
+from infra import settings as settings_mod
 from ledger.errors import LedgerError
 from ledger.positions import parse_token
 from ops import registry, status
@@ -48,7 +47,8 @@ def _time(raw: str | None) -> datetime | None:
 
 async def _replay(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
     until, until_time = _until(args.until), _time(args.until_time)
-    done = await rebuild(cfg.database_url, cfg.kafka_bootstrap, until, until_time, show_progress=not args.no_progress)
+    done = await rebuild(cfg.database_url, cfg.kafka_bootstrap, cfg.transactions_topic, until, until_time,
+                         show_progress=not args.no_progress)
     rate = done.records / done.seconds if done.seconds else 0.0
     print(f"\nreplayed {done.records} events into {done.schema} in {done.seconds:.1f} s ({rate:,.0f} events/s)")
     print(f"switched: the API and projector now use {done.schema}" if done.switched
@@ -57,7 +57,7 @@ async def _replay(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
 
 
 async def _verify(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
-    verdict = await verify(cfg.database_url, cfg.kafka_bootstrap, args.tenant)
+    verdict = await verify(cfg.database_url, cfg.kafka_bootstrap, cfg.transactions_topic, args.tenant)
     print(f"replayed {verdict.replayed} events up to {verdict.snapshot}")
     if verdict.identical:
         print("identical: the projection is exactly what the log says")
@@ -70,8 +70,9 @@ async def _verify(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
 
 
 async def _status(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
-    parts = await status.partitions(cfg.database_url, cfg.kafka_bootstrap)
-    members = await status.group_members(cfg.kafka_bootstrap, args.group)
+    parts = await status.partitions(cfg.database_url, cfg.kafka_bootstrap, cfg.transactions_topic)
+    group = args.group or cfg.projector_group
+    members = await status.group_members(cfg.kafka_bootstrap, group)
     if args.json:
         print(json.dumps({"partitions": [dataclasses.asdict(p) for p in parts], "members": members}))
         return 0
@@ -79,7 +80,7 @@ async def _status(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
     for p in parts:
         lag_s = "?" if p.lag_seconds is None else f"{p.lag_seconds:.1f}"
         print(f"{p.partition:>9} {p.log_end:>10} {p.projected:>10} {p.lag_events:>8} {lag_s:>7}")
-    print(f"\nprojector group {args.group!r}: {len(members)} member(s)")
+    print(f"\nprojector group {group!r}: {len(members)} member(s)")
     for m in members:
         print(f"  {m['client_id']} {m['host']} {m['member_id']} ({m['state']})")
     return 0
@@ -116,7 +117,7 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--tenant", action="append", help="only these tenants (repeatable)")
     check.set_defaults(run=_verify)
     state = commands.add_parser("status", help="log end, projected position and lag per partition")
-    state.add_argument("--group", default=os.environ.get("LEDGER_PROJECTOR_GROUP", "ledger-projector"))
+    state.add_argument("--group", help="the projectors' consumer group (default: LEDGER_PROJECTOR_GROUP)")
     state.add_argument("--json", action="store_true")
     state.set_defaults(run=_status)
     tenants = commands.add_parser("tenants", help="create tenants").add_subparsers(dest="tenants_command",

@@ -65,7 +65,7 @@ async def _shadow(conn: asyncpg.Connection) -> str:
     return schema
 
 
-async def _switch(url: str, bootstrap: str, schema: str, conn: asyncpg.Connection) -> int:
+async def _switch(url: str, bootstrap: str, topic: str, schema: str, conn: asyncpg.Connection) -> int:
     """Apply the last records to the shadow while the projector is held off, then activate it."""
     locker = await asyncpg.connect(url)
     try:
@@ -75,7 +75,7 @@ async def _switch(url: str, bootstrap: str, schema: str, conn: asyncpg.Connectio
             target = await committed_offsets(locker, live)
             # The shadow may already be past the live projection in some partitions; that is fine: the
             # projector resumes from the shadow's offsets once it is live.
-            stats = await replay(conn, bootstrap, schema, until=target)
+            stats = await replay(conn, bootstrap, topic, schema, until=target)
             await locker.execute("SELECT ledger_activate_projection($1)", schema)
         return stats.records
     finally:
@@ -89,7 +89,7 @@ async def _drop_older(conn: asyncpg.Connection, keep: set[str]) -> None:
             await conn.execute(f'DROP SCHEMA "{row["nspname"]}" CASCADE')
 
 
-async def rebuild(url: str, bootstrap: str, until: dict[int, int] | None = None,
+async def rebuild(url: str, bootstrap: str, topic: str, until: dict[int, int] | None = None,
                   until_time: datetime | None = None, show_progress: bool = True) -> Rebuilt:
     """Replay the whole log into a shadow schema (resuming one left unfinished) and switch to it, unless
     `until`/`until_time` stop it early, in which case the shadow is left for inspection."""
@@ -100,7 +100,7 @@ async def rebuild(url: str, bootstrap: str, until: dict[int, int] | None = None,
             raise Unavailable("another `ledger replay` is running")
         schema = await _shadow(conn)
         bar = ProgressBar() if show_progress else None
-        stats = await replay(conn, bootstrap, schema, until=until, until_time=until_time, progress=bar,
+        stats = await replay(conn, bootstrap, topic, schema, until=until, until_time=until_time, progress=bar,
                              connect=lambda: asyncpg.connect(url))
         records = stats.records
         if until is not None or until_time is not None:
@@ -112,9 +112,9 @@ async def rebuild(url: str, bootstrap: str, until: dict[int, int] | None = None,
             behind = sum(max(0, o - mine.get(p, 0)) for p, o in target.items())
             if behind <= SWITCH_LAG_MAX:
                 break
-            records += (await replay(conn, bootstrap, schema, until=target)).records
+            records += (await replay(conn, bootstrap, topic, schema, until=target)).records
         previous = await conn.fetchval("SELECT active_schema FROM ledger_meta")
-        records += await _switch(url, bootstrap, schema, conn)
+        records += await _switch(url, bootstrap, topic, schema, conn)
         await _drop_older(conn, keep={schema, previous})
         return Rebuilt(schema, records, time.monotonic() - started, True)
     finally:

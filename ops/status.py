@@ -10,8 +10,7 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ledger.settings import TRANSACTIONS_TOPIC
-from projections.replay import consumer, log_end
+from infra.kafka import consumer, log_end
 from projections.writer import committed_offsets
 
 FETCH_TIMEOUT_S = 2.0
@@ -26,7 +25,7 @@ class PartitionStatus:
     lag_seconds: float | None
 
 
-async def _oldest_pending_ms(bootstrap: str, pending: dict[int, int]) -> dict[int, int]:
+async def _oldest_pending_ms(bootstrap: str, topic: str, pending: dict[int, int]) -> dict[int, int]:
     """The timestamp of the first record not yet projected, per lagging partition."""
     if not pending:
         return {}
@@ -35,7 +34,7 @@ async def _oldest_pending_ms(bootstrap: str, pending: dict[int, int]) -> dict[in
     try:
         stamps = {}
         for partition, offset in pending.items():
-            tp = TopicPartition(TRANSACTIONS_TOPIC, partition)
+            tp = TopicPartition(topic, partition)
             kafka.assign([tp])
             kafka.seek(tp, offset)
             batch = await kafka.getmany(tp, timeout_ms=int(FETCH_TIMEOUT_S * 1000), max_records=1)
@@ -46,15 +45,15 @@ async def _oldest_pending_ms(bootstrap: str, pending: dict[int, int]) -> dict[in
         await kafka.stop()
 
 
-async def partitions(url: str, bootstrap: str) -> list[PartitionStatus]:
-    end = await log_end(bootstrap)
+async def partitions(url: str, bootstrap: str, topic: str) -> list[PartitionStatus]:
+    end = await log_end(bootstrap, topic)
     conn = await asyncpg.connect(url)
     try:
         projected = await committed_offsets(conn, str(await conn.fetchval("SELECT active_schema FROM ledger_meta")))
     finally:
         await conn.close()
     pending = {p: projected.get(p, 0) for p, e in end.items() if projected.get(p, 0) < e}
-    stamps = await _oldest_pending_ms(bootstrap, pending)
+    stamps = await _oldest_pending_ms(bootstrap, topic, pending)
     now_ms = time.time() * 1000
 
     def lag_s(p: int) -> float | None:

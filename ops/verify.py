@@ -87,7 +87,7 @@ async def _compare(conn: asyncpg.Connection, live: str, shadow: str, snapshot: d
             verdict.differences[name] = [str(tuple(r)) for r in rows]
 
 
-async def verify(url: str, bootstrap: str, tenants: list[str] | None = None) -> Verdict:
+async def verify(url: str, bootstrap: str, topic: str, tenants: list[str] | None = None) -> Verdict:
     """Compare the live projection with a fresh replay of the log (of `tenants` only, when given)."""
     conn = await asyncpg.connect(url)
     scratch = "verify_" + datetime.now(UTC).strftime("%Y%m%d%H%M%S%f")
@@ -102,7 +102,7 @@ async def verify(url: str, bootstrap: str, tenants: list[str] | None = None) -> 
         def keep(record: Record) -> bool:
             return wanted is None or record.key in wanted
 
-        stats = await replay(conn, bootstrap, scratch, until=verdict.snapshot, keep=keep)
+        stats = await replay(conn, bootstrap, topic, scratch, until=verdict.snapshot, keep=keep)
         verdict.replayed = stats.records
         await _compare(conn, live, scratch, verdict.snapshot, tenants, verdict)
     finally:

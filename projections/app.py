@@ -16,7 +16,6 @@ import asyncio
 import gc
 import logging
 import logging.config
-import os
 import signal
 import sys
 import time
@@ -27,11 +26,11 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from infra import logs
-from ledger import settings as settings_mod
-from ledger.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC, Settings
+from infra import settings as settings_mod
+from infra.kafka import log_end
+from infra.settings import Settings
 from projections.batches import GC_THRESHOLDS, Record
 from projections.pipeline import Pipeline
-from projections.replay import log_end
 from projections.writer import BatchResult
 
 log = logging.getLogger("ledger.projector")
@@ -64,7 +63,8 @@ LAG = Gauge("ledger_projector_lag_records", "Records in the log not yet applied"
 class Outcomes:
     """The producer of `ledger.outcomes`, started on first use."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
         self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
                                          linger_ms=1)
         self.started = False
@@ -74,7 +74,7 @@ class Outcomes:
         if not self.started:
             await self.producer.start()
             self.started = True
-        partitions = len(await self.producer.partitions_for(OUTCOMES_TOPIC))
+        partitions = len(await self.producer.partitions_for(self.topic))
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         for partition, key, value in outcomes:
             by_partition.setdefault(partition % partitions, []).append((key, value))
@@ -83,10 +83,10 @@ class Outcomes:
             batch = self.producer.create_batch()
             for key, value in items:
                 if batch.append(key=key, value=value, timestamp=None) is None:
-                    sent.append(await self.producer.send_batch(batch, OUTCOMES_TOPIC, partition=partition))
+                    sent.append(await self.producer.send_batch(batch, self.topic, partition=partition))
                     batch = self.producer.create_batch()
                     batch.append(key=key, value=value, timestamp=None)
-            sent.append(await self.producer.send_batch(batch, OUTCOMES_TOPIC, partition=partition))
+            sent.append(await self.producer.send_batch(batch, self.topic, partition=partition))
         await asyncio.gather(*sent)
 
     async def close(self) -> None:
@@ -142,16 +142,16 @@ class SeekToProjection(ConsumerRebalanceListener):  # type: ignore[misc]
 class Projector:
     """The consume → apply → commit loop of one worker, stopped by SIGTERM/SIGINT after its current batch."""
 
-    def __init__(self, cfg: Settings, group: str) -> None:
+    def __init__(self, cfg: Settings) -> None:
         self.cfg = cfg
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.kafka_bootstrap, group_id=group, enable_auto_commit=False,
+            bootstrap_servers=cfg.kafka_bootstrap, group_id=cfg.projector_group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=cfg.batch_size_max,
             max_partition_fetch_bytes=FETCH_PARTITION_BYTES_MAX, fetch_max_bytes=FETCH_BYTES_MAX,
             # A dead member's partitions move to a survivor after this, not after a minute.
             session_timeout_ms=10_000, heartbeat_interval_ms=1_000, rebalance_timeout_ms=20_000,
         )
-        self.outcomes = Outcomes(cfg.kafka_bootstrap)
+        self.outcomes = Outcomes(cfg.kafka_bootstrap, cfg.outcomes_topic)
         self.pipeline = Pipeline(lambda: asyncpg.connect(cfg.projector_database_url, timeout=5),
                                  self.outcomes.publish, RECONNECT_ATTEMPTS_MAX, TRANSIENT)
         self.stopping = asyncio.Event()
@@ -164,7 +164,7 @@ class Projector:
             loop.add_signal_handler(signum, self.stopping.set)
         await self.consumer.start()
         listener = SeekToProjection(self.consumer, self.cfg.projector_database_url, self.pipeline)
-        self.consumer.subscribe([TRANSACTIONS_TOPIC], listener=listener)
+        self.consumer.subscribe([self.cfg.transactions_topic], listener=listener)
         watchdog = asyncio.create_task(self._watchdog())
         try:
             while not self.stopping.is_set():
@@ -216,7 +216,7 @@ class Projector:
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             try:
-                end = await log_end(self.cfg.kafka_bootstrap)
+                end = await log_end(self.cfg.kafka_bootstrap, self.cfg.transactions_topic)
                 projected = await projected_offsets(self.cfg.projector_database_url)
             except (OSError, KafkaError, asyncpg.PostgresError, TimeoutError) as e:
                 log.info("watchdog could not look (%r)", e)
@@ -234,7 +234,7 @@ class Projector:
 
 
 async def _main(cfg: Settings) -> int:
-    projector = Projector(cfg, os.environ.get("LEDGER_PROJECTOR_GROUP", "ledger-projector"))
+    projector = Projector(cfg)
     try:
         return await projector.run()
     except Exception:
@@ -247,12 +247,13 @@ async def _main(cfg: Settings) -> int:
 def main() -> None:
     """Run one projector worker in the foreground until SIGINT/SIGTERM."""
     gc.set_threshold(*GC_THRESHOLDS)
-    level = os.environ.get("LEDGER_LOG_LEVEL", "WARNING")
-    logging.config.dictConfig(logs.config("projector", level))
-    cfg = settings_mod.load()
-    metrics_port = int(os.environ.get("LEDGER_PROJECTOR_METRICS_PORT", "0"))
-    if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1")
+    try:
+        cfg = settings_mod.load()
+    except settings_mod.SettingsError as e:
+        sys.exit(f"projector: {e}")
+    logging.config.dictConfig(logs.config("projector", cfg.log_level or "WARNING"))
+    if cfg.projector_metrics_port:
+        start_http_server(cfg.projector_metrics_port, addr="127.0.0.1")
     sys.exit(asyncio.run(_main(cfg)))
 
 

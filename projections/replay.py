@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
-from ledger.settings import TRANSACTIONS_TOPIC
+from infra.kafka import consumer, log_end
 from projections.batches import Record
 from projections.pipeline import Connect, Pipeline
 from projections.writer import BatchResult, apply_batch, committed_offsets
@@ -32,30 +32,8 @@ class ReplayStats:
 Progress = Callable[[dict[int, int], dict[int, int], ReplayStats], None]
 
 
-async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """Every partition of `topic`. An unsubscribed consumer tracks no topic's metadata, so ask the cluster
-    (as `AIOKafkaConsumer.topics()` itself does)."""
-    cluster = await consumer._client.fetch_all_metadata()
-    return [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
-
-
-def consumer(bootstrap: str) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-                            max_partition_fetch_bytes=8 * 1024 * 1024)
-
-
-async def log_end(bootstrap: str) -> dict[int, int]:
-    """The next offset to be written, per partition of the log."""
-    kafka = consumer(bootstrap)
-    await kafka.start()
-    try:
-        tps = await topic_partitions(kafka, TRANSACTIONS_TOPIC)
-        return {tp.partition: offset for tp, offset in (await kafka.end_offsets(tps)).items()}
-    finally:
-        await kafka.stop()
-
-
-async def read_log(bootstrap: str, batch_size_max: int, until: dict[int, int], start: dict[int, int] | None = None,
+async def read_log(bootstrap: str, topic: str, batch_size_max: int, until: dict[int, int],
+                   start: dict[int, int] | None = None,
                    until_time: datetime | None = None) -> AsyncIterator[list[Record]]:
     """Batches of the log from `start` (default: the beginning) up to `until` (next offsets per partition),
     stopping early in each partition at the first record after `until_time`."""
@@ -66,7 +44,7 @@ async def read_log(bootstrap: str, batch_size_max: int, until: dict[int, int], s
     await asyncio.sleep(0)
     try:
         remaining = {p for p, end in until.items() if start.get(p, 0) < end}
-        tps = [TopicPartition(TRANSACTIONS_TOPIC, p) for p in sorted(remaining)]
+        tps = [TopicPartition(topic, p) for p in sorted(remaining)]
         if not tps:
             return
         kafka.assign(tps)
@@ -75,7 +53,7 @@ async def read_log(bootstrap: str, batch_size_max: int, until: dict[int, int], s
         limit_ms = None if until_time is None else int(until_time.timestamp() * 1000)
         empty = 0
         while remaining:
-            fetched = await kafka.getmany(*[TopicPartition(TRANSACTIONS_TOPIC, p) for p in remaining],
+            fetched = await kafka.getmany(*[TopicPartition(topic, p) for p in remaining],
                                           timeout_ms=FETCH_TIMEOUT_MS, max_records=batch_size_max)
             empty = 0 if fetched else empty + 1
             if empty > EMPTY_FETCHES_MAX:
@@ -95,7 +73,7 @@ async def read_log(bootstrap: str, batch_size_max: int, until: dict[int, int], s
         await kafka.stop()
 
 
-async def replay(conn: asyncpg.Connection, bootstrap: str, schema: str, batch_size_max: int = 5000,
+async def replay(conn: asyncpg.Connection, bootstrap: str, topic: str, schema: str, batch_size_max: int = 5000,
                  until: dict[int, int] | None = None, until_time: datetime | None = None,
                  progress: Progress | None = None, keep: Callable[[Record], bool] | None = None,
                  connect: Connect | None = None) -> ReplayStats:
@@ -105,7 +83,7 @@ async def replay(conn: asyncpg.Connection, bootstrap: str, schema: str, batch_si
     projector's pipeline on two connections of their own: batch N+1 is folded while N is written.
     """
     stats = ReplayStats()
-    end = until if until is not None else await log_end(bootstrap)
+    end = until if until is not None else await log_end(bootstrap, topic)
     start = await committed_offsets(conn, schema)
     current = {p: start.get(p, 0) for p in end}
     line = Pipeline(connect, None, 1, (), schema) if connect is not None and keep is None else None
@@ -116,7 +94,7 @@ async def replay(conn: asyncpg.Connection, bootstrap: str, schema: str, batch_si
             stats.batches += 1
 
     try:
-        async for batch in read_log(bootstrap, batch_size_max, end, start, until_time):
+        async for batch in read_log(bootstrap, topic, batch_size_max, end, start, until_time):
             kept = batch if keep is None else [r for r in batch if keep(r)]
             if kept:
                 count(await line.submit(kept) if line is not None else [await apply_batch(conn, kept, schema=schema)])

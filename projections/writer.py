@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import asyncpg
 import orjson
 
+from infra.settings import PROGRESS_CHANNEL
 from ledger.decisions import BalanceKey, Ledger, touched
 from ledger.errors import InvalidRequest
 from ledger.requests import TransactionRequest
-from ledger.settings import PROGRESS_CHANNEL, TRANSACTIONS_TOPIC
 from projections.batches import (
     ENTRY_COLUMNS,
     IDEMPOTENCY_COLUMNS,
@@ -35,6 +35,10 @@ from projections.batches import (
 )
 
 log = logging.getLogger("ledger.projector")
+
+# The log an offsets row counts in: the contract's name of the transactions topic, whatever the deployment
+# calls its topic (the API's `api_offsets()` reads the same name).
+OFFSETS_LOG = "ledger.transactions"
 
 SCHEMA_RE = re.compile(r"(proj|verify)_[a-z0-9_]{1,40}", re.ASCII)
 
@@ -151,10 +155,10 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
     parts = sorted(rows.next_offsets)
     offsets = [rows.next_offsets[p] for p in parts]
     if not notify:  # a rebuild's or a verification's schema: the API's progress is the live projection's
-        await conn.execute(UPDATE_OFFSETS, TRANSACTIONS_TOPIC, parts, offsets)
+        await conn.execute(UPDATE_OFFSETS, OFFSETS_LOG, parts, offsets)
         return
     payload = orjson.dumps({str(p): rows.next_offsets[p] for p in parts}).decode()
-    await conn.execute(UPDATE_OFFSETS_AND_NOTIFY, TRANSACTIONS_TOPIC, parts, offsets, PROGRESS_CHANNEL, payload)
+    await conn.execute(UPDATE_OFFSETS_AND_NOTIFY, OFFSETS_LOG, parts, offsets, PROGRESS_CHANNEL, payload)
 
 
 class OffsetGap(RuntimeError):
@@ -190,7 +194,7 @@ async def begin(conn: asyncpg.Connection, schema: str | None) -> str:
 async def open_batch(conn: asyncpg.Connection, partitions: list[int], schema: str | None) -> dict[int, int]:
     """`begin`, then the next offset of each of `partitions`, their rows locked until the transaction ends."""
     assert schema is None or SCHEMA_RE.fullmatch(schema), f"not a projection schema name: {schema!r}"
-    rows = await conn.fetch(OPEN_BATCH, TRANSACTIONS_TOPIC, partitions, schema)
+    rows = await conn.fetch(OPEN_BATCH, OFFSETS_LOG, partitions, schema)
     return {r["log_partition"]: r["next_offset"] for r in rows}
 
 
@@ -229,5 +233,5 @@ async def committed_offsets(conn: asyncpg.Connection, schema: str) -> dict[int, 
     """The next offset to apply of every partition the projection in `schema` has seen."""
     assert SCHEMA_RE.fullmatch(schema)
     rows = await conn.fetch(f"SELECT log_partition, next_offset FROM {schema}.projection_offsets WHERE topic = $1",
-                            TRANSACTIONS_TOPIC)
+                            OFFSETS_LOG)
     return {r["log_partition"]: r["next_offset"] for r in rows}

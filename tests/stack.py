@@ -17,10 +17,14 @@ import asyncpg
 import httpx
 
 from infra import processes
+from infra import settings as settings_mod
+from infra.kafka import log_end
 from infra.local import DATA
-from projections.replay import log_end
 
-API_PORT = 8011
+# This test run's own topics (infra.testing names them after the run).
+SETTINGS = settings_mod.load()
+TRANSACTIONS_TOPIC = SETTINGS.transactions_topic
+OUTCOMES_TOPIC = SETTINGS.outcomes_topic
 READY_TIMEOUT_S = 60
 CATCH_UP_TIMEOUT_S = 600
 
@@ -36,11 +40,12 @@ class Stack:
         if "LEDGER_DATABASE_URL" not in os.environ:
             raise RuntimeError("service tests run under `make test`, which starts Kafka and PostgreSQL")
         self.admin_token = secrets.token_urlsafe(24)
-        self.api_url = f"http://127.0.0.1:{API_PORT}"
+        self.settings = settings_mod.load()
+        self.api_url = f"http://127.0.0.1:{self.settings.api_port}"
         # A small pool: tenant context must never leak between requests that share connections.
-        self.env = processes.child_env(LEDGER_ADMIN_TOKEN=self.admin_token, LEDGER_API_PORT=str(API_PORT),
+        self.env = processes.child_env(LEDGER_ADMIN_TOKEN=self.admin_token,
                                        LEDGER_DB_POOL_SIZE_MAX="4")
-        self.logs = DATA / "logs" / "tests"
+        self.logs = DATA / "logs" / f"tests-{os.environ.get('LEDGER_TEST_RUN_ID', 'manual')}"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.projector: subprocess.Popen[bytes] | None = None
         self.api: subprocess.Popen[bytes] | None = None
@@ -80,7 +85,7 @@ class Stack:
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            assert self.api is not None and self.api.poll() is None, "the API exited; see .data/logs/tests/api.log"
+            assert self.api is not None and self.api.poll() is None, f"the API exited; see {self.logs}/api.log"
             try:
                 if httpx.get(f"{self.api_url}/readyz", timeout=1).status_code == 200:
                     return
@@ -107,12 +112,12 @@ class Stack:
             if response.status_code == 200:
                 asyncio.run(self.caught_up())
                 return
-        raise RuntimeError("the projector did not apply a probe in time; see .data/logs/tests/projector.log")
+        raise RuntimeError(f"the projector did not apply a probe in time; see {self.logs}/projector.log")
 
     async def caught_up(self, timeout_s: float = CATCH_UP_TIMEOUT_S, restart: bool = False) -> None:
         """Until the projection has applied the whole log (a reused broker may hold a long history); with
         `restart`, a projector that stopped itself is started again, as a supervisor would."""
-        end = await log_end(self.env["LEDGER_KAFKA_BOOTSTRAP"])
+        end = await log_end(self.settings.kafka_bootstrap, self.settings.transactions_topic)
         conn = await asyncpg.connect(self.env["LEDGER_DATABASE_URL"])
         try:
             deadline = time.monotonic() + timeout_s

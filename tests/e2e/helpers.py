@@ -8,7 +8,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from ledger.settings import TRANSACTIONS_TOPIC
+from tests.stack import TRANSACTIONS_TOPIC
 
 
 def posting(source: str, destination: str, amount: int, asset: str = "USD/2") -> dict[str, Any]:

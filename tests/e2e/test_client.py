@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from client import LedgerProducer
@@ -11,10 +9,12 @@ from ledger.errors import InvalidRequest
 from ledger.requests import Posting
 from tests.conftest import Tenant
 from tests.e2e.helpers import balances
+from tests.stack import SETTINGS
 
 
 async def test_submit_and_await_outcomes(tenant: Tenant) -> None:
-    async with LedgerProducer(os.environ["LEDGER_KAFKA_BOOTSTRAP"]) as ledger:
+    async with LedgerProducer(SETTINGS.kafka_bootstrap, topic=SETTINGS.transactions_topic,
+                              outcomes_topic=SETTINGS.outcomes_topic) as ledger:
         deposit = await ledger.submit(tenant.id, [Posting("@world", "alice", 100, "USD/2")], idempotency_key="d1",
                                       metadata={"source": "client"}, reference="r1")
         overdraft = await ledger.submit(tenant.id, [Posting("alice", "bob", 101, "USD/2")])
@@ -30,6 +30,6 @@ async def test_submit_and_await_outcomes(tenant: Tenant) -> None:
 
 
 async def test_client_validates_before_sending() -> None:
-    async with LedgerProducer(os.environ["LEDGER_KAFKA_BOOTSTRAP"], follow_outcomes=False) as ledger:
+    async with LedgerProducer(SETTINGS.kafka_bootstrap, follow_outcomes=False) as ledger:
         with pytest.raises(InvalidRequest):
             await ledger.submit("Not A Tenant", [Posting("@world", "alice", 1, "USD/2")])

@@ -9,10 +9,9 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from ledger.settings import TRANSACTIONS_TOPIC
 from tests.conftest import Tenant
 from tests.e2e.helpers import balances, posting
-from tests.stack import Stack, unique
+from tests.stack import TRANSACTIONS_TOPIC, Stack, unique
 
 BURST = 1500
 

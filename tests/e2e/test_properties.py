@@ -20,14 +20,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from infra.kafka import topic_partitions
 from infra.migrate import migrate
 from ledger.decisions import Ledger
-from ledger.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from ledger.validation import is_system
 from projections.batches import BatchRows, Record, decode_all, fold_batch
-from projections.replay import replay, topic_partitions
+from projections.replay import replay
 from tests.conftest import live_projection
-from tests.stack import Stack, unique
+from tests.stack import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC, Stack, unique
 
 EXAMPLES = int(os.environ.get("LEDGER_PROPERTY_EXAMPLES", "100"))
 ACCOUNTS = ["@world", "@fees", "a", "b", "c"]
@@ -288,7 +288,7 @@ async def _replay_and_compare(stack: Stack) -> int:
     try:
         applied = {r["log_partition"]: r["next_offset"] for r in await live.fetch(
             "SELECT log_partition, next_offset FROM projection_offsets")}
-        stats = await replay(fresh, os.environ["LEDGER_KAFKA_BOOTSTRAP"], "proj_v1", until=applied)
+        stats = await replay(fresh, os.environ["LEDGER_KAFKA_BOOTSTRAP"], TRANSACTIONS_TOPIC, "proj_v1", until=applied)
         queries = [
             "SELECT tenant, id, status, reason, postings::text, metadata::text, reference, idempotency_key, "
             "fingerprint, log_partition, log_offset, created_at, committed_at, error FROM transactions ORDER BY 1, 2",

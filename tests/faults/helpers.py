@@ -11,9 +11,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from ledger.settings import TRANSACTIONS_TOPIC
 from ops.verify import verify
-from tests.stack import Stack, unique
+from tests.stack import SETTINGS, TRANSACTIONS_TOPIC, Stack, unique
 
 needs_local_services = pytest.mark.skipif(
     os.environ.get("LEDGER_TEST_LOCAL_SERVICES") != "1",
@@ -63,6 +62,6 @@ async def wait_projected(db: asyncpg.Pool, sent: dict[str, int], timeout_s: floa
 
 
 async def assert_verified(tenants: list[str]) -> None:
-    verdict = await verify(os.environ["LEDGER_DATABASE_URL"], os.environ["LEDGER_KAFKA_BOOTSTRAP"], tenants)
+    verdict = await verify(SETTINGS.database_url, SETTINGS.kafka_bootstrap, SETTINGS.transactions_topic, tenants)
     assert verdict.identical, verdict.differences
     assert verdict.replayed > 0

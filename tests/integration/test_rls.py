@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from ledger.settings import API_ROLE, with_user
+from infra.settings import API_ROLE, with_user
 from tests.stack import unique
 
 TENANT_TABLES = ["transactions", "balances", "entries", "idempotency_keys"]

@@ -8,7 +8,7 @@ import os
 import asyncpg
 import pytest
 
-from ledger.settings import PROGRESS_CHANNEL
+from infra.settings import PROGRESS_CHANNEL
 from projections.writer import OffsetGap, apply_batch, committed_offsets
 from tests.integration.conftest import record
 from tests.stack import unique

@@ -1,0 +1,147 @@
+"""Configuration: the one reader of the environment.
+
+Every entrypoint (API, projector, `ledger`, `make run`/`make test`, the benchmarks) calls `load()` once.
+Every setting has a default that points at the local services `make run` starts, and a bad value fails
+fast with a `SettingsError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+# The contract's topic names; a deployment (or a test session) may name its own.
+TRANSACTIONS_TOPIC = "ledger.transactions"
+OUTCOMES_TOPIC = "ledger.outcomes"
+PROGRESS_CHANNEL = "ledger_progress"
+KEYS_CHANNEL = "ledger_keys"
+API_ROLE = "ledger_api"
+PROJECTOR_ROLE = "ledger_projector"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+TOPIC_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+class SettingsError(ValueError):
+    """A `LEDGER_*` variable holds a value the ledger cannot run with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything an entrypoint needs to know about its surroundings."""
+
+    kafka_bootstrap: str
+    database_url: str
+    api_database_url: str
+    projector_database_url: str
+    api_host: str
+    api_port: int
+    api_workers: int
+    admin_token: str
+    transactions_topic: str
+    outcomes_topic: str
+    topic_partitions: int
+    topic_replication: int
+    batch_size_max: int
+    batch_wait_ms: int
+    wait_timeout_ms_max: int
+    db_pool_size_max: int
+    projector_lag_ready_max: int
+    projector_group: str
+    projector_metrics_port: int
+    log_level: str | None  # None: each process's own default
+    kafka_external: bool  # LEDGER_KAFKA_BOOTSTRAP was set: `make run`/`make test` start no broker
+    database_external: bool  # LEDGER_DATABASE_URL was set: they start no cluster
+    kafka_home: str | None  # an unpacked Kafka distribution to run instead of fetching its jars
+    kafka_heap: str
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _topic(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    if not 1 <= len(value) <= 200 or not set(value) <= TOPIC_NAME_CHARS:
+        raise SettingsError(f"{name} must be a Kafka topic name ([A-Za-z0-9._-], 1 to 200), got {value!r}")
+    return value
+
+
+def _log_level(env: Mapping[str, str]) -> str | None:
+    raw = env.get("LEDGER_LOG_LEVEL") or None
+    if raw is not None and raw.upper() not in LOG_LEVELS:
+        raise SettingsError(f"LEDGER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return raw.upper() if raw else None
+
+
+def _heap(env: Mapping[str, str]) -> str:
+    value = env.get("LEDGER_KAFKA_HEAP") or "768m"
+    if not value[:-1].isdigit() or value[-1] not in "kmgKMG":
+        raise SettingsError(f"LEDGER_KAFKA_HEAP must be a JVM size such as 768m or 1g, got {value!r}")
+    return value
+
+
+def _postgres_url(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise SettingsError(f"{name} must be a postgresql:// URL, got {value!r}")
+    return value
+
+
+def with_user(url: str, user: str) -> str:
+    """The same PostgreSQL URL, connecting as `user` (keeping any password given for it)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, f"{user}@{host}{port}", parts.path, parts.query, parts.fragment))
+
+
+def with_database(url: str, database: str) -> str:
+    """The same PostgreSQL URL, on another database of the same cluster."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from `env` (the process environment by default)."""
+    env = os.environ if env is None else env
+    database_url = _postgres_url(env, "LEDGER_DATABASE_URL", "postgresql://postgres@127.0.0.1:5433/ledger")
+    return Settings(
+        kafka_bootstrap=env.get("LEDGER_KAFKA_BOOTSTRAP") or "127.0.0.1:9092",
+        database_url=database_url,
+        api_database_url=_postgres_url(env, "LEDGER_API_DATABASE_URL", with_user(database_url, API_ROLE)),
+        projector_database_url=_postgres_url(env, "LEDGER_PROJECTOR_DATABASE_URL",
+                                             with_user(database_url, PROJECTOR_ROLE)),
+        api_host=env.get("LEDGER_API_HOST") or "127.0.0.1",
+        api_port=_int(env, "LEDGER_API_PORT", 8000, 1, 65535),
+        api_workers=_int(env, "LEDGER_API_WORKERS", 1, 1, 64),
+        admin_token=env.get("LEDGER_ADMIN_TOKEN", ""),
+        transactions_topic=_topic(env, "LEDGER_TRANSACTIONS_TOPIC", TRANSACTIONS_TOPIC),
+        outcomes_topic=_topic(env, "LEDGER_OUTCOMES_TOPIC", OUTCOMES_TOPIC),
+        topic_partitions=_int(env, "LEDGER_TOPIC_PARTITIONS", 4, 1, 1024),
+        topic_replication=_int(env, "LEDGER_TOPIC_REPLICATION", 1, 1, 5),
+        batch_size_max=_int(env, "LEDGER_BATCH_SIZE_MAX", 5000, 1, 100_000),
+        batch_wait_ms=_int(env, "LEDGER_BATCH_WAIT_MS", 250, 1, 10_000),
+        wait_timeout_ms_max=_int(env, "LEDGER_WAIT_TIMEOUT_MS_MAX", 30_000, 1, 600_000),
+        db_pool_size_max=_int(env, "LEDGER_DB_POOL_SIZE_MAX", 20, 1, 1000),
+        projector_lag_ready_max=_int(env, "LEDGER_PROJECTOR_LAG_READY_MAX", 100_000, 1, 10**12),
+        projector_group=env.get("LEDGER_PROJECTOR_GROUP") or "ledger-projector",
+        projector_metrics_port=_int(env, "LEDGER_PROJECTOR_METRICS_PORT", 0, 0, 65535),
+        log_level=_log_level(env),
+        kafka_external=bool(env.get("LEDGER_KAFKA_BOOTSTRAP")),
+        database_external=bool(env.get("LEDGER_DATABASE_URL")),
+        kafka_home=env.get("KAFKA_HOME") or None,
+        kafka_heap=_heap(env),
+    )
