@@ -13,7 +13,7 @@ from infra.kafka import end_offsets
 from ledger.codec import encode_request
 from ledger.errors import Unavailable
 from ledger.positions import Position
-from ledger.requests import TransactionRequest
+from ledger.requests import Request
 
 log = logging.getLogger("ledger.api")
 
@@ -72,7 +72,7 @@ class Appender:
         if self._watch is not None:
             await self._watch.stop()
 
-    async def append(self, request: TransactionRequest) -> Position:
+    async def append(self, request: Request) -> Position:
         """The position of the appended request; `Unavailable` if Kafka did not acknowledge it in time."""
         if self.producer is None:
             raise Unavailable("the log (Kafka) is not reachable")

@@ -86,7 +86,7 @@ class KeyStore:
         return Principal(key.tenant, key.scopes, key.id)
 
     async def load_all(self, conn: asyncpg.Pool | asyncpg.Connection) -> None:
-        tenants = {r["id"]: r["name"] for r in await conn.fetch("SELECT id, name FROM tenants")}
+        tenants = {r["id"]: r["name"] for r in await conn.fetch("SELECT id, name FROM api_tenants()")}
         keys = {r["id"]: _key(r) for r in await conn.fetch(
             "SELECT id, tenant, secret_sha256, scopes, revoked_at FROM api_keys")}
         self.tenants, self.keys = tenants, keys
@@ -95,7 +95,7 @@ class KeyStore:
         """Apply one NOTIFY payload: `tenant:<id>` or `key:<id>`."""
         kind, _, ident = payload.partition(":")
         if kind == "tenant":
-            row = await conn.fetchrow("SELECT id, name FROM tenants WHERE id = $1", ident)
+            row = await conn.fetchrow("SELECT id, name FROM api_tenants($1)", ident)
             if row is not None:
                 self.tenants[row["id"]] = row["name"]
         elif kind == "key":

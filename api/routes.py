@@ -25,17 +25,17 @@ from api.requests import (
 from api.responses import JSON, error
 from api.store import Store
 from infra.settings import Settings
-from ledger.errors import InvalidRequest, NotFound, Unavailable
+from ledger.errors import AlreadyExists, InvalidRequest, NotFound, Unavailable
 from ledger.positions import Position
-from ledger.requests import TransactionRequest
-from ledger.validation import check_address, check_asset, check_id, check_tenant, parse_body
+from ledger.requests import TenantRequest, TransactionRequest
+from ledger.validation import check_address, check_asset, check_id, check_tenant, check_tenant_name, parse_body
 
 log = logging.getLogger("ledger.api")
 
 WAIT_TIMEOUT_MS_DEFAULT = 5000
 ENTRIES_LIMIT_DEFAULT = 50
 ENTRIES_LIMIT_MAX = 500
-TENANT_NAME_LEN_MAX = 200
+TENANT_FIELDS = frozenset({"id", "name"})
 
 
 @dataclass(slots=True)
@@ -86,17 +86,32 @@ async def caught_up(request: Request, context: Context) -> None:
 # --- operators -----------------------------------------------------------------------------------------
 
 async def create_tenant(request: Request) -> Response:
+    """Append the tenant's creation to the log and answer once it is decided: 201 if this request created
+    it, 409 if the log already had it (contract v2: tenants are on the log)."""
     context, _, _ = authorized(request, "admin")
+    timeout_ms = int_param(request, "timeout_ms", WAIT_TIMEOUT_MS_DEFAULT, 1, context.settings.wait_timeout_ms_max)
     body = await json_body(request)
     if not isinstance(body, dict):
         raise InvalidRequest("must be an object", "body")
+    unknown = sorted(set(body) - TENANT_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}", "body")
     tenant = check_tenant(body.get("id"), "id")
-    name = body.get("name", tenant)
-    if not isinstance(name, str) or not 1 <= len(name) <= TENANT_NAME_LEN_MAX or "\x00" in name:
-        raise InvalidRequest(f"must be a string of 1 to {TENANT_NAME_LEN_MAX} characters", "name")
-    await context.store.create_tenant(tenant, name)
-    context.keys.tenants[tenant] = name
-    return JSON({"id": tenant, "name": name}, status_code=201)
+    name = check_tenant_name(body.get("name", tenant))
+    if tenant in context.keys.tenants:
+        raise AlreadyExists(f"tenant {tenant!r} exists")
+    try:
+        position = await context.appender.append(TenantRequest(uuid.uuid4().hex, tenant, name))
+    except AppendUnconfirmed as e:
+        return error(503, e.code, e.message, headers={"Retry-After": "1"})
+    if not await context.progress.wait(position, timeout_ms / 1000):
+        raise Unavailable(f"the creation of {tenant!r} is on the log but not decided yet; retrying is safe "
+                          "(a 409 then means it was created)")
+    await context.keys.load_change(context.store.pool, f"tenant:{tenant}")
+    row = await context.store.tenant(tenant)
+    if row is None or Position(row["log_partition"], row["log_offset"]) != position:
+        raise AlreadyExists(f"tenant {tenant!r} exists")
+    return JSON({"id": tenant, "name": name, "position": position.token()}, status_code=201)
 
 
 async def create_key(request: Request) -> Response:
@@ -148,27 +163,31 @@ async def post_transaction(request: Request) -> Response:
     body = await json_body(request)
     key = request.headers.get("idempotency-key")
     tx = parse_body(body, id=uuid.uuid4().hex, tenant=tenant, idempotency_key=key)
-    if key is not None:
-        prior = await context.store.transaction_by_key(tenant, key)
-        if prior is not None:
-            return _replayed(views.transaction(prior), tx, bytes(prior["fingerprint"]))
+    prior = await context.store.transaction_by_key(tenant, key) if key is not None else None
+    # Appended even when the key was decided already: the log then records the repeat the same way whether
+    # or not the projection had caught up (a replay of the original, or a rejected idempotency_conflict),
+    # and the id handed out in any answer resolves.
     try:
         position = await context.appender.append(tx)
     except AppendUnconfirmed as e:
         return error(503, e.code, e.message, headers={"Retry-After": "1"}, id=e.transaction_id)
+    if prior is not None:
+        return _replayed(views.transaction(prior), tx, bytes(prior["fingerprint"]))
     log.info("transaction appended", extra={"request_id": request.state.request_id, "tenant": tenant,
                                             "transaction_id": tx.id, "position": position.token()})
     pending = JSON({"id": tx.id, "status": "pending", "position": position.token()}, status_code=202)
     if not wait or not await context.progress.wait(position, timeout_ms / 1000):
         return pending
     row = await context.store.transaction(tenant, tx.id)
-    if row is not None:
-        return _decided(views.transaction(row))
-    # Not recorded under its own id: a repeat of a request decided while this one was in flight.
-    prior = await context.store.transaction_by_key(tenant, key) if key is not None else None
-    if prior is None:
+    if row is None:
         return pending
-    return _replayed(views.transaction(prior), tx, bytes(prior["fingerprint"]))
+    if row["replay_of"] is None:
+        return _decided(views.transaction(row))
+    # A repeat of a request decided while this one was in flight: answer with the original.
+    original = await context.store.transaction(tenant, row["replay_of"])
+    if original is None:
+        return pending
+    return _replayed(views.transaction(original), tx, bytes(original["fingerprint"]))
 
 
 async def get_transaction(request: Request) -> Response:

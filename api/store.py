@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from infra.settings import KEYS_CHANNEL
-from ledger.errors import AlreadyExists, NotFound, Unavailable
+from ledger.errors import NotFound, Unavailable
 
 QUERY_TIMEOUT_S = 2.0
 BALANCES = "SELECT * FROM api_balances($1, $2)"
@@ -74,13 +74,10 @@ class Store:
     async def _notify_change(self, conn: asyncpg.Connection, payload: str) -> None:
         await conn.execute("SELECT pg_notify($1, $2)", KEYS_CHANNEL, payload)
 
-    async def create_tenant(self, id: str, name: str) -> None:
-        async with _translated(), self.pool.acquire() as conn, conn.transaction():
-            try:
-                await conn.execute("INSERT INTO tenants (id, name) VALUES ($1, $2)", id, name)
-            except asyncpg.UniqueViolationError:
-                raise AlreadyExists(f"tenant {id!r} exists") from None
-            await self._notify_change(conn, f"tenant:{id}")
+    async def tenant(self, id: str) -> asyncpg.Record | None:
+        """The tenant as its creation record on the log made it, with that record's position."""
+        rows = await self._fetch("SELECT * FROM api_tenants($1)", id)
+        return rows[0] if rows else None
 
     async def create_key(self, key_id: str, tenant: str, digest: bytes, scopes: list[str]) -> None:
         async with _translated(), self.pool.acquire() as conn, conn.transaction():

@@ -28,6 +28,8 @@ def transaction(row: asyncpg.Record) -> dict[str, Any]:
     }
     if row["reason"] is not None:
         body["reason"] = row["reason"]
+    if row["replay_of"] is not None:
+        body["replay_of"] = row["replay_of"]
     return body
 
 

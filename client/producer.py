@@ -11,15 +11,17 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from infra.kafka import topic_partitions
 from infra.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from ledger.codec import encode_request
 from ledger.positions import Position
-from ledger.requests import Posting, TransactionRequest
+from ledger.requests import Posting, Request, TenantRequest, TransactionRequest
 from ledger.validation import (
     check_id,
     check_tenant,
+    check_tenant_name,
     parse_idempotency_key,
     parse_metadata,
     parse_postings,
@@ -31,6 +33,16 @@ PENDING_MAX = 100_000
 
 class OutcomeTimeout(TimeoutError):
     """The outcome did not arrive in time; the request may still be decided later."""
+
+
+class AppendUnconfirmed(Exception):
+    """Kafka did not acknowledge the append. The request may still be on the log (the producer retried):
+    its `id` resolves (`GET .../transactions/{id}`, or `outcome()` here) if and only if it is."""
+
+    def __init__(self, tenant: str, id: str, cause: BaseException) -> None:
+        super().__init__(f"append of {id!r} for {tenant!r} not acknowledged ({cause!r}); it may still be on the log")
+        self.tenant = tenant
+        self.id = id
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +105,26 @@ class LedgerProducer:
             idempotency_key=parse_idempotency_key(idempotency_key), metadata=parse_metadata(metadata),
             reference=parse_reference(reference),
         )
+        return await self._append(request)
+
+    async def create_tenant(self, tenant: str, name: str | None = None) -> Submitted:
+        """Append the creation of `tenant`; its outcome is `committed`, or `rejected`/`already_exists`."""
+        return await self._append(TenantRequest(uuid.uuid4().hex, check_tenant(tenant),
+                                                check_tenant_name(name or tenant)))
+
+    async def _append(self, request: Request) -> Submitted:
         if self._consumer is not None:
             if len(self._waiters) >= PENDING_MAX:
                 raise RuntimeError(f"over {PENDING_MAX} outcomes not collected; await outcome() for them")
             # Registered before sending, so an outcome cannot arrive before anyone waits for it.
-            self._waiters[(tenant, request.id)] = asyncio.get_running_loop().create_future()
-        metadata_ = await self._producer.send_and_wait(self.topic, encode_request(request),
-                                                       key=tenant.encode())
-        return Submitted(tenant, request.id, Position(metadata_.partition, metadata_.offset))
+            self._waiters[(request.tenant, request.id)] = asyncio.get_running_loop().create_future()
+        # The default partitioner (murmur2 of the key), as the contract's placement rule requires.
+        try:
+            metadata_ = await self._producer.send_and_wait(self.topic, encode_request(request),
+                                                           key=request.tenant.encode())
+        except (KafkaError, TimeoutError) as e:
+            raise AppendUnconfirmed(request.tenant, request.id, e) from e
+        return Submitted(request.tenant, request.id, Position(metadata_.partition, metadata_.offset))
 
     async def outcome(self, submitted: Submitted, timeout_s: float = 10.0) -> dict[str, Any]:
         """`{"tenant", "id", "status", "reason", "position"}` of a submitted request."""

@@ -1,4 +1,5 @@
-"""The wire format of `ledger.transactions` and `ledger.outcomes` (CONTRACT.md, "Producing straight to Kafka")."""
+"""The wire formats: records of `ledger.transactions` and of `ledger.outcomes` (CONTRACT.md, "Producing
+straight to Kafka"; the README documents each record kind's fields)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,23 @@ from typing import Any
 import orjson
 
 from ledger.errors import InvalidRequest, MalformedJson
-from ledger.requests import WIRE_VERSION, TransactionRequest
+from ledger.positions import Position
+from ledger.requests import TENANT, TRANSFER, WIRE_VERSION, Request, TenantRequest, TransactionRequest
 from ledger.validation import (
     check_id,
     check_tenant,
+    check_tenant_name,
     parse_idempotency_key,
     parse_metadata,
     parse_postings,
     parse_reference,
 )
 
-EVENT_FIELDS = frozenset({"v", "id", "tenant", "postings", "idempotency_key", "metadata", "reference"})
-EVENT_REQUIRED = ("v", "id", "tenant", "postings")
+TRANSFER_FIELDS = frozenset({"v", "kind", "id", "tenant", "postings", "idempotency_key", "metadata", "reference"})
+TRANSFER_REQUIRED = ("v", "id", "tenant", "postings")
+TENANT_FIELDS = frozenset({"v", "kind", "id", "tenant", "name"})
+TENANT_REQUIRED = ("v", "kind", "id", "tenant", "name")
+KINDS = (TRANSFER, TENANT)
 
 
 def decode_json(raw: bytes | str) -> Any:
@@ -29,8 +35,11 @@ def decode_json(raw: bytes | str) -> Any:
         raise MalformedJson(f"not valid JSON: {e}") from None
 
 
-def encode_request(request: TransactionRequest) -> bytes:
+def encode_request(request: Request) -> bytes:
     """The value a producer appends for `request`; `decode_request` reads it back unchanged."""
+    if isinstance(request, TenantRequest):
+        return orjson.dumps({"v": WIRE_VERSION, "kind": TENANT, "id": request.id, "tenant": request.tenant,
+                             "name": request.name})
     return orjson.dumps(
         {
             "v": WIRE_VERSION,
@@ -44,24 +53,33 @@ def encode_request(request: TransactionRequest) -> bytes:
     )
 
 
-def decode_request(key: bytes | None, value: bytes | None) -> TransactionRequest:
+def _fields(obj: dict[str, Any], allowed: frozenset[str], required: tuple[str, ...]) -> None:
+    missing = [name for name in required if name not in obj]
+    if missing:
+        raise InvalidRequest(f"missing field {missing[0]!r}", "value")
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}", "value")
+
+
+def decode_request(key: bytes | None, value: bytes | None) -> Request:
     """Validate one record of `ledger.transactions`; any flaw raises `InvalidRequest`."""
     if value is None:
         raise InvalidRequest("the record has no value", "value")
     obj = decode_json(value)
     if not isinstance(obj, dict):
         raise InvalidRequest("must be a JSON object", "value")
-    missing = [name for name in EVENT_REQUIRED if name not in obj]
-    if missing:
-        raise InvalidRequest(f"missing field {missing[0]!r}", "value")
-    unknown = sorted(set(obj) - EVENT_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r}", "value")
+    kind = obj.get("kind", TRANSFER)
+    if kind not in KINDS:
+        raise InvalidRequest(f"unknown kind {kind!r}" if isinstance(kind, str) else "must be a string", "kind")
+    _fields(obj, *((TENANT_FIELDS, TENANT_REQUIRED) if kind == TENANT else (TRANSFER_FIELDS, TRANSFER_REQUIRED)))
     if type(obj["v"]) is not int or obj["v"] != WIRE_VERSION:
         raise InvalidRequest(f"unsupported version {obj['v']!r}", "v")
     tenant = check_tenant(obj["tenant"])
     if key is None or key != tenant.encode():
         raise InvalidRequest("the record key must be the tenant id", "key")
+    if kind == TENANT:
+        return TenantRequest(id=check_id(obj["id"]), tenant=tenant, name=check_tenant_name(obj["name"]))
     return TransactionRequest(
         id=check_id(obj["id"]),
         tenant=tenant,
@@ -84,5 +102,12 @@ def salvage_identity(key: bytes | None, value: bytes | None) -> tuple[str, str] 
         return None
 
 
-def encode_outcome(outcome: dict[str, object]) -> bytes:
-    return orjson.dumps(outcome)
+def encode_outcome(tenant: str | None, id: str | None, status: str, reason: str | None, position: Position,
+                   record: Position, original_id: str | None = None) -> bytes:
+    """An outcome on `ledger.outcomes`: `position` is where the decided request sits (for a replayed
+    idempotency key, the original's, with `original_id`); `record` is the record this outcome answers."""
+    body: dict[str, object] = {"tenant": tenant, "id": id, "status": status, "reason": reason,
+                               "position": position.token(), "record": record.token()}
+    if original_id is not None:
+        body["original_id"] = original_id
+    return orjson.dumps(body)

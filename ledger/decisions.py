@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
 from ledger.positions import Position
-from ledger.requests import TransactionRequest
+from ledger.requests import TenantRequest, TransactionRequest
 from ledger.validation import BALANCE_MAX, BALANCE_MIN, is_system
 
 Status = Literal["committed", "rejected"]
@@ -21,6 +21,9 @@ INSUFFICIENT_FUNDS = "insufficient_funds"
 OVERFLOW = "overflow"
 IDEMPOTENCY_CONFLICT = "idempotency_conflict"
 INVALID = "invalid"
+UNKNOWN_TENANT = "unknown_tenant"
+WRONG_PARTITION = "wrong_partition"
+TENANT_EXISTS = "already_exists"
 
 
 class Entry(NamedTuple):
@@ -69,6 +72,8 @@ class LedgerState(Protocol):
 
     def decided_id(self, tenant: str, transaction_id: str) -> Decided | None: ...
 
+    def tenant_exists(self, tenant: str) -> bool: ...
+
 
 def _replay(prior: Decided, request: TransactionRequest) -> Outcome:
     if prior.fingerprint == request.fingerprint():
@@ -92,12 +97,14 @@ def _legs(state: LedgerState, request: TransactionRequest) -> tuple[list[Entry],
 
 
 def decide(state: LedgerState, request: TransactionRequest) -> Outcome:
-    """Decide `request` by the contract's rules, in order: idempotency, overflow, funds."""
+    """Decide `request` by the contract's rules, in order: idempotency, the tenant, overflow, funds."""
     prior = state.decided_id(request.tenant, request.id)
     if prior is None and request.idempotency_key is not None:
         prior = state.decided_key(request.tenant, request.idempotency_key)
     if prior is not None:
         return _replay(prior, request)
+    if not state.tenant_exists(request.tenant):
+        return Outcome("rejected", UNKNOWN_TENANT)
     entries, finals = _legs(state, request)
     # Any running balance must fit int64: entries store balance_after as a bigint.
     if any(not BALANCE_MIN <= e.balance_after <= BALANCE_MAX for e in entries):
@@ -105,6 +112,13 @@ def decide(state: LedgerState, request: TransactionRequest) -> Outcome:
     if any(balance < 0 and not is_system(account) for (_, account, _), balance in finals.items()):
         return Outcome("rejected", INSUFFICIENT_FUNDS)
     return Outcome("committed", entries=tuple(entries))
+
+
+def decide_tenant(state: LedgerState, request: TenantRequest) -> Outcome:
+    """A tenant is created once; creating it again is rejected and changes nothing."""
+    if state.tenant_exists(request.tenant):
+        return Outcome("rejected", TENANT_EXISTS)
+    return Outcome("committed")
 
 
 @dataclass(slots=True)
@@ -118,6 +132,8 @@ class Ledger:
     balances: dict[BalanceKey, int] = field(default_factory=dict)
     by_key: dict[tuple[str, str], Decided] = field(default_factory=dict)
     by_id: dict[tuple[str, str], Decided] = field(default_factory=dict)
+    # Whether each tenant exists (False: looked up, absent), for the tenants a batch names.
+    tenants: dict[str, bool] = field(default_factory=dict)
 
     def balance(self, key: BalanceKey) -> int:
         return self.balances.get(key, 0)
@@ -127,6 +143,9 @@ class Ledger:
 
     def decided_id(self, tenant: str, transaction_id: str) -> Decided | None:
         return self.by_id.get((tenant, transaction_id))
+
+    def tenant_exists(self, tenant: str) -> bool:
+        return self.tenants.get(tenant, False)
 
     def apply(self, request: TransactionRequest, outcome: Outcome, position: Position) -> Decided | None:
         """Fold a decided request in; returns what is now remembered of it (None for a replay)."""
@@ -140,6 +159,20 @@ class Ledger:
         for entry in outcome.entries:
             self.balances[(request.tenant, entry.account, entry.asset)] = entry.balance_after
         return decided
+
+    def remember_replay(self, request: TransactionRequest, original: Decided) -> bool:
+        """A repeat under an id of its own: from now on that id resolves to the original and is taken.
+        False when the id was already known (the repeat of a repeat)."""
+        key = (request.tenant, request.id)
+        if key in self.by_id:
+            return False
+        self.by_id[key] = original
+        return True
+
+    def apply_tenant(self, request: TenantRequest, outcome: Outcome) -> None:
+        if outcome.status == "committed":
+            assert not self.tenant_exists(request.tenant)
+            self.tenants[request.tenant] = True
 
     def record_invalid(self, tenant: str, transaction_id: str, position: Position) -> Decided:
         """Remember a malformed request under its id so a later request cannot reuse that id."""

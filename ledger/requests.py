@@ -1,4 +1,4 @@
-"""The transaction request: what producers append to the log."""
+"""The requests producers append to the log: transfers, and the creation of tenants."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import NamedTuple
 import orjson
 
 WIRE_VERSION = 1
+TRANSFER = "transfer"
+TENANT = "tenant"
 
 
 class Posting(NamedTuple):
@@ -54,3 +56,16 @@ class TransactionRequest:
             "reference": self.reference,
         }
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRequest:
+    """Creates a tenant (`POST /v1/tenants`): on the log, so whether a tenant exists at a point of the log
+    is decided by the log alone and a replay decides every later request alike."""
+
+    id: str
+    tenant: str
+    name: str
+
+
+Request = TransactionRequest | TenantRequest

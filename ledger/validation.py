@@ -19,12 +19,16 @@ POSTINGS_MAX = 128
 METADATA_BYTES_MAX = 4096
 REFERENCE_LEN_MAX = 255
 IDEMPOTENCY_KEY_LEN_MAX = 255
+TENANT_NAME_LEN_MAX = 200
 
 TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}", re.ASCII)
 ADDRESS_RE = re.compile(r"@[A-Za-z0-9_:.-]{1,127}|[A-Za-z0-9_:.-]{1,128}", re.ASCII)
 ASSET_RE = re.compile(r"[A-Z][A-Z0-9]{0,15}(/([0-9]|1[0-8]))?", re.ASCII)
 # Ids travel in URL paths, so they keep to characters that need no escaping.
 ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}", re.ASCII)
+# What PostgreSQL's text and jsonb refuse (NUL), and what UTF-8 cannot encode (lone surrogates, which a
+# Python caller can build even though no JSON parser here lets them through).
+UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
 
 POSTING_FIELDS = frozenset({"source", "destination", "amount", "asset"})
 BODY_FIELDS = frozenset({"postings", "metadata", "reference"})
@@ -101,6 +105,11 @@ def parse_postings(value: object) -> tuple[Posting, ...]:
     return tuple(parse_posting(p, f"postings[{i}]") for i, p in enumerate(value))
 
 
+def storable(value: str) -> bool:
+    """Whether PostgreSQL can store `value` as text or inside jsonb."""
+    return UNSTORABLE_RE.search(value) is None
+
+
 def parse_metadata(value: object) -> dict[str, str]:
     if value is None:
         return {}
@@ -109,6 +118,8 @@ def parse_metadata(value: object) -> dict[str, str]:
     for key, item in value.items():
         if not isinstance(item, str):
             raise InvalidRequest(f"value of {key!r} must be a string", "metadata")
+        if not storable(key) or not storable(item):
+            raise InvalidRequest("keys and values must not contain NUL or unpaired surrogates", "metadata")
     if len(orjson.dumps(value)) > METADATA_BYTES_MAX:
         raise InvalidRequest(f"must be at most {METADATA_BYTES_MAX} bytes as JSON", "metadata")
     return value
@@ -119,9 +130,16 @@ def _short_string(value: object, field: str, length_max: int) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidRequest("must be a string or null", field)
-    if not 1 <= len(value) <= length_max or "\x00" in value:
+    if not 1 <= len(value) <= length_max or not storable(value):
         raise InvalidRequest(f"must be 1 to {length_max} characters, without NUL", field)
     return value
+
+
+def check_tenant_name(value: object) -> str:
+    name = _short_string(value, "name", TENANT_NAME_LEN_MAX)
+    if name is None:
+        raise InvalidRequest(f"must be a string of 1 to {TENANT_NAME_LEN_MAX} characters", "name")
+    return name
 
 
 def parse_reference(value: object) -> str | None:

@@ -26,7 +26,7 @@ from ledger.positions import parse_token
 from ops import registry, status
 from ops.rebuild import rebuild
 from ops.verify import verify
-from projections.batches import GC_THRESHOLDS
+from projections.pipeline import GC_THRESHOLDS
 
 
 def _until(raw: str | None) -> dict[int, int] | None:
@@ -87,8 +87,11 @@ async def _status(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
 
 
 async def _tenants(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
-    await registry.create_tenant(cfg.database_url, args.id, args.name)
-    print(f"created tenant {args.id}")
+    outcome = await registry.create_tenant(cfg, args.id, args.name)
+    if outcome["status"] != "committed":
+        print(f"ledger: tenant {args.id} not created: {outcome['reason']}", file=sys.stderr)
+        return 1
+    print(f"created tenant {args.id} (position {outcome['position']})")
     return 0
 
 

@@ -75,7 +75,7 @@ async def _switch(url: str, bootstrap: str, topic: str, schema: str, conn: async
             target = await committed_offsets(locker, live)
             # The shadow may already be past the live projection in some partitions; that is fine: the
             # projector resumes from the shadow's offsets once it is live.
-            stats = await replay(conn, bootstrap, topic, schema, until=target)
+            stats = await replay(lambda: asyncpg.connect(url), bootstrap, topic, schema, until=target)
             await locker.execute("SELECT ledger_activate_projection($1)", schema)
         return stats.records
     finally:
@@ -100,8 +100,8 @@ async def rebuild(url: str, bootstrap: str, topic: str, until: dict[int, int] | 
             raise Unavailable("another `ledger replay` is running")
         schema = await _shadow(conn)
         bar = ProgressBar() if show_progress else None
-        stats = await replay(conn, bootstrap, topic, schema, until=until, until_time=until_time, progress=bar,
-                             connect=lambda: asyncpg.connect(url))
+        stats = await replay(lambda: asyncpg.connect(url), bootstrap, topic, schema, until=until,
+                             until_time=until_time, progress=bar)
         records = stats.records
         if until is not None or until_time is not None:
             return Rebuilt(schema, records, time.monotonic() - started, False)
@@ -112,7 +112,7 @@ async def rebuild(url: str, bootstrap: str, topic: str, until: dict[int, int] | 
             behind = sum(max(0, o - mine.get(p, 0)) for p, o in target.items())
             if behind <= SWITCH_LAG_MAX:
                 break
-            records += (await replay(conn, bootstrap, topic, schema, until=target)).records
+            records += (await replay(lambda: asyncpg.connect(url), bootstrap, topic, schema, until=target)).records
         previous = await conn.fetchval("SELECT active_schema FROM ledger_meta")
         records += await _switch(url, bootstrap, topic, schema, conn)
         await _drop_older(conn, keep={schema, previous})

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from projections.batches import Record
+from ledger.fold import Record
 from projections.replay import replay
 from projections.writer import SCHEMA_RE, committed_offsets
 
@@ -40,6 +40,16 @@ CHECKS = {
     "idempotency_keys": ("SELECT tenant, key, transaction_id FROM {src}",
                          "(SELECT k.* FROM {live}.idempotency_keys k JOIN lt ON lt.tenant = k.tenant"
                          " AND lt.id = k.transaction_id) AS lk", "{shadow}.idempotency_keys"),
+    "replays": ("SELECT tenant, id, original_id, log_partition, log_offset FROM {src}",
+                "(SELECT r.* FROM {live}.replays r JOIN s ON r.log_partition = s.p AND r.log_offset < s.o"
+                " WHERE $3::text[] IS NULL OR r.tenant = ANY($3)) AS lr", "{shadow}.replays"),
+    "tenants": ("SELECT id, name, log_partition, log_offset, created_at FROM {src}",
+                "(SELECT t.* FROM {live}.tenants t JOIN s ON t.log_partition = s.p AND t.log_offset < s.o"
+                " WHERE $3::text[] IS NULL OR t.id = ANY($3)) AS ltn", "{shadow}.tenants"),
+    "invalid_events": ("SELECT log_partition, log_offset, record_key, record_value, error FROM {src}",
+                       "(SELECT i.* FROM {live}.invalid_events i JOIN s ON i.log_partition = s.p"
+                       " AND i.log_offset < s.o WHERE $3::text[] IS NULL OR encode(i.record_key, 'escape') = ANY($3))"
+                       " AS li", "{shadow}.invalid_events"),
 }
 
 SELF_CHECKS = {
@@ -102,7 +112,8 @@ async def verify(url: str, bootstrap: str, topic: str, tenants: list[str] | None
         def keep(record: Record) -> bool:
             return wanted is None or record.key in wanted
 
-        stats = await replay(conn, bootstrap, topic, scratch, until=verdict.snapshot, keep=keep)
+        stats = await replay(lambda: asyncpg.connect(url), bootstrap, topic, scratch, until=verdict.snapshot,
+                             keep=keep)
         verdict.replayed = stats.records
         await _compare(conn, live, scratch, verdict.snapshot, tenants, verdict)
     finally:

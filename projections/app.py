@@ -13,6 +13,7 @@ records/s, while aiokafka's `getmany` hands over whole fetches at ~260,000 recor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import logging.config
@@ -27,20 +28,17 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from infra import logs
 from infra import settings as settings_mod
-from infra.kafka import log_end
+from infra.kafka import log_end, topic_partitions
 from infra.settings import Settings
-from projections.batches import GC_THRESHOLDS, Record
-from projections.pipeline import Pipeline
-from projections.writer import BatchResult
+from ledger.fold import Record
+from projections.pipeline import GC_THRESHOLDS, BatchResult, Pipeline
 
 log = logging.getLogger("ledger.projector")
 
-RECONNECT_ATTEMPTS_MAX = 600
-# Failures that retrying the same batch on a fresh connection can fix. InternalClientError is what asyncpg
-# raises when the server goes away in the middle of a COPY.
-TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-             asyncpg.AdminShutdownError, asyncpg.exceptions.InternalClientError, KafkaError, TimeoutError)
 EXIT_ON_CRASH = 70
+# On SIGTERM the worker finishes its batch and exits; one stuck in a retry against a dependency that is down
+# is cancelled after this (the README promises a stop within 10 s).
+STOP_GRACE_S = 5.0
 # Bounds what the consumer prefetches while a batch is applied: ~12,000 records of ~350 bytes a partition.
 FETCH_PARTITION_BYTES_MAX = 4 * 1024 * 1024
 FETCH_BYTES_MAX = 32 * 1024 * 1024
@@ -152,8 +150,7 @@ class Projector:
             session_timeout_ms=10_000, heartbeat_interval_ms=1_000, rebalance_timeout_ms=20_000,
         )
         self.outcomes = Outcomes(cfg.kafka_bootstrap, cfg.outcomes_topic)
-        self.pipeline = Pipeline(lambda: asyncpg.connect(cfg.projector_database_url, timeout=5),
-                                 self.outcomes.publish, RECONNECT_ATTEMPTS_MAX, TRANSIENT)
+        self.pipeline: Pipeline | None = None
         self.stopping = asyncio.Event()
         self.applied: dict[int, int] = {}  # next offsets of the writes that finished, for Kafka's commit
         self.committed_at = 0.0
@@ -163,28 +160,58 @@ class Projector:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         await self.consumer.start()
-        listener = SeekToProjection(self.consumer, self.cfg.projector_database_url, self.pipeline)
-        self.consumer.subscribe([self.cfg.transactions_topic], listener=listener)
-        watchdog = asyncio.create_task(self._watchdog())
+        watchdog: asyncio.Task[None] | None = None
         try:
-            while not self.stopping.is_set():
-                fetched = await self.consumer.getmany(timeout_ms=self.cfg.batch_wait_ms,
-                                                      max_records=self.cfg.batch_size_max)
-                if fetched:
-                    records = [Record(m.partition, m.offset, m.key, m.value, m.timestamp)
-                               for messages in fetched.values() for m in messages]
-                    self._finished(await self.pipeline.submit(records))
-                else:
-                    self._finished(await self.pipeline.drain())
-                await self._commit()
-            self._finished(await self.pipeline.drain())
-            await self._commit(force=True)
+            topic = self.cfg.transactions_topic
+            partitions = len(await topic_partitions(self.consumer, topic))
+            if not partitions:
+                raise RuntimeError(f"the topic {topic!r} does not exist")
+            pipeline = self.pipeline = Pipeline(
+                lambda: asyncpg.connect(self.cfg.projector_database_url, timeout=5), self.outcomes.publish,
+                partitions)
+            listener = SeekToProjection(self.consumer, self.cfg.projector_database_url, pipeline)
+            self.consumer.subscribe([topic], listener=listener)
+            watchdog = asyncio.create_task(self._watchdog())
+            await self._until_stopped(asyncio.create_task(self._consume(pipeline)))
             return 0 if not watchdog.done() else EXIT_ON_CRASH
         finally:
-            watchdog.cancel()
-            await self.pipeline.close()
+            if watchdog is not None:
+                watchdog.cancel()
+            if self.pipeline is not None:
+                await self.pipeline.close()
             await self.consumer.stop()
             await self.outcomes.close()
+
+    async def _until_stopped(self, work: asyncio.Task[None]) -> None:
+        """Run the loop until it ends or a stop is asked; then give it `STOP_GRACE_S` to finish its batch."""
+        stop = asyncio.create_task(self.stopping.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                await asyncio.wait({work}, timeout=STOP_GRACE_S)
+            if not work.done():
+                log.warning("still busy %.0f s after the stop signal (a dependency down?); cancelling", STOP_GRACE_S)
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                return
+            work.result()
+        finally:
+            stop.cancel()
+
+    async def _consume(self, pipeline: Pipeline) -> None:
+        while not self.stopping.is_set():
+            fetched = await self.consumer.getmany(timeout_ms=self.cfg.batch_wait_ms,
+                                                  max_records=self.cfg.batch_size_max)
+            if fetched:
+                records = [Record(m.partition, m.offset, m.key, m.value, m.timestamp)
+                           for messages in fetched.values() for m in messages]
+                self._finished(await pipeline.submit(records))
+            else:
+                self._finished(await pipeline.drain())
+            await self._commit()
+        self._finished(await pipeline.drain())
+        await self._commit(force=True)
 
     def _finished(self, results: list[BatchResult]) -> None:
         for result in results:

@@ -1,15 +1,23 @@
-"""Folding batch N+1 while batch N is written: Python's work and PostgreSQL's run side by side.
+"""The projector's one apply path: fold batch N+1 while batch N is written, and isolate what cannot be written.
 
-The fold of batch N+1 needs the state batch N leaves, before N commits. So the state is carried in memory
-from batch to batch (one `Ledger`): every balance, id and idempotency key an uncommitted batch touched is in
-it, and whatever it lacks is read from PostgreSQL's committed state on a second connection while the first
-writes N. Hot accounts are then read from PostgreSQL once, not once a batch.
+**Pipelined.** The fold of batch N+1 needs the state batch N leaves, before N commits. So the state is
+carried in memory from batch to batch (one `Ledger`): every balance, id, key and tenant an uncommitted batch
+touched is in it, and whatever it lacks is read from PostgreSQL's committed state on a second connection
+while the first writes N. Hot accounts are read from PostgreSQL once, not once a batch.
 
 Carried state is right while this process is the only writer of its partitions (a tenant lives on one
-partition). Every write checks that under the offsets row lock: each partition must stand where this process
-left it. If not (another worker applied records in between, or an operator switched the projection), the
-carried state is dropped and the batches not yet written are applied the plain way (`apply_batch`, which
-reads everything inside its own transaction).
+partition) and of this projection. Every write checks that under the offsets row lock: each partition must
+stand where this process left it, in the projection the batch was folded on. If not (another worker applied
+records in between, or an operator switched the projection), the carried state is dropped and the batches
+not yet written take the plain way.
+
+**Plain, and poison isolation.** The plain way folds a batch on PostgreSQL's committed state and writes it
+in one transaction. If PostgreSQL refuses the batch for what some record holds (a value its types refuse, an
+id already taken), the batch is split in halves, each applied the plain way, until the one record that fails
+is found: log2(batch size) rounds. That record is decided `invalid` with the database's error (as a rejected
+transaction under its id; if even that is refused, only in `invalid_events`), and every other record is
+applied. A replay meets the same refusal and decides the same. Faults of the surroundings (connection lost,
+serialization failure) are retried, within a deadline, and never isolate anything.
 """
 
 from __future__ import annotations
@@ -24,57 +32,110 @@ from typing import TypeVar
 import asyncpg
 
 from ledger.decisions import Ledger
-from ledger.errors import InvalidRequest
-from ledger.requests import TransactionRequest
-from projections.batches import BatchRows, Record, decode_all, fold_batch
-from projections.writer import (
-    BatchResult,
-    Publish,
-    apply_batch,
-    begin,
-    committed_offsets,
-    fresh_records,
-    open_batch,
-    preload,
-    store,
+from ledger.fold import (
+    POISON_AS_EVENT,
+    BatchRows,
+    Decoded,
+    Invalid,
+    Record,
+    decode_all,
+    error_text,
+    fold_batch,
 )
+from ledger.positions import Position
+from ledger.requests import TenantRequest, TransactionRequest
+from projections.writer import Publish, begin, committed_offsets, open_batch, poison, preload, store, transient
 
 log = logging.getLogger("ledger.projector")
 
-# Past this many carried balances, ids and keys, the state is dropped (once no write is in flight).
+# For the processes that fold (the projector, `ledger replay`/`verify`): a fold allocates millions of
+# short-lived acyclic tuples while the state it works on holds ~10^5 long-lived objects. With the default
+# threshold (700) the collector re-scans those all the time, which measured here doubled decode and fold
+# times. Reference counting frees the tuples; collections can be rare.
+GC_THRESHOLDS = (50_000, 20, 100)
+# Past this many carried balances, ids, keys and tenants, the state is dropped (once no write is in flight).
 CARRIED_KEYS_MAX = 500_000
 RECONNECT_BACKOFF_S_MAX = 2.0
+# How long a fault of the surroundings is retried before the worker gives up (and exits for a supervisor to
+# restart it): under the watchdog's 30 s, so a stuck retry never outlives it.
+RETRY_DEADLINE_S = 20.0
 # Decode and fold in slices, yielding to the event loop between them: the write in flight streams its COPY
 # only when this coroutine lets it run, and PostgreSQL idles while it does not.
 SLICE_RECORDS = 500
+POISON_REMEMBERED_MAX = 10_000
+# The plain way reads the offsets, then writes; another worker taking the partitions in between makes the
+# write stale, and it is redone on the new state (the records that worker applied are then skipped).
+STALE_REDOS_MAX = 5
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
+Keep = Callable[[Record], bool]
 T = TypeVar("T")
 
 
 class Stale(Exception):
-    """A partition is not where this process left it: the carried state cannot be trusted."""
+    """A partition is not where this process left it, or the projection was switched: the carried state
+    cannot be trusted."""
+
+
+class OffsetGap(RuntimeError):
+    """Records arrived past the projection's next offset: applying them would skip the ones in between."""
+
+
+class RetriesExhausted(RuntimeError):
+    """A fault of the surroundings outlasted the retry deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What a batch did: outcomes published, counts by status and reason, records applied and skipped as
+    redelivered, the time it took, and where the projection now stands in each partition it touched."""
+
+    outcomes: list[tuple[int, bytes, bytes]]
+    counts: dict[tuple[str, str | None], int]
+    applied: int
+    skipped: int
+    apply_s: float
+    next_offsets: dict[int, int]
 
 
 @dataclass(slots=True)
 class Prepared:
-    """A folded batch, waiting for its write: `base` is where its partitions stood when it was folded."""
+    """A folded batch, waiting for its write: `base` is where its partitions stood in `schema` when it was
+    folded."""
 
     records: list[Record]
     rows: BatchRows
     base: dict[int, int]
+    schema: str
     fresh: int
     folded_s: float
 
 
+def check_contiguous(records: list[Record], next_offsets: dict[int, int]) -> None:
+    """The one offset guard: records must follow on from `next_offsets` without a gap.
+
+    The log has no gaps (no compaction, no transactional producers, retention forever, so it starts at 0),
+    so a gap means the consumer is positioned wrong; refusing is the only way not to lose the records in
+    between."""
+    expected = dict(next_offsets)
+    for record in records:
+        want = expected[record.partition]
+        if record.offset != want:
+            raise OffsetGap(f"partition {record.partition}: got offset {record.offset}, expected {want}")
+        expected[record.partition] = record.offset + 1
+
+
 async def write(conn: asyncpg.Connection, batch: Prepared, publish: Publish | None,
                 schema: str | None = None) -> BatchResult:
-    """Write a folded batch in one transaction with its offsets, if its partitions stand at `batch.base`."""
+    """Write a folded batch in one transaction with its offsets, if its partitions stand at `batch.base` in
+    the projection it was folded on."""
     started = time.perf_counter()
     rows = batch.rows
     after = batch.base | rows.next_offsets
     async with conn.transaction():
-        standing = await open_batch(conn, sorted(batch.base), schema)
+        standing, projection = await open_batch(conn, sorted(batch.base), schema)
+        if projection != batch.schema:
+            raise Stale(f"the projection is {projection}, the batch was folded on {batch.schema}")
         if standing == after:  # an earlier attempt committed; its acknowledgement was lost
             return BatchResult([], {}, 0, len(batch.records), time.perf_counter() - started, standing)
         if standing != batch.base:
@@ -87,23 +148,26 @@ async def write(conn: asyncpg.Connection, batch: Prepared, publish: Publish | No
 class Pipeline:
     """One batch folding while the previous one is written; `submit` and `drain` return finished writes.
 
-    Database calls go through `_retrying`: a failure in `transient` reopens the connection and retries
-    (bounded); anything else propagates, and the projector exits for a clean restart. Writes go to the live
-    projection, or to `schema` (tests, rebuilds).
+    Writes go to the live projection, or to `schema` (tests, rebuilds, verification). `partitions` is the
+    log's partition count (placement is checked against it). With `keep`, records it refuses are passed
+    over (offsets move, nothing is decided): `ledger verify --tenant`.
     """
 
-    def __init__(self, connect: Connect, publish: Publish | None, retry_attempts_max: int,
-                 transient: tuple[type[BaseException], ...], schema: str | None = None) -> None:
+    def __init__(self, connect: Connect, publish: Publish | None, partitions: int, schema: str | None = None,
+                 retry_deadline_s: float = RETRY_DEADLINE_S, keep: Keep | None = None) -> None:
         self.connect = connect
-        self.schema = schema  # None: the live projection
         self.publish = publish
-        self.retry_attempts_max = retry_attempts_max
-        self.transient = transient
+        self.partitions = partitions
+        self.schema = schema  # None: the live projection
+        self.retry_deadline_s = retry_deadline_s
+        self.keep = keep
         self.connections: dict[str, asyncpg.Connection | None] = {"reader": None, "writer": None}
         self.ledger = Ledger()
         self.expected: dict[int, int] = {}
+        self.state_schema: str | None = None  # the projection the carried state was read from
         self.in_flight: tuple[Prepared, asyncio.Task[BatchResult]] | None = None
         self.reset_wanted = False  # set on a rebalance: drop the carried state at the next batch
+        self.poison: dict[Position, tuple[int, str]] = {}
 
     async def submit(self, records: list[Record]) -> list[BatchResult]:
         """Fold `records` while the previous batch is written, then start writing them."""
@@ -111,14 +175,20 @@ class Pipeline:
         if self.reset_wanted or self._carried() > CARRIED_KEYS_MAX:
             done = await self.drain()
             self._reset()
-        batch = await self._retrying("reader", lambda conn: self._prepare(conn, records))
+        try:
+            batch = await self._retrying("reader", lambda conn: self._prepare(conn, records))
+        except Exception as e:
+            if not isinstance(e, Stale) and not poison(e):
+                raise
+            return [*done, *await self.drain(), *await self._plain(records)]
         finished, redone = await self._finish_in_flight(pending=batch)
         done += finished
         if redone:
             return done
         if not batch.fresh:  # every record was applied before: nothing to write
             return [*done, BatchResult([], {}, 0, len(records), batch.folded_s, batch.base)]
-        task = asyncio.create_task(self._retrying("writer", lambda conn: write(conn, batch, self.publish, self.schema)))
+        task = asyncio.create_task(self._retrying("writer", lambda conn: write(conn, batch, self.publish,
+                                                                              self.schema)))
         self.in_flight = (batch, task)
         return done
 
@@ -139,38 +209,53 @@ class Pipeline:
     # --- internals ------------------------------------------------------------------------------------
 
     def _carried(self) -> int:
-        return len(self.ledger.balances) + len(self.ledger.by_id) + len(self.ledger.by_key)
+        ledger = self.ledger
+        return len(ledger.balances) + len(ledger.by_id) + len(ledger.by_key) + len(ledger.tenants)
 
     def _reset(self) -> None:
         assert self.in_flight is None
         self.ledger = Ledger()
         self.expected = {}
+        self.state_schema = None
         self.reset_wanted = False
 
     async def _prepare(self, conn: asyncpg.Connection, records: list[Record]) -> Prepared:
         started = time.perf_counter()
         partitions = {r.partition for r in records}
-        if not partitions <= self.expected.keys():
-            async with conn.transaction(readonly=True):
-                known = await committed_offsets(conn, await begin(conn, self.schema))
-            self.expected.update({p: known.get(p, 0) for p in partitions - self.expected.keys()})
-        base = {p: self.expected[p] for p in partitions}
-        fresh = fresh_records(records, base)
-        decoded: list[TransactionRequest | InvalidRequest] = []
-        for i in range(0, len(fresh), SLICE_RECORDS):
-            decoded += decode_all(fresh[i:i + SLICE_RECORDS])
+        decoded: list[Decoded] = []
+        for i in range(0, len(records), SLICE_RECORDS):
+            decoded += decode_all(records[i:i + SLICE_RECORDS], self.partitions)
             await asyncio.sleep(0)
-        requests = [d for d in decoded if not isinstance(d, InvalidRequest)]
-        if requests:
-            async with conn.transaction(readonly=True):
-                await begin(conn, self.schema)
-                await preload(conn, requests, self.ledger)
+        async with conn.transaction(readonly=True):
+            schema = await begin(conn, self.schema)
+            if self.state_schema is not None and schema != self.state_schema:
+                raise Stale(f"the projection switched from {self.state_schema} to {schema}")
+            self.state_schema = schema
+            if not partitions <= self.expected.keys():
+                known = await committed_offsets(conn, schema)
+                self.expected.update({p: known.get(p, 0) for p in partitions - self.expected.keys()})
+            base = {p: self.expected[p] for p in partitions}
+            fresh_at = [i for i, r in enumerate(records) if r.offset >= base[r.partition]]
+            fresh = [records[i] for i in fresh_at]
+            check_contiguous(fresh, base)
+            kept = [i for i in fresh_at if self.keep is None or self.keep(records[i])]
+            await self._preload(conn, [decoded[i] for i in kept])
         rows = BatchRows()
-        for i in range(0, len(fresh), SLICE_RECORDS):
-            fold_batch(self.ledger, fresh[i:i + SLICE_RECORDS], decoded[i:i + SLICE_RECORDS], rows)
+        for i in range(0, len(kept), SLICE_RECORDS):
+            part = kept[i:i + SLICE_RECORDS]
+            fold_batch(self.ledger, [records[j] for j in part], [decoded[j] for j in part], rows, self.poison)
             await asyncio.sleep(0)
+        rows.next_offsets.update({r.partition: r.offset + 1 for r in fresh})
         self.expected.update(rows.next_offsets)
-        return Prepared(records, rows, base, len(fresh), time.perf_counter() - started)
+        return Prepared(records, rows, base, schema, len(fresh), time.perf_counter() - started)
+
+    async def _preload(self, conn: asyncpg.Connection, decoded: list[Decoded]) -> None:
+        transfers = [d for d in decoded if isinstance(d, TransactionRequest)]
+        ids = {(d.tenant, d.id) for d in transfers}
+        ids |= {d.identity for d in decoded if isinstance(d, Invalid) and d.identity is not None}
+        tenants = {d.tenant for d in decoded if isinstance(d, TransactionRequest | TenantRequest)}
+        if transfers or ids or tenants:
+            await preload(conn, transfers, ids, tenants, self.ledger)
 
     async def _finish_in_flight(self, pending: Prepared | None) -> tuple[list[BatchResult], bool]:
         """The write in flight's result, and whether `pending` (folded on top of it) was applied too."""
@@ -180,31 +265,77 @@ class Pipeline:
         self.in_flight = None
         try:
             return [await task], False
-        except Stale as e:
+        except Exception as e:
+            if not isinstance(e, Stale) and not poison(e):
+                raise
             # Neither the batch in flight nor the one folded on top of it can stand: redo both from
-            # PostgreSQL's state, one transaction each, and carry nothing over.
-            log.warning("carried state is stale (%s); applying the last %d records the plain way", e,
-                        len(batch.records) + (len(pending.records) if pending else 0))
-            self._reset()
-            redo = [batch.records] + ([pending.records] if pending is not None else [])
-            return [await self._apply_plain(records) for records in redo], pending is not None
+            # PostgreSQL's state, the plain way, and carry nothing over.
+            log.warning("redoing the last %d records the plain way (%r)",
+                        len(batch.records) + (len(pending.records) if pending else 0), e)
+            results = await self._plain(batch.records)
+            if pending is not None:
+                results += await self._plain(pending.records)
+            return results, pending is not None
 
-    async def _apply_plain(self, records: list[Record]) -> BatchResult:
-        return await self._retrying("writer", lambda conn: apply_batch(conn, records, self.publish, self.schema))
+    async def _plain(self, records: list[Record]) -> list[BatchResult]:
+        """Apply `records` on PostgreSQL's committed state, one transaction each; bisect when PostgreSQL
+        refuses what a record holds (see the module's docstring)."""
+        try:
+            result = await self._apply_fresh(records)
+        except Exception as e:
+            if not poison(e):
+                raise
+            self._reset()
+            if len(records) > 1:
+                middle = len(records) // 2
+                return [*await self._plain(records[:middle]), *await self._plain(records[middle:])]
+            return await self._isolated(records[0], e)
+        self.poison.pop(records[0].position, None)
+        return [result]
+
+    async def _isolated(self, record: Record, error: Exception) -> list[BatchResult]:
+        level = self.poison.get(record.position, (0, ""))[0] + 1
+        if level > POISON_AS_EVENT:
+            raise error  # not even the operators' table takes it: not the record's doing
+        log.error("record %s refused by the database (%r); deciding it invalid", record.position.token(), error)
+        if len(self.poison) >= POISON_REMEMBERED_MAX:
+            self.poison.clear()  # forgetting costs only a second bisection, should such a record come again
+        self.poison[record.position] = (level, error_text(f"{type(error).__name__}: {error}"))
+        return await self._plain([record])
+
+    async def _apply_fresh(self, records: list[Record]) -> BatchResult:
+        for redo in range(STALE_REDOS_MAX):
+            try:
+                return await self._retrying("writer", lambda conn: self._apply_once(conn, records))
+            except Stale as e:
+                log.info("partitions moved while applying the plain way (%s); redo %d", e, redo + 1)
+        raise Stale(f"the partitions kept moving over {STALE_REDOS_MAX} attempts")
+
+    async def _apply_once(self, conn: asyncpg.Connection, records: list[Record]) -> BatchResult:
+        self._reset()
+        return await write(conn, await self._prepare(conn, records), self.publish, self.schema)
 
     async def _retrying(self, name: str, call: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        for attempt in range(self.retry_attempts_max):
+        """`call` on the named connection; a transient fault reopens it and retries until the deadline."""
+        deadline = time.monotonic() + self.retry_deadline_s
+        attempt = 0
+        while True:
             try:
                 conn = self.connections[name]
                 if conn is None or conn.is_closed():
                     conn = self.connections[name] = await self.connect()
                 return await call(conn)
-            except self.transient as e:
-                delay = min(RECONNECT_BACKOFF_S_MAX, 0.05 * 2**attempt)
+            except Exception as e:
+                if not transient(e):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise RetriesExhausted(f"PostgreSQL or Kafka still failing after {self.retry_deadline_s} s") \
+                        from e
+                delay = min(RECONNECT_BACKOFF_S_MAX, 0.05 * 2**attempt, max(0.0, deadline - time.monotonic()))
+                attempt += 1
                 log.warning("PostgreSQL or Kafka unavailable (%r); retrying in %.2f s", e, delay)
                 broken = self.connections[name]
                 if broken is not None:
                     broken.terminate()
                 self.connections[name] = None
                 await asyncio.sleep(delay)
-        raise RuntimeError(f"PostgreSQL unreachable after {self.retry_attempts_max} attempts")

@@ -1,4 +1,4 @@
-"""Replaying `ledger.transactions` into a projection schema, with the projector's own writer.
+"""Replaying `ledger.transactions` into a projection schema, through the projector's own apply path.
 
 Used to rebuild or verify projections: the same fold over the same log gives the same rows. A replay
 resumes where the schema's offsets stand, so an interrupted one picks up where it stopped.
@@ -11,13 +11,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
 from aiokafka import TopicPartition
 
 from infra.kafka import consumer, log_end
-from projections.batches import Record
-from projections.pipeline import Connect, Pipeline
-from projections.writer import BatchResult, apply_batch, committed_offsets
+from ledger.fold import Record
+from projections.pipeline import BatchResult, Connect, Keep, Pipeline
+from projections.writer import committed_offsets
 
 FETCH_TIMEOUT_MS = 1000
 EMPTY_FETCHES_MAX = 30
@@ -73,20 +72,24 @@ async def read_log(bootstrap: str, topic: str, batch_size_max: int, until: dict[
         await kafka.stop()
 
 
-async def replay(conn: asyncpg.Connection, bootstrap: str, topic: str, schema: str, batch_size_max: int = 5000,
+async def replay(connect: Connect, bootstrap: str, topic: str, schema: str, batch_size_max: int = 5000,
                  until: dict[int, int] | None = None, until_time: datetime | None = None,
-                 progress: Progress | None = None, keep: Callable[[Record], bool] | None = None,
-                 connect: Connect | None = None) -> ReplayStats:
+                 progress: Progress | None = None, keep: Keep | None = None) -> ReplayStats:
     """Apply the log to the projection in `schema`, from its own offsets up to `until` (default: the end).
 
-    With `connect` (and no `keep` filter, whose gaps the pipeline would refuse), batches go through the
-    projector's pipeline on two connections of their own: batch N+1 is folded while N is written.
+    Batches go through the projector's pipeline on connections of their own (`connect`): batch N+1 is
+    folded while N is written. With `keep`, only the records it keeps are decided (`ledger verify --tenant`).
     """
     stats = ReplayStats()
-    end = until if until is not None else await log_end(bootstrap, topic)
-    start = await committed_offsets(conn, schema)
+    log = await log_end(bootstrap, topic)
+    end = until if until is not None else log
+    conn = await connect()
+    try:
+        start = await committed_offsets(conn, schema)
+    finally:
+        await conn.close()
     current = {p: start.get(p, 0) for p in end}
-    line = Pipeline(connect, None, 1, (), schema) if connect is not None and keep is None else None
+    line = Pipeline(connect, None, len(log), schema, keep=keep)
 
     def count(results: list[BatchResult]) -> None:
         for result in results:
@@ -95,16 +98,12 @@ async def replay(conn: asyncpg.Connection, bootstrap: str, topic: str, schema: s
 
     try:
         async for batch in read_log(bootstrap, topic, batch_size_max, end, start, until_time):
-            kept = batch if keep is None else [r for r in batch if keep(r)]
-            if kept:
-                count(await line.submit(kept) if line is not None else [await apply_batch(conn, kept, schema=schema)])
+            count(await line.submit(batch))
             for record in batch:
                 current[record.partition] = record.offset + 1
             if progress is not None:
                 progress(current, end, stats)
-        if line is not None:
-            count(await line.drain())
+        count(await line.drain())
     finally:
-        if line is not None:
-            await line.close()
+        await line.close()
     return stats

@@ -1,56 +1,53 @@
-"""The batch writer: one PostgreSQL transaction per batch, holding its rows and its offsets.
-
-Exactly-once effect: the offsets row of each partition is locked and read first; records below it were
-applied by an earlier delivery and are skipped. Set-based SQL only: a few statements per batch,
-whatever its size.
+"""The projector's SQL adapter: load the state a batch needs, store what its fold produced, and open each
+batch's transaction with its partitions' offsets locked. Set-based SQL only: a few statements per batch,
+whatever its size. asyncpg's errors are classified here (`transient`, `poison`), nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
-import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 
 import asyncpg
 import orjson
 
-from infra.settings import PROGRESS_CHANNEL
-from ledger.decisions import BalanceKey, Ledger, touched
-from ledger.errors import InvalidRequest
-from ledger.requests import TransactionRequest
-from projections.batches import (
+from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
+from ledger.decisions import BalanceKey, Decided, Ledger, touched
+from ledger.fold import (
     ENTRY_COLUMNS,
     IDEMPOTENCY_COLUMNS,
     INVALID_EVENT_COLUMNS,
+    REPLAY_COLUMNS,
+    TENANT_COLUMNS,
     TRANSACTION_COLUMNS,
     BatchRows,
-    Record,
-    decided_from_row,
-    decode_all,
-    fold_batch,
 )
+from ledger.positions import Position
+from ledger.requests import TransactionRequest
 
-log = logging.getLogger("ledger.projector")
-
+SCHEMA_RE = re.compile(r"(proj|verify)_[a-z0-9_]{1,40}", re.ASCII)
 # The log an offsets row counts in: the contract's name of the transactions topic, whatever the deployment
 # calls its topic (the API's `api_offsets()` reads the same name).
 OFFSETS_LOG = "ledger.transactions"
 
-SCHEMA_RE = re.compile(r"(proj|verify)_[a-z0-9_]{1,40}", re.ASCII)
-
-OPEN_BATCH = "SELECT log_partition, next_offset FROM projector_begin_batch($1, $2::int[], $3)"
+OPEN_BATCH = "SELECT log_partition, next_offset, projection FROM projector_open_batch($1, $2::int[], $3)"
 SELECT_BALANCES = """
 SELECT b.tenant, b.account, b.asset, b.balance FROM balances b
 JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(tenant, account, asset)
   ON b.tenant = k.tenant AND b.account = k.account AND b.asset = k.asset
 """
+# An id is taken by a decided request, or by a repeat of one (then it stands for the original).
 SELECT_BY_ID = """
-SELECT t.tenant, t.id, t.status, t.reason, t.fingerprint, t.log_partition, t.log_offset FROM transactions t
+SELECT t.tenant, t.id AS asked, t.id, t.status, t.reason, t.fingerprint, t.log_partition, t.log_offset
+FROM transactions t
 JOIN unnest($1::text[], $2::text[]) AS k(tenant, id) ON t.tenant = k.tenant AND t.id = k.id
+UNION ALL
+SELECT t.tenant, r.id AS asked, t.id, t.status, t.reason, t.fingerprint, t.log_partition, t.log_offset
+FROM replays r
+JOIN unnest($1::text[], $2::text[]) AS k(tenant, id) ON r.tenant = k.tenant AND r.id = k.id
+JOIN transactions t ON t.tenant = r.tenant AND t.id = r.original_id
 """
 SELECT_BY_KEY = """
 SELECT i.key, t.tenant, t.id, t.status, t.reason, t.fingerprint, t.log_partition, t.log_offset
@@ -58,6 +55,7 @@ FROM idempotency_keys i
 JOIN unnest($1::text[], $2::text[]) AS k(tenant, key) ON i.tenant = k.tenant AND i.key = k.key
 JOIN transactions t ON t.tenant = i.tenant AND t.id = i.transaction_id
 """
+SELECT_TENANTS = "SELECT id FROM tenants WHERE id = ANY($1::text[])"
 UPSERT_BALANCES = """
 INSERT INTO balances (tenant, account, asset, balance, log_partition, log_offset)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::bigint[])
@@ -75,22 +73,36 @@ UPDATE_OFFSETS_AND_NOTIFY = f"""
 WITH moved AS ({UPDATE_OFFSETS} RETURNING 1)
 SELECT pg_notify($4, $5) FROM (SELECT count(*) FROM moved) AS done
 """
-
+NOTIFY_TENANTS = "SELECT pg_notify($1, 'tenant:' || t) FROM unnest($2::text[]) AS t"
 
 Publish = Callable[[list[tuple[int, bytes, bytes]]], Awaitable[None]]
 
+# Faults that retrying the same work on a fresh connection can fix: the network, the server going away or
+# refusing for now, lack of resources, conflicts between transactions. InternalClientError is what asyncpg
+# raises when the server goes away in the middle of a COPY.
+TRANSIENT = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+             asyncpg.AdminShutdownError, asyncpg.InternalClientError, asyncpg.SerializationError,
+             asyncpg.DeadlockDetectedError, asyncpg.InsufficientResourcesError, asyncpg.OperatorInterventionError,
+             asyncpg.InternalServerError, asyncpg.PostgresSystemError)
+# SQLSTATE classes a record's own values cause: data exceptions (22: NUL, out of range, bad encoding),
+# integrity violations (23: an id already taken) and program limits (54: an index row too large).
+POISON_SQLSTATE_CLASSES = ("22", "23", "54")
 
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    """What a batch did: outcomes to publish, counts by status and reason, records skipped as redelivered,
-    and where the projection now stands in each partition the batch touched."""
 
-    outcomes: list[tuple[int, bytes, bytes]]
-    counts: dict[tuple[str, str | None], int]
-    applied: int
-    skipped: int
-    apply_s: float
-    next_offsets: dict[int, int]
+def transient(error: BaseException) -> bool:
+    """Whether `error` is a fault of the surroundings, worth retrying; asyncpg's client-side `DataError` is
+    an `InterfaceError` but says a value cannot be sent, which no retry changes."""
+    if isinstance(error, asyncpg.exceptions._base.DataError):
+        return False
+    return isinstance(error, (*TRANSIENT, asyncpg.InterfaceError))
+
+
+def poison(error: BaseException) -> bool:
+    """Whether `error` may come from the values of some record of the batch (then the batch is bisected)."""
+    if isinstance(error, asyncpg.PostgresError):
+        return str(error.sqlstate or "")[:2] in POISON_SQLSTATE_CLASSES
+    # Encoding a value on our side: out of a column type's range, text that is not UTF-8.
+    return isinstance(error, ValueError | OverflowError) and not transient(error)
 
 
 def _columns(keys: Iterable[tuple[str, ...]], width: int) -> list[list[str]]:
@@ -101,22 +113,33 @@ def _columns(keys: Iterable[tuple[str, ...]], width: int) -> list[list[str]]:
     return columns
 
 
-async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], ledger: Ledger) -> None:
-    """Load into `ledger` every balance, id and idempotency key the requests touch that it does not hold."""
+def decided_from_row(row: asyncpg.Record) -> Decided:
+    """What the ledger remembers of a stored transaction row."""
+    return Decided(row["id"], row["status"], row["reason"], bytes(row["fingerprint"]),
+                   Position(row["log_partition"], row["log_offset"]))
+
+
+async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], ids: set[tuple[str, str]],
+                  tenants: set[str], ledger: Ledger) -> None:
+    """Load into `ledger` every balance, id, idempotency key and tenant the batch touches that it lacks."""
     # Comprehensions, not `set - dict.keys()`: that iterates the whole (carried, large) dict every batch.
     keys: set[BalanceKey] = {k for k in touched(requests) if k not in ledger.balances}
     if keys:
         for row in await conn.fetch(SELECT_BALANCES, *_columns(keys, 3)):
             ledger.balances[(row["tenant"], row["account"], row["asset"])] = row["balance"]
-    ids = {(r.tenant, r.id) for r in requests if (r.tenant, r.id) not in ledger.by_id}
-    if ids:
-        for row in await conn.fetch(SELECT_BY_ID, *_columns(ids, 2)):
-            ledger.by_id[(row["tenant"], row["id"])] = decided_from_row(dict(row))
+    wanted = {i for i in ids if i not in ledger.by_id}
+    if wanted:
+        for row in await conn.fetch(SELECT_BY_ID, *_columns(wanted, 2)):
+            ledger.by_id[(row["tenant"], row["asked"])] = decided_from_row(row)
     idem = {(r.tenant, r.idempotency_key) for r in requests
             if r.idempotency_key is not None and (r.tenant, r.idempotency_key) not in ledger.by_key}
     if idem:
         for row in await conn.fetch(SELECT_BY_KEY, *_columns(idem, 2)):  # type: ignore[arg-type]
-            ledger.by_key[(row["tenant"], row["key"])] = decided_from_row(dict(row))
+            ledger.by_key[(row["tenant"], row["key"])] = decided_from_row(row)
+    unknown = [t for t in tenants if t not in ledger.tenants]
+    if unknown:
+        found = {row["id"] for row in await conn.fetch(SELECT_TENANTS, unknown)}
+        ledger.tenants.update({t: t in found for t in unknown})
 
 
 async def store(conn: asyncpg.Connection, rows: BatchRows, publish: Publish | None, notify: bool) -> None:
@@ -134,17 +157,19 @@ async def store(conn: asyncpg.Connection, rows: BatchRows, publish: Publish | No
                 await sending
 
 
+async def _copy(conn: asyncpg.Connection, table: str, records: list[tuple[object, ...]],
+                columns: tuple[str, ...]) -> None:
+    if records:
+        await conn.copy_records_to_table(table, records=records, columns=columns)
+
+
 async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -> None:
-    if rows.transactions:
-        await conn.copy_records_to_table("transactions", records=rows.transactions, columns=TRANSACTION_COLUMNS)
-    if rows.entries:
-        await conn.copy_records_to_table("entries", records=rows.entries, columns=ENTRY_COLUMNS)
-    if rows.idempotency_keys:
-        await conn.copy_records_to_table("idempotency_keys", records=rows.idempotency_keys,
-                                         columns=IDEMPOTENCY_COLUMNS)
-    if rows.invalid_events:
-        await conn.copy_records_to_table("invalid_events", records=rows.invalid_events,
-                                         columns=INVALID_EVENT_COLUMNS)
+    await _copy(conn, "tenants", rows.tenants, TENANT_COLUMNS)
+    await _copy(conn, "transactions", rows.transactions, TRANSACTION_COLUMNS)
+    await _copy(conn, "entries", rows.entries, ENTRY_COLUMNS)
+    await _copy(conn, "idempotency_keys", rows.idempotency_keys, IDEMPOTENCY_COLUMNS)
+    await _copy(conn, "replays", rows.replays, REPLAY_COLUMNS)
+    await _copy(conn, "invalid_events", rows.invalid_events, INVALID_EVENT_COLUMNS)
     if rows.balances:
         items = list(rows.balances.items())
         await conn.execute(
@@ -157,28 +182,15 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
     if not notify:  # a rebuild's or a verification's schema: the API's progress is the live projection's
         await conn.execute(UPDATE_OFFSETS, OFFSETS_LOG, parts, offsets)
         return
+    if rows.tenants:
+        await conn.execute(NOTIFY_TENANTS, KEYS_CHANNEL, [t[0] for t in rows.tenants])
     payload = orjson.dumps({str(p): rows.next_offsets[p] for p in parts}).decode()
     await conn.execute(UPDATE_OFFSETS_AND_NOTIFY, OFFSETS_LOG, parts, offsets, PROGRESS_CHANNEL, payload)
 
 
-class OffsetGap(RuntimeError):
-    """Records arrived past the projection's next offset: applying them would skip the ones in between."""
-
-
-def _check_contiguous(records: list[Record], next_offsets: dict[int, int]) -> None:
-    # The log has no gaps (no compaction, no transactional producers), so a gap means the consumer is
-    # positioned wrong; refusing is the only way not to lose the records in between. A projection that has
-    # applied nothing yet starts wherever the log starts.
-    expected = dict(next_offsets)
-    for record in records:
-        want = expected[record.partition]
-        if record.offset != want and want != 0:
-            raise OffsetGap(f"partition {record.partition}: got offset {record.offset}, expected {want}")
-        expected[record.partition] = record.offset + 1
-
-
 def schema_path(schema: str) -> str:
-    assert SCHEMA_RE.fullmatch(schema), f"not a projection schema name: {schema!r}"
+    if not SCHEMA_RE.fullmatch(schema):
+        raise ValueError(f"not a projection schema name: {schema!r}")
     return f"{schema}, public"
 
 
@@ -191,47 +203,19 @@ async def begin(conn: asyncpg.Connection, schema: str | None) -> str:
     return schema
 
 
-async def open_batch(conn: asyncpg.Connection, partitions: list[int], schema: str | None) -> dict[int, int]:
-    """`begin`, then the next offset of each of `partitions`, their rows locked until the transaction ends."""
-    assert schema is None or SCHEMA_RE.fullmatch(schema), f"not a projection schema name: {schema!r}"
+async def open_batch(conn: asyncpg.Connection, partitions: list[int],
+                     schema: str | None) -> tuple[dict[int, int], str]:
+    """Point the transaction at the live projection (or `schema`) as `begin` does, and lock the offsets rows
+    of `partitions`: (the next offset of each, the schema the transaction points at)."""
+    if schema is not None:
+        schema_path(schema)
     rows = await conn.fetch(OPEN_BATCH, OFFSETS_LOG, partitions, schema)
-    return {r["log_partition"]: r["next_offset"] for r in rows}
-
-
-def fresh_records(records: list[Record], next_offsets: dict[int, int]) -> list[Record]:
-    """The records not applied yet, checked to follow on from `next_offsets` without a gap."""
-    fresh = [r for r in records if r.offset >= next_offsets[r.partition]]
-    _check_contiguous(fresh, next_offsets)
-    return fresh
-
-
-async def apply_batch(conn: asyncpg.Connection, records: list[Record], publish: Publish | None = None,
-                      schema: str | None = None) -> BatchResult:
-    """Apply `records` (in log order per partition) in one transaction with their offsets.
-
-    Into the live projection by default (waiting while an operator switches it), or into `schema` (a
-    rebuild). `publish` gets the batch's outcomes before the commit: a crash after publishing redoes the
-    batch and publishes again, so outcomes are delivered at least once and never lost.
-    """
-    started = time.perf_counter()
-    partitions = sorted({r.partition for r in records})
-    async with conn.transaction():
-        next_offsets = await open_batch(conn, partitions, schema)
-        fresh = fresh_records(records, next_offsets)
-        if not fresh:
-            return BatchResult([], {}, 0, len(records), time.perf_counter() - started, next_offsets)
-        decoded = decode_all(fresh)
-        ledger = Ledger()
-        await preload(conn, [d for d in decoded if not isinstance(d, InvalidRequest)], ledger)
-        rows = fold_batch(ledger, fresh, decoded)
-        await store(conn, rows, publish, notify=schema is None)
-    return BatchResult(rows.outcomes, rows.counts, len(fresh), len(records) - len(fresh),
-                       time.perf_counter() - started, next_offsets | rows.next_offsets)
+    return {r["log_partition"]: r["next_offset"] for r in rows}, rows[0]["projection"]
 
 
 async def committed_offsets(conn: asyncpg.Connection, schema: str) -> dict[int, int]:
     """The next offset to apply of every partition the projection in `schema` has seen."""
-    assert SCHEMA_RE.fullmatch(schema)
+    schema_path(schema)
     rows = await conn.fetch(f"SELECT log_partition, next_offset FROM {schema}.projection_offsets WHERE topic = $1",
                             OFFSETS_LOG)
     return {r["log_partition"]: r["next_offset"] for r in rows}

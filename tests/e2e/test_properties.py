@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 from infra.kafka import topic_partitions
 from infra.migrate import migrate
 from ledger.decisions import Ledger
+from ledger.fold import BatchRows, Record, decode_all, fold_batch
 from ledger.validation import is_system
-from projections.batches import BatchRows, Record, decode_all, fold_batch
 from projections.replay import replay
 from tests.conftest import live_projection
-from tests.stack import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC, Stack, unique
+from tests.stack import OUTCOMES_TOPIC, SETTINGS, TRANSACTIONS_TOPIC, Stack, unique
 
 EXAMPLES = int(os.environ.get("LEDGER_PROPERTY_EXAMPLES", "100"))
 ACCOUNTS = ["@world", "@fees", "a", "b", "c"]
@@ -189,6 +189,12 @@ def _expected(rows: BatchRows) -> dict[str, Any]:
     }
 
 
+def fold(tenants: list[str], records: list[Record]) -> BatchRows:
+    """The pure fold of `records`, the tenants created beforehand (through the API, on the log)."""
+    return fold_batch(Ledger(tenants=dict.fromkeys(tenants, True)), records,
+                      decode_all(records, SETTINGS.topic_partitions))
+
+
 async def _register(w: World, tenants: list[str]) -> dict[str, httpx.AsyncClient]:
     assert w.http is not None
     clients = {}
@@ -219,15 +225,15 @@ async def _check_history(w: World, history: list[dict[str, Any]]) -> None:
     try:
         records = await _produce(w, history, tenants)
         await _wait_applied(w, records)
-        rows = fold_batch(Ledger(), records, decode_all(records))
+        rows = fold(tenants, records)
         assert await _stored(w.db, tenants) == _expected(rows)
 
         # Outcomes: every decision published (at least once), exactly as the fold decided it.
         expected_outcomes = {bytes(v) for _, _, v in rows.outcomes}
         positions = {r.position.token() for r in records}
         for _ in range(200):
-            # A replayed request's outcome carries its original's position; a foreign key's, a foreign tenant.
-            seen = {orjson.dumps(o) for o in w.seen_outcomes if o["position"] in positions or o["tenant"] in tenants}
+            # Each outcome names the record it answers (a replay's `position` is its original's).
+            seen = {orjson.dumps(o) for o in w.seen_outcomes if o["record"] in positions}
             if expected_outcomes <= seen:
                 break
             await asyncio.sleep(0.05)
@@ -252,7 +258,7 @@ async def _check_history(w: World, history: list[dict[str, Any]]) -> None:
             if mine:
                 cut = mine[len(mine) // 2]
                 prefix = [r for r in records if r.timestamp_ms <= cut.timestamp_ms]
-                upto = fold_batch(Ledger(), prefix, decode_all(prefix))
+                upto = fold(tenants, prefix)
                 want = {k[2]: v[0] for k, v in upto.balances.items() if k[0] == tenant and k[1] == "a"}
                 at = cut.time.isoformat(timespec="milliseconds")
                 got = (await clients[tenant].get(f"/v1/tenants/{tenant}/accounts/a", params={"at": at})).json()
@@ -288,7 +294,8 @@ async def _replay_and_compare(stack: Stack) -> int:
     try:
         applied = {r["log_partition"]: r["next_offset"] for r in await live.fetch(
             "SELECT log_partition, next_offset FROM projection_offsets")}
-        stats = await replay(fresh, os.environ["LEDGER_KAFKA_BOOTSTRAP"], TRANSACTIONS_TOPIC, "proj_v1", until=applied)
+        stats = await replay(lambda: asyncpg.connect(replay_url), SETTINGS.kafka_bootstrap, TRANSACTIONS_TOPIC,
+                             "proj_v1", until=applied)
         queries = [
             "SELECT tenant, id, status, reason, postings::text, metadata::text, reference, idempotency_key, "
             "fingerprint, log_partition, log_offset, created_at, committed_at, error FROM transactions ORDER BY 1, 2",
@@ -296,6 +303,8 @@ async def _replay_and_compare(stack: Stack) -> int:
             "SELECT * FROM entries ORDER BY 1, 2, 4, 5",
             "SELECT * FROM idempotency_keys ORDER BY 1, 2",
             "SELECT * FROM invalid_events ORDER BY 1, 2",
+            "SELECT * FROM tenants ORDER BY 1",
+            "SELECT * FROM replays ORDER BY 1, 2",
             "SELECT topic, log_partition, next_offset FROM projection_offsets ORDER BY 1, 2",
         ]
         for query in queries:

@@ -1,4 +1,4 @@
-"""The batch writer against real PostgreSQL: one transaction per batch, redeliveries skipped, gaps refused."""
+"""The SQL adapter against real PostgreSQL: what a batch announces, and which errors count as whose."""
 
 from __future__ import annotations
 
@@ -6,64 +6,56 @@ import asyncio
 import os
 
 import asyncpg
-import pytest
 
 from infra.settings import PROGRESS_CHANNEL
-from projections.writer import OffsetGap, apply_batch, committed_offsets
-from tests.integration.conftest import record
+from projections.pipeline import Pipeline
+from projections.writer import poison, transient
+from tests.integration.conftest import created, record
 from tests.stack import unique
 
 
-async def test_a_redelivered_batch_is_skipped(scratch: tuple[asyncpg.Connection, str]) -> None:
-    conn, schema = scratch
-    tenant = unique()
-    batch = [record(0, tenant), record(1, tenant), record(2, tenant)]
-    first = await apply_batch(conn, batch, schema=schema)
-    again = await apply_batch(conn, [*batch[1:], record(3, tenant)], schema=schema)
-    assert (first.applied, first.skipped) == (3, 0)
-    assert (again.applied, again.skipped) == (1, 2)
-    assert await conn.fetchval(f"SELECT balance FROM {schema}.balances WHERE account = 'alice'") == 40
-    assert await committed_offsets(conn, schema) == {0: 4}
-
-
-async def test_a_gap_is_refused_and_nothing_is_written(scratch: tuple[asyncpg.Connection, str]) -> None:
-    conn, schema = scratch
-    tenant = unique()
-    await apply_batch(conn, [record(0, tenant)], schema=schema)
-    with pytest.raises(OffsetGap):
-        await apply_batch(conn, [record(1, tenant), record(5, tenant)], schema=schema)
-    assert await committed_offsets(conn, schema) == {0: 1}
-    assert await conn.fetchval(f"SELECT count(*) FROM {schema}.transactions") == 1
-
-
-async def test_a_failed_batch_rolls_back_whole(scratch: tuple[asyncpg.Connection, str]) -> None:
-    conn, schema = scratch
-    tenant = unique()
-
-    async def failing_publish(outcomes: list[tuple[int, bytes, bytes]]) -> None:
-        assert len(outcomes) == 2
-        raise ConnectionError("Kafka went away")
-
-    with pytest.raises(ConnectionError):
-        await apply_batch(conn, [record(0, tenant), record(1, tenant)], publish=failing_publish, schema=schema)
-    assert await committed_offsets(conn, schema) == {}
-    assert await conn.fetchval(f"SELECT count(*) FROM {schema}.entries") == 0
-
-
-async def test_a_rebuild_schema_does_not_move_the_apis_progress(scratch: tuple[asyncpg.Connection, str]) -> None:
+async def test_a_rebuild_schema_does_not_move_the_apis_progress(scratch: tuple[asyncpg.Connection, str],
+                                                                line: Pipeline) -> None:
     # The API's waiters trust every progress notification to be the live projection's: a replay into a
     # shadow schema announcing its offsets would wake `min_position` readers before their rows are live.
-    conn, schema = scratch
+    conn, _ = scratch
     heard: list[str] = []
     listener = await asyncpg.connect(os.environ["LEDGER_DATABASE_URL"])
     await listener.add_listener(PROGRESS_CHANNEL, lambda *args: heard.append(args[-1]))
     try:
-        result = await apply_batch(conn, [record(0, unique()), record(1, unique())], schema=schema)
-        await listener.execute("SELECT 1")  # notifications arrive before the reply to a later query
+        tenant = unique()
+        done = await line.submit([created(0, tenant), record(1, tenant)])
+        done += await line.drain()
         await conn.execute("SELECT pg_notify($1, 'marker')", PROGRESS_CHANNEL)
-        await asyncio.sleep(0.2)
-        await listener.execute("SELECT 1")
+        for _ in range(100):  # notifications arrive in order: once the marker is in, nothing else is coming
+            await listener.execute("SELECT 1")
+            if heard:
+                break
+            await asyncio.sleep(0.02)
     finally:
         await listener.close()
-    assert result.applied == 2
+    assert sum(r.applied for r in done) == 2
     assert heard == ["marker"]
+
+
+async def test_errors_from_a_records_values_are_poison_and_faults_of_the_surroundings_are_not(
+        scratch: tuple[asyncpg.Connection, str]) -> None:
+    conn, _ = scratch
+    caught: list[BaseException] = []
+    for statement in ("SELECT '\"a\\u0000b\"'::jsonb", "SELECT 1 / 0", "SELECT (2^63)::bigint",
+                      "CREATE TEMP TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (1)"):
+        try:
+            await conn.execute(statement)
+        except asyncpg.PostgresError as e:
+            caught.append(e)
+    try:
+        await conn.execute("SELECT $1::bigint", 2**64)
+    except asyncpg.DataError as e:  # refused on our side, before it is sent
+        caught.append(e)
+    assert len(caught) == 5
+    assert all(poison(e) and not transient(e) for e in caught), caught
+    for fault in (ConnectionResetError(), TimeoutError(), asyncpg.SerializationError("conflict"),
+                  asyncpg.AdminShutdownError("shutdown"), asyncpg.InsufficientResourcesError("disk full")):
+        assert transient(fault) and not poison(fault), fault
+    # A programming error is neither: the worker exits for a clean restart.
+    assert not poison(asyncpg.UndefinedTableError("no table")) and not transient(asyncpg.UndefinedTableError("x"))

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from ledger.codec import decode_request, encode_request, salvage_identity
 from ledger.errors import InvalidRequest
-from ledger.requests import Posting, TransactionRequest
+from ledger.requests import Posting, TenantRequest, TransactionRequest
 
 
 def event(**overrides: Any) -> dict[str, Any]:
@@ -28,6 +28,8 @@ RAW_POSTING = (
 def test_round_trip() -> None:
     request = TransactionRequest("tx1", "acme", (Posting("@world", "a", 5, "USD/2"),), "k", {"m": "v"}, "ref")
     assert decode_request(b"acme", encode_request(request)) == request
+    create = TenantRequest("c1", "acme", "Acme Corp")
+    assert decode_request(b"acme", encode_request(create)) == create
 
 
 @pytest.mark.parametrize(
@@ -56,6 +58,16 @@ def test_round_trip() -> None:
         (b"acme", orjson.dumps(event(metadata={"k": "v" * 5000}))),
         (b"acme", orjson.dumps(event(metadata={"k": 1}))),
         (b"acme", orjson.dumps(event(reference=5))),
+        (b"acme", orjson.dumps(event(metadata={"n": "\u0000"}))),
+        (b"acme", orjson.dumps(event(metadata={"a\u0000b": "v"}))),
+        (b"acme", orjson.dumps(event(reference="r\u0000"))),
+        (b"acme", orjson.dumps(event(idempotency_key="\u0000"))),
+        (b"acme", b'{"v":1,"id":"x","tenant":"acme","postings":[],"metadata":{"k":"\\ud800"}}'),
+        (b"acme", orjson.dumps(event(kind="hold"))),
+        (b"acme", orjson.dumps(event(kind=1))),
+        (b"acme", orjson.dumps({"v": 1, "kind": "tenant", "id": "c", "tenant": "acme"})),
+        (b"acme", orjson.dumps({"v": 1, "kind": "tenant", "id": "c", "tenant": "acme", "name": "a\u0000"})),
+        (b"acme", orjson.dumps({"v": 1, "kind": "tenant", "id": "c", "tenant": "acme", "name": "A", "x": 1})),
     ],
 )
 def test_malformed_events_are_invalid(key: bytes | None, value: bytes | None) -> None:

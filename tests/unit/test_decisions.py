@@ -4,12 +4,15 @@ from ledger.decisions import (
     IDEMPOTENCY_CONFLICT,
     INSUFFICIENT_FUNDS,
     OVERFLOW,
+    TENANT_EXISTS,
+    UNKNOWN_TENANT,
     Ledger,
     Outcome,
     decide,
+    decide_tenant,
 )
 from ledger.positions import Position
-from ledger.requests import Posting, TransactionRequest
+from ledger.requests import Posting, TenantRequest, TransactionRequest
 from ledger.validation import AMOUNT_MAX
 
 T = "acme"
@@ -20,6 +23,11 @@ def tx(id: str, *postings: tuple[str, str, int], key: str | None = None, asset: 
     return TransactionRequest(id, T, tuple(Posting(s, d, a, asset) for s, d, a in postings), key, {}, reference)
 
 
+def book() -> Ledger:
+    """A ledger in which tenant T exists."""
+    return Ledger(tenants={T: True})
+
+
 def run(ledger: Ledger, request: TransactionRequest, offset: int = 0) -> Outcome:
     outcome = decide(ledger, request)
     ledger.apply(request, outcome, Position(0, offset))
@@ -27,7 +35,7 @@ def run(ledger: Ledger, request: TransactionRequest, offset: int = 0) -> Outcome
 
 
 def test_deposit_commits_and_world_goes_negative() -> None:
-    ledger = Ledger()
+    ledger = book()
     outcome = run(ledger, tx("1", ("@world", "alice", 100)))
     assert outcome.status == "committed"
     assert [(e.account, e.amount, e.balance_after) for e in outcome.entries] == [("@world", -100, -100),
@@ -36,7 +44,7 @@ def test_deposit_commits_and_world_goes_negative() -> None:
 
 
 def test_overdraft_is_rejected_and_changes_nothing() -> None:
-    ledger = Ledger()
+    ledger = book()
     run(ledger, tx("1", ("@world", "alice", 100)))
     outcome = run(ledger, tx("2", ("alice", "bob", 101)))
     assert (outcome.status, outcome.reason, outcome.entries) == ("rejected", INSUFFICIENT_FUNDS, ())
@@ -45,7 +53,7 @@ def test_overdraft_is_rejected_and_changes_nothing() -> None:
 
 
 def test_funds_are_checked_after_the_whole_transaction() -> None:
-    ledger = Ledger()
+    ledger = book()
     # bob pays carol before receiving from @world in the same transaction: fine, the end state is >= 0.
     outcome = run(ledger, tx("1", ("bob", "carol", 50), ("@world", "bob", 50)))
     assert outcome.status == "committed"
@@ -53,7 +61,7 @@ def test_funds_are_checked_after_the_whole_transaction() -> None:
 
 
 def test_a_transaction_of_128_postings_applies_all_or_none() -> None:
-    ledger = Ledger()
+    ledger = book()
     run(ledger, tx("seed", ("@world", "a0", 127)))
     postings = [(f"a{i}", f"a{i + 1}", 127 - i) for i in range(127)]
     good = run(ledger, tx("chain", *postings, ("a127", "a0", 1)))
@@ -65,7 +73,7 @@ def test_a_transaction_of_128_postings_applies_all_or_none() -> None:
 
 
 def test_balance_leaving_int64_is_overflow() -> None:
-    ledger = Ledger()
+    ledger = book()
     run(ledger, tx("1", ("@world", "alice", AMOUNT_MAX)))
     outcome = run(ledger, tx("2", ("@world", "alice", 1)))
     assert (outcome.status, outcome.reason) == ("rejected", OVERFLOW)
@@ -76,7 +84,7 @@ def test_balance_leaving_int64_is_overflow() -> None:
 
 
 def test_same_idempotency_key_same_body_is_the_original_outcome() -> None:
-    ledger = Ledger()
+    ledger = book()
     first = run(ledger, tx("1", ("@world", "alice", 5), key="k"))
     again = run(ledger, tx("2", ("@world", "alice", 5), key="k"), offset=1)
     assert first.status == again.status == "committed"
@@ -86,7 +94,7 @@ def test_same_idempotency_key_same_body_is_the_original_outcome() -> None:
 
 
 def test_same_idempotency_key_replays_a_rejection_too() -> None:
-    ledger = Ledger()
+    ledger = book()
     run(ledger, tx("1", ("alice", "bob", 5), key="k"))
     run(ledger, tx("seed", ("@world", "alice", 5)))
     again = run(ledger, tx("2", ("alice", "bob", 5), key="k"))
@@ -95,7 +103,7 @@ def test_same_idempotency_key_replays_a_rejection_too() -> None:
 
 
 def test_same_idempotency_key_different_body_is_a_recorded_conflict() -> None:
-    ledger = Ledger()
+    ledger = book()
     run(ledger, tx("1", ("@world", "alice", 5), key="k"))
     conflict = run(ledger, tx("2", ("@world", "alice", 6), key="k"))
     assert (conflict.status, conflict.reason, conflict.replay_of) == ("rejected", IDEMPOTENCY_CONFLICT, None)
@@ -105,7 +113,7 @@ def test_same_idempotency_key_different_body_is_a_recorded_conflict() -> None:
 
 
 def test_repeated_id_is_not_applied_twice() -> None:
-    ledger = Ledger()
+    ledger = book()
     run(ledger, tx("1", ("@world", "alice", 5)))
     same = run(ledger, tx("1", ("@world", "alice", 5)))
     other = run(ledger, tx("1", ("@world", "alice", 9)))
@@ -115,7 +123,8 @@ def test_repeated_id_is_not_applied_twice() -> None:
 
 
 def test_keys_and_balances_are_per_tenant() -> None:
-    ledger = Ledger()
+    ledger = book()
+    ledger.tenants["other"] = True
     run(ledger, tx("1", ("@world", "alice", 5), key="k"))
     other = TransactionRequest("1", "other", (Posting("alice", "bob", 1, "USD/2"),), "k")
     outcome = decide(ledger, other)
@@ -126,3 +135,33 @@ def test_fingerprint_ignores_the_id_but_not_the_body() -> None:
     a = tx("1", ("@world", "alice", 5), reference="r")
     assert a.fingerprint() == tx("2", ("@world", "alice", 5), reference="r").fingerprint()
     assert a.fingerprint() != tx("1", ("@world", "alice", 5), reference="s").fingerprint()
+
+
+def test_a_request_for_a_tenant_not_created_is_unknown_tenant_and_changes_nothing() -> None:
+    ledger = Ledger()
+    outcome = run(ledger, tx("1", ("@world", "alice", 5)))
+    assert (outcome.status, outcome.reason, outcome.entries) == ("rejected", UNKNOWN_TENANT, ())
+    assert ledger.balances == {}
+    # Its id is taken all the same: the same request again is a repeat of that decision.
+    assert decide(ledger, tx("1", ("@world", "alice", 5))).replay_of is not None
+
+
+def test_a_tenant_is_created_once() -> None:
+    ledger = Ledger()
+    create = TenantRequest("c1", T, "Acme")
+    first = decide_tenant(ledger, create)
+    ledger.apply_tenant(create, first)
+    again = decide_tenant(ledger, TenantRequest("c2", T, "Other"))
+    assert (first.status, again.status, again.reason) == ("committed", "rejected", TENANT_EXISTS)
+    assert ledger.tenant_exists(T)
+
+
+def test_a_repeat_under_a_new_id_takes_that_id_once() -> None:
+    ledger = book()
+    run(ledger, tx("1", ("@world", "alice", 5), key="k"))
+    repeat = tx("2", ("@world", "alice", 5), key="k")
+    outcome = decide(ledger, repeat)
+    assert outcome.replay_of is not None
+    assert ledger.remember_replay(repeat, outcome.replay_of)
+    assert not ledger.remember_replay(repeat, outcome.replay_of)
+    assert ledger.decided_id(T, "2") == outcome.replay_of

@@ -1,0 +1,71 @@
+"""The fold of a batch, pure: placement, unreadable records, and records the database refused."""
+
+from __future__ import annotations
+
+import orjson
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger.decisions import Ledger
+from ledger.fold import POISON_AS_EVENT, POISON_AS_TRANSACTION, Record, decode_all, fold_batch
+from ledger.placement import partition_for
+from ledger.positions import Position
+
+PARTITIONS = 4
+TENANT = "acme"
+HOME = partition_for(TENANT.encode(), PARTITIONS)
+
+
+def transfer(offset: int, partition: int = HOME, **fields: object) -> Record:
+    value = {"v": 1, "id": f"tx{offset}", "tenant": TENANT, "postings": [
+        {"source": "@world", "destination": "alice", "amount": 5, "asset": "USD/2"}], **fields}
+    return Record(partition, offset, TENANT.encode(), orjson.dumps(value), 1_700_000_000_000)
+
+
+def fold(records: list[Record], poison: dict[Position, tuple[int, str]] | None = None):  # type: ignore[no-untyped-def]
+    ledger = Ledger(tenants={TENANT: True})
+    return ledger, fold_batch(ledger, records, decode_all(records, PARTITIONS), poison=poison)
+
+
+@given(st.binary(min_size=0, max_size=80), st.integers(min_value=1, max_value=64))
+def test_placement_is_kafkas_default_partitioner(key: bytes, partitions: int) -> None:
+    every = list(range(partitions))
+    assert partition_for(key, partitions) == DefaultPartitioner()(key, every, every)
+
+
+def test_a_record_off_its_partition_is_wrong_partition_and_writes_nothing_of_its_tenant() -> None:
+    elsewhere = (HOME + 1) % PARTITIONS
+    ledger, rows = fold([transfer(0, elsewhere)])
+    assert rows.transactions == [] and rows.entries == [] and ledger.balances == {}
+    assert [(e[0], e[1]) for e in rows.invalid_events] == [(elsewhere, 0)]
+    outcome = orjson.loads(rows.outcomes[0][2])
+    assert (outcome["status"], outcome["reason"], outcome["id"]) == ("rejected", "wrong_partition", "tx0")
+    assert rows.next_offsets == {elsewhere: 1}
+
+
+def test_a_poisoned_record_is_a_rejection_under_its_id_then_only_an_event() -> None:
+    records = [transfer(0), transfer(1), transfer(2)]
+    at = Position(HOME, 1)
+    _, first = fold(records, {at: (POISON_AS_TRANSACTION, "value too long")})
+    assert [(t[1], t[2], t[3]) for t in first.transactions] == [
+        ("tx0", "committed", None), ("tx1", "rejected", "invalid"), ("tx2", "committed", None)]
+    assert "value too long" in str(first.transactions[1][-1])
+    assert len(first.entries) == 4
+    _, second = fold(records, {at: (POISON_AS_EVENT, "value too long")})
+    assert [t[1] for t in second.transactions] == ["tx0", "tx2"]
+    assert [(e[0], e[1]) for e in second.invalid_events] == [(HOME, 1)]
+    assert len(second.outcomes) == 3
+
+
+def test_errors_are_stored_without_what_postgresql_refuses() -> None:
+    _, rows = fold([transfer(0)], {Position(HOME, 0): (POISON_AS_TRANSACTION, "bad \x00 byte \ud800")})
+    error = str(rows.transactions[0][-1])
+    assert "\x00" not in error and "\ud800" not in error and "bad ? byte ?" in error
+
+
+def test_every_record_gets_one_outcome_naming_it() -> None:
+    records = [transfer(0), transfer(1, idempotency_key="k"), transfer(2, idempotency_key="k"),
+               Record(HOME, 3, None, b"\xff", 0), Record(HOME, 4, TENANT.encode(), None, 0)]
+    _, rows = fold(records)
+    assert [orjson.loads(o[2])["record"] for o in rows.outcomes] == [f"{HOME}-{i}" for i in range(5)]
