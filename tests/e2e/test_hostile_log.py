@@ -1,0 +1,175 @@
+"""A hostile log: thousands of records produced straight to Kafka, valid transfers mixed with everything a
+careless or malicious producer can write. The projector must stay up, decide every record, keep every
+tenant's books balanced, and `ledger verify` must find the projection exactly what the log says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from infra.kafka import topic_partitions
+from ledger.placement import partition_for
+from ops.verify import verify
+from tests.conftest import create_tenant
+from tests.stack import OUTCOMES_TOPIC, SETTINGS, TRANSACTIONS_TOPIC, Stack, unique
+
+SEED = 20261128
+RECORDS = 3000
+DEADLINE_S = 60.0
+ACCOUNTS = ["@world", "@fees", "alice", "bob", "carol"]
+
+
+class Hostile:
+    """Makes records, remembering ids and keys already used so that later records can reuse them."""
+
+    def __init__(self, rng: random.Random, tenants: list[str], partitions: int) -> None:
+        self.rng = rng
+        self.tenants = tenants
+        self.partitions = partitions
+        self.ids: list[tuple[str, str]] = []
+        self.kinds: dict[str, int] = {}
+
+    def transfer(self, tenant: str, **overrides: Any) -> dict[str, Any]:
+        rng = self.rng
+        source, destination = rng.sample(ACCOUNTS, 2)
+        amount = rng.choice([rng.randint(1, 1000), rng.randint(1, 1000), 2**62, 2**63 - 1])
+        body: dict[str, Any] = {"v": 1, "id": unique("h"), "tenant": tenant, "postings": [
+            {"source": source, "destination": destination, "amount": amount, "asset": rng.choice(["USD/2", "PTS"])}]}
+        if rng.random() < 0.3:
+            body["idempotency_key"] = f"k{rng.randint(0, 20)}"
+        body.update(overrides)
+        return body
+
+    def reused_id(self) -> tuple[str, str] | None:
+        return self.rng.choice(self.ids) if self.ids else None
+
+    def make(self) -> tuple[bytes | None, bytes | None, int | None]:
+        """(key, value, explicit partition or None for the default partitioner)."""
+        rng = self.rng
+        tenant = rng.choice(self.tenants)
+        kind = rng.choice(["valid"] * 8 + ["taken_id", "bytes", "json", "nul", "surrogate", "numbers",
+                                            "wrong_partition", "unknown_tenant", "tenant_record", "bad_key",
+                                            "no_value", "kind"])
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        key: bytes | None = tenant.encode()
+        partition = None
+        value: bytes | None
+        if kind == "valid":
+            value = orjson.dumps(self.transfer(tenant))
+        elif kind == "taken_id":
+            taken = self.reused_id()
+            body = self.transfer(taken[0] if taken else tenant)
+            if taken:
+                key, body["id"] = taken[0].encode(), taken[1]
+            if rng.random() < 0.5:
+                body["postings"] = "garbage"  # an invalid record whose id is taken
+            value = orjson.dumps(body)
+        elif kind == "bytes":
+            value = rng.randbytes(rng.randint(0, 200))
+        elif kind == "json":
+            value = orjson.dumps(rng.choice([None, 1, -1.5, "s", [], [1, {"a": None}], {"v": 1}, {"id": 5},
+                                             {"v": 1, "id": "x", "tenant": tenant, "postings": [None]}, True]))
+        elif kind == "nul":
+            field = rng.choice(["metadata_value", "metadata_key", "reference", "idempotency_key", "id"])
+            body = self.transfer(tenant)
+            if field == "metadata_value":
+                body["metadata"] = {"n": "a\u0000b"}
+            elif field == "metadata_key":
+                body["metadata"] = {"a\u0000": "b"}
+            elif field == "reference":
+                body["reference"] = "\u0000"
+            elif field == "idempotency_key":
+                body["idempotency_key"] = "k\u0000"
+            else:
+                body["id"] = "id\u0000"
+            value = orjson.dumps(body)
+        elif kind == "surrogate":
+            raw = orjson.dumps(self.transfer(tenant, metadata={"m": "SURROGATE"}))
+            value = raw.replace(b"SURROGATE", rng.choice([b"\\ud800", b"\\udfff\\ud800", b"\xed\xa0\x80", b"\xff"]))
+        elif kind == "numbers":
+            raw = orjson.dumps(self.transfer(tenant, postings=[
+                {"source": "@world", "destination": "alice", "amount": 1, "asset": "USD/2"}]))
+            value = raw.replace(b'"amount":1', b'"amount":' + rng.choice(
+                [b"18446744073709551616", b"-5", b"0", b"1.0", b"1e400", b"-9223372036854775809", b'"10"', b"null"]))
+        elif kind == "wrong_partition":
+            value = orjson.dumps(self.transfer(tenant))
+            partition = (partition_for(key, self.partitions) + rng.randint(1, self.partitions - 1)) % self.partitions
+        elif kind == "unknown_tenant":
+            stranger = unique("nobody")
+            key, value = stranger.encode(), orjson.dumps(self.transfer(stranger))
+        elif kind == "tenant_record":
+            name = rng.choice([tenant, "n\u0000", "x" * 300, 5])
+            value = orjson.dumps({"v": 1, "kind": "tenant", "id": unique("c"), "tenant": tenant, "name": name})
+        elif kind == "bad_key":
+            key = rng.choice([None, b"", rng.randbytes(8), b"UPPER", b"\x00"])
+            value = orjson.dumps(self.transfer(tenant))
+        elif kind == "no_value":
+            value = None
+        else:
+            value = orjson.dumps(self.transfer(tenant, kind=rng.choice(["hold", "", "TRANSFER", ["transfer"]])))
+        if key is not None and value is not None:
+            try:
+                identity = orjson.loads(value)
+                if isinstance(identity, dict) and isinstance(identity.get("id"), str):
+                    self.ids.append((key.decode("utf-8", "replace"), identity["id"]))
+            except orjson.JSONDecodeError:
+                pass
+        return key, value, partition
+
+
+async def _outcomes_reader(seen: set[str]) -> tuple[AIOKafkaConsumer, asyncio.Task[None]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=SETTINGS.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    tps = await topic_partitions(consumer, OUTCOMES_TOPIC)
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)
+
+    async def read() -> None:
+        async for message in consumer:
+            seen.add(orjson.loads(message.value)["record"])
+
+    return consumer, asyncio.create_task(read())
+
+
+async def test_a_hostile_log_stops_nothing_and_every_record_is_decided(admin: httpx.AsyncClient, stack: Stack) -> None:
+    started = time.monotonic()
+    tenants = [await create_tenant(admin, stack) for _ in range(3)]
+    for t in tenants:
+        await t.client.aclose()
+    hostile = Hostile(random.Random(SEED), [t.id for t in tenants], SETTINGS.topic_partitions)
+    positions: set[str] = set()
+    seen: set[str] = set()
+    consumer, reader = await _outcomes_reader(seen)
+    producer = AIOKafkaProducer(bootstrap_servers=SETTINGS.kafka_bootstrap, enable_idempotence=True, linger_ms=5)
+    await producer.start()
+    try:
+        sent = []
+        for _ in range(RECORDS):
+            key, value, partition = hostile.make()
+            sent.append(await producer.send(TRANSACTIONS_TOPIC, value, key=key, partition=partition))
+        positions.update(f"{m.partition}-{m.offset}" for m in await asyncio.gather(*sent))
+        await stack.caught_up(timeout_s=DEADLINE_S)
+        while not positions <= seen and time.monotonic() - started < DEADLINE_S:
+            await asyncio.sleep(0.1)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await consumer.stop()
+        await producer.stop()
+    print(f"\nhostile log: {RECORDS} records, seed {SEED}, kinds {sorted(hostile.kinds.items())}, "
+          f"{len(positions & seen)} outcomes, {time.monotonic() - started:.1f} s")
+    assert stack.projector is not None and stack.projector.poll() is None, "the projector stopped"
+    assert positions <= seen, f"{len(positions - seen)} records without an outcome"
+    assert min(hostile.kinds.values()) > 0 and len(hostile.kinds) == 13
+    verdict = await verify(SETTINGS.database_url, SETTINGS.kafka_bootstrap, TRANSACTIONS_TOPIC)
+    assert verdict.identical, verdict.differences
+    assert verdict.replayed >= RECORDS
