@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -24,9 +25,10 @@ from api.appender import Appender
 from api.auth import KeyStore
 from api.errors import error_response, internal_error
 from api.hot import HEALTHY, HotRoutes
-from api.metrics import MetricsMiddleware
+from api.metrics import WAITERS, MetricsMiddleware
 from api.openapi import document
-from api.progress import Listener, Progress
+from api.progress import Listener, Progress, WaitLimits
+from api.projector_group import ProjectorGroup
 from api.responses import JSON, error
 from api.store import Store
 from infra import settings as settings_mod
@@ -34,6 +36,7 @@ from infra.settings import Settings
 from ledger.errors import LedgerError
 
 READY_TIMEOUT_S = 1.0
+POOL_APPLICATION = "ledger-api"  # in pg_stat_activity, with the process id: which backends serve which API
 GC_THRESHOLDS = (20_000, 20, 100)
 
 
@@ -58,22 +61,38 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready when every check passes; `problems` says why one does not."""
     context: routes.Context = request.app.state.ctx
-    checks: dict[str, bool] = {}
+    problems: dict[str, str] = {}
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             await context.store.ping()
-        checks["database"] = True
-    except (LedgerError, TimeoutError):
-        checks["database"] = False
+    except (LedgerError, TimeoutError) as e:
+        problems["database"] = e.message if isinstance(e, LedgerError) else "no answer within 1 s"
     end = await context.appender.log_end()
-    checks["kafka"] = end is not None
-    checks["notifications"] = request.app.state.listener.healthy
+    if end is None:
+        problems["kafka"] = "the log (Kafka) does not answer"
+    notifications = request.app.state.listener.status()
+    if notifications is not None:
+        problems["notifications"] = notifications
     lag = None if end is None else sum(max(0, o - context.progress.applied.get(p, 0)) for p, o in end.items())
-    checks["projector"] = lag is not None and lag <= context.settings.projector_lag_ready_max
-    ok = all(checks.values())
-    return JSON({"status": "ready" if ok else "not_ready", "checks": checks, "projector_lag_records": lag},
-                status_code=200 if ok else 503)
+    projector = await _projector_problem(request.app.state.projector_group, lag, context.settings)
+    if projector is not None:
+        problems["projector"] = projector
+    checks = {name: name not in problems for name in ("database", "kafka", "notifications", "projector")}
+    body: dict[str, object] = {"status": "not_ready" if problems else "ready", "checks": checks,
+                               "projector_lag_records": lag}
+    if problems:
+        body["problems"] = problems
+    return JSON(body, status_code=503 if problems else 200)
+
+
+async def _projector_problem(group: ProjectorGroup, lag: int | None, cfg: Settings) -> str | None:
+    if lag is None:
+        return "the projector's lag is unknown while Kafka does not answer"
+    if lag > cfg.projector_lag_ready_max:
+        return f"the projector lags by {lag} records (at most {cfg.projector_lag_ready_max})"
+    return await group.problem()
 
 
 async def metrics(request: Request) -> Response:
@@ -113,25 +132,29 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     # statement, and have its backend compile the plpgsql read) waited 20-130 ms, which was the p99 of reads.
     pool = await asyncpg.create_pool(cfg.api_database_url, min_size=cfg.db_pool_size_max,
                                      max_size=cfg.db_pool_size_max, max_inactive_connection_lifetime=0,
-                                     init=_init_connection, reset=_keep_session, timeout=5, command_timeout=5)
+                                     init=_init_connection, reset=_keep_session, timeout=5, command_timeout=5,
+                                     server_settings={"application_name": f"{POOL_APPLICATION}:{os.getpid()}"})
     await _warm(pool)
     keys = KeyStore(cfg.admin_token)
-    progress = Progress()
+    progress = Progress(WaitLimits(cfg.waiters_max, cfg.waiters_tenant_max, cfg.waiters_key_max))
+    WAITERS.set_function(lambda: progress.waiting)
+    store = Store(pool, cfg.db_acquire_timeout_ms / 1000)
     lock = asyncio.Lock()
 
     async def on_keys(payload: str | None) -> None:
-        async with lock:
+        async with lock, store.connection() as conn:
             if payload is None:
-                await keys.load_all(pool)
+                await keys.load_all(conn)
             else:
-                await keys.load_change(pool, payload)
+                await keys.load_change(conn, payload)
 
     listener = Listener(cfg.api_database_url, progress, on_keys)
     await listener.start()
     appender = Appender(cfg.kafka_bootstrap, cfg.transactions_topic)
     appender.start()
-    app.state.ctx = routes.Context(cfg, keys, Store(pool), appender, progress)
+    app.state.ctx = routes.Context(cfg, keys, store, appender, progress)
     app.state.listener = listener
+    app.state.projector_group = ProjectorGroup(cfg.kafka_bootstrap, cfg.projector_group)
     # Everything allocated so far lives as long as the process: keep the collector from re-scanning it,
     # and let it run less often (requests allocate much and free it by reference counting): the tail latency
     # of reads comes partly from collections.
@@ -140,6 +163,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await app.state.projector_group.stop()
         await appender.stop()
         await listener.stop()
         await pool.close()

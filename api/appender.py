@@ -9,6 +9,7 @@ import logging
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from api.log_ends import LogEnds
 from infra.kafka import end_offsets
 from ledger.codec import encode_request
 from ledger.errors import Unavailable
@@ -41,7 +42,9 @@ class Appender:
         self.topic = topic
         self.producer: AIOKafkaProducer | None = None
         self._starting: asyncio.Task[None] | None = None
-        self._watch: AIOKafkaConsumer | None = None  # only for end offsets, in /readyz
+        self._watch: AIOKafkaConsumer | None = None  # only for end offsets
+        self._watch_lock = asyncio.Lock()
+        self.ends = LogEnds(self.log_end)
 
     def start(self) -> None:
         self._starting = asyncio.create_task(self._start())
@@ -83,7 +86,9 @@ class Appender:
                 metadata = await sent
         except (KafkaError, TimeoutError) as e:
             raise AppendUnconfirmed(request.id) from e
-        return Position(metadata.partition, metadata.offset)
+        position = Position(metadata.partition, metadata.offset)
+        self.ends.advance(position)
+        return position
 
     async def log_end(self) -> dict[int, int] | None:
         """The next offset of each partition of the log, or None if Kafka does not answer within a second."""
@@ -91,9 +96,20 @@ class Appender:
             return None
         try:
             async with asyncio.timeout(1.0):
-                if self._watch is None:
-                    self._watch = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-                    await self._watch.start()
-                return await end_offsets(self._watch, self.topic)
+                ends = await end_offsets(await self._watching(), self.topic)
         except (KafkaError, TimeoutError):
             return None
+        self.ends.update(ends)
+        return ends
+
+    async def _watching(self) -> AIOKafkaConsumer:
+        async with self._watch_lock:  # /readyz and the ends' refresh may both be first
+            if self._watch is None:
+                watch = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+                try:
+                    await watch.start()
+                except BaseException:
+                    await watch.stop()
+                    raise
+                self._watch = watch
+            return self._watch

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 
 import asyncpg
 
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, NotFound
 
 SCOPES = frozenset({"read", "write"})
 KEY_PREFIX = "lk"
+KEY_ID_BYTES = 8
+KEY_ID_RE = re.compile(f"[0-9a-f]{{{2 * KEY_ID_BYTES}}}", re.ASCII)
 
 
 class Unauthorized(LedgerError):
@@ -56,9 +59,17 @@ class Principal:
 
 def new_secret_key() -> tuple[str, str, bytes]:
     """(key id, the full key shown once to its owner, the digest stored)."""
-    key_id = secrets.token_hex(8)
+    key_id = secrets.token_hex(KEY_ID_BYTES)
     secret = secrets.token_urlsafe(32)
     return key_id, f"{KEY_PREFIX}_{key_id}_{secret}", hashlib.sha256(secret.encode()).digest()
+
+
+def check_key_id(value: str) -> str:
+    """A key id as `new_secret_key` issues them, or `NotFound`: no key can have any other id (the contract's
+    404 for an unknown key, which a client may already rely on)."""
+    if KEY_ID_RE.fullmatch(value) is None:
+        raise NotFound(f"no key {value!r}: key ids are {2 * KEY_ID_BYTES} hex digits")
+    return value
 
 
 class KeyStore:

@@ -7,6 +7,7 @@ import logging
 from starlette.responses import Response
 
 from api.auth import Forbidden, Unauthorized
+from api.progress import TooManyWaiting
 from api.requests import PayloadTooLarge
 from api.responses import error
 from ledger.errors import (
@@ -30,6 +31,7 @@ STATUS_BY_ERROR: list[tuple[type[LedgerError], int]] = [
     (AlreadyExists, 409),
     (TransactionRejected, 409),
     (PayloadTooLarge, 413),
+    (TooManyWaiting, 429),
     (Unavailable, 503),
 ]
 
@@ -38,7 +40,7 @@ def error_response(exc: LedgerError) -> Response:
     """The contract's error for `exc`, with the status its kind maps to."""
     status = next((s for cls, s in STATUS_BY_ERROR if isinstance(exc, cls)), 400)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    if status == 503:
+    if status in (429, 503):
         headers = {"Retry-After": "1"}
     return error(status, exc.code, exc.message, headers=headers)
 

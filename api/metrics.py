@@ -6,12 +6,14 @@ import secrets
 import time
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUESTS = Counter("ledger_api_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram("ledger_api_request_seconds", "HTTP request latency", ["route", "method"],
                     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+WAITERS = Gauge("ledger_api_waiters", "Requests waiting for the projection (wait=true, min_position)")
 
 
 def _request_id(scope: Scope) -> str:

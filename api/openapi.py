@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from api.auth import KEY_ID_RE
 from ledger.validation import ADDRESS_RE, ASSET_RE, ID_RE, TENANT_RE
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -24,6 +25,7 @@ COMMON_ERRORS = {
     "403": _err("Key used outside its tenant or scope"),
     "404": _err("Unknown tenant or resource"),
     "422": _err("Invalid input"),
+    "429": _err("Too many requests of this tenant or key are waiting for the projection (see Retry-After)"),
     "503": _err("A dependency or the projection is not ready in time"),
 }
 
@@ -152,7 +154,7 @@ def _paths() -> dict[str, Any]:
                 "scopes": {"type": "array", "minItems": 1, "items": {"enum": ["read", "write"]}}}})},
         "/v1/tenants/{tenant}/keys/{key_id}": {"delete": _operation(
             "Revoke a key (admin)", {"204": {"description": "Revoked"}, **COMMON_ERRORS},
-            [TENANT, {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}])},
+            [TENANT, _path_param("key_id", KEY_ID_RE.pattern)])},
         "/v1/tenants/{tenant}/transactions": {"post": _operation(
             "Append a transaction request to the log",
             {"200": _ok("A replay of an already decided Idempotency-Key", _ref("Transaction")),

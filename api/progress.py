@@ -11,29 +11,79 @@ import contextlib
 import heapq
 import itertools
 import logging
+import os
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import asyncpg
 import orjson
 
 from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
-from ledger.errors import Unavailable
+from ledger.errors import LedgerError, Unavailable
 from ledger.positions import Position
 
 log = logging.getLogger("ledger.api")
 
-WAITERS_MAX = 20_000
 WATCH_INTERVAL_S = 0.25
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_TIMEOUT_S = 1.5
+# A ping is due a second after the last answer and is answered in milliseconds; a second more of silence
+# is a connection in trouble.
+HEARTBEAT_STALE_S = 2.0
+CONNECT_TIMEOUT_S = 5.0
+LISTENER_APPLICATION = "ledger-api-listener"
+
+
+class TooManyWaiting(LedgerError):
+    """One tenant or key already has its share of waiting requests; the others are not affected."""
+
+    code = "too_many_waiting"
+
+
+@dataclass(slots=True)
+class WaitLimits:
+    """How many requests may wait at once: in all, per tenant, per API key."""
+
+    total_max: int = 20_000
+    tenant_max: int = 2_000
+    key_max: int = 1_000
+
+
+@dataclass(order=True, slots=True)
+class _Waiter:
+    offset: int
+    seq: int
+    future: asyncio.Future[None] = field(compare=False)
+    queued: bool = field(default=True, compare=False)  # still in its partition's heap
+    left: bool = field(default=False, compare=False)  # its `wait` has returned
 
 
 class Progress:
-    """The next offset to apply, per partition, and the requests waiting for it."""
+    """The next offset to apply, per partition, and the requests waiting for it.
 
-    def __init__(self) -> None:
+    Every waiter holds a place in three counts (total, its tenant's, its key's) until it returns, however
+    it returns: woken, timed out or cancelled. A waiter that leaves before it is woken stays in its heap,
+    marked, until the heap is compacted (when such entries are half of it), so no heap outgrows twice its
+    live waiters.
+    """
+
+    def __init__(self, limits: WaitLimits | None = None) -> None:
+        self.limits = limits or WaitLimits()
         self.applied: dict[int, int] = {}
-        self._waiters: dict[int, list[tuple[int, int, asyncio.Future[None]]]] = {}
+        self._heaps: dict[int, list[_Waiter]] = {}
+        self._gone: dict[int, int] = {}  # per partition: heap entries whose waiter left
         self._count = 0
+        self._by_tenant: dict[str, int] = {}
+        self._by_key: dict[str, int] = {}
         self._seq = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        return self._count
+
+    def heap_size(self, partition: int) -> int:
+        return len(self._heaps.get(partition, ()))
 
     def reached(self, position: Position) -> bool:
         return self.applied.get(position.partition, 0) > position.offset
@@ -43,44 +93,92 @@ class Progress:
             if next_offset <= self.applied.get(partition, 0):
                 continue
             self.applied[partition] = next_offset
-            heap = self._waiters.get(partition, [])
-            while heap and heap[0][0] < next_offset:
-                _, _, future = heapq.heappop(heap)
-                self._count -= 1
-                if not future.done():
-                    future.set_result(None)
+            heap = self._heaps.get(partition, [])
+            while heap and heap[0].offset < next_offset:
+                waiter = heapq.heappop(heap)
+                waiter.queued = False
+                if waiter.left:
+                    self._gone[partition] -= 1
+                elif not waiter.future.done():
+                    waiter.future.set_result(None)
 
-    async def wait(self, position: Position, timeout_s: float) -> bool:
-        """True once `position` is applied, False if `timeout_s` passed first."""
+    async def wait(self, position: Position, timeout_s: float, tenant: str, key: str) -> bool:
+        """True once `position` is applied, False if `timeout_s` passed first. `TooManyWaiting` when
+        `tenant` or `key` has its share waiting already, `Unavailable` when every place is taken."""
         if self.reached(position):
             return True
-        if self._count >= WAITERS_MAX:
-            raise Unavailable("too many requests are waiting for the projection; retry later")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters.setdefault(position.partition, []),
-                       (position.offset, next(self._seq), future))
-        self._count += 1
+        self._admit(tenant, key)
+        waiter = _Waiter(position.offset, next(self._seq), asyncio.get_running_loop().create_future())
+        heapq.heappush(self._heaps.setdefault(position.partition, []), waiter)
         try:
-            await asyncio.wait_for(future, timeout_s)
+            await asyncio.wait_for(waiter.future, timeout_s)
             return True
         except TimeoutError:
             return self.reached(position)
+        finally:
+            self._leave(position.partition, waiter, tenant, key)
+
+    def _admit(self, tenant: str, key: str) -> None:
+        if self._by_key.get(key, 0) >= self.limits.key_max:
+            raise TooManyWaiting(f"this API key already has {self.limits.key_max} requests waiting; retry later")
+        if self._by_tenant.get(tenant, 0) >= self.limits.tenant_max:
+            raise TooManyWaiting(f"this tenant already has {self.limits.tenant_max} requests waiting; retry later")
+        if self._count >= self.limits.total_max:
+            raise Unavailable("too many requests are waiting for the projection; retry later")
+        self._count += 1
+        self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + 1
+        self._by_key[key] = self._by_key.get(key, 0) + 1
+
+    def _leave(self, partition: int, waiter: _Waiter, tenant: str, key: str) -> None:
+        self._count -= 1
+        _decrement(self._by_tenant, tenant)
+        _decrement(self._by_key, key)
+        waiter.left = True
+        if not waiter.queued:
+            return
+        self._gone[partition] = self._gone.get(partition, 0) + 1
+        heap = self._heaps[partition]
+        if self._gone[partition] * 2 > len(heap):
+            for w in heap:
+                w.queued = not w.left
+            live = [w for w in heap if w.queued]
+            heapq.heapify(live)
+            self._heaps[partition] = live
+            self._gone[partition] = 0
+
+
+def _decrement(counts: dict[str, int], name: str) -> None:
+    """Drop the entry at zero, so the maps hold only tenants and keys with requests waiting."""
+    left = counts[name] - 1
+    if left:
+        counts[name] = left
+    else:
+        del counts[name]
 
 
 class Listener:
-    """One connection LISTENing for progress and key changes; reconnects and resyncs when it drops."""
+    """One connection LISTENing for progress and key changes; reconnects and resyncs when it drops.
 
-    def __init__(self, url: str, progress: Progress,
-                 on_keys: Callable[[str | None], Awaitable[None]]) -> None:
+    A connection can also die without closing (a half-open TCP connection, a stuck backend): LISTEN then
+    simply hears nothing, and revocations and progress stop silently. So the connection is pinged every
+    `HEARTBEAT_INTERVAL_S`; a ping not answered within `HEARTBEAT_TIMEOUT_S` terminates it and reconnects,
+    and while no ping has succeeded for `HEARTBEAT_STALE_S` the listener reports itself unhealthy.
+    """
+
+    def __init__(self, url: str, progress: Progress, on_keys: Callable[[str | None], Awaitable[None]]) -> None:
         self.url = url
         self.progress = progress
         self.on_keys = on_keys
         self.conn: asyncpg.Connection | None = None
+        self.problem = "not connected yet"
+        self._last_ok = 0.0
+        self._confirmed = False  # a ping has succeeded on this connection (or it is the first one)
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self._connect()
+        self._confirmed = True
         self._task = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
@@ -93,29 +191,64 @@ class Listener:
 
     @property
     def healthy(self) -> bool:
-        return self.conn is not None and not self.conn.is_closed()
+        return self.status() is None
+
+    def status(self) -> str | None:
+        """None when notifications flow, else why they may not."""
+        if self.conn is None or self.conn.is_closed() or not self._confirmed:
+            return self.problem
+        silent_s = time.monotonic() - self._last_ok
+        if silent_s > HEARTBEAT_STALE_S:
+            return f"the listening connection has not answered a ping for {silent_s:.1f} s"
+        return None
 
     async def _connect(self) -> None:
-        conn = await asyncpg.connect(self.url, timeout=5)
-        await conn.add_listener(PROGRESS_CHANNEL, self._on_progress)
-        await conn.add_listener(KEYS_CHANNEL, self._on_key)
-        # Listen first, then read: a batch committed in between is seen by one or the other.
-        rows = await conn.fetch("SELECT log_partition, next_offset FROM api_offsets()")
-        self.progress.advance({r["log_partition"]: r["next_offset"] for r in rows})
-        await self.on_keys(None)
+        conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT_S,
+                                     server_settings={"application_name": application_name()})
+        try:
+            await conn.add_listener(PROGRESS_CHANNEL, self._on_progress)
+            await conn.add_listener(KEYS_CHANNEL, self._on_key)
+            # Listen first, then read: a batch committed in between is seen by one or the other.
+            rows = await conn.fetch("SELECT log_partition, next_offset FROM api_offsets()", timeout=HEARTBEAT_TIMEOUT_S)
+            self.progress.advance({r["log_partition"]: r["next_offset"] for r in rows})
+            await self.on_keys(None)
+        except BaseException:
+            conn.terminate()
+            raise
         self.conn = conn
+        self._last_ok = time.monotonic()
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
-            if self.healthy:
+            if self.conn is not None and not self.conn.is_closed():
+                if time.monotonic() - self._last_ok >= HEARTBEAT_INTERVAL_S:
+                    await self._ping(self.conn)
                 continue
+            await self._reconnect()
+
+    async def _ping(self, conn: asyncpg.Connection) -> None:
+        try:
+            await conn.fetchval("SELECT 1", timeout=HEARTBEAT_TIMEOUT_S)
+            self._last_ok = time.monotonic()
+            self._confirmed = True
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            self.problem = f"the listening connection failed a ping ({type(e).__name__}); reconnecting"
+            log.warning("notification listener: ping failed (%s); terminating the connection", type(e).__name__)
+            conn.terminate()
             self.conn = None
-            try:
-                await self._connect()
-                log.info("notification listener reconnected")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
-                log.warning("notification listener cannot reconnect yet: %s", e)
+
+    async def _reconnect(self) -> None:
+        self.conn = None
+        try:
+            await self._connect()
+            # Healthy again once a ping has gone through the new connection too.
+            self._confirmed = False
+            self.problem = "reconnected; waiting for the new connection to answer a ping"
+            log.info("notification listener reconnected")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, Unavailable) as e:
+            self.problem = f"cannot reconnect the listening connection yet: {type(e).__name__}"
+            log.warning("notification listener cannot reconnect yet: %s", e)
 
     def _on_progress(self, conn: object, pid: int, channel: str, payload: str) -> None:
         self.progress.advance({int(p): int(o) for p, o in orjson.loads(payload).items()})
@@ -124,3 +257,9 @@ class Listener:
         task = asyncio.get_running_loop().create_task(self.on_keys(payload))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+
+def application_name() -> str:
+    """How the listening connection shows in `pg_stat_activity`: operators (and the heartbeat test) find
+    its backend by this name, one per API process."""
+    return f"{LISTENER_APPLICATION}:{os.getpid()}"

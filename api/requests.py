@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -63,7 +63,12 @@ def time_param(request: Request, name: str) -> datetime | None:
         raise InvalidRequest("must be an RFC 3339 time, such as 2026-01-31T12:00:00Z", name) from None
     if value.tzinfo is None:
         raise InvalidRequest("must carry a time zone offset (RFC 3339)", name)
-    return value
+    # PostgreSQL's timestamptz reaches further than Python's datetime (years 1 to 9999), so the bound is
+    # Python's, in UTC: 0001-01-01T00:00:00+14:00 is a year-0 instant, which asyncpg cannot convert.
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest("must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z", name) from None
 
 
 def position_param(request: Request) -> Position | None:

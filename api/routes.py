@@ -36,6 +36,7 @@ WAIT_TIMEOUT_MS_DEFAULT = 5000
 ENTRIES_LIMIT_DEFAULT = 50
 ENTRIES_LIMIT_MAX = 500
 TENANT_FIELDS = frozenset({"id", "name"})
+ADMIN_WAITER_KEY = "(admin)"  # key ids are hex, so no tenant key can share this name
 
 
 @dataclass(slots=True)
@@ -73,14 +74,24 @@ def authorize(context: Context, authorization: str | None, raw_tenant: str | Non
     return principal, tenant
 
 
-async def caught_up(request: Request, context: Context) -> None:
-    """Read your writes: wait until `min_position` is applied, or 503 after `timeout_ms`."""
+async def caught_up(request: Request, context: Context, principal: Principal, tenant: str) -> None:
+    """Read your writes: wait until `min_position` is applied, or 503 after `timeout_ms`. A position the log
+    has not reached is refused at once: no write can be behind it yet."""
     position = position_param(request)
     if position is None:
         return
     timeout_ms = int_param(request, "timeout_ms", WAIT_TIMEOUT_MS_DEFAULT, 1, context.settings.wait_timeout_ms_max)
-    if not await context.progress.wait(position, timeout_ms / 1000):
+    if context.progress.reached(position):
+        return
+    if await context.appender.ends.beyond(position):
+        raise InvalidRequest(f"{position.token()} is beyond the end of the log", "min_position")
+    if not await context.progress.wait(position, timeout_ms / 1000, tenant, waiter_key(principal)):
         raise Unavailable(f"the projection has not reached {position.token()} yet")
+
+
+def waiter_key(principal: Principal) -> str:
+    """The key whose waiting requests are counted together; the operator's token counts as one key."""
+    return principal.key_id or ADMIN_WAITER_KEY
 
 
 # --- operators -----------------------------------------------------------------------------------------
@@ -88,7 +99,7 @@ async def caught_up(request: Request, context: Context) -> None:
 async def create_tenant(request: Request) -> Response:
     """Append the tenant's creation to the log and answer once it is decided: 201 if this request created
     it, 409 if the log already had it (contract v2: tenants are on the log)."""
-    context, _, _ = authorized(request, "admin")
+    context, principal, _ = authorized(request, "admin")
     timeout_ms = int_param(request, "timeout_ms", WAIT_TIMEOUT_MS_DEFAULT, 1, context.settings.wait_timeout_ms_max)
     body = await json_body(request)
     if not isinstance(body, dict):
@@ -104,7 +115,7 @@ async def create_tenant(request: Request) -> Response:
         position = await context.appender.append(TenantRequest(uuid.uuid4().hex, tenant, name))
     except AppendUnconfirmed as e:
         return error(503, e.code, e.message, headers={"Retry-After": "1"})
-    if not await context.progress.wait(position, timeout_ms / 1000):
+    if not await context.progress.wait(position, timeout_ms / 1000, tenant, waiter_key(principal)):
         raise Unavailable(f"the creation of {tenant!r} is on the log but not decided yet; retrying is safe "
                           "(a 409 then means it was created)")
     await context.keys.load_change(context.store.pool, f"tenant:{tenant}")
@@ -126,7 +137,8 @@ async def create_key(request: Request) -> Response:
     key_id, key, digest = new_secret_key()
     ordered = sorted(set(scopes))
     await context.store.create_key(key_id, tenant, digest, ordered)
-    await context.keys.load_change(context.store.pool, f"key:{key_id}")
+    async with context.store.connection() as conn:
+        await context.keys.load_change(conn, f"key:{key_id}")
     return JSON({"id": key_id, "key": key, "scopes": ordered}, status_code=201)
 
 
@@ -135,7 +147,8 @@ async def revoke_key(request: Request) -> Response:
     assert tenant is not None
     key_id = request.path_params["key_id"]
     await context.store.revoke_key(tenant, key_id)
-    await context.keys.load_change(context.store.pool, f"key:{key_id}")
+    async with context.store.connection() as conn:
+        await context.keys.load_change(conn, f"key:{key_id}")
     return Response(status_code=204)
 
 
@@ -156,7 +169,7 @@ def _decided(row_view: dict[str, object]) -> Response:
 
 
 async def post_transaction(request: Request) -> Response:
-    context, _, tenant = authorized(request, "write")
+    context, principal, tenant = authorized(request, "write")
     assert tenant is not None
     wait = bool_param(request, "wait")
     timeout_ms = int_param(request, "timeout_ms", WAIT_TIMEOUT_MS_DEFAULT, 1, context.settings.wait_timeout_ms_max)
@@ -176,7 +189,7 @@ async def post_transaction(request: Request) -> Response:
     log.info("transaction appended", extra={"request_id": request.state.request_id, "tenant": tenant,
                                             "transaction_id": tx.id, "position": position.token()})
     pending = JSON({"id": tx.id, "status": "pending", "position": position.token()}, status_code=202)
-    if not wait or not await context.progress.wait(position, timeout_ms / 1000):
+    if not wait or not await context.progress.wait(position, timeout_ms / 1000, tenant, waiter_key(principal)):
         return pending
     row = await context.store.transaction(tenant, tx.id)
     if row is None:
@@ -191,10 +204,10 @@ async def post_transaction(request: Request) -> Response:
 
 
 async def get_transaction(request: Request) -> Response:
-    context, _, tenant = authorized(request, "read")
+    context, principal, tenant = authorized(request, "read")
     assert tenant is not None
     tx_id = check_id(request.path_params["id"])
-    await caught_up(request, context)
+    await caught_up(request, context, principal, tenant)
     row = await context.store.transaction(tenant, tx_id)
     if row is None:
         raise NotFound(f"no transaction {tx_id!r}")
@@ -204,11 +217,11 @@ async def get_transaction(request: Request) -> Response:
 # --- accounts ------------------------------------------------------------------------------------------
 
 async def get_account(request: Request) -> Response:
-    context, _, tenant = authorized(request, "read")
+    context, principal, tenant = authorized(request, "read")
     assert tenant is not None
     address = check_address(request.path_params["address"])
     at = time_param(request, "at")
-    await caught_up(request, context)
+    await caught_up(request, context, principal, tenant)
     if at is not None:
         rows = await context.store.balances_at(tenant, address, at)
         return JSON({"address": address, "balances": {r["asset"]: r["balance"] for r in rows}, "position": None,
@@ -225,14 +238,14 @@ async def account(context: Context, tenant: str, address: str) -> dict[str, obje
 
 
 async def get_entries(request: Request) -> Response:
-    context, _, tenant = authorized(request, "read")
+    context, principal, tenant = authorized(request, "read")
     assert tenant is not None
     address = check_address(request.path_params["address"])
     raw_asset = request.query_params.get("asset")
     asset = None if raw_asset is None else check_asset(raw_asset)
     limit = int_param(request, "limit", ENTRIES_LIMIT_DEFAULT, 1, ENTRIES_LIMIT_MAX)
     before = cursor_param(request)
-    await caught_up(request, context)
+    await caught_up(request, context, principal, tenant)
     rows = await context.store.entries(tenant, address, asset, before, limit + 1)
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1]["log_offset"], page[-1]["leg"]) if len(rows) > limit else None

@@ -13,10 +13,12 @@ from typing import Any
 
 import asyncpg
 
+from api.auth import check_key_id
 from infra.settings import KEYS_CHANNEL
 from ledger.errors import NotFound, Unavailable
 
 QUERY_TIMEOUT_S = 2.0
+ACQUIRE_TIMEOUT_S_DEFAULT = 1.0
 BALANCES = "SELECT * FROM api_balances($1, $2)"
 TRANSACTION = "SELECT * FROM api_transaction($1, $2)"
 TRANSACTION_BY_KEY = "SELECT * FROM api_transaction_by_key($1, $2)"
@@ -35,12 +37,30 @@ async def _translated() -> AsyncIterator[None]:
 
 
 class Store:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """Every use of the pool waits at most `acquire_timeout_s` for a connection, then answers 503: with all
+    connections busy (slow queries, a stuck backend) requests fail fast instead of queueing without end."""
+
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float = ACQUIRE_TIMEOUT_S_DEFAULT) -> None:
         self.pool = pool
+        self.acquire_timeout_s = acquire_timeout_s
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection, with connection errors (and no free connection in time) as `Unavailable`."""
+        async with _translated():
+            try:
+                conn = await self.pool.acquire(timeout=self.acquire_timeout_s)
+            except TimeoutError:
+                raise Unavailable(f"no database connection was free within {self.acquire_timeout_s:g} s") from None
+            try:
+                yield conn
+            finally:
+                await self.pool.release(conn)
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        async with _translated():
-            return await self.pool.fetch(query, *args, timeout=QUERY_TIMEOUT_S)
+        async with self.connection() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args, timeout=QUERY_TIMEOUT_S)
+            return rows
 
     @staticmethod
     async def warm(conn: asyncpg.Connection) -> None:
@@ -80,13 +100,14 @@ class Store:
         return rows[0] if rows else None
 
     async def create_key(self, key_id: str, tenant: str, digest: bytes, scopes: list[str]) -> None:
-        async with _translated(), self.pool.acquire() as conn, conn.transaction():
+        async with self.connection() as conn, conn.transaction():
             await conn.execute("INSERT INTO api_keys (id, tenant, secret_sha256, scopes) VALUES ($1, $2, $3, $4)",
                                key_id, tenant, digest, scopes)
             await self._notify_change(conn, f"key:{key_id}")
 
     async def revoke_key(self, tenant: str, key_id: str) -> None:
-        async with _translated(), self.pool.acquire() as conn, conn.transaction():
+        check_key_id(key_id)  # anything else (a NUL byte, say) would reach PostgreSQL, which refuses NULs
+        async with self.connection() as conn, conn.transaction():
             done = await conn.fetchval(
                 "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND tenant = $2 "
                 "RETURNING id", key_id, tenant)

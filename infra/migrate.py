@@ -9,11 +9,12 @@ import asyncio
 import logging
 import re
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
 from infra import settings as settings_mod
+from infra.settings import API_ROLE, PROJECTOR_ROLE, Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _NAME = re.compile(r"(\d{3})_([a-z0-9_]+)\.sql")
@@ -75,9 +76,43 @@ async def migrate(url: str) -> list[int]:
     return applied
 
 
+def role_passwords(cfg: Settings) -> dict[str, str]:
+    """The password each ledger role's URL carries (`postgresql://ledger_api:SECRET@...`), if any."""
+    found = {}
+    for url in (cfg.api_database_url, cfg.projector_database_url):
+        parts = urlsplit(url)
+        if parts.password and parts.username in (API_ROLE, PROJECTOR_ROLE):
+            found[parts.username] = unquote(parts.password)
+    return found
+
+
+async def set_passwords(owner_url: str, passwords: dict[str, str]) -> None:
+    """`ALTER ROLE ... PASSWORD` for each role, hashed by the server (SCRAM, PostgreSQL's default since 14).
+    The statement is built by format(%I, %L), never by string concatenation, since it takes no parameters."""
+    if not passwords:
+        return
+    conn = await asyncpg.connect(owner_url)
+    try:
+        for role, password in passwords.items():
+            statement = await conn.fetchval("SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)",
+                                            role, password)
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def migrate_and_secure(cfg: Settings) -> list[int]:
+    """Migrate, then give the ledger roles the passwords their URLs carry. With password authentication
+    (docker compose) that is how the roles get them; the local default URLs carry none and the local
+    cluster trusts 127.0.0.1, so nothing changes there."""
+    applied = await migrate(cfg.database_url)
+    await set_passwords(cfg.database_url, role_passwords(cfg))
+    return applied
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    applied = asyncio.run(migrate(settings_mod.load().database_url))
+    applied = asyncio.run(migrate_and_secure(settings_mod.load()))
     print(f"migrations applied: {applied or 'none (up to date)'}")
 
 

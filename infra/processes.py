@@ -12,7 +12,7 @@ from pathlib import Path
 
 from infra import settings as settings_mod
 from infra.local import ROOT, say
-from infra.migrate import migrate
+from infra.migrate import migrate_and_secure
 from infra.topics import ensure_topics
 
 STOP_TIMEOUT_S = 10.0
@@ -45,7 +45,7 @@ def prepare(env: dict[str, str]) -> None:
     started = time.monotonic()
     topics = (cfg.transactions_topic, cfg.outcomes_topic)
     asyncio.run(ensure_topics(cfg.kafka_bootstrap, topics, cfg.topic_partitions, cfg.topic_replication))
-    applied = asyncio.run(migrate(cfg.database_url))
+    applied = asyncio.run(migrate_and_secure(cfg))
     say(f"topics ready, migrations {applied or 'up to date'} ({time.monotonic() - started:.1f} s)")
 
 

@@ -2,10 +2,15 @@
 
 Starts (or reuses) Kafka and PostgreSQL, creates the topics, migrates, runs the projector and the API,
 and on a signal stops what it started in reverse order: API, projector, Kafka, PostgreSQL.
+
+A child that exits is restarted, up to `RESTARTS_MAX` times in `RESTART_WINDOW_S`; past that it is left
+stopped, alone (the API keeps serving reads while the projector waits, and `/readyz` says why), until an
+operator fixes the cause and sends SIGHUP to this process, which restarts whatever was left stopped.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import signal
 import subprocess
@@ -34,6 +39,35 @@ def admin_token(configured: str) -> str:
     return path.read_text().strip()
 
 
+class RestartBudget:
+    """The restarts one child may have: `limit` within a sliding `window_s`."""
+
+    def __init__(self, limit: int = RESTARTS_MAX, window_s: float = RESTART_WINDOW_S) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.times: list[float] = []
+
+    def allow(self, now: float) -> bool:
+        """Count a restart at `now` and say yes, or say no once the window holds `limit` already."""
+        self.times = [t for t in self.times if now - t < self.window_s]
+        if len(self.times) >= self.limit:
+            return False
+        self.times.append(now)
+        return True
+
+    def reset(self) -> None:
+        self.times.clear()
+
+
+def given_up_banner(name: str, status: int | None, log_file: str) -> str:
+    return (f"\n{'!' * 100}\n"
+            f"the {name} exited (status {status}) after {RESTARTS_MAX} restarts in {RESTART_WINDOW_S:.0f} s; "
+            f"it is NOT restarted again.\n"
+            f"The rest of the stack keeps running (the API serves reads; /readyz is not ready).\n"
+            f"See {log_file}, fix the cause, then restart it with:  kill -HUP {os.getpid()}\n"
+            f"(or stop everything with Ctrl-C and start again with make run)\n{'!' * 100}")
+
+
 def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -51,17 +85,22 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 def main() -> None:
     stopping = False
+    revive = False
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
 
+    def on_hangup(signum: int, frame: object) -> None:
+        nonlocal revive
+        revive = True
+
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     base = settings_mod.load()
     started_pg, started_kafka = local.up()
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
-    status = 0
+    children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         env = processes.child_env(LEDGER_ADMIN_TOKEN=admin_token(base.admin_token),
                                   LEDGER_PROJECTOR_METRICS_PORT=str(base.projector_metrics_port or 9464))
@@ -70,36 +109,42 @@ def main() -> None:
         logs = DATA / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         modules = {"projector": "projections.app", "API": "api"}
-        children.append(("projector", processes.spawn("projections.app", env, logs / "projector.log")))
-        api = processes.spawn("api", env, logs / "api.log")
-        children.append(("API", api))
-        restarts: list[float] = []
+        log_files = {"projector": logs / "projector.log", "API": logs / "api.log"}
+        children["projector"] = processes.spawn(modules["projector"], env, log_files["projector"])
+        children["API"] = processes.spawn(modules["API"], env, log_files["API"])
+        budgets = {name: RestartBudget() for name in modules}
+        given_up: set[str] = set()
         url = f"http://{cfg.api_host}:{cfg.api_port}"
-        wait_ready(url, api)
+        wait_ready(url, children["API"])
         say(f"API ready at {url}")
         say(f"admin token: {cfg.admin_token}")
         say(f"projector metrics: http://127.0.0.1:{env['LEDGER_PROJECTOR_METRICS_PORT']}/metrics")
         say(f"logs: {logs}/ ; press Ctrl-C to stop")
         while not stopping:
-            for i, (name, proc) in enumerate(children):
-                if proc.poll() is None or stopping:
+            if revive:
+                revive = False
+                for name in sorted(given_up):
+                    say(f"SIGHUP: restarting the {name}")
+                    budgets[name].reset()
+                    children[name] = processes.spawn(modules[name], env, log_files[name])
+                given_up.clear()
+            for name, proc in children.items():
+                if proc.poll() is None or stopping or name in given_up:
                     continue
-                restarts = [t for t in restarts if time.monotonic() - t < RESTART_WINDOW_S]
-                if len(restarts) >= RESTARTS_MAX:
-                    say(f"the {name} exited with status {proc.returncode} and has restarted too often; stopping")
-                    stopping, status = True, 1
-                    break
-                say(f"the {name} exited with status {proc.returncode}; restarting it (see {logs})")
-                restarts.append(time.monotonic())
-                log_name = "projector.log" if name == "projector" else "api.log"
-                children[i] = (name, processes.spawn(modules[name], env, logs / log_name))
+                if not budgets[name].allow(time.monotonic()):
+                    given_up.add(name)
+                    say(given_up_banner(name, proc.returncode, str(log_files[name])))
+                    continue
+                say(f"the {name} exited with status {proc.returncode}; restarting it (see {log_files[name]})")
+                children[name] = processes.spawn(modules[name], env, log_files[name])
             time.sleep(0.2)
     finally:
         say("stopping")
-        for name, proc in reversed(children):
-            processes.stop(proc, name)
+        for name in ("API", "projector"):
+            if name in children:
+                processes.stop(children[name], name)
         local.stop_started(started_pg, started_kafka)
-    sys.exit(status)
+    sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,13 @@ class Settings:
     batch_wait_ms: int
     wait_timeout_ms_max: int
     db_pool_size_max: int
+    db_acquire_timeout_ms: int
+    api_concurrency_max: int
+    api_backlog_max: int
+    api_keep_alive_timeout_s: int
+    waiters_max: int
+    waiters_tenant_max: int
+    waiters_key_max: int
     projector_lag_ready_max: int
     projector_group: str
     projector_metrics_port: int
@@ -136,6 +143,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         batch_wait_ms=_int(env, "LEDGER_BATCH_WAIT_MS", 250, 1, 10_000),
         wait_timeout_ms_max=_int(env, "LEDGER_WAIT_TIMEOUT_MS_MAX", 30_000, 1, 600_000),
         db_pool_size_max=_int(env, "LEDGER_DB_POOL_SIZE_MAX", 20, 1, 1000),
+        db_acquire_timeout_ms=_int(env, "LEDGER_DB_ACQUIRE_TIMEOUT_MS", 1000, 1, 60_000),
+        api_concurrency_max=_int(env, "LEDGER_API_CONCURRENCY_MAX", 2000, 1, 1_000_000),
+        api_backlog_max=_int(env, "LEDGER_API_BACKLOG_MAX", 2048, 1, 65535),
+        api_keep_alive_timeout_s=_int(env, "LEDGER_API_KEEP_ALIVE_TIMEOUT_S", 5, 1, 3600),
+        waiters_max=_int(env, "LEDGER_WAITERS_MAX", 20_000, 1, 1_000_000),
+        waiters_tenant_max=_int(env, "LEDGER_WAITERS_TENANT_MAX", 2_000, 1, 1_000_000),
+        waiters_key_max=_int(env, "LEDGER_WAITERS_KEY_MAX", 1_000, 1, 1_000_000),
         projector_lag_ready_max=_int(env, "LEDGER_PROJECTOR_LAG_READY_MAX", 100_000, 1, 10**12),
         projector_group=env.get("LEDGER_PROJECTOR_GROUP") or "ledger-projector",
         projector_metrics_port=_int(env, "LEDGER_PROJECTOR_METRICS_PORT", 0, 0, 65535),

@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 
 import asyncpg
 import httpx
@@ -20,6 +22,7 @@ from infra import processes
 from infra import settings as settings_mod
 from infra.kafka import log_end
 from infra.local import DATA
+from infra.testing import free_port
 
 # This test run's own topics (infra.testing names them after the run).
 SETTINGS = settings_mod.load()
@@ -65,6 +68,27 @@ class Stack:
         proc = processes.spawn("projections.app", self.env, self.logs / "projector-2.log")
         self.extras.append(proc)
         return proc
+
+    @contextlib.contextmanager
+    def extra_api(self, **overrides: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+        """Another API process on this session's database and topics, with some settings changed; yields its
+        URL and process once it serves `/healthz` (it may well not be ready: that is often what is tested)."""
+        port = free_port()
+        env = {**self.env, "LEDGER_API_PORT": str(port), **overrides}
+        proc = processes.spawn("api", env, self.logs / f"api-{port}.log")
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while True:
+                assert proc.poll() is None, f"the extra API exited; see {self.logs}/api-{port}.log"
+                assert time.monotonic() < deadline, "the extra API did not serve /healthz in time"
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                time.sleep(0.1)
+            yield url, proc
+        finally:
+            processes.stop(proc, "extra API")
 
     def ensure_projector(self) -> None:
         """Restart the projector if a fault test left it dead (as a supervisor would)."""

@@ -90,10 +90,12 @@ async def test_balances_at_a_time(tenant: Tenant) -> None:
     assert_error(await tenant.client.get(tenant.path("/accounts/alice"), params={"at": "2026-01-01T00:00:00"}), 422)
 
 
-async def test_min_position_not_yet_reached_is_503_after_timeout(tenant: Tenant) -> None:
+async def test_min_position_beyond_the_log_is_422_at_once(tenant: Tenant) -> None:
+    # v2: a position the log has not reached is refused at once (the 503 after timeout_ms, for a position in
+    # the log not yet applied, is tested with a paused projector in test_limits.py).
     response = await tenant.client.get(tenant.path("/accounts/alice"),
                                        params={"min_position": "0-999999999999", "timeout_ms": "200"})
-    assert_error(response, 503, "unavailable")
+    assert_error(response, 422, "invalid_request")
     assert_error(await tenant.client.get(tenant.path("/accounts/alice"), params={"min_position": "zz"}), 422)
 
 
@@ -168,6 +170,23 @@ async def test_tenant_registry(admin: httpx.AsyncClient, tenant: Tenant) -> None
 async def test_unknown_routes_and_methods(tenant: Tenant) -> None:
     assert_error(await tenant.client.get("/v2/nothing"), 404, "not_found")
     assert_error(await tenant.client.delete(tenant.path("/accounts/a")), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("at", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+async def test_balances_at_beyond_what_a_timestamp_holds_is_422(tenant: Tenant, at: str) -> None:
+    assert_error(await tenant.client.get(tenant.path("/accounts/alice"), params={"at": at}), 422, "invalid_request")
+
+
+@pytest.mark.parametrize("at", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z", "0001-01-01T00:00:00-14:00"])
+async def test_balances_at_the_edges_of_the_range_answer(tenant: Tenant, at: str) -> None:
+    response = await tenant.client.get(tenant.path("/accounts/alice"), params={"at": at})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("key_id", ["%00", "a%00b", "0123456789abcdef%00", "ABCDEF0123456789", "x" * 300])
+async def test_revoking_a_malformed_key_id_is_404_never_500(admin: httpx.AsyncClient, tenant: Tenant,
+                                                            key_id: str) -> None:
+    assert_error(await admin.delete(tenant.path(f"/keys/{key_id}")), 404, "not_found")
 
 
 async def test_service_routes(stack: Stack) -> None:
