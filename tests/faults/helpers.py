@@ -30,6 +30,9 @@ async def stream(producer: AIOKafkaProducer, tenants: list[str], stop: asyncio.E
     """Append deposits of 1 at about `rate_per_s` until `stop`; returns how many each tenant got acknowledged."""
     sent = dict.fromkeys(tenants, 0)
     pending = []
+    for tenant in tenants:  # tenants are on the log: created there first (again is harmless: already_exists)
+        creation = {"v": 1, "kind": "tenant", "id": unique("c"), "tenant": tenant, "name": tenant}
+        await producer.send(TRANSACTIONS_TOPIC, orjson.dumps(creation), key=tenant.encode())
     n = 0
     while not stop.is_set():
         tenant = tenants[n % len(tenants)]
