@@ -59,11 +59,12 @@ class LedgerProducer:
     """
 
     def __init__(self, bootstrap: str, *, follow_outcomes: bool = True, topic: str = TRANSACTIONS_TOPIC,
-                 outcomes_topic: str = OUTCOMES_TOPIC) -> None:
+                 outcomes_topic: str = OUTCOMES_TOPIC, request_timeout_ms: int = 40_000) -> None:
         self.topic = topic
         self.outcomes_topic = outcomes_topic
+        # An append not acknowledged within `request_timeout_ms` raises `AppendUnconfirmed`.
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
-                                          linger_ms=2)
+                                          linger_ms=2, request_timeout_ms=request_timeout_ms)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False) \
             if follow_outcomes else None
         self._waiters: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
