@@ -22,7 +22,7 @@ import httpx
 from aiokafka.errors import KafkaError
 
 from api.requests import encode_cursor
-from bench import data, tools
+from bench import data, isolation, tools
 from client import LedgerProducer
 from infra import local, processes
 from infra import settings as settings_mod
@@ -267,6 +267,7 @@ class Bench:
             for rate in [100, 500] if not self.quick else [500]:
                 self.ingest_http(rate)
             await self.replay_rate()
+            self.results["isolation"] = await isolation.measure(self.db_url)
             if not self.quick:
                 large = 1_000_000
                 say(f"loading up to {large} accounts x 10 entries")
@@ -319,6 +320,10 @@ def report(results: dict[str, Any]) -> str:
     if "replay" in results:
         r = results["replay"]
         lines.append(f"replay into an empty database: {r['events_per_s']} events/s ({r['events']} in {r['seconds']} s)")
+    if "isolation" in results:
+        r = results["isolation"]
+        lines.append(f"poison isolation, batch of {r['batch']} applied the plain way: clean {r['clean_s']} s, "
+                     f"with one record PostgreSQL refuses {r['poisoned_s']} s ({r['ratio']}x)")
     return "\n".join(lines)
 
 
