@@ -100,7 +100,7 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return JSON(document())
+    return JSON(document(request.app.state.settings.wait_timeout_ms_max))
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

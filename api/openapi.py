@@ -6,7 +6,8 @@ from functools import cache
 from typing import Any
 
 from api.auth import KEY_ID_RE
-from ledger.validation import ADDRESS_RE, ASSET_RE, ID_RE, TENANT_RE
+from api.routes import ENTRIES_LIMIT_DEFAULT, ENTRIES_LIMIT_MAX
+from ledger.validation import ADDRESS_RE, ASSET_RE, ID_RE, TENANT_NAME_LEN_MAX, TENANT_RE
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -38,10 +39,16 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
-READ_PARAMS = [
-    _query("min_position", {"type": "string"}, "Answer only once the projection has applied this position"),
-    _query("timeout_ms", {"type": "integer", "minimum": 1, "maximum": 600000}, "How long to wait (default 5000)"),
-]
+def _timeout(wait_timeout_ms_max: int) -> dict[str, Any]:
+    return _query("timeout_ms", {"type": "integer", "minimum": 1, "maximum": wait_timeout_ms_max},
+                  "How long to wait (default 5000)")
+
+
+def _read_params(wait_timeout_ms_max: int) -> list[dict[str, Any]]:
+    return [_query("min_position", {"type": "string"}, "Answer only once the projection has applied this position"),
+            _timeout(wait_timeout_ms_max)]
+
+
 TENANT = _path_param("tenant", TENANT_RE.pattern)
 ADDRESS = _path_param("address", ADDRESS_RE.pattern)
 
@@ -83,6 +90,7 @@ SCHEMAS: dict[str, Any] = {
             "position": {"type": "string"},
             "created_at": {"type": "string", "format": "date-time"},
             "committed_at": {"type": ["string", "null"], "format": "date-time"},
+            "replay_of": {"type": "string", "description": "This id repeated an idempotency key: the original's id"},
         },
     },
     "Pending": {
@@ -129,7 +137,9 @@ def _operation(summary: str, responses: dict[str, Any], params: list[dict[str, A
     return op
 
 
-def _paths() -> dict[str, Any]:
+def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
+    """Every route, with the bounds the code enforces (the largest `timeout_ms` is a setting)."""
+    read_params = _read_params(wait_timeout_ms_max)
     plain = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
     return {
         "/healthz": {"get": _operation("Liveness", {"200": plain}, secure=False)},
@@ -140,11 +150,12 @@ def _paths() -> dict[str, Any]:
             secure=False)},
         "/openapi.json": {"get": _operation("This document", {"200": plain}, secure=False)},
         "/v1/tenants": {"post": _operation(
-            "Create a tenant (admin)",
+            "Create a tenant (admin): appended to the log, answered once decided",
             {"201": plain, "409": _err("The tenant exists"), **COMMON_ERRORS},
-            body={"type": "object", "required": ["id"], "properties": {
+            [_timeout(wait_timeout_ms_max)],
+            body={"type": "object", "required": ["id"], "additionalProperties": False, "properties": {
                 "id": {"type": "string", "pattern": f"^(?:{TENANT_RE.pattern})$"},
-                "name": {"type": "string", "minLength": 1, "maxLength": 200}}})},
+                "name": {"type": "string", "minLength": 1, "maxLength": TENANT_NAME_LEN_MAX}}})},
         "/v1/tenants/{tenant}/keys": {"post": _operation(
             "Create an API key for the tenant (admin); the key is shown once",
             {"201": _ok("The new key", {"type": "object", "required": ["id", "key", "scopes"], "properties": {
@@ -166,30 +177,31 @@ def _paths() -> dict[str, Any]:
              {"name": "Idempotency-Key", "in": "header", "required": False,
               "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
              _query("wait", {"type": "boolean"}, "Wait for the decision"),
-             READ_PARAMS[1]],
+             _timeout(wait_timeout_ms_max)],
             body=_ref("TransactionRequest"))},
         "/v1/tenants/{tenant}/transactions/{id}": {"get": _operation(
             "A transaction and its outcome", {"200": _ok("The transaction", _ref("Transaction")), **COMMON_ERRORS},
-            [TENANT, _path_param("id", ID_RE.pattern), *READ_PARAMS])},
+            [TENANT, _path_param("id", ID_RE.pattern), *read_params])},
         "/v1/tenants/{tenant}/accounts/{address}": {"get": _operation(
             "An account's balances (one indexed lookup)", {"200": _ok("Balances", _ref("Account")), **COMMON_ERRORS},
             [TENANT, ADDRESS, _query("at", {"type": "string", "format": "date-time"}, "Balances as of this time"),
-             *READ_PARAMS])},
+             *read_params])},
         "/v1/tenants/{tenant}/accounts/{address}/entries": {"get": _operation(
             "An account's history, newest first (keyset pages)",
             {"200": _ok("A page of entries", _ref("Entries")), **COMMON_ERRORS},
             [TENANT, ADDRESS, _query("asset", {"type": "string"}, "Only this asset"),
-             _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "Page size (default 50)"),
-             _query("cursor", {"type": "string"}, "next_cursor of the previous page"), *READ_PARAMS])},
+             _query("limit", {"type": "integer", "minimum": 1, "maximum": ENTRIES_LIMIT_MAX},
+                    f"Page size (default {ENTRIES_LIMIT_DEFAULT})"),
+             _query("cursor", {"type": "string"}, "next_cursor of the previous page"), *read_params])},
     }
 
 
 @cache
-def document() -> dict[str, Any]:
+def document(wait_timeout_ms_max: int) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Wallet ledger", "version": "1.0.0"},
         "security": [{"bearer": []}],
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": SCHEMAS},
-        "paths": _paths(),
+        "paths": _paths(wait_timeout_ms_max),
     }
