@@ -151,7 +151,8 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
         "/openapi.json": {"get": _operation("This document", {"200": plain}, secure=False)},
         "/v1/tenants": {"post": _operation(
             "Create a tenant (admin): appended to the log, answered once decided",
-            {"201": plain, "409": _err("The tenant exists"), **COMMON_ERRORS},
+            {"201": plain, "202": _ok("Appended, not decided within timeout_ms", _ref("Pending")),
+             "409": _err("The tenant exists"), **COMMON_ERRORS},
             [_timeout(wait_timeout_ms_max)],
             body={"type": "object", "required": ["id"], "additionalProperties": False, "properties": {
                 "id": {"type": "string", "pattern": f"^(?:{TENANT_RE.pattern})$"},

@@ -116,8 +116,9 @@ async def create_tenant(request: Request) -> Response:
     except AppendUnconfirmed as e:
         return error(503, e.code, e.message, headers={"Retry-After": "1"})
     if not await context.progress.wait(position, timeout_ms / 1000, tenant, waiter_key(principal)):
-        raise Unavailable(f"the creation of {tenant!r} is on the log but not decided yet; retrying is safe "
-                          "(a 409 then means it was created)")
+        # Appended, not decided in time: as a transaction would be (a retry then answers 201 or 409).
+        return JSON({"id": tenant, "name": name, "status": "pending", "position": position.token()},
+                    status_code=202)
     await context.keys.load_change(context.store.pool, f"tenant:{tenant}")
     row = await context.store.tenant(tenant)
     if row is None or Position(row["log_partition"], row["log_offset"]) != position:

@@ -231,13 +231,11 @@ class Bench:
     async def replay_rate(self) -> None:
         url = self.db_url.rsplit("/", 1)[0] + f"/ledger_bench_replay_{secrets.token_hex(4)}"
         await migrate(url)
-        conn = await asyncpg.connect(url)
         try:
             started = time.monotonic()
-            stats = await replay(conn, self.bootstrap, self.topic, "proj_v1", connect=lambda: asyncpg.connect(url))
+            stats = await replay(lambda: asyncpg.connect(url), self.bootstrap, self.topic, "proj_v1")
             seconds = time.monotonic() - started
         finally:
-            await conn.close()
             admin = await asyncpg.connect(url.rsplit("/", 1)[0] + "/postgres")
             await admin.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}"')
             await admin.close()
@@ -249,6 +247,7 @@ class Bench:
 
     async def run(self) -> None:
         owner = await asyncpg.connect(self.db_url)
+        await owner.execute("SELECT ledger_use_live()")  # loads and counts go to the live projection
         try:
             await self.tenants()
             await self.caught_up(owner)

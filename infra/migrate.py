@@ -6,6 +6,7 @@ Run as the database owner (`LEDGER_DATABASE_URL`); creates the database itself w
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 from pathlib import Path
@@ -47,11 +48,23 @@ async def ensure_database(url: str) -> None:
         await conn.close()
 
 
+class MigrationChanged(RuntimeError):
+    """An applied migration's file differs from what was applied: the database may not be what it says."""
+
+
+async def _check_unchanged(conn: asyncpg.Connection, version: int, path: Path, digest: str,
+                           recorded: str | None) -> None:
+    if recorded is None:  # applied before checksums were kept: record the file as it is now
+        await conn.execute("UPDATE public.schema_migrations SET sha256 = $2 WHERE version = $1", version, digest)
+    elif recorded != digest:
+        raise MigrationChanged(f"{path.name} was applied with sha256 {recorded[:12]}, the file now has "
+                               f"{digest[:12]}: write a new migration instead of changing an applied one")
+
+
 async def migrate(url: str) -> list[int]:
     """Apply every migration not yet recorded; returns the versions applied now."""
     await ensure_database(url)
-    # The database's default search_path names the live projection (for operators' sessions); migrations
-    # must resolve unqualified names in public.
+    # Migrations resolve unqualified names in public, whatever a database or role default says.
     conn = await asyncpg.connect(url, server_settings={"search_path": "public"})
     applied: list[int] = []
     try:
@@ -61,14 +74,19 @@ async def migrate(url: str) -> list[int]:
             " version integer PRIMARY KEY, name text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM public.schema_migrations")}
+        await conn.execute("ALTER TABLE public.schema_migrations ADD COLUMN IF NOT EXISTS sha256 text")
+        rows = await conn.fetch("SELECT version, sha256 FROM public.schema_migrations")
+        done = {r["version"]: r["sha256"] for r in rows}
         for version, name, path in migrations():
+            text = path.read_text()
+            digest = hashlib.sha256(text.encode()).hexdigest()
             if version in done:
+                await _check_unchanged(conn, version, path, digest, done[version])
                 continue
             async with conn.transaction():
-                await conn.execute(path.read_text())
-                await conn.execute("INSERT INTO public.schema_migrations (version, name) VALUES ($1, $2)",
-                                   version, name)
+                await conn.execute(text)
+                await conn.execute("INSERT INTO public.schema_migrations (version, name, sha256)"
+                                   " VALUES ($1, $2, $3)", version, name, digest)
             log.info("applied migration %03d_%s", version, name)
             applied.append(version)
     finally:

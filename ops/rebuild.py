@@ -70,7 +70,7 @@ async def _switch(url: str, bootstrap: str, topic: str, schema: str, conn: async
     locker = await asyncpg.connect(url)
     try:
         async with locker.transaction():
-            await locker.execute("SELECT pg_advisory_xact_lock(7215829)")
+            await locker.execute("SELECT pg_advisory_xact_lock(ledger_switch_lock())")
             live = await locker.fetchval("SELECT active_schema FROM ledger_meta")
             target = await committed_offsets(locker, live)
             # The shadow may already be past the live projection in some partitions; that is fine: the

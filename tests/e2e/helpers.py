@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import httpx
@@ -37,3 +39,13 @@ async def produce(producer: AIOKafkaProducer, key: bytes | None, value: bytes | 
     raw = value if isinstance(value, bytes) else orjson.dumps(value)
     metadata = await producer.send_and_wait(TRANSACTIONS_TOPIC, raw, key=key)
     return f"{metadata.partition}-{metadata.offset}"
+
+
+async def refused_within(client: httpx.AsyncClient, path: str, seconds: float) -> httpx.Response:
+    """Read `path` until it is refused with 401, for at most `seconds`; the last answer."""
+    deadline = time.monotonic() + seconds
+    while True:
+        response = await client.get(path)
+        if response.status_code == 401 or time.monotonic() >= deadline:
+            return response
+        await asyncio.sleep(0.02)

@@ -51,23 +51,24 @@ async def test_a_write_only_key_cannot_read(admin: httpx.AsyncClient, stack: Sta
 
 
 @pytest.mark.parametrize(
-    "path",
+    ("path", "status"),
     [
-        "/accounts/a%00b",
-        "/accounts/%D0%B0lice",  # Cyrillic a
-        "/accounts/a'%20OR%20'1'='1",
-        "/accounts/..%2F..%2Fetc%2Fpasswd",
-        "/accounts/" + "x" * 129,
-        "/transactions/x%00",
-        "/transactions/%E2%80%AEabc",
-        "/accounts/a/entries?cursor=%00",
-        "/accounts/a?at=2026-13-45T99:99:99Z",
-        "/accounts/a?min_position=-1-5",
+        ("/accounts/a%00b", 422),
+        ("/accounts/%D0%B0lice", 422),  # Cyrillic a
+        ("/accounts/a'%20OR%20'1'='1", 422),
+        ("/accounts/" + "x" * 129, 422),
+        ("/transactions/x%00", 422),
+        ("/transactions/%E2%80%AEabc", 422),
+        ("/accounts/a/entries?cursor=%00", 422),
+        ("/accounts/a?at=2026-13-45T99:99:99Z", 422),
+        ("/accounts/a?min_position=-1-5", 422),
+        # Decoded, the slashes leave the account route: no route matches.
+        ("/accounts/..%2F..%2Fetc%2Fpasswd", 404),
     ],
 )
-async def test_hostile_paths_are_422_never_500(tenant: Tenant, path: str) -> None:
+async def test_hostile_paths_are_4xx_never_500(tenant: Tenant, path: str, status: int) -> None:
     response = await tenant.client.get(tenant.path(path))
-    assert response.status_code in (404, 422), response.text
+    assert response.status_code == status, response.text
     assert "error" in response.json()
     assert "Traceback" not in response.text
 

@@ -291,6 +291,8 @@ async def _replay_and_compare(stack: Stack) -> int:
     await migrate(replay_url)
     live = await asyncpg.connect(base)
     fresh = await asyncpg.connect(replay_url)
+    for conn in (live, fresh):
+        await conn.execute("SELECT ledger_use_live()")
     try:
         applied = {r["log_partition"]: r["next_offset"] for r in await live.fetch(
             "SELECT log_partition, next_offset FROM projection_offsets")}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any
 
 import orjson
@@ -109,3 +110,30 @@ def test_no_json_object_crashes_the_decoder(obj: dict[str, Any]) -> None:
         pass
     except orjson.JSONEncodeError:
         pass
+
+
+fields = st.one_of(json_values, st.sampled_from(["@world", "alice", "USD/2", "", "a\u0000", 1, 2**63, -1]))
+postings_values = st.lists(st.dictionaries(st.sampled_from(["source", "destination", "amount", "asset", "x"]),
+                                           fields, max_size=5), max_size=4)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=300)
+@given(postings_values, st.one_of(st.none(), st.dictionaries(st.text(max_size=5), fields, max_size=3)),
+       st.sampled_from([None, "transfer", "tenant", "hold", 1]))
+def test_postings_and_metadata_of_a_sound_envelope_decode_or_are_invalid(
+        postings: list[dict[str, Any]], metadata: dict[str, Any] | None, kind: object) -> None:
+    # The envelope (version, tenant, id) is sound, so the fuzzing reaches the postings and metadata.
+    obj: dict[str, Any] = {"v": 1, "id": "tx1", "tenant": "acme", "postings": postings, "metadata": metadata}
+    if kind is not None:
+        obj["kind"] = kind
+    try:
+        raw = orjson.dumps(obj)
+    except orjson.JSONEncodeError:  # integers past 64 bits: written as another producer's JSON library would
+        raw = json.dumps(obj).encode()
+    try:
+        request = decode_request(b"acme", raw)
+    except InvalidRequest:
+        return
+    assert isinstance(request, TransactionRequest)
+    assert all(1 <= p.amount < 2**63 and p.source != p.destination for p in request.postings)
+    assert decode_request(b"acme", encode_request(request)) == request
