@@ -75,12 +75,13 @@ class LedgerState(Protocol):
     def tenant_exists(self, tenant: str) -> bool: ...
 
 
-def _replay(prior: Decided, request: TransactionRequest) -> Outcome:
+def _replay(prior: Decided, request: TransactionRequest, id_taken: bool) -> Outcome:
     if prior.fingerprint == request.fingerprint():
         return Outcome(prior.status, prior.reason, replay_of=prior)
-    if prior.transaction_id != request.id:
+    if not id_taken:
         # A new request reusing a key: recorded under its own id, the key stays with the original.
         return Outcome("rejected", IDEMPOTENCY_CONFLICT)
+    # Its id is taken (by a decided request, or by a repeat of one): nothing can be recorded under it.
     return Outcome("rejected", IDEMPOTENCY_CONFLICT, replay_of=prior)
 
 
@@ -99,10 +100,12 @@ def _legs(state: LedgerState, request: TransactionRequest) -> tuple[list[Entry],
 def decide(state: LedgerState, request: TransactionRequest) -> Outcome:
     """Decide `request` by the contract's rules, in order: idempotency, the tenant, overflow, funds."""
     prior = state.decided_id(request.tenant, request.id)
-    if prior is None and request.idempotency_key is not None:
-        prior = state.decided_key(request.tenant, request.idempotency_key)
     if prior is not None:
-        return _replay(prior, request)
+        return _replay(prior, request, id_taken=True)
+    if request.idempotency_key is not None:
+        prior = state.decided_key(request.tenant, request.idempotency_key)
+        if prior is not None:
+            return _replay(prior, request, id_taken=False)
     if not state.tenant_exists(request.tenant):
         return Outcome("rejected", UNKNOWN_TENANT)
     entries, finals = _legs(state, request)

@@ -165,3 +165,15 @@ def test_a_repeat_under_a_new_id_takes_that_id_once() -> None:
     assert ledger.remember_replay(repeat, outcome.replay_of)
     assert not ledger.remember_replay(repeat, outcome.replay_of)
     assert ledger.decided_id(T, "2") == outcome.replay_of
+
+
+def test_a_repeat_id_reused_with_another_body_conflicts_and_is_not_recorded() -> None:
+    ledger = book()
+    run(ledger, tx("1", ("@world", "alice", 5), key="k"))
+    repeat = tx("2", ("@world", "alice", 5), key="k")
+    outcome = run(ledger, repeat)
+    ledger.remember_replay(repeat, outcome.replay_of)  # type: ignore[arg-type]
+    reuse = run(ledger, tx("2", ("@world", "alice", 6)))
+    # The id "2" stands for the original: a different body under it conflicts, with nothing to record.
+    assert (reuse.status, reuse.reason) == ("rejected", IDEMPOTENCY_CONFLICT)
+    assert reuse.replay_of is not None and reuse.replay_of.transaction_id == "1"
