@@ -23,27 +23,61 @@ PARTITIONS = 4
 SHUTDOWN_S_MAX = 10.0
 
 
-def one_tenant_per_partition() -> list[str]:
-    """Tenant ids that the default partitioner spreads over every partition."""
+def tenants_on_every_partition() -> tuple[list[str], list[str]]:
+    """Two tenants on each partition (as the default partitioner places them): the ones verified, and
+    others writing beside them, so a verification of some tenants must pass over the rest of the log."""
     partitioner = DefaultPartitioner()
-    chosen: dict[int, str] = {}
-    while len(chosen) < PARTITIONS:
+    chosen: dict[int, list[str]] = {p: [] for p in range(PARTITIONS)}
+    while any(len(found) < 2 for found in chosen.values()):
         tenant = unique("fault")
-        chosen.setdefault(partitioner(tenant.encode(), list(range(PARTITIONS)), list(range(PARTITIONS))), tenant)
-    return list(chosen.values())
+        found = chosen[partitioner(tenant.encode(), list(range(PARTITIONS)), list(range(PARTITIONS)))]
+        if len(found) < 2:
+            found.append(tenant)
+    return [found[0] for found in chosen.values()], [found[1] for found in chosen.values()]
+
+
+async def applied(db: asyncpg.Pool) -> int:
+    return int(await db.fetchval("SELECT coalesce(sum(next_offset), 0) FROM api_offsets()"))
+
+
+async def until_applied(db: asyncpg.Pool, records: int, timeout_s: float = 60) -> None:
+    """Until the projection has applied `records` more records than now."""
+    target = await applied(db) + records
+    deadline = time.monotonic() + timeout_s
+    while await applied(db) < target:
+        assert time.monotonic() < deadline, f"the projection did not apply {records} records in {timeout_s} s"
+        await asyncio.sleep(0.05)
+
+
+async def kill_mid_batch(stack: Stack, db: asyncpg.Pool, timeout_s: float = 30) -> None:
+    """SIGKILL the projector while a batch's write transaction is open: it is caught with SIGSTOP while
+    PostgreSQL shows its writing backend inside a transaction that wrote (an xid), and killed only if that
+    transaction is still open once the process is frozen."""
+    assert stack.projector is not None
+    writing = ("SELECT count(*) FROM pg_stat_activity WHERE usename = 'ledger_projector'"
+               " AND datname = current_database() AND backend_xid IS NOT NULL")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await db.fetchval(writing):
+            stack.projector.send_signal(signal.SIGSTOP)
+            if await db.fetchval(writing):
+                stack.kill_projector(signal.SIGKILL)
+                return
+            stack.projector.send_signal(signal.SIGCONT)
+        await asyncio.sleep(0.001)
+    raise AssertionError("never caught the projector inside a batch's write")
 
 
 async def test_projector_killed_mid_batch_restarts_and_verifies(
     stack: Stack, producer: AIOKafkaProducer, db: asyncpg.Pool
 ) -> None:
-    tenants = one_tenant_per_partition()
+    tenants, others = tenants_on_every_partition()
     stop = asyncio.Event()
-    writer = asyncio.create_task(stream(producer, tenants, stop, rate_per_s=800))
-    await asyncio.sleep(2.0)
-    stack.kill_projector(signal.SIGKILL)
-    await asyncio.sleep(1.0)
+    writer = asyncio.create_task(stream(producer, tenants + others, stop, rate_per_s=800))
+    await until_applied(db, 500)
+    await kill_mid_batch(stack, db)
     stack.start_projector()
-    await asyncio.sleep(1.0)
+    await until_applied(db, 500)
     stop.set()
     sent = await writer
     await wait_projected(db, sent)
@@ -61,10 +95,10 @@ async def test_two_projectors_share_the_group_and_the_survivor_resumes(
             break
         await asyncio.sleep(0.1)
     assert len(await group_members(bootstrap, group)) == 2
-    tenants = one_tenant_per_partition()
+    tenants, others = tenants_on_every_partition()
     stop = asyncio.Event()
-    writer = asyncio.create_task(stream(producer, tenants, stop, rate_per_s=400))
-    await asyncio.sleep(2.0)
+    writer = asyncio.create_task(stream(producer, tenants + others, stop, rate_per_s=400))
+    await until_applied(db, 400)
     before = {r["log_partition"]: r["next_offset"] for r in await db.fetch("SELECT * FROM api_offsets()")}
     stack.kill_projector(signal.SIGKILL)
     killed_at = time.monotonic()
@@ -140,14 +174,14 @@ async def test_postgres_restart_fails_reads_fast_and_everything_reconnects(
     assert (await tenant.client.get(tenant.path("/accounts/acct"))).status_code == 200
     stop = asyncio.Event()
     writer = asyncio.create_task(stream(producer, [tenant.id], stop, rate_per_s=200))
-    await asyncio.sleep(1.0)
+    await until_applied(db, 100)
     local.stop_postgres()
     try:
         started = time.monotonic()
         response = await tenant.client.get(tenant.path("/accounts/acct"))
         assert response.status_code == 503, response.text
         assert time.monotonic() - started < 3.0
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(2.0)  # the outage itself: writes go on, the projector retries
         # The projector is retrying against the database that is down: a stop still takes effect promptly.
         started = time.monotonic()
         stack.kill_projector(signal.SIGTERM)
