@@ -48,6 +48,9 @@ class WaitLimits:
     total_max: int = 20_000
     tenant_max: int = 2_000
     key_max: int = 1_000
+    # Past `total_max`, a tenant with fewer waiters than this is still admitted (up to twice `total_max` in
+    # all): a few tenants' floods cannot take every place from the others.
+    tenant_reserved: int = 20
 
 
 @dataclass(order=True, slots=True)
@@ -123,7 +126,8 @@ class Progress:
             raise TooManyWaiting(f"this API key already has {self.limits.key_max} requests waiting; retry later")
         if self._by_tenant.get(tenant, 0) >= self.limits.tenant_max:
             raise TooManyWaiting(f"this tenant already has {self.limits.tenant_max} requests waiting; retry later")
-        if self._count >= self.limits.total_max:
+        if self._count >= self.limits.total_max and (self._by_tenant.get(tenant, 0) >= self.limits.tenant_reserved
+                                                     or self._count >= 2 * self.limits.total_max):
             raise Unavailable("too many requests are waiting for the projection; retry later")
         self._count += 1
         self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + 1

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from api import views
 from api.appender import Appender, AppendUnconfirmed
 from api.auth import SCOPES, KeyStore, Principal, new_secret_key
-from api.progress import Progress
+from api.progress import Progress, TooManyWaiting
 from api.requests import (
     bool_param,
     cursor_param,
@@ -89,6 +89,15 @@ async def caught_up(request: Request, context: Context, principal: Principal, te
         raise Unavailable(f"the projection has not reached {position.token()} yet")
 
 
+async def waited(context: Context, position: Position, timeout_ms: int, tenant: str, key: str) -> bool:
+    """For a request already appended: whether it was decided within `timeout_ms`. A full waiting room is
+    "not yet" here, never an error: the record is on the log, and a client told 429 or 503 would retry it."""
+    try:
+        return await context.progress.wait(position, timeout_ms / 1000, tenant, key)
+    except (TooManyWaiting, Unavailable):
+        return False
+
+
 def waiter_key(principal: Principal) -> str:
     """The key whose waiting requests are counted together; the operator's token counts as one key."""
     return principal.key_id or ADMIN_WAITER_KEY
@@ -115,7 +124,7 @@ async def create_tenant(request: Request) -> Response:
         position = await context.appender.append(TenantRequest(uuid.uuid4().hex, tenant, name))
     except AppendUnconfirmed as e:
         return error(503, e.code, e.message, headers={"Retry-After": "1"})
-    if not await context.progress.wait(position, timeout_ms / 1000, tenant, waiter_key(principal)):
+    if not await waited(context, position, timeout_ms, tenant, waiter_key(principal)):
         # Appended, not decided in time: as a transaction would be (a retry then answers 201 or 409).
         return JSON({"id": tenant, "name": name, "status": "pending", "position": position.token()},
                     status_code=202)
@@ -190,7 +199,7 @@ async def post_transaction(request: Request) -> Response:
     log.info("transaction appended", extra={"request_id": request.state.request_id, "tenant": tenant,
                                             "transaction_id": tx.id, "position": position.token()})
     pending = JSON({"id": tx.id, "status": "pending", "position": position.token()}, status_code=202)
-    if not wait or not await context.progress.wait(position, timeout_ms / 1000, tenant, waiter_key(principal)):
+    if not wait or not await waited(context, position, timeout_ms, tenant, waiter_key(principal)):
         return pending
     row = await context.store.transaction(tenant, tx.id)
     if row is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -29,6 +30,8 @@ from ledger.validation import (
 )
 
 PENDING_MAX = 100_000
+# Outcomes read before their append was acknowledged here, kept aside for it (the oldest dropped first).
+EARLY_MAX = 10_000
 
 
 class OutcomeTimeout(TimeoutError):
@@ -67,7 +70,9 @@ class LedgerProducer:
                                           linger_ms=2, request_timeout_ms=request_timeout_ms)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False) \
             if follow_outcomes else None
-        self._waiters: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+        self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}  # by the position of the record
+        self._sending: dict[str, int] = {}  # appends not yet acknowledged, per tenant
+        self._early: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> LedgerProducer:
@@ -114,23 +119,35 @@ class LedgerProducer:
                                                 check_tenant_name(name or tenant)))
 
     async def _append(self, request: Request) -> Submitted:
-        if self._consumer is not None:
-            if len(self._waiters) >= PENDING_MAX:
-                raise RuntimeError(f"over {PENDING_MAX} outcomes not collected; await outcome() for them")
-            # Registered before sending, so an outcome cannot arrive before anyone waits for it.
-            self._waiters[(request.tenant, request.id)] = asyncio.get_running_loop().create_future()
-        # The default partitioner (murmur2 of the key), as the contract's placement rule requires.
+        if self._consumer is not None and len(self._waiters) >= PENDING_MAX:
+            raise RuntimeError(f"over {PENDING_MAX} outcomes not collected; await outcome() for them")
+        self._sending[request.tenant] = self._sending.get(request.tenant, 0) + 1
         try:
+            # The default partitioner (murmur2 of the key), as the contract's placement rule requires.
             metadata_ = await self._producer.send_and_wait(self.topic, encode_request(request),
                                                            key=request.tenant.encode())
         except (KafkaError, TimeoutError) as e:
             raise AppendUnconfirmed(request.tenant, request.id, e) from e
-        return Submitted(request.tenant, request.id, Position(metadata_.partition, metadata_.offset))
+        finally:
+            self._sending[request.tenant] -= 1
+            if not self._sending[request.tenant]:
+                del self._sending[request.tenant]
+        submitted = Submitted(request.tenant, request.id, Position(metadata_.partition, metadata_.offset))
+        if self._consumer is not None:
+            # Outcomes are matched by the record they answer, which is known once Kafka acknowledged the
+            # append; one that came first was kept aside.
+            token = submitted.position.token()
+            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            early = self._early.pop(token, None)
+            if early is not None:
+                future.set_result(early)
+            self._waiters[token] = future
+        return submitted
 
     async def outcome(self, submitted: Submitted, timeout_s: float = 10.0) -> dict[str, Any]:
         """`{"tenant", "id", "status", "reason", "position"}` of a submitted request."""
         assert self._consumer is not None, "created with follow_outcomes=False"
-        key = (submitted.tenant, submitted.id)
+        key = submitted.position.token()
         future = self._waiters.get(key)
         if future is None:
             raise KeyError(f"{submitted.id} was not submitted by this producer, or its outcome was collected")
@@ -144,8 +161,16 @@ class LedgerProducer:
     async def _read(self) -> None:
         assert self._consumer is not None
         async for record in self._consumer:
-            outcome = orjson.loads(record.value)
-            key = (outcome.get("tenant"), outcome.get("id"))
-            future = self._waiters.get(key)
-            if future is not None and not future.done():
-                future.set_result(outcome)
+            try:
+                outcome = orjson.loads(record.value or b"")
+                token = outcome["record"]
+            except (orjson.JSONDecodeError, TypeError, KeyError):
+                continue  # not an outcome this ledger publishes: nothing waits for it
+            future = self._waiters.get(token) if isinstance(token, str) else None
+            if future is not None:
+                if not future.done():
+                    future.set_result(outcome)
+            elif isinstance(outcome, dict) and outcome.get("tenant") in self._sending:
+                self._early[token] = outcome
+                if len(self._early) > EARLY_MAX:
+                    self._early.popitem(last=False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 # Bounds what a reading consumer (replay, verify, status) prefetches per partition.
 FETCH_PARTITION_BYTES_MAX = 8 * 1024 * 1024
@@ -35,3 +37,22 @@ async def log_end(bootstrap: str, topic: str) -> dict[int, int]:
         return await end_offsets(kafka, topic)
     finally:
         await kafka.stop()
+
+
+async def topic_config(bootstrap: str, topic: str, name: str) -> str | None:
+    """One configuration value of `topic` as the broker has it (None if the topic or value is missing)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {name: None})])
+    finally:
+        await admin.close()
+    for response in responses:
+        for resource in response.resources:
+            error_code, _, _, _, entries = resource[:5]
+            if error_code:
+                return None
+            for entry in entries:
+                if entry[0] == name:
+                    return str(entry[1])
+    return None

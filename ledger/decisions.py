@@ -24,6 +24,9 @@ INVALID = "invalid"
 UNKNOWN_TENANT = "unknown_tenant"
 WRONG_PARTITION = "wrong_partition"
 TENANT_EXISTS = "already_exists"
+# A key binds the first request that used it, whatever its outcome, except these: a conflict is the key's
+# misuse, and a tenant that does not exist has no keys to bind.
+KEY_UNBOUND = frozenset({IDEMPOTENCY_CONFLICT, UNKNOWN_TENANT})
 
 
 class Entry(NamedTuple):
@@ -150,18 +153,18 @@ class Ledger:
     def tenant_exists(self, tenant: str) -> bool:
         return self.tenants.get(tenant, False)
 
-    def apply(self, request: TransactionRequest, outcome: Outcome, position: Position) -> Decided | None:
-        """Fold a decided request in; returns what is now remembered of it (None for a replay)."""
-        if outcome.replay_of is not None:
-            return None
+    def apply(self, request: TransactionRequest, outcome: Outcome, position: Position) -> bool:
+        """Fold a decided request in (not a repeat: those change nothing); True when it binds its key."""
+        assert outcome.replay_of is None
         decided = Decided(request.id, outcome.status, outcome.reason, request.fingerprint(), position)
         self.by_id[(request.tenant, request.id)] = decided
-        if request.idempotency_key is not None and outcome.reason != IDEMPOTENCY_CONFLICT:
-            assert (request.tenant, request.idempotency_key) not in self.by_key
-            self.by_key[(request.tenant, request.idempotency_key)] = decided
         for entry in outcome.entries:
             self.balances[(request.tenant, entry.account, entry.asset)] = entry.balance_after
-        return decided
+        if request.idempotency_key is None or outcome.reason in KEY_UNBOUND:
+            return False
+        assert (request.tenant, request.idempotency_key) not in self.by_key
+        self.by_key[(request.tenant, request.idempotency_key)] = decided
+        return True
 
     def remember_replay(self, request: TransactionRequest, original: Decided) -> bool:
         """A repeat under an id of its own: from now on that id resolves to the original and is taken.
@@ -177,11 +180,9 @@ class Ledger:
             assert not self.tenant_exists(request.tenant)
             self.tenants[request.tenant] = True
 
-    def record_invalid(self, tenant: str, transaction_id: str, position: Position) -> Decided:
+    def record_invalid(self, tenant: str, transaction_id: str, position: Position) -> None:
         """Remember a malformed request under its id so a later request cannot reuse that id."""
-        decided = Decided(transaction_id, "rejected", INVALID, b"", position)
-        self.by_id[(tenant, transaction_id)] = decided
-        return decided
+        self.by_id[(tenant, transaction_id)] = Decided(transaction_id, "rejected", INVALID, b"", position)
 
 
 def touched(requests: Iterable[TransactionRequest]) -> set[BalanceKey]:

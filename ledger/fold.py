@@ -16,7 +16,6 @@ import orjson
 
 from ledger.codec import decode_request, encode_outcome, salvage_identity
 from ledger.decisions import (
-    IDEMPOTENCY_CONFLICT,
     INVALID,
     WRONG_PARTITION,
     BalanceKey,
@@ -134,13 +133,13 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
     position = record.position
     if outcome.replay_of is not None:
         original = outcome.replay_of
-        if original.transaction_id != request.id and ledger.remember_replay(request, original):
+        if ledger.remember_replay(request, original):
             rows.replays.append((request.tenant, request.id, original.transaction_id, position.partition,
                                  position.offset))
         _publish(rows, record, request.tenant, request.id, outcome.status, outcome.reason, original.position,
                  original.transaction_id)
         return
-    ledger.apply(request, outcome, position)
+    binds_key = ledger.apply(request, outcome, position)
     committed_at = at if outcome.status == "committed" else None
     rows.transactions.append((
         request.tenant, request.id, outcome.status, outcome.reason,
@@ -148,7 +147,7 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
         orjson.dumps(request.metadata).decode(), request.reference, request.idempotency_key,
         request.fingerprint(), position.partition, position.offset, at, committed_at, None,
     ))
-    if request.idempotency_key is not None and outcome.reason != IDEMPOTENCY_CONFLICT:
+    if binds_key:
         rows.idempotency_keys.append((request.tenant, request.idempotency_key, request.id))
     for entry in outcome.entries:
         rows.entries.append((request.tenant, entry.account, entry.asset, position.offset, entry.leg,
@@ -202,7 +201,10 @@ def fold_batch(ledger: Ledger, records: list[Record], decoded: list[Decoded], ro
     for record, item in zip(records, decoded, strict=True):
         at = times.get(record.timestamp_ms)
         if at is None:
-            at = times[record.timestamp_ms] = record.time
+            try:
+                at = times[record.timestamp_ms] = record.time
+            except OverflowError:  # only a topic with producer-set times (CreateTime) lets one through
+                at, item = EPOCH, Invalid(f"timestamp {record.timestamp_ms} ms is out of range", None)
         if poison and record.position in poison:
             item = _poisoned(item, *poison[record.position])
         if isinstance(item, Invalid):

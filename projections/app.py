@@ -28,7 +28,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from infra import logs
 from infra import settings as settings_mod
-from infra.kafka import log_end, topic_partitions
+from infra.kafka import log_end, topic_config, topic_partitions
 from infra.settings import Settings
 from ledger.fold import Record
 from projections.pipeline import GC_THRESHOLDS, BatchResult, Pipeline
@@ -36,6 +36,10 @@ from projections.pipeline import GC_THRESHOLDS, BatchResult, Pipeline
 log = logging.getLogger("ledger.projector")
 
 EXIT_ON_CRASH = 70
+# A statement that hangs (a lock never granted, a server stuck) is cancelled and retried like a lost connection.
+STATEMENT_TIMEOUT_MS = "60000"
+EXIT_ON_CONFIG = 78  # sysexits' EX_CONFIG: a restart cannot help
+
 # On SIGTERM the worker finishes its batch and exits; one stuck in a retry against a dependency that is down
 # is cancelled after this (the README promises a stop within 10 s).
 STOP_GRACE_S = 5.0
@@ -166,8 +170,17 @@ class Projector:
             partitions = len(await topic_partitions(self.consumer, topic))
             if not partitions:
                 raise RuntimeError(f"the topic {topic!r} does not exist")
+            stamps = await topic_config(self.cfg.kafka_bootstrap, topic, "message.timestamp.type")
+            if stamps != "LogAppendTime":
+                # Times come from the log (holds expire by them, replays reproduce them): a producer must not
+                # be able to set a record's time.
+                log.critical("the topic %r has message.timestamp.type=%s, not LogAppendTime; refusing to run",
+                             topic, stamps)
+                return EXIT_ON_CONFIG
             pipeline = self.pipeline = Pipeline(
-                lambda: asyncpg.connect(self.cfg.projector_database_url, timeout=5), self.outcomes.publish,
+                lambda: asyncpg.connect(self.cfg.projector_database_url, timeout=5,
+                                        server_settings={"statement_timeout": STATEMENT_TIMEOUT_MS}),
+                self.outcomes.publish,
                 partitions)
             listener = SeekToProjection(self.consumer, self.cfg.projector_database_url, pipeline)
             self.consumer.subscribe([topic], listener=listener)

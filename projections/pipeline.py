@@ -56,8 +56,9 @@ GC_THRESHOLDS = (50_000, 20, 100)
 # Past this many carried balances, ids, keys and tenants, the state is dropped (once no write is in flight).
 CARRIED_KEYS_MAX = 500_000
 RECONNECT_BACKOFF_S_MAX = 2.0
-# How long a fault of the surroundings is retried before the worker gives up (and exits for a supervisor to
-# restart it): under the watchdog's 30 s, so a stuck retry never outlives it.
+# How long one database call is retried against a fault of the surroundings before the worker gives up (and
+# exits for a supervisor to restart it). Calls follow one another (bisection, stale redos), so the worker as a
+# whole is bounded by the projector's watchdog (30 s without progress while records wait) and by SIGTERM.
 RETRY_DEADLINE_S = 20.0
 # Decode and fold in slices, yielding to the event loop between them: the write in flight streams its COPY
 # only when this coroutine lets it run, and PostgreSQL idles while it does not.
@@ -300,7 +301,9 @@ class Pipeline:
         log.error("record %s refused by the database (%r); deciding it invalid", record.position.token(), error)
         if len(self.poison) >= POISON_REMEMBERED_MAX:
             self.poison.clear()  # forgetting costs only a second bisection, should such a record come again
-        self.poison[record.position] = (level, error_text(f"{type(error).__name__}: {error}"))
+        # The first refusal is the record's own; a later one (of its rejection row) says less about it.
+        first = self.poison.get(record.position, (0, error_text(f"{type(error).__name__}: {error}")))[1]
+        self.poison[record.position] = (level, first)
         return await self._plain([record])
 
     async def _apply_fresh(self, records: list[Record]) -> BatchResult:

@@ -5,8 +5,6 @@ whatever its size. asyncpg's errors are classified here (`transient`, `poison`),
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -87,6 +85,10 @@ TRANSIENT = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.Can
 # SQLSTATE classes a record's own values cause: data exceptions (22: NUL, out of range, bad encoding),
 # integrity violations (23: an id already taken) and program limits (54: an index row too large).
 POISON_SQLSTATE_CLASSES = ("22", "23", "54")
+# Except these: the database's own statement of what the fold guarantees. Violating one is a bug in the
+# ledger, not in a record: the worker stops rather than decide the record invalid.
+INVARIANT_CONSTRAINTS = frozenset({"entries_amount_not_zero", "transactions_committed_at_iff_committed",
+                                   "balances_customer_not_negative"})
 
 
 def transient(error: BaseException) -> bool:
@@ -100,6 +102,8 @@ def transient(error: BaseException) -> bool:
 def poison(error: BaseException) -> bool:
     """Whether `error` may come from the values of some record of the batch (then the batch is bisected)."""
     if isinstance(error, asyncpg.PostgresError):
+        if getattr(error, "constraint_name", None) in INVARIANT_CONSTRAINTS:
+            return False
         return str(error.sqlstate or "")[:2] in POISON_SQLSTATE_CLASSES
     # Encoding a value on our side: out of a column type's range, text that is not UTF-8.
     return isinstance(error, ValueError | OverflowError) and not transient(error)
@@ -143,18 +147,15 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
 
 
 async def store(conn: asyncpg.Connection, rows: BatchRows, publish: Publish | None, notify: bool) -> None:
-    """Write a batch's rows and offsets; `publish` its outcomes meanwhile (done before this returns, so
-    before the commit); `notify` the API when this is the live projection."""
-    sending = asyncio.ensure_future(publish(rows.outcomes)) if publish is not None else None
-    try:
-        await _write_rows(conn, rows, notify)
-        if sending is not None:
-            await sending
-    finally:
-        if sending is not None and not sending.done():
-            sending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sending
+    """Write a batch's rows and offsets, then `publish` its outcomes (before the commit, so a crash in
+    between publishes them again: at least once); `notify` the API when this is the live projection.
+
+    Published only once PostgreSQL has taken every row (no constraint is deferred, so only a fault of the
+    surroundings can fail the commit, and its redo publishes the same outcomes): a batch that PostgreSQL
+    refuses, and that poison isolation then splits, never announced outcomes it did not keep."""
+    await _write_rows(conn, rows, notify)
+    if publish is not None:
+        await publish(rows.outcomes)
 
 
 async def _copy(conn: asyncpg.Connection, table: str, records: list[tuple[object, ...]],

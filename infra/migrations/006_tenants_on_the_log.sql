@@ -176,4 +176,4 @@ SELECT ledger_activate_projection(active_schema) FROM ledger_meta;
 
 GRANT EXECUTE ON FUNCTION api_tenants(text), api_transaction(text, text), api_transaction_by_key(text, text)
     TO ledger_api;
-GRANT EXECUTE ON FUNCTION api_tenants(text), projector_open_batch(text, integer[], text) TO ledger_projector;
+GRANT EXECUTE ON FUNCTION projector_open_batch(text, integer[], text) TO ledger_projector;

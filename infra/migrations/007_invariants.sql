@@ -7,6 +7,8 @@
 --   default search_path that also named it (and that migrations had to undo) is gone: an operator's session
 --   points itself at the live projection with `SELECT ledger_use_live()`.
 -- * The advisory lock that serializes a switch against the projector's batches is named in one place.
+-- * Tenants created before v2 (kept by 006 at position -1, with no record on the log) are part of every new
+--   projection, so a rebuild keeps them: a fixed genesis, the same for every replay.
 
 CREATE FUNCTION ledger_switch_lock() RETURNS bigint
     LANGUAGE sql IMMUTABLE AS $$ SELECT 7215829::bigint $$;
@@ -14,21 +16,32 @@ CREATE FUNCTION ledger_switch_lock() RETURNS bigint
 CREATE FUNCTION ledger_invariants(p_schema text) RETURNS void
     LANGUAGE plpgsql AS $fn$
 BEGIN
-    EXECUTE format('ALTER TABLE %I.entries ADD CONSTRAINT entries_amount_not_zero CHECK (amount <> 0)', p_schema);
+    -- NOT VALID, then VALIDATE: existing rows are checked without locking out reads and writes meanwhile.
+    EXECUTE format('ALTER TABLE %I.entries ADD CONSTRAINT entries_amount_not_zero CHECK (amount <> 0) NOT VALID',
+                   p_schema);
     EXECUTE format('ALTER TABLE %I.transactions ADD CONSTRAINT transactions_committed_at_iff_committed '
-                   'CHECK ((status = ''committed'') = (committed_at IS NOT NULL))', p_schema);
+                   'CHECK ((status = ''committed'') = (committed_at IS NOT NULL)) NOT VALID', p_schema);
     EXECUTE format('ALTER TABLE %I.balances ADD CONSTRAINT balances_customer_not_negative '
-                   'CHECK (balance >= 0 OR account LIKE ''@%%'')', p_schema);
+                   'CHECK (balance >= 0 OR account LIKE ''@%%'') NOT VALID', p_schema);
+    EXECUTE format('ALTER TABLE %I.entries VALIDATE CONSTRAINT entries_amount_not_zero', p_schema);
+    EXECUTE format('ALTER TABLE %I.transactions VALIDATE CONSTRAINT transactions_committed_at_iff_committed',
+                   p_schema);
+    EXECUTE format('ALTER TABLE %I.balances VALIDATE CONSTRAINT balances_customer_not_negative', p_schema);
 END
 $fn$;
 
 -- A projection, as of this migration: one definition, in place of the chain 002 and 006 built.
 CREATE OR REPLACE FUNCTION ledger_create_projection(p_schema text) RETURNS void
     LANGUAGE plpgsql AS $fn$
+DECLARE
+    live text := (SELECT active_schema FROM ledger_meta);
 BEGIN
     PERFORM ledger_create_projection_v1(p_schema);
     PERFORM ledger_projection_v2(p_schema);
     PERFORM ledger_invariants(p_schema);
+    IF live IS NOT NULL AND live <> p_schema THEN
+        EXECUTE format('INSERT INTO %I.tenants SELECT * FROM %I.tenants WHERE log_offset = -1', p_schema, live);
+    END IF;
 END
 $fn$;
 

@@ -9,8 +9,10 @@ import asyncio
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from client import AppendUnconfirmed, LedgerProducer
+from infra import processes
 from ledger.requests import Posting
 from tests.conftest import Tenant
 from tests.e2e.helpers import balances, posting, produce, transfer
@@ -119,3 +121,21 @@ async def test_an_unconfirmed_client_append_carries_its_id() -> None:
             raise AssertionError("an append to a topic that does not exist was confirmed")
     finally:
         await ledger.stop()
+
+
+async def test_the_projector_refuses_a_log_whose_times_producers_set(stack: Stack) -> None:
+    # Holds expire and replays reproduce by the log's times: a topic where producers set them is refused.
+    topic = unique("createtime")
+    admin = AIOKafkaAdminClient(bootstrap_servers=SETTINGS.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"message.timestamp.type": "CreateTime"})])
+        env = {**stack.env, "LEDGER_TRANSACTIONS_TOPIC": topic, "LEDGER_PROJECTOR_GROUP": unique("group")}
+        projector = processes.spawn("projections.app", env, stack.logs / "projector-createtime.log")
+        try:
+            assert await asyncio.to_thread(projector.wait, 60) == 78
+        finally:
+            processes.stop(projector, "projector")
+    finally:
+        await admin.delete_topics([topic])
+        await admin.close()

@@ -18,10 +18,13 @@ OPERATOR_CALLS = [
     "SELECT ledger_create_projection('{schema}')",
     "SELECT ledger_create_projection_v1('{schema}')",
     "SELECT ledger_projection_v2('{schema}')",
+    "SELECT ledger_invariants('{schema}')",
+    "SELECT ledger_use_live()",
 ]
 PROJECTOR_CALLS = [
     "SELECT * FROM projector_open_batch('ledger.transactions', ARRAY[0], '{schema}')",
     "SELECT projector_begin()",
+    "SELECT ledger_switch_lock()",
 ]
 API_CALLS = ["SELECT * FROM api_balances('t', 'a')", "SELECT ledger_tenant()"]
 

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from infra.settings import API_ROLE, with_user
+from tests.conftest import live_projection
 from tests.stack import unique
 
 TENANT_TABLES = ["transactions", "balances", "entries", "idempotency_keys"]
@@ -22,7 +23,7 @@ async def two_tenants(db: asyncpg.Pool) -> AsyncIterator[tuple[str, str]]:
     for t in (a, b):
         await db.execute(
             "INSERT INTO transactions (tenant, id, status, postings, metadata, fingerprint, log_partition, log_offset,"
-            " created_at) VALUES ($1, 'tx', 'committed', '[]', '{}', '', 0, 0, now())", t)
+            " created_at, committed_at) VALUES ($1, 'tx', 'committed', '[]', '{}', '', 0, 0, now(), now())", t)
         await db.execute("INSERT INTO balances VALUES ($1, 'alice', 'USD/2', 5, 0, 0)", t)
         await db.execute("INSERT INTO entries VALUES ($1, 'alice', 'USD/2', 0, 0, 'tx', 5, 5, now())", t)
         await db.execute("INSERT INTO idempotency_keys VALUES ($1, 'k', 'tx')", t)
@@ -34,6 +35,7 @@ async def two_tenants(db: asyncpg.Pool) -> AsyncIterator[tuple[str, str]]:
 @pytest.fixture
 async def api_conn() -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(with_user(os.environ["LEDGER_DATABASE_URL"], API_ROLE))
+    await live_projection(conn)
     yield conn
     await conn.close()
 

@@ -30,7 +30,8 @@ def book() -> Ledger:
 
 def run(ledger: Ledger, request: TransactionRequest, offset: int = 0) -> Outcome:
     outcome = decide(ledger, request)
-    ledger.apply(request, outcome, Position(0, offset))
+    if outcome.replay_of is None:
+        ledger.apply(request, outcome, Position(0, offset))
     return outcome
 
 
@@ -177,3 +178,12 @@ def test_a_repeat_id_reused_with_another_body_conflicts_and_is_not_recorded() ->
     # The id "2" stands for the original: a different body under it conflicts, with nothing to record.
     assert (reuse.status, reuse.reason) == ("rejected", IDEMPOTENCY_CONFLICT)
     assert reuse.replay_of is not None and reuse.replay_of.transaction_id == "1"
+
+
+def test_a_key_used_for_a_tenant_not_created_binds_nothing() -> None:
+    ledger = Ledger()
+    run(ledger, tx("1", ("@world", "alice", 5), key="k"))
+    ledger.tenants[T] = True
+    # The tenant exists now: the same key with another body is a new request, not a conflict.
+    outcome = run(ledger, tx("2", ("@world", "alice", 6), key="k"))
+    assert (outcome.status, outcome.replay_of) == ("committed", None)

@@ -69,3 +69,10 @@ def test_every_record_gets_one_outcome_naming_it() -> None:
                Record(HOME, 3, None, b"\xff", 0), Record(HOME, 4, TENANT.encode(), None, 0)]
     _, rows = fold(records)
     assert [orjson.loads(o[2])["record"] for o in rows.outcomes] == [f"{HOME}-{i}" for i in range(5)]
+
+
+def test_a_timestamp_out_of_range_is_invalid_not_a_crash() -> None:
+    far = Record(HOME, 0, TENANT.encode(), transfer(0).value, 2**62)
+    _, rows = fold([far, transfer(1)])
+    assert [(e[0], e[1]) for e in rows.invalid_events] == [(HOME, 0)]
+    assert [t[1] for t in rows.transactions] == ["tx1"]

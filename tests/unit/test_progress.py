@@ -77,7 +77,7 @@ async def test_one_key_is_bounded_within_its_tenant() -> None:
 
 
 async def test_the_global_bound_is_still_503() -> None:
-    progress = Progress(WaitLimits(total_max=1, tenant_max=10, key_max=10))
+    progress = Progress(WaitLimits(total_max=1, tenant_max=10, key_max=10, tenant_reserved=0))
     task = asyncio.create_task(progress.wait(FAR, 60, "a", "ka"))
     await parked(progress, 1)
     with pytest.raises(Unavailable):
@@ -97,4 +97,19 @@ async def test_advance_wakes_in_order_past_waiters_that_left() -> None:
     assert not stays[2].done()
     progress.advance({0: 13})
     assert await stays[2]
+    assert progress.waiting == 0
+
+
+async def test_tenants_flooding_the_whole_room_leave_a_reserved_share_to_the_others() -> None:
+    limits = WaitLimits(total_max=20, tenant_max=10, key_max=10, tenant_reserved=2)
+    progress = Progress(limits)
+    floods = [asyncio.create_task(progress.wait(FAR, 10, tenant, f"k{tenant}")) for tenant in "ab" for _ in range(10)]
+    await parked(progress, 20)
+    quiet = [asyncio.create_task(progress.wait(FAR, 10, "c", "kc")) for _ in range(2)]
+    await parked(progress, 22)  # admitted past total_max: tenant c had fewer than its reserved share
+    with pytest.raises(Unavailable):
+        await progress.wait(FAR, 10, "c", "kc")  # a third is past c's share
+    for task in floods + quiet:
+        task.cancel()
+    await asyncio.gather(*floods, *quiet, return_exceptions=True)
     assert progress.waiting == 0
