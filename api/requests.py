@@ -22,8 +22,9 @@ class PayloadTooLarge(LedgerError):
     code = "payload_too_large"
 
 
-async def json_body(request: Request) -> Any:
-    """The JSON body, refused with 413 as soon as it passes `BODY_BYTES_MAX` (never read whole)."""
+async def json_body(request: Request, optional: bool = False) -> Any:
+    """The JSON body, refused with 413 as soon as it passes `BODY_BYTES_MAX` (never read whole); with
+    `optional`, an empty body is None."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > BODY_BYTES_MAX:
         raise PayloadTooLarge(f"the body must be at most {BODY_BYTES_MAX} bytes")
@@ -34,7 +35,10 @@ async def json_body(request: Request) -> Any:
         if size > BODY_BYTES_MAX:
             raise PayloadTooLarge(f"the body must be at most {BODY_BYTES_MAX} bytes")
         chunks.append(chunk)
-    return decode_json(b"".join(chunks))
+    raw = b"".join(chunks)
+    if optional and not raw.strip():
+        return None
+    return decode_json(raw)
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

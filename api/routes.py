@@ -6,6 +6,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -25,9 +26,10 @@ from api.requests import (
 from api.responses import JSON, error
 from api.store import Store
 from infra.settings import Settings
+from ledger.decisions import NOT_FOUND
 from ledger.errors import AlreadyExists, InvalidRequest, NotFound, Unavailable
 from ledger.positions import Position
-from ledger.requests import TenantRequest, TransactionRequest
+from ledger.requests import CAPTURE, HOLD, REVERSE, TRANSFER, VOID, TenantRequest, TransactionRequest
 from ledger.validation import check_address, check_asset, check_id, check_tenant, check_tenant_name, parse_body
 
 log = logging.getLogger("ledger.api")
@@ -172,20 +174,54 @@ def _replayed(original: dict[str, object], request: TransactionRequest, fingerpr
 
 
 def _decided(row_view: dict[str, object]) -> Response:
-    if row_view["status"] == "committed":
+    if row_view["status"] != "rejected":  # committed, or a hold's state
         return JSON(row_view, status_code=201)
     reason = str(row_view.get("reason"))
-    return error(409, reason, f"the ledger rejected the transaction: {reason}", transaction=row_view)
+    # A capture, void or reversal naming a hold or transaction this tenant does not have: as if it did not exist.
+    status = 404 if reason == NOT_FOUND else 409
+    return error(status, reason, f"the ledger rejected the request: {reason}", transaction=row_view)
+
+
+async def _view(context: Context, tenant: str, row: asyncpg.Record) -> dict[str, object]:
+    """How a decided request is shown: a hold as the hold, anything else as the transaction."""
+    if row["kind"] != HOLD:
+        return views.transaction(row)
+    hold = await context.store.hold(tenant, row["id"])
+    return views.hold(hold) if hold is not None else views.transaction(row)
 
 
 async def post_transaction(request: Request) -> Response:
+    return await _submit(request, TRANSFER)
+
+
+async def post_hold(request: Request) -> Response:
+    return await _submit(request, HOLD)
+
+
+async def capture_hold(request: Request) -> Response:
+    return await _submit(request, CAPTURE)
+
+
+async def void_hold(request: Request) -> Response:
+    return await _submit(request, VOID)
+
+
+async def reverse_transaction(request: Request) -> Response:
+    return await _submit(request, REVERSE)
+
+
+async def _submit(request: Request, kind: str) -> Response:
+    """Append a money request of `kind` to the log, then answer as the contract says for every kind: 202
+    pending, or with `wait=true` 201 decided / 409 rejected (404 for a target that does not exist), and 200
+    for a repeat of a decided Idempotency-Key."""
     context, principal, tenant = authorized(request, "write")
     assert tenant is not None
     wait = bool_param(request, "wait")
     timeout_ms = int_param(request, "timeout_ms", WAIT_TIMEOUT_MS_DEFAULT, 1, context.settings.wait_timeout_ms_max)
-    body = await json_body(request)
+    body = await json_body(request, optional=kind not in (TRANSFER, HOLD))
     key = request.headers.get("idempotency-key")
-    tx = parse_body(body, id=uuid.uuid4().hex, tenant=tenant, idempotency_key=key)
+    tx = parse_body(body, id=uuid.uuid4().hex, tenant=tenant, idempotency_key=key, kind=kind,
+                    target=request.path_params.get("id"))
     prior = await context.store.transaction_by_key(tenant, key) if key is not None else None
     # Appended even when the key was decided already: the log then records the repeat the same way whether
     # or not the projection had caught up (a replay of the original, or a rejected idempotency_conflict),
@@ -195,7 +231,7 @@ async def post_transaction(request: Request) -> Response:
     except AppendUnconfirmed as e:
         return error(503, e.code, e.message, headers={"Retry-After": "1"}, id=e.transaction_id)
     if prior is not None:
-        return _replayed(views.transaction(prior), tx, bytes(prior["fingerprint"]))
+        return _replayed(await _view(context, tenant, prior), tx, bytes(prior["fingerprint"]))
     log.info("transaction appended", extra={"request_id": request.state.request_id, "tenant": tenant,
                                             "transaction_id": tx.id, "position": position.token()})
     pending = JSON({"id": tx.id, "status": "pending", "position": position.token()}, status_code=202)
@@ -205,12 +241,23 @@ async def post_transaction(request: Request) -> Response:
     if row is None:
         return pending
     if row["replay_of"] is None:
-        return _decided(views.transaction(row))
+        return _decided(await _view(context, tenant, row))
     # A repeat of a request decided while this one was in flight: answer with the original.
     original = await context.store.transaction(tenant, row["replay_of"])
     if original is None:
         return pending
-    return _replayed(views.transaction(original), tx, bytes(original["fingerprint"]))
+    return _replayed(await _view(context, tenant, original), tx, bytes(original["fingerprint"]))
+
+
+async def get_hold(request: Request) -> Response:
+    context, principal, tenant = authorized(request, "read")
+    assert tenant is not None
+    hold_id = check_id(request.path_params["id"])
+    await caught_up(request, context, principal, tenant)
+    row = await context.store.hold(tenant, hold_id)
+    if row is None:
+        raise NotFound(f"no hold {hold_id!r}")
+    return JSON(views.hold(row))
 
 
 async def get_transaction(request: Request) -> Response:
@@ -244,6 +291,8 @@ async def account(context: Context, tenant: str, address: str) -> dict[str, obje
     rows = await context.store.balances(tenant, address)
     latest = max((Position(r["log_partition"], r["log_offset"]) for r in rows), default=None)
     return {"address": address, "balances": {r["asset"]: r["balance"] for r in rows},
+            "held": {r["asset"]: r["held"] for r in rows},
+            "available": {r["asset"]: r["balance"] - r["held"] for r in rows},
             "position": latest.token() if latest else None}
 
 

@@ -23,6 +23,7 @@ BALANCES = "SELECT * FROM api_balances($1, $2)"
 TRANSACTION = "SELECT * FROM api_transaction($1, $2)"
 TRANSACTION_BY_KEY = "SELECT * FROM api_transaction_by_key($1, $2)"
 ENTRIES = "SELECT * FROM api_entries($1, $2, $3, $4, $5, $6)"
+HOLD = "SELECT * FROM api_hold($1, $2)"
 CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                      asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, TimeoutError,
                      asyncpg.QueryCanceledError)
@@ -93,6 +94,10 @@ class Store:
 
     async def _notify_change(self, conn: asyncpg.Connection, payload: str) -> None:
         await conn.execute("SELECT pg_notify($1, $2)", KEYS_CHANNEL, payload)
+
+    async def hold(self, tenant: str, id: str) -> asyncpg.Record | None:
+        rows = await self._fetch(HOLD, tenant, id)
+        return rows[0] if rows else None
 
     async def tenant(self, id: str) -> asyncpg.Record | None:
         """The tenant as its creation record on the log made it, with that record's position."""

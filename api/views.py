@@ -14,6 +14,11 @@ def timestamp(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# How a transaction names what it acted on; and which kinds can be reversed (they show `reversed`).
+TARGET_NAMES = {"capture": "captures", "void": "voids", "reverse": "reverses"}
+REVERSIBLE = frozenset({"transfer", "capture", "reverse"})
+
+
 def transaction(row: asyncpg.Record) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": row["id"],
@@ -30,6 +35,32 @@ def transaction(row: asyncpg.Record) -> dict[str, Any]:
         body["reason"] = row["reason"]
     if row["replay_of"] is not None:
         body["replay_of"] = row["replay_of"]
+    kind = row["kind"]
+    if kind != "transfer":
+        body["kind"] = kind
+    if kind in TARGET_NAMES:
+        body[TARGET_NAMES[kind]] = row["target"]
+    if kind in REVERSIBLE and row["status"] == "committed":
+        body["reversed"] = row["reversed"]
+    return body
+
+
+def hold(row: asyncpg.Record) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": row["id"],
+        "status": row["status"],
+        "postings": row["postings"],
+        "metadata": row["metadata"],
+        "reference": row["reference"],
+        "expires_at": timestamp(row["expires_at"]),
+        "position": Position(row["log_partition"], row["log_offset"]).token(),
+        "created_at": timestamp(row["created_at"]),
+        "closed_at": timestamp(row["closed_at"]),
+    }
+    if row["reason"] is not None:
+        body["reason"] = row["reason"]
+    if row["closed_by"] is not None:
+        body["closed_by"] = row["closed_by"]
     return body
 
 

@@ -9,22 +9,44 @@ import orjson
 
 from ledger.errors import InvalidRequest, MalformedJson
 from ledger.positions import Position
-from ledger.requests import TENANT, TRANSFER, WIRE_VERSION, Request, TenantRequest, TransactionRequest
+from ledger.requests import (
+    CAPTURE,
+    HOLD,
+    REVERSE,
+    TENANT,
+    TICK,
+    TRANSFER,
+    VOID,
+    WIRE_VERSION,
+    Request,
+    TenantRequest,
+    Tick,
+    TransactionRequest,
+)
 from ledger.validation import (
     check_id,
     check_tenant,
     check_tenant_name,
+    parse_expires_in_s,
     parse_idempotency_key,
     parse_metadata,
+    parse_partial_amount,
     parse_postings,
     parse_reference,
 )
 
-TRANSFER_FIELDS = frozenset({"v", "kind", "id", "tenant", "postings", "idempotency_key", "metadata", "reference"})
-TRANSFER_REQUIRED = ("v", "id", "tenant", "postings")
-TENANT_FIELDS = frozenset({"v", "kind", "id", "tenant", "name"})
-TENANT_REQUIRED = ("v", "kind", "id", "tenant", "name")
-KINDS = (TRANSFER, TENANT)
+COMMON = frozenset({"v", "kind", "id", "tenant", "idempotency_key", "metadata", "reference"})
+# Per kind: the fields it may carry, and those it must.
+FIELDS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
+    TRANSFER: (COMMON | {"postings"}, ("v", "id", "tenant", "postings")),
+    HOLD: (COMMON | {"postings", "expires_in_s"}, ("v", "id", "tenant", "postings")),
+    CAPTURE: (COMMON | {"hold", "amount"}, ("v", "id", "tenant", "hold")),
+    VOID: (COMMON | {"hold"}, ("v", "id", "tenant", "hold")),
+    REVERSE: (COMMON | {"transaction", "amount"}, ("v", "id", "tenant", "transaction")),
+    TENANT: (frozenset({"v", "kind", "id", "tenant", "name"}), ("v", "kind", "id", "tenant", "name")),
+    TICK: (frozenset({"v", "kind"}), ("v", "kind")),
+}
+TARGET_FIELD = {CAPTURE: "hold", VOID: "hold", REVERSE: "transaction"}
 
 
 def decode_json(raw: bytes | str) -> Any:
@@ -37,20 +59,25 @@ def decode_json(raw: bytes | str) -> Any:
 
 def encode_request(request: Request) -> bytes:
     """The value a producer appends for `request`; `decode_request` reads it back unchanged."""
+    if isinstance(request, Tick):
+        return orjson.dumps({"v": WIRE_VERSION, "kind": TICK})
     if isinstance(request, TenantRequest):
         return orjson.dumps({"v": WIRE_VERSION, "kind": TENANT, "id": request.id, "tenant": request.tenant,
                              "name": request.name})
-    return orjson.dumps(
-        {
-            "v": WIRE_VERSION,
-            "id": request.id,
-            "tenant": request.tenant,
-            "postings": [p.as_json() for p in request.postings],
-            "idempotency_key": request.idempotency_key,
-            "metadata": request.metadata,
-            "reference": request.reference,
-        }
-    )
+    body: dict[str, object] = {"v": WIRE_VERSION, "id": request.id, "tenant": request.tenant}
+    if request.kind != TRANSFER:
+        body["kind"] = request.kind
+    if request.kind in (TRANSFER, HOLD):
+        body["postings"] = [p.as_json() for p in request.postings]
+    else:
+        body[TARGET_FIELD[request.kind]] = request.target
+    if request.amount is not None:
+        body["amount"] = request.amount
+    if request.kind == HOLD:
+        body["expires_in_s"] = request.expires_in_s
+    body |= {"idempotency_key": request.idempotency_key, "metadata": request.metadata,
+             "reference": request.reference}
+    return orjson.dumps(body)
 
 
 def _fields(obj: dict[str, Any], allowed: frozenset[str], required: tuple[str, ...]) -> None:
@@ -70,23 +97,30 @@ def decode_request(key: bytes | None, value: bytes | None) -> Request:
     if not isinstance(obj, dict):
         raise InvalidRequest("must be a JSON object", "value")
     kind = obj.get("kind", TRANSFER)
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in FIELDS:
         raise InvalidRequest(f"unknown kind {kind!r}" if isinstance(kind, str) else "must be a string", "kind")
-    _fields(obj, *((TENANT_FIELDS, TENANT_REQUIRED) if kind == TENANT else (TRANSFER_FIELDS, TRANSFER_REQUIRED)))
+    _fields(obj, *FIELDS[kind])
     if type(obj["v"]) is not int or obj["v"] != WIRE_VERSION:
         raise InvalidRequest(f"unsupported version {obj['v']!r}", "v")
+    if kind == TICK:
+        return Tick()
     tenant = check_tenant(obj["tenant"])
     if key is None or key != tenant.encode():
         raise InvalidRequest("the record key must be the tenant id", "key")
     if kind == TENANT:
         return TenantRequest(id=check_id(obj["id"]), tenant=tenant, name=check_tenant_name(obj["name"]))
+    target = obj.get(TARGET_FIELD.get(kind, ""))
     return TransactionRequest(
         id=check_id(obj["id"]),
         tenant=tenant,
-        postings=parse_postings(obj["postings"]),
+        postings=parse_postings(obj["postings"]) if kind in (TRANSFER, HOLD) else (),
         idempotency_key=parse_idempotency_key(obj.get("idempotency_key")),
         metadata=parse_metadata(obj.get("metadata")),
         reference=parse_reference(obj.get("reference")),
+        kind=kind,
+        target=None if target is None else check_id(target, TARGET_FIELD[kind]),
+        amount=parse_partial_amount(obj.get("amount")),
+        expires_in_s=parse_expires_in_s(obj.get("expires_in_s")) if kind == HOLD else None,
     )
 
 

@@ -1,17 +1,19 @@
 """The deterministic decision: what a request does to the ledger, from the log alone.
 
-`decide(state, request)` validates a request against the state and returns an `Outcome`; `Ledger.apply`
-folds an outcome into the state and only asserts, never re-validates, so replaying a log is a fold.
+`decide(state, request, now_ms)` validates a request against the state and returns an `Outcome`;
+`Ledger.apply` folds an outcome into the state and only asserts, never re-validates, so replaying a log is a
+fold. `now_ms` is the record's time on the log (the broker's), never a clock of the process deciding.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
 from ledger.positions import Position
-from ledger.requests import TenantRequest, TransactionRequest
+from ledger.requests import CAPTURE, HOLD, REVERSE, TRANSFER, VOID, Posting, TenantRequest, TransactionRequest
 from ledger.validation import BALANCE_MAX, BALANCE_MIN, is_system
 
 Status = Literal["committed", "rejected"]
@@ -24,9 +26,19 @@ INVALID = "invalid"
 UNKNOWN_TENANT = "unknown_tenant"
 WRONG_PARTITION = "wrong_partition"
 TENANT_EXISTS = "already_exists"
+NOT_FOUND = "not_found"
+HOLD_CLOSED = "hold_closed"
+HOLD_EXPIRED = "hold_expired"
+AMOUNT_EXCEEDS_HOLD = "amount_exceeds_hold"
+NOT_REVERSIBLE = "not_reversible"
+AMOUNT_EXCEEDS_REMAINING = "amount_exceeds_remaining"
 # A key binds the first request that used it, whatever its outcome, except these: a conflict is the key's
 # misuse, and a tenant that does not exist has no keys to bind.
 KEY_UNBOUND = frozenset({IDEMPOTENCY_CONFLICT, UNKNOWN_TENANT})
+
+HELD, CAPTURED, VOIDED, EXPIRED = "held", "captured", "voided", "expired"
+# What can be reversed: requests that moved money.
+REVERSIBLE_KINDS = frozenset({TRANSFER, CAPTURE, REVERSE})
 
 
 class Entry(NamedTuple):
@@ -53,29 +65,68 @@ class Decided(NamedTuple):
     position: Position
 
 
+@dataclass(slots=True)
+class Hold:
+    """A hold as the ledger tracks it: open (`held`) until captured, voided or expired, once."""
+
+    tenant: str
+    id: str
+    postings: tuple[Posting, ...]
+    expires_at_ms: int
+    partition: int
+    state: str = HELD
+    closed_by: str | None = None
+    closed_at_ms: int | None = None
+
+
+@dataclass(slots=True)
+class Original:
+    """What a reversal needs of the transaction it names: what it moved, and how much is reversed."""
+
+    kind: str
+    status: str
+    postings: tuple[Posting, ...]
+    reversed: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(p.amount for p in self.postings)
+
+
 class Outcome(NamedTuple):
     """The decision on one request (a NamedTuple: one per request).
 
     `replay_of` is set when the request repeats one already decided (same idempotency key or same id):
-    nothing is applied and the original decision stands.
+    nothing is applied and the original decision stands. `moved` are the postings a committed request
+    moves (a capture's and a reversal's are derived from their target); `held` the new held amount of each
+    balance it reserves or releases; `reversed` how much of its target a reversal reverses.
     """
 
     status: Status
     reason: str | None = None
     entries: tuple[Entry, ...] = ()
     replay_of: Decided | None = None
+    moved: tuple[Posting, ...] = ()
+    held: tuple[tuple[BalanceKey, int], ...] = ()
+    reversed: int = 0
 
 
 class LedgerState(Protocol):
-    """What `decide` needs to read: balances and earlier decisions."""
+    """What `decide` needs to read: balances, holds, earlier decisions and tenants."""
 
     def balance(self, key: BalanceKey) -> int: ...
+
+    def held_of(self, key: BalanceKey) -> int: ...
 
     def decided_key(self, tenant: str, idempotency_key: str) -> Decided | None: ...
 
     def decided_id(self, tenant: str, transaction_id: str) -> Decided | None: ...
 
     def tenant_exists(self, tenant: str) -> bool: ...
+
+    def hold(self, tenant: str, hold_id: str) -> Hold | None: ...
+
+    def original(self, tenant: str, transaction_id: str) -> Original | None: ...
 
 
 def _replay(prior: Decided, request: TransactionRequest, id_taken: bool) -> Outcome:
@@ -88,20 +139,112 @@ def _replay(prior: Decided, request: TransactionRequest, id_taken: bool) -> Outc
     return Outcome("rejected", IDEMPOTENCY_CONFLICT, replay_of=prior)
 
 
-def _legs(state: LedgerState, request: TransactionRequest) -> tuple[list[Entry], dict[BalanceKey, int]]:
+def _legs(state: LedgerState, tenant: str, postings: tuple[Posting, ...]) -> tuple[list[Entry], dict[BalanceKey, int]]:
     running: dict[BalanceKey, int] = {}
     entries: list[Entry] = []
-    for index, posting in enumerate(request.postings):
+    for index, posting in enumerate(postings):
         for side, account, amount in ((0, posting.source, -posting.amount), (1, posting.destination, posting.amount)):
-            key = (request.tenant, account, posting.asset)
+            key = (tenant, account, posting.asset)
             after = (running[key] if key in running else state.balance(key)) + amount
             running[key] = after
             entries.append(Entry(account, posting.asset, amount, after, index * 2 + side))
     return entries, running
 
 
-def decide(state: LedgerState, request: TransactionRequest) -> Outcome:
-    """Decide `request` by the contract's rules, in order: idempotency, the tenant, overflow, funds."""
+def _short(state: LedgerState, balances: dict[BalanceKey, int], held: dict[BalanceKey, int]) -> bool:
+    """Whether a customer account would have less available (posted minus held) than nothing."""
+    keys = balances.keys() | held.keys()
+    return any(not is_system(k[1]) and balances.get(k, state.balance(k)) - held.get(k, state.held_of(k)) < 0
+               for k in keys)
+
+
+def _move(state: LedgerState, tenant: str, postings: tuple[Posting, ...], held: dict[BalanceKey, int],
+          check_funds: bool, reversed_amount: int = 0) -> Outcome:
+    """Commit `postings` (and the `held` changes that go with them) unless a balance leaves int64 or, when
+    `check_funds`, a customer account's available balance would go below zero."""
+    entries, finals = _legs(state, tenant, postings)
+    # Any running balance must fit int64: entries store balance_after as a bigint.
+    if any(not BALANCE_MIN <= e.balance_after <= BALANCE_MAX for e in entries):
+        return Outcome("rejected", OVERFLOW)
+    if check_funds and _short(state, finals, held):
+        return Outcome("rejected", INSUFFICIENT_FUNDS)
+    return Outcome("committed", entries=tuple(entries), moved=postings, held=tuple(held.items()),
+                   reversed=reversed_amount)
+
+
+def _reserved(state: LedgerState, tenant: str, postings: tuple[Posting, ...], sign: int) -> dict[BalanceKey, int]:
+    """The held amount of each source after reserving (`sign` 1) or releasing (-1) `postings`."""
+    held: dict[BalanceKey, int] = {}
+    for p in postings:
+        key = (tenant, p.source, p.asset)
+        held[key] = held.get(key, state.held_of(key)) + sign * p.amount
+    return held
+
+
+def _hold(state: LedgerState, request: TransactionRequest) -> Outcome:
+    held = _reserved(state, request.tenant, request.postings, 1)
+    if any(v > BALANCE_MAX for v in held.values()):
+        return Outcome("rejected", OVERFLOW)
+    if _short(state, {}, held):
+        return Outcome("rejected", INSUFFICIENT_FUNDS)
+    return Outcome("committed", held=tuple(held.items()))
+
+
+def _open_hold(state: LedgerState, request: TransactionRequest, now_ms: int) -> Hold | Outcome:
+    hold = state.hold(request.tenant, request.target or "")
+    if hold is None:
+        return Outcome("rejected", NOT_FOUND)
+    if hold.state == EXPIRED or (hold.state == HELD and hold.expires_at_ms <= now_ms):
+        return Outcome("rejected", HOLD_EXPIRED if request.kind == CAPTURE else HOLD_CLOSED)
+    if hold.state != HELD:
+        return Outcome("rejected", HOLD_CLOSED)
+    return hold
+
+
+def _capture(state: LedgerState, request: TransactionRequest, now_ms: int) -> Outcome:
+    hold = _open_hold(state, request, now_ms)
+    if isinstance(hold, Outcome):
+        return hold
+    postings = hold.postings
+    if request.amount is not None:
+        if len(postings) != 1:
+            return Outcome("rejected", INVALID)  # a partial capture names one posting's amount
+        if request.amount > postings[0].amount:
+            return Outcome("rejected", AMOUNT_EXCEEDS_HOLD)
+        postings = (postings[0]._replace(amount=request.amount),)
+    # The rest is released; a capture never needs more than its hold reserved, so funds are not checked.
+    return _move(state, request.tenant, postings, _reserved(state, request.tenant, hold.postings, -1), False)
+
+
+def _void(state: LedgerState, request: TransactionRequest, now_ms: int) -> Outcome:
+    hold = _open_hold(state, request, now_ms)
+    if isinstance(hold, Outcome):
+        return hold
+    return Outcome("committed", held=tuple(_reserved(state, request.tenant, hold.postings, -1).items()))
+
+
+def _reverse(state: LedgerState, request: TransactionRequest) -> Outcome:
+    original = state.original(request.tenant, request.target or "")
+    if original is None:
+        return Outcome("rejected", NOT_FOUND)
+    remaining = original.total - original.reversed
+    if original.kind not in REVERSIBLE_KINDS or original.status != "committed" or remaining <= 0:
+        return Outcome("rejected", NOT_REVERSIBLE)
+    if request.amount is None:
+        amount = remaining
+    elif len(original.postings) != 1:
+        return Outcome("rejected", INVALID)  # a partial reversal names one posting's amount
+    elif request.amount > remaining:
+        return Outcome("rejected", AMOUNT_EXCEEDS_REMAINING)
+    else:
+        amount = request.amount
+    swapped = tuple(Posting(p.destination, p.source, amount if len(original.postings) == 1 else p.amount, p.asset)
+                    for p in original.postings)
+    return _move(state, request.tenant, swapped, {}, True, amount)
+
+
+def decide(state: LedgerState, request: TransactionRequest, now_ms: int = 0) -> Outcome:
+    """Decide `request` by the contract's rules, in order: idempotency, the tenant, then its kind's."""
     prior = state.decided_id(request.tenant, request.id)
     if prior is not None:
         return _replay(prior, request, id_taken=True)
@@ -111,13 +254,15 @@ def decide(state: LedgerState, request: TransactionRequest) -> Outcome:
             return _replay(prior, request, id_taken=False)
     if not state.tenant_exists(request.tenant):
         return Outcome("rejected", UNKNOWN_TENANT)
-    entries, finals = _legs(state, request)
-    # Any running balance must fit int64: entries store balance_after as a bigint.
-    if any(not BALANCE_MIN <= e.balance_after <= BALANCE_MAX for e in entries):
-        return Outcome("rejected", OVERFLOW)
-    if any(balance < 0 and not is_system(account) for (_, account, _), balance in finals.items()):
-        return Outcome("rejected", INSUFFICIENT_FUNDS)
-    return Outcome("committed", entries=tuple(entries))
+    if request.kind == HOLD:
+        return _hold(state, request)
+    if request.kind == CAPTURE:
+        return _capture(state, request, now_ms)
+    if request.kind == VOID:
+        return _void(state, request, now_ms)
+    if request.kind == REVERSE:
+        return _reverse(state, request)
+    return _move(state, request.tenant, request.postings, {}, True)
 
 
 def decide_tenant(state: LedgerState, request: TenantRequest) -> Outcome:
@@ -131,18 +276,26 @@ def decide_tenant(state: LedgerState, request: TenantRequest) -> Outcome:
 class Ledger:
     """An in-memory ledger state: the pure fold of a log, and the projector's working set for a batch.
 
-    A key absent from `balances` holds zero; `decided_*` absent means never decided. The projector preloads
-    every key a batch touches, so the same fold runs over a partial view of PostgreSQL.
+    A key absent from `balances` or `held` holds zero; `decided_*` absent means never decided. The projector
+    preloads every key a batch touches, so the same fold runs over a partial view of PostgreSQL.
     """
 
     balances: dict[BalanceKey, int] = field(default_factory=dict)
+    held: dict[BalanceKey, int] = field(default_factory=dict)
     by_key: dict[tuple[str, str], Decided] = field(default_factory=dict)
     by_id: dict[tuple[str, str], Decided] = field(default_factory=dict)
     # Whether each tenant exists (False: looked up, absent), for the tenants a batch names.
     tenants: dict[str, bool] = field(default_factory=dict)
+    holds: dict[tuple[str, str], Hold] = field(default_factory=dict)
+    originals: dict[tuple[str, str], Original] = field(default_factory=dict)
+    # Per partition, the open holds by expiry: (expires_at_ms, tenant, id); closed ones are skipped on pop.
+    expiring: dict[int, list[tuple[int, str, str]]] = field(default_factory=dict)
 
     def balance(self, key: BalanceKey) -> int:
         return self.balances.get(key, 0)
+
+    def held_of(self, key: BalanceKey) -> int:
+        return self.held.get(key, 0)
 
     def decided_key(self, tenant: str, idempotency_key: str) -> Decided | None:
         return self.by_key.get((tenant, idempotency_key))
@@ -153,18 +306,68 @@ class Ledger:
     def tenant_exists(self, tenant: str) -> bool:
         return self.tenants.get(tenant, False)
 
-    def apply(self, request: TransactionRequest, outcome: Outcome, position: Position) -> bool:
+    def hold(self, tenant: str, hold_id: str) -> Hold | None:
+        return self.holds.get((tenant, hold_id))
+
+    def original(self, tenant: str, transaction_id: str) -> Original | None:
+        return self.originals.get((tenant, transaction_id))
+
+    def apply(self, request: TransactionRequest, outcome: Outcome, position: Position, now_ms: int = 0) -> bool:
         """Fold a decided request in (not a repeat: those change nothing); True when it binds its key."""
         assert outcome.replay_of is None
         decided = Decided(request.id, outcome.status, outcome.reason, request.fingerprint(), position)
         self.by_id[(request.tenant, request.id)] = decided
         for entry in outcome.entries:
             self.balances[(request.tenant, entry.account, entry.asset)] = entry.balance_after
+        for key, held in outcome.held:
+            assert held >= 0
+            self.held[key] = held
+        self.originals[(request.tenant, request.id)] = Original(request.kind, outcome.status, outcome.moved)
+        if outcome.status == "committed":
+            self._effect(request, position, now_ms, outcome.reversed)
         if request.idempotency_key is None or outcome.reason in KEY_UNBOUND:
             return False
         assert (request.tenant, request.idempotency_key) not in self.by_key
         self.by_key[(request.tenant, request.idempotency_key)] = decided
         return True
+
+    def _effect(self, request: TransactionRequest, position: Position, now_ms: int, reversed_amount: int) -> None:
+        if request.kind == HOLD:
+            assert request.expires_in_s is not None
+            hold = Hold(request.tenant, request.id, request.postings, now_ms + request.expires_in_s * 1000,
+                        position.partition)
+            self.track(hold)
+        elif request.kind in (CAPTURE, VOID):
+            hold = self.holds[(request.tenant, request.target or "")]
+            assert hold.state == HELD
+            hold.state, hold.closed_by, hold.closed_at_ms = (CAPTURED if request.kind == CAPTURE else VOIDED,
+                                                             request.id, now_ms)
+        elif request.kind == REVERSE:
+            self.originals[(request.tenant, request.target or "")].reversed += reversed_amount
+
+    def track(self, hold: Hold) -> None:
+        """Know `hold` (created, or loaded from PostgreSQL), and when it expires if it is open."""
+        self.holds[(hold.tenant, hold.id)] = hold
+        if hold.state == HELD:
+            heapq.heappush(self.expiring.setdefault(hold.partition, []), (hold.expires_at_ms, hold.tenant, hold.id))
+
+    def expire(self, partition: int, now_ms: int) -> list[Hold]:
+        """Close, as expired, every open hold of `partition` whose time has come by `now_ms`; release what
+        they held. Returns them, in the order they expired."""
+        heap = self.expiring.get(partition)
+        expired: list[Hold] = []
+        while heap and heap[0][0] <= now_ms:
+            _, tenant, hold_id = heapq.heappop(heap)
+            hold = self.holds.get((tenant, hold_id))
+            if hold is None or hold.state != HELD:
+                continue
+            hold.state, hold.closed_at_ms = EXPIRED, hold.expires_at_ms
+            for p in hold.postings:
+                key = (tenant, p.source, p.asset)
+                self.held[key] = self.held_of(key) - p.amount
+                assert self.held[key] >= 0
+            expired.append(hold)
+        return expired
 
     def remember_replay(self, request: TransactionRequest, original: Decided) -> bool:
         """A repeat under an id of its own: from now on that id resolves to the original and is taken.
@@ -185,11 +388,17 @@ class Ledger:
         self.by_id[(tenant, transaction_id)] = Decided(transaction_id, "rejected", INVALID, b"", position)
 
 
-def touched(requests: Iterable[TransactionRequest]) -> set[BalanceKey]:
-    """Every balance the requests may read or write."""
-    return {
-        (r.tenant, account, p.asset)
-        for r in requests
-        for p in r.postings
-        for account in (p.source, p.destination)
-    }
+def touched(requests: Iterable[TransactionRequest], state: LedgerState) -> set[BalanceKey]:
+    """Every balance the requests may read or write, their targets' postings included (`state` must hold
+    the holds and originals they name)."""
+    keys: set[BalanceKey] = set()
+    for r in requests:
+        postings = r.postings
+        if r.kind in (CAPTURE, VOID):
+            hold = state.hold(r.tenant, r.target or "")
+            postings = hold.postings if hold is not None else ()
+        elif r.kind == REVERSE:
+            original = state.original(r.tenant, r.target or "")
+            postings = original.postings if original is not None else ()
+        keys.update((r.tenant, account, p.asset) for p in postings for account in (p.source, p.destination))
+    return keys

@@ -16,17 +16,21 @@ import orjson
 
 from ledger.codec import decode_request, encode_outcome, salvage_identity
 from ledger.decisions import (
+    EXPIRED,
+    HELD,
     INVALID,
     WRONG_PARTITION,
     BalanceKey,
+    Hold,
     Ledger,
+    Outcome,
     decide,
     decide_tenant,
 )
 from ledger.errors import InvalidRequest
 from ledger.placement import partition_for
 from ledger.positions import Position
-from ledger.requests import TenantRequest, TransactionRequest
+from ledger.requests import CAPTURE, HOLD, REVERSE, TRANSFER, VOID, TenantRequest, Tick, TransactionRequest
 from ledger.validation import TENANT_RE, UNSTORABLE_RE
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -65,7 +69,7 @@ class Invalid(NamedTuple):
     reason: str = INVALID
 
 
-Decoded = TransactionRequest | TenantRequest | Invalid
+Decoded = TransactionRequest | TenantRequest | Tick | Invalid
 
 
 @dataclass(slots=True)
@@ -78,7 +82,13 @@ class BatchRows:
     invalid_events: list[tuple[object, ...]] = field(default_factory=list)
     replays: list[tuple[object, ...]] = field(default_factory=list)
     tenants: list[tuple[object, ...]] = field(default_factory=list)
-    balances: dict[BalanceKey, tuple[int, Position]] = field(default_factory=dict)
+    # Holds created by this batch (their row as it ends the batch), and changes to holds created before.
+    holds: dict[tuple[str, str], list[object]] = field(default_factory=dict)
+    hold_changes: dict[tuple[str, str], tuple[str, str | None, datetime]] = field(default_factory=dict)
+    # How much of a transaction written before this batch is reversed now (one created here is patched).
+    reversed: dict[tuple[str, str], int] = field(default_factory=dict)
+    transaction_at: dict[tuple[str, str], int] = field(default_factory=dict)  # index in `transactions`
+    balances: dict[BalanceKey, tuple[int, int, Position]] = field(default_factory=dict)  # balance, held
     # (partition, key, value): outcomes go to the partition of ledger.outcomes that matches the request's.
     outcomes: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)
@@ -87,13 +97,16 @@ class BatchRows:
 
 TRANSACTION_COLUMNS = ("tenant", "id", "status", "reason", "postings", "metadata", "reference",
                        "idempotency_key", "fingerprint", "log_partition", "log_offset", "created_at",
-                       "committed_at", "error")
+                       "committed_at", "error", "kind", "target", "reversed")
 ENTRY_COLUMNS = ("tenant", "account", "asset", "log_offset", "leg", "transaction_id", "amount",
                  "balance_after", "committed_at")
 IDEMPOTENCY_COLUMNS = ("tenant", "key", "transaction_id")
 INVALID_EVENT_COLUMNS = ("log_partition", "log_offset", "record_key", "record_value", "error", "logged_at")
 REPLAY_COLUMNS = ("tenant", "id", "original_id", "log_partition", "log_offset")
 TENANT_COLUMNS = ("id", "name", "log_partition", "log_offset", "created_at")
+HOLD_COLUMNS = ("tenant", "id", "state", "postings", "expires_at", "log_partition", "log_offset", "created_at",
+                "closed_by", "closed_at")
+HOLD_STATE = 2  # index of `state` in a hold's row, then closed_by and closed_at at 8 and 9
 
 
 def error_text(message: str) -> str:
@@ -122,14 +135,61 @@ def _count(rows: BatchRows, status: str, reason: str | None) -> None:
 
 
 def _publish(rows: BatchRows, record: Record, tenant: str | None, id: str | None, status: str,
-             reason: str | None, position: Position | None = None, original_id: str | None = None) -> None:
+             reason: str | None, position: Position | None = None, original_id: str | None = None,
+             record_position: Position | None = None) -> None:
     _count(rows, status, reason)
-    body = encode_outcome(tenant, id, status, reason, position or record.position, record.position, original_id)
+    body = encode_outcome(tenant, id, status, reason, position or record.position,
+                          record_position or record.position, original_id)
     rows.outcomes.append((record.partition, tenant.encode() if tenant else record.key or b"", body))
 
 
+def _balance(ledger: Ledger, rows: BatchRows, key: BalanceKey, position: Position) -> None:
+    rows.balances[key] = (ledger.balance(key), ledger.held_of(key), position)
+
+
+def _close_hold(rows: BatchRows, hold: Hold, at: datetime) -> None:
+    key = (hold.tenant, hold.id)
+    if key in rows.holds:
+        rows.holds[key][HOLD_STATE] = hold.state
+        rows.holds[key][8:10] = [hold.closed_by, at]
+    else:
+        rows.hold_changes[key] = (hold.state, hold.closed_by, at)
+
+
+def _expire(ledger: Ledger, rows: BatchRows, record: Record) -> None:
+    """Time passes first: the holds of this partition whose time came by this record's time expire."""
+    for hold in ledger.expire(record.partition, record.timestamp_ms):
+        at = EPOCH + timedelta(milliseconds=hold.expires_at_ms)
+        _close_hold(rows, hold, at)
+        for p in hold.postings:
+            _balance(ledger, rows, (hold.tenant, p.source, p.asset), record.position)
+        original = ledger.decided_id(hold.tenant, hold.id)
+        _publish(rows, record, hold.tenant, hold.id, EXPIRED, None, original.position if original else None,
+                 record_position=original.position if original else None)
+
+
+def _effects(ledger: Ledger, rows: BatchRows, request: TransactionRequest, outcome: Outcome, position: Position,
+             at: datetime) -> None:
+    """The rows a committed hold, capture, void or reversal changes besides its own."""
+    if request.kind == HOLD:
+        rows.holds[(request.tenant, request.id)] = [
+            request.tenant, request.id, HELD, orjson.dumps([p.as_json() for p in request.postings]).decode(),
+            EPOCH + timedelta(milliseconds=ledger.holds[(request.tenant, request.id)].expires_at_ms),
+            position.partition, position.offset, at, None, None]
+    elif request.kind in (CAPTURE, VOID):
+        _close_hold(rows, ledger.holds[(request.tenant, request.target or "")], at)
+    elif request.kind == REVERSE:
+        target = (request.tenant, request.target or "")
+        total = ledger.originals[target].reversed
+        if target in rows.transaction_at:
+            row = rows.transactions[rows.transaction_at[target]]
+            rows.transactions[rows.transaction_at[target]] = (*row[:-1], total)
+        else:
+            rows.reversed[target] = total
+
+
 def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime, request: TransactionRequest) -> None:
-    outcome = decide(ledger, request)
+    outcome = decide(ledger, request, record.timestamp_ms)
     position = record.position
     if outcome.replay_of is not None:
         original = outcome.replay_of
@@ -139,20 +199,28 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
         _publish(rows, record, request.tenant, request.id, outcome.status, outcome.reason, original.position,
                  original.transaction_id)
         return
-    binds_key = ledger.apply(request, outcome, position)
-    committed_at = at if outcome.status == "committed" else None
+    binds_key = ledger.apply(request, outcome, position, record.timestamp_ms)
+    committed = outcome.status == "committed"
+    # What a capture or reversal moved is derived from its target; a hold shows what it reserves.
+    shown = outcome.moved if request.kind in (CAPTURE, REVERSE) else request.postings
+    rows.transaction_at[(request.tenant, request.id)] = len(rows.transactions)
     rows.transactions.append((
         request.tenant, request.id, outcome.status, outcome.reason,
-        orjson.dumps([p.as_json() for p in request.postings]).decode(),
+        orjson.dumps([p.as_json() for p in shown]).decode(),
         orjson.dumps(request.metadata).decode(), request.reference, request.idempotency_key,
-        request.fingerprint(), position.partition, position.offset, at, committed_at, None,
+        request.fingerprint(), position.partition, position.offset, at, at if committed else None, None,
+        request.kind, request.target, 0,
     ))
+    if committed:
+        _effects(ledger, rows, request, outcome, position, at)
     if binds_key:
         rows.idempotency_keys.append((request.tenant, request.idempotency_key, request.id))
     for entry in outcome.entries:
         rows.entries.append((request.tenant, entry.account, entry.asset, position.offset, entry.leg,
                              request.id, entry.amount, entry.balance_after, at))
-        rows.balances[(request.tenant, entry.account, entry.asset)] = (entry.balance_after, position)
+        _balance(ledger, rows, (request.tenant, entry.account, entry.asset), position)
+    for key, _ in outcome.held:
+        _balance(ledger, rows, key, position)
     _publish(rows, record, request.tenant, request.id, outcome.status, outcome.reason)
 
 
@@ -171,7 +239,7 @@ def _fold_invalid(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
         owner, id = invalid.identity
         ledger.record_invalid(owner, id, record.position)
         rows.transactions.append((owner, id, "rejected", invalid.reason, "[]", "{}", None, None, b"",
-                                  record.partition, record.offset, at, None, message))
+                                  record.partition, record.offset, at, None, message, TRANSFER, None, 0))
         _publish(rows, record, owner, id, "rejected", invalid.reason)
         return
     rows.invalid_events.append((record.partition, record.offset, record.key,
@@ -207,7 +275,10 @@ def fold_batch(ledger: Ledger, records: list[Record], decoded: list[Decoded], ro
                 at, item = EPOCH, Invalid(f"timestamp {record.timestamp_ms} ms is out of range", None)
         if poison and record.position in poison:
             item = _poisoned(item, *poison[record.position])
-        if isinstance(item, Invalid):
+        _expire(ledger, rows, record)
+        if isinstance(item, Tick):
+            pass  # the clock: its time, just taken into account, is all it carries
+        elif isinstance(item, Invalid):
             _fold_invalid(ledger, rows, record, at, item)
         elif isinstance(item, TenantRequest):
             _fold_tenant(ledger, rows, record, at, item)

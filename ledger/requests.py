@@ -1,4 +1,5 @@
-"""The requests producers append to the log: transfers, and the creation of tenants."""
+"""The requests producers append to the log: money movements (transfers, holds and what closes them,
+reversals), the creation of tenants, and the clock's ticks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import orjson
 
 WIRE_VERSION = 1
 TRANSFER = "transfer"
+HOLD = "hold"
+CAPTURE = "capture"
+VOID = "void"
+REVERSE = "reverse"
 TENANT = "tenant"
+TICK = "tick"
+HOLD_EXPIRES_IN_S_DEFAULT = 604_800
 
 
 class Posting(NamedTuple):
@@ -31,7 +38,9 @@ class Posting(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class TransactionRequest:
-    """One request on `ledger.transactions`, already validated."""
+    """One money request on `ledger.transactions`, already validated. `kind` says which: a transfer or a
+    hold (`postings`, and for a hold `expires_in_s`), a capture or void of the hold `target`, or a reversal
+    of the transaction `target`; `amount` makes a capture or reversal partial."""
 
     id: str
     tenant: str
@@ -39,10 +48,14 @@ class TransactionRequest:
     idempotency_key: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     reference: str | None = None
+    kind: str = TRANSFER
+    target: str | None = None
+    amount: int | None = None
+    expires_in_s: int | None = None
     _fingerprint: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def fingerprint(self) -> bytes:
-        """A digest of the body an `Idempotency-Key` binds: postings, metadata and reference (not the id)."""
+        """A digest of the body an `Idempotency-Key` binds: everything but the id."""
         if self._fingerprint is None:
             # Frozen, so cache through object.__setattr__: it is asked for several times per decision.
             object.__setattr__(self, "_fingerprint", self._digest())
@@ -50,11 +63,14 @@ class TransactionRequest:
         return self._fingerprint
 
     def _digest(self) -> bytes:
-        body = {
+        body: dict[str, object] = {
             "postings": [p.as_json() for p in self.postings],
             "metadata": self.metadata,
             "reference": self.reference,
         }
+        if self.kind != TRANSFER:  # a transfer's digest is what it was before the other kinds existed
+            body |= {"kind": self.kind, "target": self.target, "amount": self.amount,
+                     "expires_in_s": self.expires_in_s}
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
 
 
@@ -68,4 +84,10 @@ class TenantRequest:
     name: str
 
 
-Request = TransactionRequest | TenantRequest
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The clock: a record that carries only its own (broker-given) time, so holds expire by the log's time
+    on a partition where nothing else is appended."""
+
+
+Request = TransactionRequest | TenantRequest | Tick

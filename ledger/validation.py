@@ -10,7 +10,16 @@ import re
 import orjson
 
 from ledger.errors import InvalidRequest
-from ledger.requests import Posting, TransactionRequest
+from ledger.requests import (
+    CAPTURE,
+    HOLD,
+    HOLD_EXPIRES_IN_S_DEFAULT,
+    REVERSE,
+    TRANSFER,
+    VOID,
+    Posting,
+    TransactionRequest,
+)
 
 AMOUNT_MAX = 2**63 - 1
 BALANCE_MIN = -(2**63)
@@ -20,6 +29,7 @@ METADATA_BYTES_MAX = 4096
 REFERENCE_LEN_MAX = 255
 IDEMPOTENCY_KEY_LEN_MAX = 255
 TENANT_NAME_LEN_MAX = 200
+HOLD_EXPIRES_IN_S_MAX = 2_592_000
 
 TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}", re.ASCII)
 ADDRESS_RE = re.compile(r"@[A-Za-z0-9_:.-]{1,127}|[A-Za-z0-9_:.-]{1,128}", re.ASCII)
@@ -142,6 +152,18 @@ def check_tenant_name(value: object) -> str:
     return name
 
 
+def parse_expires_in_s(value: object) -> int:
+    if value is None:
+        return HOLD_EXPIRES_IN_S_DEFAULT
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= HOLD_EXPIRES_IN_S_MAX:
+        raise InvalidRequest(f"must be an integer from 1 to {HOLD_EXPIRES_IN_S_MAX}", "expires_in_s")
+    return value
+
+
+def parse_partial_amount(value: object) -> int | None:
+    return None if value is None else check_amount(value, "amount")
+
+
 def parse_reference(value: object) -> str | None:
     return _short_string(value, "reference", REFERENCE_LEN_MAX)
 
@@ -150,16 +172,34 @@ def parse_idempotency_key(value: object) -> str | None:
     return _short_string(value, "idempotency_key", IDEMPOTENCY_KEY_LEN_MAX)
 
 
-def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | None) -> TransactionRequest:
-    """The request an HTTP body describes; the API supplies the id, tenant and idempotency key."""
-    obj = _object(body, "body", BODY_FIELDS)
-    if "postings" not in obj:
+# The fields of an HTTP body, per kind of request (the API takes the id, tenant, key and target elsewhere).
+BODY_FIELDS_BY_KIND = {
+    TRANSFER: BODY_FIELDS,
+    HOLD: BODY_FIELDS | {"expires_in_s"},
+    CAPTURE: frozenset({"amount", "metadata", "reference"}),
+    VOID: frozenset({"metadata", "reference"}),
+    REVERSE: frozenset({"amount", "metadata", "reference"}),
+}
+
+
+def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | None, kind: str = TRANSFER,
+               target: str | None = None) -> TransactionRequest:
+    """The request an HTTP body describes; the API supplies the id, tenant, idempotency key and, for a
+    capture, void or reversal, the hold or transaction it names (`target`, from the path)."""
+    obj = _object({} if body is None and kind in (VOID, CAPTURE, REVERSE) else body, "body",
+                  BODY_FIELDS_BY_KIND[kind])
+    has_postings = kind in (TRANSFER, HOLD)
+    if has_postings and "postings" not in obj:
         raise InvalidRequest("missing field 'postings'", "body")
     return TransactionRequest(
         id=check_id(id),
         tenant=check_tenant(tenant),
-        postings=parse_postings(obj["postings"]),
+        postings=parse_postings(obj["postings"]) if has_postings else (),
         idempotency_key=parse_idempotency_key(idempotency_key),
         metadata=parse_metadata(obj.get("metadata")),
         reference=parse_reference(obj.get("reference")),
+        kind=kind,
+        target=None if has_postings else check_id(target, "id"),
+        amount=parse_partial_amount(obj.get("amount")),
+        expires_in_s=parse_expires_in_s(obj.get("expires_in_s")) if kind == HOLD else None,
     )

@@ -30,7 +30,9 @@ from infra import logs
 from infra import settings as settings_mod
 from infra.kafka import log_end, topic_config, topic_partitions
 from infra.settings import Settings
+from ledger.codec import encode_request
 from ledger.fold import Record
+from ledger.requests import Tick
 from projections.pipeline import GC_THRESHOLDS, BatchResult, Pipeline
 
 log = logging.getLogger("ledger.projector")
@@ -43,6 +45,13 @@ EXIT_ON_CONFIG = 78  # sysexits' EX_CONFIG: a restart cannot help
 # On SIGTERM the worker finishes its batch and exits; one stuck in a retry against a dependency that is down
 # is cancelled after this (the README promises a stop within 10 s).
 STOP_GRACE_S = 5.0
+# The clock: once a second, a tick goes to each partition this worker owns that has an open hold due, so
+# the hold expires by the log's time even when nothing else is appended there (within ~1 s of its time).
+TICK_INTERVAL_S = 1.0
+TICK_VALUE = encode_request(Tick())
+DUE_PARTITIONS = """
+SELECT DISTINCT h.log_partition FROM holds h WHERE h.state = 'held' AND h.expires_at <= now()
+"""
 # Bounds what the consumer prefetches while a batch is applied: ~12,000 records of ~350 bytes a partition.
 FETCH_PARTITION_BYTES_MAX = 4 * 1024 * 1024
 FETCH_BYTES_MAX = 32 * 1024 * 1024
@@ -71,11 +80,20 @@ class Outcomes:
                                          linger_ms=1)
         self.started = False
 
-    async def publish(self, outcomes: list[tuple[int, bytes, bytes]]) -> None:
-        """Send a batch's outcomes and wait for Kafka's acknowledgement: one record batch per partition."""
+    async def _start(self) -> None:
         if not self.started:
             await self.producer.start()
             self.started = True
+
+    async def tick(self, topic: str, partitions: list[int]) -> None:
+        """Append the clock's tick to `partitions` of the log (no key: it belongs to no tenant)."""
+        await self._start()
+        sent = [await self.producer.send(topic, TICK_VALUE, partition=p) for p in partitions]
+        await asyncio.gather(*sent)
+
+    async def publish(self, outcomes: list[tuple[int, bytes, bytes]]) -> None:
+        """Send a batch's outcomes and wait for Kafka's acknowledgement: one record batch per partition."""
+        await self._start()
         partitions = len(await self.producer.partitions_for(self.topic))
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         for partition, key, value in outcomes:
@@ -165,6 +183,7 @@ class Projector:
             loop.add_signal_handler(signum, self.stopping.set)
         await self.consumer.start()
         watchdog: asyncio.Task[None] | None = None
+        clock: asyncio.Task[None] | None = None
         try:
             topic = self.cfg.transactions_topic
             partitions = len(await topic_partitions(self.consumer, topic))
@@ -185,11 +204,13 @@ class Projector:
             listener = SeekToProjection(self.consumer, self.cfg.projector_database_url, pipeline)
             self.consumer.subscribe([topic], listener=listener)
             watchdog = asyncio.create_task(self._watchdog())
+            clock = asyncio.create_task(self._clock())
             await self._until_stopped(asyncio.create_task(self._consume(pipeline)))
             return 0 if not watchdog.done() else EXIT_ON_CRASH
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            for task in (watchdog, clock):
+                if task is not None:
+                    task.cancel()
             if self.pipeline is not None:
                 await self.pipeline.close()
             await self.consumer.stop()
@@ -248,6 +269,27 @@ class Projector:
             await self.consumer.commit(offsets)
         except KafkaError as e:
             log.info("Kafka offsets not committed this time (%r)", e)
+
+    async def _clock(self) -> None:
+        """Tick the partitions whose open holds are due (the decision stays the log's: a tick only carries
+        the broker's time to the fold, which expires what that time says)."""
+        conn: asyncpg.Connection | None = None
+        while True:
+            await asyncio.sleep(TICK_INTERVAL_S)
+            try:
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(self.cfg.projector_database_url, timeout=5)
+                async with conn.transaction(readonly=True):
+                    await conn.execute("SELECT projector_begin()")
+                    due = {r["log_partition"] for r in await conn.fetch(DUE_PARTITIONS)}
+                mine = sorted(due & {tp.partition for tp in self.consumer.assignment()})
+                if mine:
+                    await self.outcomes.tick(self.cfg.transactions_topic, mine)
+            except (OSError, KafkaError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+                log.info("clock could not tick (%r)", e)
+                if conn is not None:
+                    conn.terminate()
+                    conn = None
 
     async def _watchdog(self) -> None:
         """Stop the worker when the log has records waiting but nothing is applied for `STALL_S_MAX`: a

@@ -211,7 +211,8 @@ class Pipeline:
 
     def _carried(self) -> int:
         ledger = self.ledger
-        return len(ledger.balances) + len(ledger.by_id) + len(ledger.by_key) + len(ledger.tenants)
+        return (len(ledger.balances) + len(ledger.by_id) + len(ledger.by_key) + len(ledger.tenants)
+                + len(ledger.holds) + len(ledger.originals))
 
     def _reset(self) -> None:
         assert self.in_flight is None
@@ -240,7 +241,10 @@ class Pipeline:
             fresh = [records[i] for i in fresh_at]
             check_contiguous(fresh, base)
             kept = [i for i in fresh_at if self.keep is None or self.keep(records[i])]
-            await self._preload(conn, [decoded[i] for i in kept])
+            due: dict[int, int] = {}
+            for i in fresh_at:  # holds expire by the time of any record of their partition, kept or not
+                due[records[i].partition] = max(due.get(records[i].partition, 0), records[i].timestamp_ms)
+            await self._preload(conn, [decoded[i] for i in kept], due)
         rows = BatchRows()
         for i in range(0, len(kept), SLICE_RECORDS):
             part = kept[i:i + SLICE_RECORDS]
@@ -250,13 +254,12 @@ class Pipeline:
         self.expected.update(rows.next_offsets)
         return Prepared(records, rows, base, schema, len(fresh), time.perf_counter() - started)
 
-    async def _preload(self, conn: asyncpg.Connection, decoded: list[Decoded]) -> None:
-        transfers = [d for d in decoded if isinstance(d, TransactionRequest)]
-        ids = {(d.tenant, d.id) for d in transfers}
+    async def _preload(self, conn: asyncpg.Connection, decoded: list[Decoded], due: dict[int, int]) -> None:
+        requests = [d for d in decoded if isinstance(d, TransactionRequest)]
+        ids = {(d.tenant, d.id) for d in requests}
         ids |= {d.identity for d in decoded if isinstance(d, Invalid) and d.identity is not None}
         tenants = {d.tenant for d in decoded if isinstance(d, TransactionRequest | TenantRequest)}
-        if transfers or ids or tenants:
-            await preload(conn, transfers, ids, tenants, self.ledger)
+        await preload(conn, requests, ids, tenants, due, self.ledger)
 
     async def _finish_in_flight(self, pending: Prepared | None) -> tuple[list[BatchResult], bool]:
         """The write in flight's result, and whether `pending` (folded on top of it) was applied too."""

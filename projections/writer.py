@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime, timedelta
 
 import asyncpg
 import orjson
 
 from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
-from ledger.decisions import BalanceKey, Decided, Ledger, touched
+from ledger.decisions import BalanceKey, Decided, Hold, Ledger, Original, touched
 from ledger.fold import (
     ENTRY_COLUMNS,
+    EPOCH,
+    HOLD_COLUMNS,
     IDEMPOTENCY_COLUMNS,
     INVALID_EVENT_COLUMNS,
     REPLAY_COLUMNS,
@@ -23,7 +26,7 @@ from ledger.fold import (
     BatchRows,
 )
 from ledger.positions import Position
-from ledger.requests import TransactionRequest
+from ledger.requests import CAPTURE, REVERSE, VOID, Posting, TransactionRequest
 
 SCHEMA_RE = re.compile(r"(proj|verify)_[a-z0-9_]{1,40}", re.ASCII)
 # The log an offsets row counts in: the contract's name of the transactions topic, whatever the deployment
@@ -32,7 +35,7 @@ OFFSETS_LOG = "ledger.transactions"
 
 OPEN_BATCH = "SELECT log_partition, next_offset, projection FROM projector_open_batch($1, $2::int[], $3)"
 SELECT_BALANCES = """
-SELECT b.tenant, b.account, b.asset, b.balance FROM balances b
+SELECT b.tenant, b.account, b.asset, b.balance, b.held FROM balances b
 JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(tenant, account, asset)
   ON b.tenant = k.tenant AND b.account = k.account AND b.asset = k.asset
 """
@@ -54,11 +57,37 @@ JOIN unnest($1::text[], $2::text[]) AS k(tenant, key) ON i.tenant = k.tenant AND
 JOIN transactions t ON t.tenant = i.tenant AND t.id = i.transaction_id
 """
 SELECT_TENANTS = "SELECT id FROM tenants WHERE id = ANY($1::text[])"
+HOLD_FIELDS = "h.tenant, h.id, h.state, h.postings, h.expires_at, h.log_partition, h.closed_by, h.closed_at"
+SELECT_HOLDS = f"""
+SELECT {HOLD_FIELDS} FROM holds h
+JOIN unnest($1::text[], $2::text[]) AS k(tenant, id) ON h.tenant = k.tenant AND h.id = k.id
+"""
+# Open holds of these partitions whose time has come by the batch's last record (index holds_open_by_expiry).
+SELECT_DUE_HOLDS = f"""
+SELECT {HOLD_FIELDS} FROM holds h
+WHERE h.state = 'held' AND h.log_partition = ANY($1::int[]) AND h.expires_at <= $2
+"""
+SELECT_ORIGINALS = """
+SELECT t.tenant, t.id, t.kind, t.status, t.postings, t.reversed FROM transactions t
+JOIN unnest($1::text[], $2::text[]) AS k(tenant, id) ON t.tenant = k.tenant AND t.id = k.id
+"""
 UPSERT_BALANCES = """
-INSERT INTO balances (tenant, account, asset, balance, log_partition, log_offset)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::bigint[])
+INSERT INTO balances (tenant, account, asset, balance, held, log_partition, log_offset)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::int[], $7::bigint[])
 ON CONFLICT (tenant, account, asset) DO UPDATE
-SET balance = excluded.balance, log_partition = excluded.log_partition, log_offset = excluded.log_offset
+SET balance = excluded.balance, held = excluded.held, log_partition = excluded.log_partition,
+    log_offset = excluded.log_offset
+"""
+UPDATE_HOLDS = """
+UPDATE holds h SET state = c.state, closed_by = c.closed_by, closed_at = c.closed_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) AS c(tenant, id, state, closed_by,
+                                                                                     closed_at)
+WHERE h.tenant = c.tenant AND h.id = c.id
+"""
+UPDATE_REVERSED = """
+UPDATE transactions t SET reversed = c.reversed
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c(tenant, id, reversed)
+WHERE t.tenant = c.tenant AND t.id = c.id
 """
 UPDATE_OFFSETS = """
 UPDATE projection_offsets o SET next_offset = n.next_offset, updated_at = now()
@@ -88,7 +117,8 @@ POISON_SQLSTATE_CLASSES = ("22", "23", "54")
 # Except these: the database's own statement of what the fold guarantees. Violating one is a bug in the
 # ledger, not in a record: the worker stops rather than decide the record invalid.
 INVARIANT_CONSTRAINTS = frozenset({"entries_amount_not_zero", "transactions_committed_at_iff_committed",
-                                   "balances_customer_not_negative"})
+                                   "balances_customer_not_negative", "balances_held_not_negative",
+                                   "balances_customer_available"})
 
 
 def transient(error: BaseException) -> bool:
@@ -123,14 +153,54 @@ def decided_from_row(row: asyncpg.Record) -> Decided:
                    Position(row["log_partition"], row["log_offset"]))
 
 
+def _postings(raw: str) -> tuple[Posting, ...]:
+    return tuple(Posting(p["source"], p["destination"], p["amount"], p["asset"]) for p in orjson.loads(raw))
+
+
+def _ms(at: datetime) -> int:
+    return (at - EPOCH) // timedelta(milliseconds=1)
+
+
+def _track(ledger: Ledger, row: asyncpg.Record, keys: set[BalanceKey]) -> None:
+    """Know a hold read from PostgreSQL, and add the balances it holds on to `keys` (to be loaded too)."""
+    if (row["tenant"], row["id"]) in ledger.holds:  # carried: this process's own state is newer
+        return
+    hold = Hold(row["tenant"], row["id"], _postings(row["postings"]), _ms(row["expires_at"]), row["log_partition"],
+                row["state"], row["closed_by"], None if row["closed_at"] is None else _ms(row["closed_at"]))
+    ledger.track(hold)
+    keys.update((hold.tenant, p.source, p.asset) for p in hold.postings)
+
+
 async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], ids: set[tuple[str, str]],
-                  tenants: set[str], ledger: Ledger) -> None:
-    """Load into `ledger` every balance, id, idempotency key and tenant the batch touches that it lacks."""
+                  tenants: set[str], due: dict[int, int], ledger: Ledger) -> None:
+    """Load into `ledger` everything the batch touches that it lacks: the holds and transactions its
+    requests name, the open holds of its partitions due by `due` (ms), then every balance, id, idempotency
+    key and tenant."""
+    held_keys: set[BalanceKey] = set()
+    holds = {(r.tenant, r.target or "") for r in requests if r.kind in (CAPTURE, VOID)}
+    holds = {k for k in holds if k not in ledger.holds}
+    if holds:
+        for row in await conn.fetch(SELECT_HOLDS, *_columns(holds, 2)):
+            _track(ledger, row, held_keys)
+    if due:
+        until = EPOCH + timedelta(milliseconds=max(due.values()))
+        for row in await conn.fetch(SELECT_DUE_HOLDS, list(due), until):
+            _track(ledger, row, held_keys)
+    originals = {(r.tenant, r.target or "") for r in requests if r.kind == REVERSE}
+    originals = {k for k in originals if k not in ledger.originals}
+    if originals:
+        for row in await conn.fetch(SELECT_ORIGINALS, *_columns(originals, 2)):
+            ledger.originals[(row["tenant"], row["id"])] = Original(row["kind"], row["status"],
+                                                                  _postings(row["postings"]), row["reversed"])
     # Comprehensions, not `set - dict.keys()`: that iterates the whole (carried, large) dict every batch.
-    keys: set[BalanceKey] = {k for k in touched(requests) if k not in ledger.balances}
+    keys: set[BalanceKey] = {k for k in touched(requests, ledger) | held_keys if k not in ledger.balances}
     if keys:
         for row in await conn.fetch(SELECT_BALANCES, *_columns(keys, 3)):
-            ledger.balances[(row["tenant"], row["account"], row["asset"])] = row["balance"]
+            key = (row["tenant"], row["account"], row["asset"])
+            ledger.balances[key] = row["balance"]
+            ledger.held[key] = row["held"]
+        for key in keys:  # no row yet: nothing posted, nothing held
+            ledger.balances.setdefault(key, 0)
     wanted = {i for i in ids if i not in ledger.by_id}
     if wanted:
         for row in await conn.fetch(SELECT_BY_ID, *_columns(wanted, 2)):
@@ -171,12 +241,22 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
     await _copy(conn, "idempotency_keys", rows.idempotency_keys, IDEMPOTENCY_COLUMNS)
     await _copy(conn, "replays", rows.replays, REPLAY_COLUMNS)
     await _copy(conn, "invalid_events", rows.invalid_events, INVALID_EVENT_COLUMNS)
+    await _copy(conn, "holds", [tuple(h) for h in rows.holds.values()], HOLD_COLUMNS)
+    if rows.hold_changes:
+        changes = list(rows.hold_changes.items())
+        await conn.execute(UPDATE_HOLDS, [k[0] for k, _ in changes], [k[1] for k, _ in changes],
+                           [c[0] for _, c in changes], [c[1] for _, c in changes], [c[2] for _, c in changes])
+    if rows.reversed:
+        totals = list(rows.reversed.items())
+        await conn.execute(UPDATE_REVERSED, [k[0] for k, _ in totals], [k[1] for k, _ in totals],
+                           [v for _, v in totals])
     if rows.balances:
         items = list(rows.balances.items())
         await conn.execute(
             UPSERT_BALANCES,
             [k[0] for k, _ in items], [k[1] for k, _ in items], [k[2] for k, _ in items],
-            [v[0] for _, v in items], [v[1].partition for _, v in items], [v[1].offset for _, v in items],
+            [v[0] for _, v in items], [v[1] for _, v in items], [v[2].partition for _, v in items],
+            [v[2].offset for _, v in items],
         )
     parts = sorted(rows.next_offsets)
     offsets = [rows.next_offsets[p] for p in parts]

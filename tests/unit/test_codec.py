@@ -64,7 +64,7 @@ def test_round_trip() -> None:
         (b"acme", orjson.dumps(event(reference="r\u0000"))),
         (b"acme", orjson.dumps(event(idempotency_key="\u0000"))),
         (b"acme", b'{"v":1,"id":"x","tenant":"acme","postings":[],"metadata":{"k":"\\ud800"}}'),
-        (b"acme", orjson.dumps(event(kind="hold"))),
+        (b"acme", orjson.dumps(event(kind="lend"))),
         (b"acme", orjson.dumps(event(kind=1))),
         (b"acme", orjson.dumps({"v": 1, "kind": "tenant", "id": "c", "tenant": "acme"})),
         (b"acme", orjson.dumps({"v": 1, "kind": "tenant", "id": "c", "tenant": "acme", "name": "a\u0000"})),
