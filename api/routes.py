@@ -183,10 +183,12 @@ def _decided(row_view: dict[str, object]) -> Response:
 
 
 async def _view(context: Context, tenant: str, row: asyncpg.Record) -> dict[str, object]:
-    """How a decided request is shown: a hold as the hold, anything else as the transaction."""
-    if row["kind"] != HOLD:
+    """How a decided request is shown: a hold, or a void that released one, as the hold; anything else (a
+    rejected void included) as the transaction."""
+    hold_id = row["id"] if row["kind"] == HOLD else row["target"] if row["kind"] == VOID else None
+    if hold_id is None or (row["kind"] == VOID and row["status"] != "committed"):
         return views.transaction(row)
-    hold = await context.store.hold(tenant, row["id"])
+    hold = await context.store.hold(tenant, hold_id)
     return views.hold(hold) if hold is not None else views.transaction(row)
 
 

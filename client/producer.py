@@ -18,11 +18,12 @@ from infra.kafka import topic_partitions
 from infra.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from ledger.codec import encode_request
 from ledger.positions import Position
-from ledger.requests import Posting, Request, TenantRequest, TransactionRequest
+from ledger.requests import CAPTURE, HOLD, REVERSE, VOID, Posting, Request, TenantRequest, TransactionRequest
 from ledger.validation import (
     check_id,
     check_tenant,
     check_tenant_name,
+    parse_body,
     parse_idempotency_key,
     parse_metadata,
     parse_postings,
@@ -111,6 +112,40 @@ class LedgerProducer:
             idempotency_key=parse_idempotency_key(idempotency_key), metadata=parse_metadata(metadata),
             reference=parse_reference(reference),
         )
+        return await self._append(request)
+
+    async def hold(self, tenant: str, postings: list[Posting], *, expires_in_s: int | None = None,
+                   idempotency_key: str | None = None, metadata: dict[str, str] | None = None,
+                   reference: str | None = None, id: str | None = None) -> Submitted:
+        """Reserve `postings` on their sources; the outcome is `committed` (held) or `rejected`."""
+        body = {"postings": [p.as_json() for p in postings], "expires_in_s": expires_in_s, "metadata": metadata,
+                "reference": reference}
+        return await self._operation(HOLD, tenant, body, None, idempotency_key, id)
+
+    async def capture(self, tenant: str, hold_id: str, *, amount: int | None = None,
+                      idempotency_key: str | None = None, metadata: dict[str, str] | None = None,
+                      id: str | None = None) -> Submitted:
+        """Move what the hold reserved (or `amount` of a one-posting hold) and release the rest."""
+        body = {"amount": amount, "metadata": metadata}
+        return await self._operation(CAPTURE, tenant, body, hold_id, idempotency_key, id)
+
+    async def void(self, tenant: str, hold_id: str, *, idempotency_key: str | None = None,
+                   id: str | None = None) -> Submitted:
+        """Release the hold."""
+        return await self._operation(VOID, tenant, {}, hold_id, idempotency_key, id)
+
+    async def reverse(self, tenant: str, transaction_id: str, *, amount: int | None = None,
+                      idempotency_key: str | None = None, metadata: dict[str, str] | None = None,
+                      id: str | None = None) -> Submitted:
+        """Move the transaction's postings back (or `amount` of a one-posting transaction)."""
+        body = {"amount": amount, "metadata": metadata}
+        return await self._operation(REVERSE, tenant, body, transaction_id, idempotency_key, id)
+
+    async def _operation(self, kind: str, tenant: str, body: dict[str, object], target: str | None,
+                         idempotency_key: str | None, id: str | None) -> Submitted:
+        """Validate with the API's own rules for `kind`, then append."""
+        request = parse_body({k: v for k, v in body.items() if v is not None}, id=id or uuid.uuid4().hex,
+                             tenant=tenant, idempotency_key=idempotency_key, kind=kind, target=target)
         return await self._append(request)
 
     async def create_tenant(self, tenant: str, name: str | None = None) -> Submitted:
