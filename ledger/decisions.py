@@ -384,8 +384,10 @@ class Ledger:
             self.tenants[request.tenant] = True
 
     def record_invalid(self, tenant: str, transaction_id: str, position: Position) -> None:
-        """Remember a malformed request under its id so a later request cannot reuse that id."""
+        """Remember a malformed request under its id so a later request cannot reuse that id (nor reverse it:
+        the ledger knows it exactly as it knows the row stored for it)."""
         self.by_id[(tenant, transaction_id)] = Decided(transaction_id, "rejected", INVALID, b"", position)
+        self.originals[(tenant, transaction_id)] = Original(TRANSFER, "rejected", ())
 
 
 def touched(requests: Iterable[TransactionRequest], state: LedgerState) -> set[BalanceKey]:

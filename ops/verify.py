@@ -29,7 +29,7 @@ le AS (SELECT e.* FROM {live}.entries e JOIN lt ON lt.tenant = e.tenant AND lt.i
 CHECKS = {
     "transactions": (
         "SELECT tenant, id, status, reason, postings, metadata, reference, idempotency_key, fingerprint,"
-        " log_partition, log_offset, created_at, committed_at, error FROM {src}",
+        " log_partition, log_offset, created_at, committed_at, error, kind, target FROM {src}",
         "lt", "{shadow}.transactions"),
     "entries": ("SELECT tenant, account, asset, log_offset, leg, transaction_id, amount, balance_after, committed_at"
                 " FROM {src}", "le", "{shadow}.entries"),
@@ -46,6 +46,16 @@ CHECKS = {
     "tenants": ("SELECT id, name, log_partition, log_offset, created_at FROM {src}",
                 "(SELECT t.* FROM {live}.tenants t JOIN s ON t.log_partition = s.p AND t.log_offset < s.o"
                 " WHERE $3::text[] IS NULL OR t.id = ANY($3)) AS ltn", "{shadow}.tenants"),
+    # A hold's request never changes; its state changes once. Closed in the replay (by the snapshot), it must
+    # be closed alike in the live projection; open there, the live one may have closed it since.
+    "holds": ("SELECT tenant, id, postings, expires_at, log_partition, log_offset, created_at FROM {src}",
+              "(SELECT h.* FROM {live}.holds h JOIN s ON h.log_partition = s.p AND h.log_offset < s.o"
+              " WHERE $3::text[] IS NULL OR h.tenant = ANY($3)) AS lh", "{shadow}.holds"),
+    "holds closed by the snapshot": (
+        "SELECT tenant, id, state, closed_by, closed_at FROM {src}",
+        "(SELECT h.* FROM {live}.holds h JOIN {shadow}.holds x ON x.tenant = h.tenant AND x.id = h.id"
+        " AND x.state <> 'held' WHERE $3::text[] IS NULL OR h.tenant = ANY($3)) AS lhc",
+        "(SELECT * FROM {shadow}.holds WHERE state <> 'held') AS shc"),
     "invalid_events": ("SELECT log_partition, log_offset, record_key, record_value, error FROM {src}",
                        "(SELECT i.* FROM {live}.invalid_events i JOIN s ON i.log_partition = s.p"
                        " AND i.log_offset < s.o WHERE $3::text[] IS NULL OR encode(i.record_key, 'escape') = ANY($3))"
@@ -59,6 +69,20 @@ SELF_CHECKS = {
                            WHERE e.tenant = b.tenant AND e.account = b.account AND e.asset = b.asset
                            ORDER BY e.log_offset DESC, e.leg DESC LIMIT 1) x ON true
         WHERE x.balance_after IS DISTINCT FROM b.balance AND ($1::text[] IS NULL OR b.tenant = ANY($1))""",
+    "balances whose held is not the sum of their open holds": """
+        SELECT b.tenant, b.account, b.asset, b.held, coalesce(o.held, 0) FROM {live}.balances b
+        LEFT JOIN (SELECT h.tenant, p->>'source' AS account, p->>'asset' AS asset,
+                          sum((p->>'amount')::numeric) AS held
+                   FROM {live}.holds h, jsonb_array_elements(h.postings) AS p WHERE h.state = 'held'
+                   GROUP BY 1, 2, 3) o ON o.tenant = b.tenant AND o.account = b.account AND o.asset = b.asset
+        WHERE b.held IS DISTINCT FROM coalesce(o.held, 0) AND ($1::text[] IS NULL OR b.tenant = ANY($1))""",
+    "transactions whose reversed is not the sum of their reversals": """
+        SELECT t.tenant, t.id, t.reversed, coalesce(r.reversed, 0) FROM {live}.transactions t
+        LEFT JOIN (SELECT x.tenant, x.target, sum((p->>'amount')::numeric) AS reversed
+                   FROM {live}.transactions x, jsonb_array_elements(x.postings) AS p
+                   WHERE x.kind = 'reverse' AND x.status = 'committed' GROUP BY 1, 2) r
+          ON r.tenant = t.tenant AND r.target = t.id
+        WHERE t.reversed IS DISTINCT FROM coalesce(r.reversed, 0) AND ($1::text[] IS NULL OR t.tenant = ANY($1))""",
     "tenants and assets whose balances do not sum to zero": """
         SELECT tenant, asset, sum(balance) FROM {live}.balances WHERE $1::text[] IS NULL OR tenant = ANY($1)
         GROUP BY tenant, asset HAVING sum(balance) <> 0""",
@@ -83,7 +107,7 @@ async def _compare(conn: asyncpg.Connection, live: str, shadow: str, snapshot: d
     parts = sorted(snapshot)
     args = (parts, [snapshot[p] for p in parts], tenants)
     for name, (select, live_src, shadow_src) in CHECKS.items():
-        live_rows = select.format(src=live_src.format(live=live))
+        live_rows = select.format(src=live_src.format(live=live, shadow=shadow))
         shadow_rows = select.format(src=shadow_src.format(shadow=shadow))
         for label, a, b in (("in the live projection only", live_rows, shadow_rows),
                             ("in the log only", shadow_rows, live_rows)):

@@ -24,6 +24,7 @@ SEED = 20261128
 RECORDS = 3000
 DEADLINE_S = 60.0
 ACCOUNTS = ["@world", "@fees", "alice", "bob", "carol"]
+TICK = b'{"v":1,"kind":"tick"}'
 
 
 class Hostile:
@@ -34,6 +35,7 @@ class Hostile:
         self.tenants = tenants
         self.partitions = partitions
         self.ids: list[tuple[str, str]] = []
+        self.holds: list[tuple[str, str]] = []
         self.kinds: dict[str, int] = {}
 
     def transfer(self, tenant: str, **overrides: Any) -> dict[str, Any]:
@@ -56,7 +58,7 @@ class Hostile:
         tenant = rng.choice(self.tenants)
         kind = rng.choice(["valid"] * 8 + ["taken_id", "bytes", "json", "nul", "surrogate", "numbers",
                                             "wrong_partition", "unknown_tenant", "tenant_record", "bad_key",
-                                            "no_value", "kind"])
+                                            "no_value", "kind"] + ["hold", "close_hold", "reverse"] * 2 + ["tick"])
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         key: bytes | None = tenant.encode()
         partition = None
@@ -112,6 +114,23 @@ class Hostile:
             value = orjson.dumps(self.transfer(tenant))
         elif kind == "no_value":
             value = None
+        elif kind == "hold":
+            body = self.transfer(tenant, kind="hold")
+            body["expires_in_s"] = rng.choice([1, 2, 600, 0, -1, 2**40, "60", None])
+            value = orjson.dumps(body)
+            self.holds.append((tenant, body["id"]))
+        elif kind in ("close_hold", "reverse"):
+            # Targets: ids that exist (holds, transactions, of this tenant or another), or not, or garbage.
+            taken = rng.choice(self.holds) if kind == "close_hold" and self.holds else self.reused_id()
+            target = rng.choice([taken[1] if taken else "none", "none", "x\u0000", 5, None, "a" * 65])
+            op = rng.choice(["capture", "void"]) if kind == "close_hold" else "reverse"
+            body = {"v": 1, "kind": op, "id": unique("o"), "tenant": tenant,
+                    "hold" if op != "reverse" else "transaction": target}
+            if op != "void" and rng.random() < 0.5:
+                body["amount"] = rng.choice([1, 5, 10**6, 0, -1, 2**63, 1.5])
+            value = orjson.dumps(body)
+        elif kind == "tick":
+            key, value, partition = None, TICK, rng.randrange(self.partitions)
         else:
             value = orjson.dumps(self.transfer(tenant, kind=rng.choice(["hold", "", "TRANSFER", ["transfer"]])))
         if key is not None and value is not None:
@@ -152,11 +171,14 @@ async def test_a_hostile_log_stops_nothing_and_every_record_is_decided(admin: ht
     producer = AIOKafkaProducer(bootstrap_servers=SETTINGS.kafka_bootstrap, enable_idempotence=True, linger_ms=5)
     await producer.start()
     try:
-        sent = []
+        sent, ticks = [], []
         for _ in range(RECORDS):
             key, value, partition = hostile.make()
-            sent.append(await producer.send(TRANSACTIONS_TOPIC, value, key=key, partition=partition))
+            future = await producer.send(TRANSACTIONS_TOPIC, value, key=key, partition=partition)
+            (ticks if value == TICK else sent).append(future)
+        # Every record but the clock's ticks (which carry only time) is answered by an outcome.
         positions.update(f"{m.partition}-{m.offset}" for m in await asyncio.gather(*sent))
+        await asyncio.gather(*ticks)
         await stack.caught_up(timeout_s=DEADLINE_S)
         while not positions <= seen and time.monotonic() - started < DEADLINE_S:
             await asyncio.sleep(0.1)
@@ -169,7 +191,7 @@ async def test_a_hostile_log_stops_nothing_and_every_record_is_decided(admin: ht
           f"{len(positions & seen)} outcomes, {time.monotonic() - started:.1f} s")
     assert stack.projector is not None and stack.projector.poll() is None, "the projector stopped"
     assert positions <= seen, f"{len(positions - seen)} records without an outcome"
-    assert min(hostile.kinds.values()) > 0 and len(hostile.kinds) == 13
+    assert min(hostile.kinds.values()) > 0 and len(hostile.kinds) == 17
     verdict = await verify(SETTINGS.database_url, SETTINGS.kafka_bootstrap, TRANSACTIONS_TOPIC)
-    assert verdict.identical, verdict.differences
+    assert verdict.identical, "\n".join(f"{check}: {rows}" for check, rows in verdict.differences.items())
     assert verdict.replayed >= RECORDS

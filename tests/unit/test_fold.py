@@ -8,13 +8,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.decisions import Ledger
-from ledger.fold import POISON_AS_EVENT, POISON_AS_TRANSACTION, Record, decode_all, fold_batch
+from ledger.fold import (
+    POISON_AS_EVENT,
+    POISON_AS_TRANSACTION,
+    TRANSACTION_COLUMNS,
+    Record,
+    decode_all,
+    fold_batch,
+)
 from ledger.placement import partition_for
 from ledger.positions import Position
 
 PARTITIONS = 4
 TENANT = "acme"
 HOME = partition_for(TENANT.encode(), PARTITIONS)
+ERROR = TRANSACTION_COLUMNS.index("error")
 
 
 def transfer(offset: int, partition: int = HOME, **fields: object) -> Record:
@@ -50,7 +58,7 @@ def test_a_poisoned_record_is_a_rejection_under_its_id_then_only_an_event() -> N
     _, first = fold(records, {at: (POISON_AS_TRANSACTION, "value too long")})
     assert [(t[1], t[2], t[3]) for t in first.transactions] == [
         ("tx0", "committed", None), ("tx1", "rejected", "invalid"), ("tx2", "committed", None)]
-    assert "value too long" in str(first.transactions[1][-1])
+    assert "value too long" in str(first.transactions[1][ERROR])
     assert len(first.entries) == 4
     _, second = fold(records, {at: (POISON_AS_EVENT, "value too long")})
     assert [t[1] for t in second.transactions] == ["tx0", "tx2"]
@@ -60,7 +68,7 @@ def test_a_poisoned_record_is_a_rejection_under_its_id_then_only_an_event() -> N
 
 def test_errors_are_stored_without_what_postgresql_refuses() -> None:
     _, rows = fold([transfer(0)], {Position(HOME, 0): (POISON_AS_TRANSACTION, "bad \x00 byte \ud800")})
-    error = str(rows.transactions[0][-1])
+    error = str(rows.transactions[0][ERROR])
     assert "\x00" not in error and "\ud800" not in error and "bad ? byte ?" in error
 
 

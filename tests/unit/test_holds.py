@@ -145,3 +145,9 @@ def test_a_capture_is_reversible_like_any_movement() -> None:
     run(ledger, act("c1", CAPTURE, "h1", 40))
     assert run(ledger, act("r1", REVERSE, "c1")).status == "committed"
     assert (ledger.balance((T, "alice", USD)), ledger.balance((T, "shop", USD))) == (100, 0)
+
+
+def test_an_invalid_record_kept_under_its_id_is_not_reversible_whether_carried_or_loaded() -> None:
+    ledger = book()
+    ledger.record_invalid(T, "bad", Position(0, 9))
+    assert run(ledger, act("r1", REVERSE, "bad")).reason == NOT_REVERSIBLE
