@@ -1,38 +1,44 @@
 """An independent model of the ledger's decisions, written apart from `ledger.decisions` and `ledger.fold`
-from the contract's rules alone: plain dictionaries and one loop. The property tests compare both
-PostgreSQL and the projector's own fold with it, so a wrong rule in the fold cannot hide behind itself.
+from the contract's rules alone: plain dictionaries and loops. The property tests compare both PostgreSQL and
+the projector's own fold with it, so a wrong rule in the fold cannot hide behind itself.
 
 It takes requests already classified by the test that generated them (it knows which ones it broke), so it
-models the decisions, not the parsing.
+models the decisions, not the parsing. Holds never expire here (the histories are shorter than any expiry).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 Posting = tuple[str, str, int, str]  # source, destination, amount, asset
+Key = tuple[str, str]
 
 
 @dataclass
 class Model:
     """The ledger as a few dictionaries: what each (tenant, id) and (tenant, key) stands for, what is
-    recorded as a transaction row, and the balances."""
+    recorded as a transaction row, the balances, what is held, the holds and what was moved."""
 
     balances: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    # (tenant, id) -> (status, reason, postings) of the decision that id stands for (a repeat's: the original's)
-    ids: dict[tuple[str, str], tuple[str, str | None, tuple[Posting, ...] | None]] = field(default_factory=dict)
-    keys: dict[tuple[str, str], tuple[str, str | None, tuple[Posting, ...] | None]] = field(default_factory=dict)
-    rows: dict[tuple[str, str], tuple[str, str | None]] = field(default_factory=dict)
+    held: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    ids: dict[Key, tuple[str, str | None, Any]] = field(default_factory=dict)
+    keys: dict[Key, tuple[str, str | None, Any]] = field(default_factory=dict)
+    rows: dict[Key, tuple[str, str | None]] = field(default_factory=dict)
+    holds: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    moved: dict[Key, dict[str, Any]] = field(default_factory=dict)  # what a committed movement moved
 
     def malformed(self, tenant: str, id: str, readable: bool) -> None:
         """A record that is not a request; recorded under its id when tenant and id are readable and free."""
         if readable and (tenant, id) not in self.ids:
             self.ids[(tenant, id)] = ("rejected", "invalid", None)
             self.rows[(tenant, id)] = ("rejected", "invalid")
+            self.moved[(tenant, id)] = {"kind": "transfer", "status": "rejected", "postings": [], "reversed": 0}
 
-    def transfer(self, tenant: str, id: str, postings: list[Posting], key: str | None) -> None:
-        body = tuple(postings)
+    def request(self, tenant: str, id: str, kind: str, key: str | None, postings: list[Posting] | None = None,
+                target: str | None = None, amount: int | None = None) -> None:
+        body = (kind, tuple(postings or ()), target, amount)
         if (tenant, id) in self.ids:
             return  # the id is taken: a repeat (same body) or a conflict; either way nothing new is recorded
         if key is not None and (tenant, key) in self.keys:
@@ -42,22 +48,107 @@ class Model:
             else:
                 self.ids[(tenant, id)] = ("rejected", "idempotency_conflict", body)
                 self.rows[(tenant, id)] = ("rejected", "idempotency_conflict")
+                self.moved[(tenant, id)] = {"kind": kind, "status": "rejected", "postings": [], "reversed": 0}
             return
-        status, reason = self._apply(tenant, body)
+        decide = {"transfer": self._transfer, "hold": self._hold, "capture": self._capture, "void": self._void,
+                  "reverse": self._reverse}[kind]
+        status, reason, moved = decide(tenant, id, body)
         self.ids[(tenant, id)] = (status, reason, body)
         self.rows[(tenant, id)] = (status, reason)
+        self.moved[(tenant, id)] = {"kind": kind, "status": status, "postings": moved, "reversed": 0}
         if key is not None:
             self.keys[(tenant, key)] = (status, reason, body)
 
-    def _apply(self, tenant: str, body: tuple[Posting, ...]) -> tuple[str, str | None]:
+    # --- one function per kind: (status, reason, postings moved) ---------------------------------------
+
+    def _transfer(self, tenant: str, id: str, body: tuple[Any, ...]) -> tuple[str, str | None, list[Posting]]:
+        return self._move(tenant, list(body[1]), check_funds=True)
+
+    def _hold(self, tenant: str, id: str, body: tuple[Any, ...]) -> tuple[str, str | None, list[Posting]]:
+        held = dict(self.held)
+        for source, _, amount, asset in body[1]:
+            held[(tenant, source, asset)] = held.get((tenant, source, asset), 0) + amount
+        if any(v > INT64_MAX for v in held.values()):
+            return "rejected", "overflow", []
+        if self._short(self.balances, held):
+            return "rejected", "insufficient_funds", []
+        self.held = held
+        self.holds[(tenant, id)] = {"postings": list(body[1]), "state": "held"}
+        return "committed", None, []
+
+    def _open(self, tenant: str, target: str) -> dict[str, Any] | tuple[str, str | None, list[Posting]]:
+        hold = self.holds.get((tenant, target))
+        if hold is None:
+            return "rejected", "not_found", []
+        if hold["state"] != "held":
+            return "rejected", "hold_closed", []
+        return hold
+
+    def _release(self, tenant: str, hold: dict[str, Any], state: str) -> None:
+        for source, _, amount, asset in hold["postings"]:
+            self.held[(tenant, source, asset)] -= amount
+        hold["state"] = state
+
+    def _capture(self, tenant: str, id: str, body: tuple[Any, ...]) -> tuple[str, str | None, list[Posting]]:
+        hold = self._open(tenant, body[2])
+        if isinstance(hold, tuple):
+            return hold
+        postings = list(hold["postings"])
+        amount = body[3]
+        if amount is not None:
+            if len(postings) != 1:
+                return "rejected", "invalid", []
+            if amount > postings[0][2]:
+                return "rejected", "amount_exceeds_hold", []
+            postings = [(postings[0][0], postings[0][1], amount, postings[0][3])]
+        status, reason, moved = self._move(tenant, postings, check_funds=False)
+        if status == "committed":
+            self._release(tenant, hold, "captured")
+        return status, reason, moved
+
+    def _void(self, tenant: str, id: str, body: tuple[Any, ...]) -> tuple[str, str | None, list[Posting]]:
+        hold = self._open(tenant, body[2])
+        if isinstance(hold, tuple):
+            return hold
+        self._release(tenant, hold, "voided")
+        return "committed", None, []
+
+    def _reverse(self, tenant: str, id: str, body: tuple[Any, ...]) -> tuple[str, str | None, list[Posting]]:
+        original = self.moved.get((tenant, body[2]))
+        if original is None:
+            return "rejected", "not_found", []
+        total = sum(p[2] for p in original["postings"])
+        remaining = total - original["reversed"]
+        if original["kind"] not in ("transfer", "capture", "reverse") or original["status"] != "committed" \
+                or remaining <= 0:
+            return "rejected", "not_reversible", []
+        single = len(original["postings"]) == 1
+        amount = body[3]
+        if amount is not None and not single:
+            return "rejected", "invalid", []
+        if amount is not None and amount > remaining:
+            return "rejected", "amount_exceeds_remaining", []
+        amount = remaining if amount is None else amount
+        back = [(d, s, amount if single else a, x) for s, d, a, x in original["postings"]]
+        status, reason, moved = self._move(tenant, back, check_funds=True)
+        if status == "committed":
+            original["reversed"] += amount
+        return status, reason, moved
+
+    def _move(self, tenant: str, postings: list[Posting], check_funds: bool) -> tuple[str, str | None, list[Posting]]:
         after = dict(self.balances)
-        for source, destination, amount, asset in body:
+        for source, destination, amount, asset in postings:
             for account, change in ((source, -amount), (destination, amount)):
                 k = (tenant, account, asset)
                 after[k] = after.get(k, 0) + change
                 if not INT64_MIN <= after[k] <= INT64_MAX:
-                    return "rejected", "overflow"
-        if any(v < 0 and not k[1].startswith("@") for k, v in after.items()):
-            return "rejected", "insufficient_funds"
+                    return "rejected", "overflow", []
+        if check_funds and self._short(after, self.held):
+            return "rejected", "insufficient_funds", []
         self.balances = after
-        return "committed", None
+        return "committed", None, postings
+
+    @staticmethod
+    def _short(balances: dict[tuple[str, str, str], int], held: dict[tuple[str, str, str], int]) -> bool:
+        keys = balances.keys() | held.keys()
+        return any(balances.get(k, 0) - held.get(k, 0) < 0 and not k[1].startswith("@") for k in keys)

@@ -41,19 +41,29 @@ postings = st.lists(
     .filter(lambda p: p[0] != p[1]),
     min_size=1, max_size=4,
 )
+keys = st.sampled_from([None, None, None, "k1", "k2"])
 requests = st.fixed_dictionaries({
-    "kind": st.just("tx"),
+    "kind": st.sampled_from(["tx", "tx", "hold"]),
     "tenant": st.integers(0, 1),
     "postings": postings,
-    "key": st.sampled_from([None, None, None, "k1", "k2"]),
+    "key": keys,
     "reuse_id": st.integers(0, 9),
+})
+# Captures, voids and reversals name an earlier request's id (of either tenant) by its index.
+operations = st.fixed_dictionaries({
+    "kind": st.sampled_from(["capture", "void", "reverse"]),
+    "tenant": st.integers(0, 1),
+    "target": st.integers(0, 200),
+    "amount": st.one_of(st.none(), st.none(), st.integers(1, 300)),
+    "key": keys,
 })
 malformed = st.fixed_dictionaries({
     "kind": st.just("bad"),
     "tenant": st.integers(0, 1),
     "shape": st.sampled_from(["not_json", "float_amount", "foreign_key", "no_postings", "self_posting"]),
 })
-histories = st.lists(st.one_of(requests, requests, requests, malformed), min_size=10, max_size=120)
+histories = st.lists(st.one_of(requests, requests, requests, operations, operations, malformed), min_size=10,
+                     max_size=120)
 
 
 def _value(event: dict[str, Any], tenant: str, tx_id: str) -> tuple[bytes, bytes]:
@@ -73,8 +83,16 @@ def _value(event: dict[str, Any], tenant: str, tx_id: str) -> tuple[bytes, bytes
         else:
             base["postings"][0]["destination"] = "@world"
         return key, orjson.dumps(base)
-    body = {"v": 1, "id": tx_id, "tenant": tenant, "idempotency_key": event["key"],
-            "postings": [{"source": s, "destination": d, "amount": a, "asset": x} for s, d, a, x in event["postings"]]}
+    body: dict[str, Any] = {"v": 1, "id": tx_id, "tenant": tenant, "idempotency_key": event["key"]}
+    if event["kind"] in ("tx", "hold"):
+        body["postings"] = [{"source": s, "destination": d, "amount": a, "asset": x}
+                            for s, d, a, x in event["postings"]]
+    if event["kind"] == "hold":
+        body |= {"kind": "hold", "expires_in_s": 3600}
+    elif event["kind"] != "tx":
+        body |= {"kind": event["kind"], "hold" if event["kind"] != "reverse" else "transaction": event["target_id"]}
+        if event["amount"] is not None and event["kind"] != "void":
+            body["amount"] = event["amount"]
     return key, orjson.dumps(body)
 
 
@@ -145,12 +163,17 @@ async def _produce(w: World, history: list[dict[str, Any]], tenants: list[str]) 
         tx_id = ids[reuse] if reuse < len(ids) and reuse < 2 else unique("x")
         ids.append(tx_id)
         tenant = tenants[event["tenant"]]
+        if "target" in event:
+            event = {**event, "target_id": ids[event["target"] % len(ids)] if len(ids) > 1 else "none"}
         key, value = _value(event, tenant, tx_id)
         sent.append((key, value, await w.producer.send(TRANSACTIONS_TOPIC, value, key=key)))
         if event["kind"] == "bad":
             model.malformed(tenant, tx_id, readable=event["shape"] not in ("not_json", "foreign_key"))
         else:
-            model.transfer(tenant, tx_id, [tuple(p) for p in event["postings"]], event["key"])
+            kind = {"tx": "transfer"}.get(event["kind"], event["kind"])
+            amount = event.get("amount") if kind in ("capture", "reverse") else None
+            model.request(tenant, tx_id, kind, event["key"], [tuple(p) for p in event.get("postings", ())],
+                          event.get("target_id"), amount)
     records = []
     for key, value, future in sent:
         metadata = await future
@@ -175,7 +198,8 @@ async def _wait_applied(w: World, records: list[Record]) -> None:
 async def _stored(db: asyncpg.Pool, tenants: list[str]) -> dict[str, Any]:
     tx = await db.fetch("SELECT tenant, id, status, reason, log_partition, log_offset, error IS NOT NULL AS has_error "
                         "FROM transactions WHERE tenant = ANY($1)", tenants)
-    balances = await db.fetch("SELECT tenant, account, asset, balance FROM balances WHERE tenant = ANY($1)", tenants)
+    balances = await db.fetch("SELECT tenant, account, asset, balance, held FROM balances WHERE tenant = ANY($1)",
+                              tenants)
     entries = await db.fetch("SELECT tenant, account, asset, log_offset, leg, transaction_id, amount, balance_after "
                              "FROM entries WHERE tenant = ANY($1)", tenants)
     keys = await db.fetch("SELECT tenant, key, transaction_id FROM idempotency_keys WHERE tenant = ANY($1)", tenants)
@@ -183,6 +207,7 @@ async def _stored(db: asyncpg.Pool, tenants: list[str]) -> dict[str, Any]:
         "transactions": {(r["tenant"], r["id"]): (r["status"], r["reason"], r["log_partition"], r["log_offset"],
                                                   r["has_error"]) for r in tx},
         "balances": {(r["tenant"], r["account"], r["asset"]): r["balance"] for r in balances},
+        "held": {(r["tenant"], r["account"], r["asset"]): r["held"] for r in balances if r["held"]},
         "entries": sorted(tuple(r) for r in entries),
         "keys": sorted(tuple(r) for r in keys),
     }
@@ -192,6 +217,7 @@ def _expected(rows: BatchRows) -> dict[str, Any]:
     return {
         "transactions": {(t[0], t[1]): (t[2], t[3], t[9], t[10], t[13] is not None) for t in rows.transactions},
         "balances": {k: v[0] for k, v in rows.balances.items()},
+        "held": {k: v[1] for k, v in rows.balances.items() if v[1]},
         "entries": sorted(e[:8] for e in rows.entries),
         "keys": sorted(rows.idempotency_keys),
     }
@@ -238,7 +264,8 @@ async def _check_history(w: World, history: list[dict[str, Any]]) -> None:
         assert stored == _expected(rows)
         # Both against the model written apart from the fold: every decision recorded, and the balances.
         assert {k: v[:2] for k, v in stored["transactions"].items()} == model.rows
-        assert stored["balances"] == model.balances
+        assert stored["balances"] == model.balances | {k: 0 for k in stored["balances"] if k not in model.balances}
+        assert stored["held"] == {k: v for k, v in model.held.items() if v}
 
         # Outcomes: every decision published (at least once), exactly as the fold decided it.
         expected_outcomes = {bytes(v) for _, _, v in rows.outcomes}
