@@ -7,7 +7,7 @@ from typing import Any
 
 from api.auth import KEY_ID_RE
 from api.routes import ENTRIES_LIMIT_DEFAULT, ENTRIES_LIMIT_MAX
-from ledger.validation import ADDRESS_RE, ASSET_RE, ID_RE, TENANT_NAME_LEN_MAX, TENANT_RE
+from ledger.validation import ADDRESS_RE, ASSET_RE, HOLD_EXPIRES_IN_S_MAX, ID_RE, TENANT_NAME_LEN_MAX, TENANT_RE
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -91,6 +91,43 @@ SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "string", "format": "date-time"},
             "committed_at": {"type": ["string", "null"], "format": "date-time"},
             "replay_of": {"type": "string", "description": "This id repeated an idempotency key: the original's id"},
+            "kind": {"enum": ["hold", "capture", "void", "reverse"]},
+            "captures": {"type": "string"}, "voids": {"type": "string"}, "reverses": {"type": "string"},
+            "reversed": {"type": "integer", "description": "How much of this transaction is reversed"},
+        },
+    },
+    "HoldRequest": {
+        "type": "object", "additionalProperties": False, "required": ["postings"],
+        "properties": {
+            "postings": {"type": "array", "minItems": 1, "maxItems": 128,
+                         "items": {"$ref": "#/components/schemas/Posting"}},
+            "expires_in_s": {"type": "integer", "minimum": 1, "maximum": HOLD_EXPIRES_IN_S_MAX},
+            "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+            "reference": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+        },
+    },
+    "Hold": {
+        "type": "object", "required": ["id", "status", "postings", "position"],
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"enum": ["held", "captured", "voided", "expired", "rejected"]},
+            "reason": {"type": "string"},
+            "postings": {"type": "array", "items": {"$ref": "#/components/schemas/Posting"}},
+            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+            "reference": {"type": ["string", "null"]},
+            "expires_at": {"type": ["string", "null"], "format": "date-time"},
+            "closed_at": {"type": ["string", "null"], "format": "date-time"},
+            "closed_by": {"type": "string"},
+            "position": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Amount": {
+        "type": ["object", "null"], "additionalProperties": False,
+        "properties": {
+            "amount": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807},
+            "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+            "reference": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
         },
     },
     "Pending": {
@@ -102,6 +139,8 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "address": {"type": "string"},
             "balances": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "held": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "available": {"type": "object", "additionalProperties": {"type": "integer"}},
             "position": {"type": ["string", "null"]},
             "at": {"type": "string", "format": "date-time"},
         },
@@ -180,6 +219,24 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
              _query("wait", {"type": "boolean"}, "Wait for the decision"),
              _timeout(wait_timeout_ms_max)],
             body=_ref("TransactionRequest"))},
+        "/v1/tenants/{tenant}/holds": {"post": _money("Place a hold: reserve the postings on their sources",
+                                                      "Held (wait=true)", "Hold", [TENANT], _ref("HoldRequest"),
+                                                      wait_timeout_ms_max)},
+        "/v1/tenants/{tenant}/holds/{id}": {"get": _operation(
+            "A hold and its state", {"200": _ok("The hold", _ref("Hold")), **COMMON_ERRORS},
+            [TENANT, _path_param("id", ID_RE.pattern), *read_params])},
+        "/v1/tenants/{tenant}/holds/{id}/capture": {"post": _money(
+            "Capture a hold (all, or `amount` of a one-posting hold; the rest is released)",
+            "Captured: the transaction that moved the money (wait=true)", "Transaction",
+            [TENANT, _path_param("id", ID_RE.pattern)], _ref("Amount"), wait_timeout_ms_max, optional=True)},
+        "/v1/tenants/{tenant}/holds/{id}/void": {"post": _money(
+            "Void a hold: release what it reserved", "Voided: the hold (wait=true)", "Hold",
+            [TENANT, _path_param("id", ID_RE.pattern)], {"type": ["object", "null"], "additionalProperties": False,
+                                                         "properties": {}}, wait_timeout_ms_max, optional=True)},
+        "/v1/tenants/{tenant}/transactions/{id}/reverse": {"post": _money(
+            "Reverse a transaction (all, or `amount` of a one-posting transaction)",
+            "Reversed: the new transaction (wait=true)", "Transaction", [TENANT, _path_param("id", ID_RE.pattern)],
+            _ref("Amount"), wait_timeout_ms_max, optional=True)},
         "/v1/tenants/{tenant}/transactions/{id}": {"get": _operation(
             "A transaction and its outcome", {"200": _ok("The transaction", _ref("Transaction")), **COMMON_ERRORS},
             [TENANT, _path_param("id", ID_RE.pattern), *read_params])},
@@ -195,6 +252,21 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
                     f"Page size (default {ENTRIES_LIMIT_DEFAULT})"),
              _query("cursor", {"type": "string"}, "next_cursor of the previous page"), *read_params])},
     }
+
+
+def _money(summary: str, decided: str, shown: str, params: list[dict[str, Any]], body: dict[str, Any],
+           wait_timeout_ms_max: int, optional: bool = False) -> dict[str, Any]:
+    """A request appended to the log, answered like a transfer: 202, 201, 409 (404: its target is unknown)."""
+    op = _operation(summary, {
+        "200": _ok("A replay of an already decided Idempotency-Key", _ref(shown)),
+        "201": _ok(decided, _ref(shown)), "202": _ok("Appended, not yet decided", _ref("Pending")),
+        "409": _err("Rejected by the ledger; the error code is the reason"), **COMMON_ERRORS},
+        [*params, {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+         _query("wait", {"type": "boolean"}, "Wait for the decision"), _timeout(wait_timeout_ms_max)], body=body)
+    if optional:
+        op["requestBody"]["required"] = False
+    return op
 
 
 @cache
