@@ -161,14 +161,24 @@ class Bench:
             say(f"history {label} @ 500/s: p50 {rows[label]['p50_ms']:.2f} ms, p99 {rows[label]['p99_ms']:.2f} ms")
         self.results["history"] = rows
 
-    async def ingest_direct(self, owner: asyncpg.Connection, count: int) -> None:
+    async def ingest_direct(self, owner: asyncpg.Connection, count: int, mix: bool = False) -> None:
         """Stop the projector, append `count` requests with the producer client, restart the projector and
-        time the catch-up alone."""
+        time the catch-up alone. Transfers of two postings; with `mix`, half of them holds of two postings
+        and half captures of those holds."""
         processes.stop(self.projector, "projector")
+        run = secrets.token_hex(3)
         async with LedgerProducer(self.bootstrap, follow_outcomes=False, topic=self.topic) as ledger:
             for first in range(0, count, PRODUCE_CONCURRENCY_MAX):
-                await asyncio.gather(*[ledger.submit(data.TENANTS[n % 10], _transfer(n))
-                                       for n in range(first, min(count, first + PRODUCE_CONCURRENCY_MAX))])
+                last = min(count, first + PRODUCE_CONCURRENCY_MAX)
+                if not mix:
+                    await asyncio.gather(*[ledger.submit(data.TENANTS[n % 10], _transfer(n))
+                                           for n in range(first, last)])
+                    continue
+                # Holds first, then their captures: each lands after its hold on the tenant's partition.
+                await asyncio.gather(*[ledger.hold(data.TENANTS[n % 10], _held(n), id=f"h{run}-{n}")
+                                       for n in range(first, last, 2)])
+                await asyncio.gather(*[ledger.capture(data.TENANTS[(n - 1) % 10], f"h{run}-{n - 1}")
+                                       for n in range(first + 1, last, 2)])
         before = await owner.fetchval("SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets")
         self.projector = processes.spawn("projections.app", self.env, self.logs / "projector.log")
         while await owner.fetchval("SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets") == before:
@@ -178,9 +188,24 @@ class Bench:
         finished = await self.caught_up(owner)
         applied = before + count - first
         rate = applied / (finished - started)
-        self.results["ingest_direct"] = {"transactions": count, "measured": applied,
-                                         "seconds": round(finished - started, 2), "tx_per_s": round(rate)}
-        say(f"ingest (straight to Kafka, one projector): {rate:.0f} committed tx/s over {applied} transactions")
+        label = "ingest_mix" if mix else "ingest_direct"
+        self.results[label] = {"transactions": count, "measured": applied,
+                               "seconds": round(finished - started, 2), "tx_per_s": round(rate)}
+        if mix:
+            self.results[label]["ratio_to_transfers"] = round(rate / self.results["ingest_direct"]["tx_per_s"], 2)
+        say(f"{label} (straight to Kafka, one projector): {rate:.0f} decided requests/s over {applied}")
+
+    async def hold_everything(self, owner: asyncpg.Connection, accounts: int) -> None:
+        """An open hold (of 1) on every account the reads look at, for reads of accounts with holds."""
+        async with LedgerProducer(self.bootstrap, follow_outcomes=False, topic=self.topic) as ledger:
+            for first in range(1, accounts + 1, PRODUCE_CONCURRENCY_MAX):
+                await asyncio.gather(*[
+                    ledger.hold(data.TENANTS[i % 10], [Posting(f"acct-{i}", "@holds", 1, "USD/2")],
+                                expires_in_s=86_400)
+                    for i in range(first, min(accounts + 1, first + PRODUCE_CONCURRENCY_MAX))])
+        await self.caught_up(owner)
+        held = await owner.fetchval("SELECT count(*) FROM balances WHERE held > 0 AND account LIKE 'acct-%'")
+        say(f"{held} accounts with an open hold")
 
     async def ingest_client(self, rate: int) -> None:
         """Open loop through the producer client: `rate` requests/s, each timed from its scheduled send to
@@ -261,7 +286,10 @@ class Bench:
             self.saturation(small)
             await self.round_trips(owner, small)
             self.history()
-            await self.ingest_direct(owner, 20_000 if self.quick else 200_000)
+            await self.ingest_direct(owner, 20_000 if self.quick else 100_000)
+            await self.ingest_direct(owner, 20_000 if self.quick else 100_000, mix=True)
+            await self.hold_everything(owner, small)
+            self.reads(small, "reads_10k_held", [1000])
             await self.ingest_client(500)
             for rate in [100, 500] if not self.quick else [500]:
                 self.ingest_http(rate)
@@ -285,6 +313,12 @@ def _transfer(n: int) -> list[Posting]:
             Posting(f"ingest-{n % 5000}", f"acct-{n % 997 + 1}", 40, "USD/2")]
 
 
+def _held(n: int) -> list[Posting]:
+    """A hold of two postings from the outside world, like `_transfer`'s two (and always fundable)."""
+    return [Posting("@world", f"ingest-{n % 5000}", 100, "USD/2"), Posting("@world", f"acct-{n % 997 + 1}", 40,
+                                                                          "USD/2")]
+
+
 def _machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "uname": " ".join(os.uname()), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                           time.gmtime())}
@@ -300,6 +334,8 @@ def report(results: dict[str, Any]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label in ("reads_10k", "reads_1m"):
         lines += [_row(f"balance read, {r['accounts']:,} accounts", r) for r in results.get(label, [])]
+    lines += [_row(f"balance read, {r['accounts']:,} accounts, each with an open hold", r)
+              for r in results.get("reads_10k_held", [])]
     lines += [_row(f"history page, {label}", r) for label, r in results.get("history", {}).items()]
     lines += [_row("POST ?wait=true", r) for r in results.get("ingest_http_wait", [])]
     lines += [_row("producer client, append to outcome", r) for r in results.get("ingest_client", [])]
@@ -316,6 +352,10 @@ def report(results: dict[str, Any]) -> str:
         i = results["ingest_direct"]
         lines.append(f"ingest straight to Kafka, one projector: {i['tx_per_s']} committed tx/s "
                      f"({i['measured']} tx in {i['seconds']} s)")
+    if "ingest_mix" in results:
+        i = results["ingest_mix"]
+        lines.append(f"ingest, half holds and half captures: {i['tx_per_s']} decided requests/s "
+                     f"({i['ratio_to_transfers']}x the transfers above, same run)")
     if "replay" in results:
         r = results["replay"]
         lines.append(f"replay into an empty database: {r['events_per_s']} events/s ({r['events']} in {r['seconds']} s)")
