@@ -193,6 +193,9 @@ class Bench:
                                "seconds": round(finished - started, 2), "tx_per_s": round(rate)}
         if mix:
             self.results[label]["ratio_to_transfers"] = round(rate / self.results["ingest_direct"]["tx_per_s"], 2)
+            decided = await owner.fetch("SELECT kind, status, count(*) AS n FROM transactions"
+                                        " WHERE kind IN ('hold', 'capture') GROUP BY 1, 2 ORDER BY 1, 2")
+            self.results[label]["decided"] = {f"{r['kind']} {r['status']}": r["n"] for r in decided}
         say(f"{label} (straight to Kafka, one projector): {rate:.0f} decided requests/s over {applied}")
 
     async def hold_everything(self, owner: asyncpg.Connection, accounts: int) -> None:
@@ -355,7 +358,7 @@ def report(results: dict[str, Any]) -> str:
     if "ingest_mix" in results:
         i = results["ingest_mix"]
         lines.append(f"ingest, half holds and half captures: {i['tx_per_s']} decided requests/s "
-                     f"({i['ratio_to_transfers']}x the transfers above, same run)")
+                     f"({i['ratio_to_transfers']}x the transfers above, same run; {i['decided']})")
     if "replay" in results:
         r = results["replay"]
         lines.append(f"replay into an empty database: {r['events_per_s']} events/s ({r['events']} in {r['seconds']} s)")
