@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from starlette.requests import Request
@@ -252,25 +254,25 @@ async def _submit(request: Request, kind: str) -> Response:
 
 
 async def get_hold(request: Request) -> Response:
-    context, principal, tenant = authorized(request, "read")
-    assert tenant is not None
-    hold_id = check_id(request.path_params["id"])
-    await caught_up(request, context, principal, tenant)
-    row = await context.store.hold(tenant, hold_id)
-    if row is None:
-        raise NotFound(f"no hold {hold_id!r}")
-    return JSON(views.hold(row))
+    return await _read_by_id(request, "hold", Store.hold, views.hold)
 
 
 async def get_transaction(request: Request) -> Response:
+    return await _read_by_id(request, "transaction", Store.transaction, views.transaction)
+
+
+async def _read_by_id(request: Request, what: str,
+                      fetch: Callable[[Store, str, str], Awaitable[asyncpg.Record | None]],
+                      view: Callable[[asyncpg.Record], dict[str, Any]]) -> Response:
+    """One row by the id in the path, once the projection has reached `min_position`; 404 if none."""
     context, principal, tenant = authorized(request, "read")
     assert tenant is not None
-    tx_id = check_id(request.path_params["id"])
+    row_id = check_id(request.path_params["id"])
     await caught_up(request, context, principal, tenant)
-    row = await context.store.transaction(tenant, tx_id)
+    row = await fetch(context.store, tenant, row_id)
     if row is None:
-        raise NotFound(f"no transaction {tx_id!r}")
-    return JSON(views.transaction(row))
+        raise NotFound(f"no {what} {row_id!r}")
+    return JSON(view(row))
 
 
 # --- accounts ------------------------------------------------------------------------------------------

@@ -355,13 +355,15 @@ async def _replay_and_compare(stack: Stack) -> int:
                              "proj_v1", until=applied)
         queries = [
             "SELECT tenant, id, status, reason, postings::text, metadata::text, reference, idempotency_key, "
-            "fingerprint, log_partition, log_offset, created_at, committed_at, error FROM transactions ORDER BY 1, 2",
+            "fingerprint, log_partition, log_offset, created_at, committed_at, error, kind, target, reversed "
+            "FROM transactions ORDER BY 1, 2",
             "SELECT * FROM balances ORDER BY 1, 2, 3",
             "SELECT * FROM entries ORDER BY 1, 2, 4, 5",
             "SELECT * FROM idempotency_keys ORDER BY 1, 2",
             "SELECT * FROM invalid_events ORDER BY 1, 2",
             "SELECT * FROM tenants ORDER BY 1",
             "SELECT * FROM replays ORDER BY 1, 2",
+            "SELECT * FROM holds ORDER BY 1, 2",
             "SELECT topic, log_partition, next_offset FROM projection_offsets ORDER BY 1, 2",
         ]
         for query in queries:
