@@ -93,7 +93,8 @@ SCHEMAS: dict[str, Any] = {
             "replay_of": {"type": "string", "description": "This id repeated an idempotency key: the original's id"},
             "kind": {"enum": ["hold", "capture", "void", "reverse"]},
             "captures": {"type": "string"}, "voids": {"type": "string"}, "reverses": {"type": "string"},
-            "reversed": {"type": "integer", "description": "How much of this transaction is reversed"},
+            "reversed": {"type": "integer", "description": "How much of this transaction is reversed: the amount, "
+                                                             "for one posting; 1 once reversed, for several"},
         },
     },
     "HoldRequest": {
@@ -126,6 +127,13 @@ SCHEMAS: dict[str, Any] = {
         "type": ["object", "null"], "additionalProperties": False,
         "properties": {
             "amount": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807},
+            "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+            "reference": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+        },
+    },
+    "VoidRequest": {
+        "type": ["object", "null"], "additionalProperties": False,
+        "properties": {
             "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
             "reference": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
         },
@@ -231,8 +239,7 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
             [TENANT, _path_param("id", ID_RE.pattern)], _ref("Amount"), wait_timeout_ms_max, optional=True)},
         "/v1/tenants/{tenant}/holds/{id}/void": {"post": _money(
             "Void a hold: release what it reserved", "Voided: the hold (wait=true)", "Hold",
-            [TENANT, _path_param("id", ID_RE.pattern)], {"type": ["object", "null"], "additionalProperties": False,
-                                                         "properties": {}}, wait_timeout_ms_max, optional=True)},
+            [TENANT, _path_param("id", ID_RE.pattern)], _ref("VoidRequest"), wait_timeout_ms_max, optional=True)},
         "/v1/tenants/{tenant}/transactions/{id}/reverse": {"post": _money(
             "Reverse a transaction (all, or `amount` of a one-posting transaction)",
             "Reversed: the new transaction (wait=true)", "Transaction", [TENANT, _path_param("id", ID_RE.pattern)],

@@ -206,6 +206,6 @@ class LedgerProducer:
                 if not future.done():
                     future.set_result(outcome)
             elif isinstance(outcome, dict) and outcome.get("tenant") in self._sending:
-                self._early[token] = outcome
+                self._early.setdefault(token, outcome)  # the first answer: a hold's expiry comes after it
                 if len(self._early) > EARLY_MAX:
                     self._early.popitem(last=False)

@@ -118,7 +118,7 @@ def decode_request(key: bytes | None, value: bytes | None) -> Request:
         metadata=parse_metadata(obj.get("metadata")),
         reference=parse_reference(obj.get("reference")),
         kind=kind,
-        target=None if target is None else check_id(target, TARGET_FIELD[kind]),
+        target=check_id(target, TARGET_FIELD[kind]) if kind in TARGET_FIELD else None,
         amount=parse_partial_amount(obj.get("amount")),
         expires_in_s=parse_expires_in_s(obj.get("expires_in_s")) if kind == HOLD else None,
     )

@@ -73,7 +73,7 @@ class Hold:
     id: str
     postings: tuple[Posting, ...]
     expires_at_ms: int
-    partition: int
+    position: Position  # of the request that placed it
     state: str = HELD
     closed_by: str | None = None
     closed_at_ms: int | None = None
@@ -81,7 +81,8 @@ class Hold:
 
 @dataclass(slots=True)
 class Original:
-    """What a reversal needs of the transaction it names: what it moved, and how much is reversed."""
+    """What a reversal needs of the transaction it names: what it moved, and how much is reversed: for one
+    posting, the amount reversed so far; for several (reversed only whole), 1 once reversed."""
 
     kind: str
     status: str
@@ -89,8 +90,11 @@ class Original:
     reversed: int = 0
 
     @property
-    def total(self) -> int:
-        return sum(p.amount for p in self.postings)
+    def remaining(self) -> int:
+        """For one posting, the amount not reversed yet; for several, 1 until they are reversed."""
+        if len(self.postings) == 1:
+            return self.postings[0].amount - self.reversed
+        return 1 - self.reversed
 
 
 class Outcome(NamedTuple):
@@ -109,6 +113,7 @@ class Outcome(NamedTuple):
     moved: tuple[Posting, ...] = ()
     held: tuple[tuple[BalanceKey, int], ...] = ()
     reversed: int = 0
+    target: str | None = None  # the hold or transaction acted on, a repeat's id resolved to its original
 
 
 class LedgerState(Protocol):
@@ -190,8 +195,14 @@ def _hold(state: LedgerState, request: TransactionRequest) -> Outcome:
     return Outcome("committed", held=tuple(held.items()))
 
 
+def resolved(state: LedgerState, tenant: str, target: str) -> str:
+    """The id `target` stands for: a repeat's id (it was handed out too) stands for its original."""
+    decided = state.decided_id(tenant, target)
+    return decided.transaction_id if decided is not None else target
+
+
 def _open_hold(state: LedgerState, request: TransactionRequest, now_ms: int) -> Hold | Outcome:
-    hold = state.hold(request.tenant, request.target or "")
+    hold = state.hold(request.tenant, resolved(state, request.tenant, request.target or ""))
     if hold is None:
         return Outcome("rejected", NOT_FOUND)
     if hold.state == EXPIRED or (hold.state == HELD and hold.expires_at_ms <= now_ms):
@@ -213,21 +224,24 @@ def _capture(state: LedgerState, request: TransactionRequest, now_ms: int) -> Ou
             return Outcome("rejected", AMOUNT_EXCEEDS_HOLD)
         postings = (postings[0]._replace(amount=request.amount),)
     # The rest is released; a capture never needs more than its hold reserved, so funds are not checked.
-    return _move(state, request.tenant, postings, _reserved(state, request.tenant, hold.postings, -1), False)
+    moved = _move(state, request.tenant, postings, _reserved(state, request.tenant, hold.postings, -1), False)
+    return moved._replace(target=hold.id)
 
 
 def _void(state: LedgerState, request: TransactionRequest, now_ms: int) -> Outcome:
     hold = _open_hold(state, request, now_ms)
     if isinstance(hold, Outcome):
         return hold
-    return Outcome("committed", held=tuple(_reserved(state, request.tenant, hold.postings, -1).items()))
+    return Outcome("committed", held=tuple(_reserved(state, request.tenant, hold.postings, -1).items()),
+                   target=hold.id)
 
 
 def _reverse(state: LedgerState, request: TransactionRequest) -> Outcome:
-    original = state.original(request.tenant, request.target or "")
+    target = resolved(state, request.tenant, request.target or "")
+    original = state.original(request.tenant, target)
     if original is None:
         return Outcome("rejected", NOT_FOUND)
-    remaining = original.total - original.reversed
+    remaining = original.remaining
     if original.kind not in REVERSIBLE_KINDS or original.status != "committed" or remaining <= 0:
         return Outcome("rejected", NOT_REVERSIBLE)
     if request.amount is None:
@@ -240,7 +254,9 @@ def _reverse(state: LedgerState, request: TransactionRequest) -> Outcome:
         amount = request.amount
     swapped = tuple(Posting(p.destination, p.source, amount if len(original.postings) == 1 else p.amount, p.asset)
                     for p in original.postings)
-    return _move(state, request.tenant, swapped, {}, True, amount)
+    # What `reversed` counts: the amount, for one posting; the one whole reversal, for several.
+    counted = amount if len(original.postings) == 1 else 1
+    return _move(state, request.tenant, swapped, {}, True, counted)._replace(target=target)
 
 
 def decide(state: LedgerState, request: TransactionRequest, now_ms: int = 0) -> Outcome:
@@ -324,32 +340,32 @@ class Ledger:
             self.held[key] = held
         self.originals[(request.tenant, request.id)] = Original(request.kind, outcome.status, outcome.moved)
         if outcome.status == "committed":
-            self._effect(request, position, now_ms, outcome.reversed)
+            self._effect(request, outcome, position, now_ms)
         if request.idempotency_key is None or outcome.reason in KEY_UNBOUND:
             return False
         assert (request.tenant, request.idempotency_key) not in self.by_key
         self.by_key[(request.tenant, request.idempotency_key)] = decided
         return True
 
-    def _effect(self, request: TransactionRequest, position: Position, now_ms: int, reversed_amount: int) -> None:
+    def _effect(self, request: TransactionRequest, outcome: Outcome, position: Position, now_ms: int) -> None:
         if request.kind == HOLD:
             assert request.expires_in_s is not None
-            hold = Hold(request.tenant, request.id, request.postings, now_ms + request.expires_in_s * 1000,
-                        position.partition)
+            hold = Hold(request.tenant, request.id, request.postings, now_ms + request.expires_in_s * 1000, position)
             self.track(hold)
         elif request.kind in (CAPTURE, VOID):
-            hold = self.holds[(request.tenant, request.target or "")]
+            hold = self.holds[(request.tenant, outcome.target or "")]
             assert hold.state == HELD
             hold.state, hold.closed_by, hold.closed_at_ms = (CAPTURED if request.kind == CAPTURE else VOIDED,
                                                              request.id, now_ms)
         elif request.kind == REVERSE:
-            self.originals[(request.tenant, request.target or "")].reversed += reversed_amount
+            self.originals[(request.tenant, outcome.target or "")].reversed += outcome.reversed
 
     def track(self, hold: Hold) -> None:
         """Know `hold` (created, or loaded from PostgreSQL), and when it expires if it is open."""
         self.holds[(hold.tenant, hold.id)] = hold
         if hold.state == HELD:
-            heapq.heappush(self.expiring.setdefault(hold.partition, []), (hold.expires_at_ms, hold.tenant, hold.id))
+            heapq.heappush(self.expiring.setdefault(hold.position.partition, []),
+                           (hold.expires_at_ms, hold.tenant, hold.id))
 
     def expire(self, partition: int, now_ms: int) -> list[Hold]:
         """Close, as expired, every open hold of `partition` whose time has come by `now_ms`; release what
@@ -397,10 +413,10 @@ def touched(requests: Iterable[TransactionRequest], state: LedgerState) -> set[B
     for r in requests:
         postings = r.postings
         if r.kind in (CAPTURE, VOID):
-            hold = state.hold(r.tenant, r.target or "")
+            hold = state.hold(r.tenant, resolved(state, r.tenant, r.target or ""))
             postings = hold.postings if hold is not None else ()
         elif r.kind == REVERSE:
-            original = state.original(r.tenant, r.target or "")
+            original = state.original(r.tenant, resolved(state, r.tenant, r.target or ""))
             postings = original.postings if original is not None else ()
         keys.update((r.tenant, account, p.asset) for p in postings for account in (p.source, p.destination))
     return keys

@@ -163,9 +163,8 @@ def _expire(ledger: Ledger, rows: BatchRows, record: Record) -> None:
         _close_hold(rows, hold, at)
         for p in hold.postings:
             _balance(ledger, rows, (hold.tenant, p.source, p.asset), record.position)
-        original = ledger.decided_id(hold.tenant, hold.id)
-        _publish(rows, record, hold.tenant, hold.id, EXPIRED, None, original.position if original else None,
-                 record_position=original.position if original else None)
+        # Answers no record of its own: it names the hold's, so no other record's outcome is mistaken for it.
+        _publish(rows, record, hold.tenant, hold.id, EXPIRED, None, hold.position, record_position=hold.position)
 
 
 def _effects(ledger: Ledger, rows: BatchRows, request: TransactionRequest, outcome: Outcome, position: Position,
@@ -177,9 +176,9 @@ def _effects(ledger: Ledger, rows: BatchRows, request: TransactionRequest, outco
             EPOCH + timedelta(milliseconds=ledger.holds[(request.tenant, request.id)].expires_at_ms),
             position.partition, position.offset, at, None, None]
     elif request.kind in (CAPTURE, VOID):
-        _close_hold(rows, ledger.holds[(request.tenant, request.target or "")], at)
+        _close_hold(rows, ledger.holds[(request.tenant, outcome.target or "")], at)
     elif request.kind == REVERSE:
-        target = (request.tenant, request.target or "")
+        target = (request.tenant, outcome.target or "")
         total = ledger.originals[target].reversed
         if target in rows.transaction_at:
             row = rows.transactions[rows.transaction_at[target]]
@@ -209,7 +208,7 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
         orjson.dumps([p.as_json() for p in shown]).decode(),
         orjson.dumps(request.metadata).decode(), request.reference, request.idempotency_key,
         request.fingerprint(), position.partition, position.offset, at, at if committed else None, None,
-        request.kind, request.target, 0,
+        request.kind, outcome.target or request.target, 0,
     ))
     if committed:
         _effects(ledger, rows, request, outcome, position, at)

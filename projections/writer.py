@@ -13,7 +13,7 @@ import asyncpg
 import orjson
 
 from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
-from ledger.decisions import BalanceKey, Decided, Hold, Ledger, Original, touched
+from ledger.decisions import BalanceKey, Decided, Hold, Ledger, Original, resolved, touched
 from ledger.fold import (
     ENTRY_COLUMNS,
     EPOCH,
@@ -57,7 +57,8 @@ JOIN unnest($1::text[], $2::text[]) AS k(tenant, key) ON i.tenant = k.tenant AND
 JOIN transactions t ON t.tenant = i.tenant AND t.id = i.transaction_id
 """
 SELECT_TENANTS = "SELECT id FROM tenants WHERE id = ANY($1::text[])"
-HOLD_FIELDS = "h.tenant, h.id, h.state, h.postings, h.expires_at, h.log_partition, h.closed_by, h.closed_at"
+HOLD_FIELDS = ("h.tenant, h.id, h.state, h.postings, h.expires_at, h.log_partition, h.log_offset, h.closed_by,"
+               " h.closed_at")
 SELECT_HOLDS = f"""
 SELECT {HOLD_FIELDS} FROM holds h
 JOIN unnest($1::text[], $2::text[]) AS k(tenant, id) ON h.tenant = k.tenant AND h.id = k.id
@@ -165,8 +166,9 @@ def _track(ledger: Ledger, row: asyncpg.Record, keys: set[BalanceKey]) -> None:
     """Know a hold read from PostgreSQL, and add the balances it holds on to `keys` (to be loaded too)."""
     if (row["tenant"], row["id"]) in ledger.holds:  # carried: this process's own state is newer
         return
-    hold = Hold(row["tenant"], row["id"], _postings(row["postings"]), _ms(row["expires_at"]), row["log_partition"],
-                row["state"], row["closed_by"], None if row["closed_at"] is None else _ms(row["closed_at"]))
+    hold = Hold(row["tenant"], row["id"], _postings(row["postings"]), _ms(row["expires_at"]),
+                Position(row["log_partition"], row["log_offset"]), row["state"], row["closed_by"],
+                None if row["closed_at"] is None else _ms(row["closed_at"]))
     ledger.track(hold)
     keys.update((hold.tenant, p.source, p.asset) for p in hold.postings)
 
@@ -176,8 +178,14 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
     """Load into `ledger` everything the batch touches that it lacks: the holds and transactions its
     requests name, the open holds of its partitions due by `due` (ms), then every balance, id, idempotency
     key and tenant."""
+    # Ids first, the targets' included: a target may be a repeat's id, which stands for its original.
+    targets = {(r.tenant, r.target) for r in requests if r.target is not None}
+    wanted = {i for i in ids | targets if i not in ledger.by_id}
+    if wanted:
+        for row in await conn.fetch(SELECT_BY_ID, *_columns(wanted, 2)):
+            ledger.by_id[(row["tenant"], row["asked"])] = decided_from_row(row)
     held_keys: set[BalanceKey] = set()
-    holds = {(r.tenant, r.target or "") for r in requests if r.kind in (CAPTURE, VOID)}
+    holds = {(r.tenant, resolved(ledger, r.tenant, r.target or "")) for r in requests if r.kind in (CAPTURE, VOID)}
     holds = {k for k in holds if k not in ledger.holds}
     if holds:
         for row in await conn.fetch(SELECT_HOLDS, *_columns(holds, 2)):
@@ -186,7 +194,7 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
         until = EPOCH + timedelta(milliseconds=max(due.values()))
         for row in await conn.fetch(SELECT_DUE_HOLDS, list(due), until):
             _track(ledger, row, held_keys)
-    originals = {(r.tenant, r.target or "") for r in requests if r.kind == REVERSE}
+    originals = {(r.tenant, resolved(ledger, r.tenant, r.target or "")) for r in requests if r.kind == REVERSE}
     originals = {k for k in originals if k not in ledger.originals}
     if originals:
         for row in await conn.fetch(SELECT_ORIGINALS, *_columns(originals, 2)):
@@ -201,10 +209,6 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
             ledger.held[key] = row["held"]
         for key in keys:  # no row yet: nothing posted, nothing held
             ledger.balances.setdefault(key, 0)
-    wanted = {i for i in ids if i not in ledger.by_id}
-    if wanted:
-        for row in await conn.fetch(SELECT_BY_ID, *_columns(wanted, 2)):
-            ledger.by_id[(row["tenant"], row["asked"])] = decided_from_row(row)
     idem = {(r.tenant, r.idempotency_key) for r in requests
             if r.idempotency_key is not None and (r.tenant, r.idempotency_key) not in ledger.by_key}
     if idem:

@@ -28,6 +28,8 @@ class Model:
     rows: dict[Key, tuple[str, str | None]] = field(default_factory=dict)
     holds: dict[Key, dict[str, Any]] = field(default_factory=dict)
     moved: dict[Key, dict[str, Any]] = field(default_factory=dict)  # what a committed movement moved
+    key_owner: dict[Key, str] = field(default_factory=dict)  # (tenant, key) -> the id of the request it binds
+    alias: dict[Key, str] = field(default_factory=dict)  # a repeat's id -> the id of the original it stands for
 
     def malformed(self, tenant: str, id: str, readable: bool) -> None:
         """A record that is not a request; recorded under its id when tenant and id are readable and free."""
@@ -45,6 +47,7 @@ class Model:
             original = self.keys[(tenant, key)]
             if original[2] == body:
                 self.ids[(tenant, id)] = original  # a repeat under a new id: it stands for the original
+                self.alias[(tenant, id)] = self.key_owner[(tenant, key)]
             else:
                 self.ids[(tenant, id)] = ("rejected", "idempotency_conflict", body)
                 self.rows[(tenant, id)] = ("rejected", "idempotency_conflict")
@@ -58,6 +61,7 @@ class Model:
         self.moved[(tenant, id)] = {"kind": kind, "status": status, "postings": moved, "reversed": 0}
         if key is not None:
             self.keys[(tenant, key)] = (status, reason, body)
+            self.key_owner[(tenant, key)] = id
 
     # --- one function per kind: (status, reason, postings moved) ---------------------------------------
 
@@ -77,7 +81,7 @@ class Model:
         return "committed", None, []
 
     def _open(self, tenant: str, target: str) -> dict[str, Any] | tuple[str, str | None, list[Posting]]:
-        hold = self.holds.get((tenant, target))
+        hold = self.holds.get((tenant, self.alias.get((tenant, target), target)))
         if hold is None:
             return "rejected", "not_found", []
         if hold["state"] != "held":
@@ -114,15 +118,15 @@ class Model:
         return "committed", None, []
 
     def _reverse(self, tenant: str, id: str, body: tuple[Any, ...]) -> tuple[str, str | None, list[Posting]]:
-        original = self.moved.get((tenant, body[2]))
+        original = self.moved.get((tenant, self.alias.get((tenant, body[2]), body[2])))
         if original is None:
             return "rejected", "not_found", []
-        total = sum(p[2] for p in original["postings"])
-        remaining = total - original["reversed"]
+        # For one posting, the amount not reversed yet; several are reversed whole, once.
+        single = len(original["postings"]) == 1
+        remaining = original["postings"][0][2] - original["reversed"] if single else 1 - original["reversed"]
         if original["kind"] not in ("transfer", "capture", "reverse") or original["status"] != "committed" \
                 or remaining <= 0:
             return "rejected", "not_reversible", []
-        single = len(original["postings"]) == 1
         amount = body[3]
         if amount is not None and not single:
             return "rejected", "invalid", []

@@ -14,10 +14,15 @@ DECLARE
 BEGIN
     PERFORM set_config('search_path', quote_ident(p_schema), true);
 
-    ALTER TABLE transactions ADD COLUMN kind text NOT NULL DEFAULT 'transfer'
-            CHECK (kind IN ('transfer', 'hold', 'capture', 'void', 'reverse')),
-        ADD COLUMN target text,
-        ADD COLUMN reversed bigint NOT NULL DEFAULT 0 CHECK (reversed >= 0);
+    -- Columns with a constant default are added without rewriting the table; their CHECKs are added NOT VALID,
+    -- then validated (a scan that does not block reads).
+    ALTER TABLE transactions ADD COLUMN kind text NOT NULL DEFAULT 'transfer', ADD COLUMN target text,
+        ADD COLUMN reversed bigint NOT NULL DEFAULT 0;
+    ALTER TABLE transactions ADD CONSTRAINT transactions_kind
+        CHECK (kind IN ('transfer', 'hold', 'capture', 'void', 'reverse')) NOT VALID;
+    ALTER TABLE transactions ADD CONSTRAINT transactions_reversed_not_negative CHECK (reversed >= 0) NOT VALID;
+    ALTER TABLE transactions VALIDATE CONSTRAINT transactions_kind;
+    ALTER TABLE transactions VALIDATE CONSTRAINT transactions_reversed_not_negative;
     ALTER TABLE balances ADD COLUMN held bigint NOT NULL DEFAULT 0;
     ALTER TABLE balances ADD CONSTRAINT balances_held_not_negative CHECK (held >= 0) NOT VALID;
     ALTER TABLE balances ADD CONSTRAINT balances_customer_available
@@ -130,7 +135,8 @@ BEGIN
 END
 $$;
 
--- A hold: its request (postings, metadata, the rejection reason if any) and its state, in one round trip.
+-- A hold: its request (postings, metadata, the rejection reason if any) and its state, in one round trip; by
+-- its own id, or by the id of a repeat of its request (handed out too), which stands for it.
 CREATE FUNCTION api_hold(p_tenant text, p_id text)
     RETURNS TABLE (id text, status text, reason text, postings jsonb, metadata jsonb, reference text,
                    expires_at timestamptz, closed_by text, closed_at timestamptz, log_partition integer,
@@ -141,7 +147,8 @@ BEGIN
     RETURN QUERY SELECT t.id, coalesce(h.state, t.status), t.reason, t.postings, t.metadata, t.reference,
                         h.expires_at, h.closed_by, h.closed_at, t.log_partition, t.log_offset, t.created_at
         FROM transactions t LEFT JOIN holds h ON h.tenant = t.tenant AND h.id = t.id
-        WHERE t.tenant = p_tenant AND t.id = p_id AND t.kind = 'hold';
+        WHERE t.tenant = p_tenant AND t.kind = 'hold'
+          AND t.id = coalesce((SELECT r.original_id FROM replays r WHERE r.tenant = p_tenant AND r.id = p_id), p_id);
 END
 $$;
 

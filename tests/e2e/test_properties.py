@@ -96,9 +96,12 @@ def _value(event: dict[str, Any], tenant: str, tx_id: str) -> tuple[bytes, bytes
     return key, orjson.dumps(body)
 
 
-@dataclass
+@dataclass(repr=False)
 class World:
-    """Connections of this module's own event loop (hypothesis drives synchronous tests)."""
+    """Connections of this module's own event loop (hypothesis drives synchronous tests).
+
+    Its repr is short: hypothesis prints every argument of each example, and the outcomes seen grow with
+    every history (past 30 kB its warning, an error here, fails the run)."""
 
     stack: Stack
     runner: asyncio.Runner
@@ -110,6 +113,9 @@ class World:
     reader: asyncio.Task[None] | None = None
     records: int = 0
     histories: int = 0
+
+    def __repr__(self) -> str:
+        return f"World(histories={self.histories}, records={self.records})"
 
     async def start(self) -> None:
         bootstrap = os.environ["LEDGER_KAFKA_BOOTSTRAP"]

@@ -84,3 +84,13 @@ def test_a_timestamp_out_of_range_is_invalid_not_a_crash() -> None:
     _, rows = fold([far, transfer(1)])
     assert [(e[0], e[1]) for e in rows.invalid_events] == [(HOME, 0)]
     assert [t[1] for t in rows.transactions] == ["tx1"]
+
+
+def test_an_expiry_names_the_hold_not_the_record_whose_time_closed_it() -> None:
+    hold = {"v": 1, "kind": "hold", "id": "h1", "tenant": TENANT, "expires_in_s": 1, "postings": [
+        {"source": "@world", "destination": "alice", "amount": 5, "asset": "USD/2"}]}
+    records = [Record(HOME, 0, TENANT.encode(), orjson.dumps(hold), 1_000), transfer(1)._replace(timestamp_ms=5_000)]
+    _, rows = fold(records)
+    outcomes = [orjson.loads(o[2]) for o in rows.outcomes]
+    assert [(o["id"], o["status"], o["record"]) for o in outcomes] == [
+        ("h1", "committed", f"{HOME}-0"), ("h1", "expired", f"{HOME}-0"), ("tx1", "committed", f"{HOME}-1")]

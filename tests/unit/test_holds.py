@@ -151,3 +151,27 @@ def test_an_invalid_record_kept_under_its_id_is_not_reversible_whether_carried_o
     ledger = book()
     ledger.record_invalid(T, "bad", Position(0, 9))
     assert run(ledger, act("r1", REVERSE, "bad")).reason == NOT_REVERSIBLE
+
+
+def test_a_repeats_id_stands_for_its_original_hold_and_transaction() -> None:
+    ledger = book()
+    placed = TransactionRequest("h1", T, (Posting("alice", "shop", 10, USD),), "k", kind=HOLD, expires_in_s=60)
+    run(ledger, placed)
+    repeat = TransactionRequest("h1-retry", T, placed.postings, "k", kind=HOLD, expires_in_s=60)
+    outcome = run(ledger, repeat)
+    assert outcome.replay_of is not None and ledger.remember_replay(repeat, outcome.replay_of)
+    captured = run(ledger, act("c1", CAPTURE, "h1-retry"))
+    assert (captured.status, captured.target) == ("committed", "h1")
+    assert ledger.holds[(T, "h1")].state == "captured"
+
+
+def test_several_postings_reverse_whole_once_however_large() -> None:
+    ledger = Ledger(tenants={T: True})
+    big = 2**62
+    # Amounts that add up past int64 (each balance stays within it): `reversed` must not sum them.
+    assert run(ledger, TransactionRequest("t1", T, (Posting("@world", "a", big, USD), Posting("a", "b", big, USD),
+                                                    Posting("b", "c", big, USD)))).status == "committed"
+    reversal = run(ledger, act("r1", REVERSE, "t1"))
+    assert (reversal.status, reversal.reversed) == ("committed", 1)
+    assert ledger.originals[(T, "t1")].reversed == 1
+    assert run(ledger, act("r2", REVERSE, "t1")).reason == NOT_REVERSIBLE
