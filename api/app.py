@@ -191,6 +191,7 @@ def create_app(cfg: Settings | None = None) -> MetricsMiddleware:
             Route(f"{tenant}/holds/{{id}}/capture", routes.capture_hold, methods=["POST"]),
             Route(f"{tenant}/holds/{{id}}/void", routes.void_hold, methods=["POST"]),
             Route(f"{tenant}/accounts/{{address}}", routes.get_account, methods=["GET"]),
+            Route(f"{tenant}/accounts/{{address}}", routes.put_account, methods=["PUT"]),
             Route(f"{tenant}/accounts/{{address}}/entries", routes.get_entries, methods=["GET"]),
         ],
         exception_handlers={LedgerError: ledger_error, HTTPException: http_error, Exception: unexpected_error},

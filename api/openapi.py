@@ -7,7 +7,15 @@ from typing import Any
 
 from api.auth import KEY_ID_RE
 from api.routes import ENTRIES_LIMIT_DEFAULT, ENTRIES_LIMIT_MAX
-from ledger.validation import ADDRESS_RE, ASSET_RE, HOLD_EXPIRES_IN_S_MAX, ID_RE, TENANT_NAME_LEN_MAX, TENANT_RE
+from ledger.validation import (
+    ADDRESS_RE,
+    ASSET_RE,
+    HOLD_EXPIRES_IN_S_MAX,
+    ID_RE,
+    LIMITS_MAX,
+    TENANT_NAME_LEN_MAX,
+    TENANT_RE,
+)
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -131,6 +139,16 @@ SCHEMAS: dict[str, Any] = {
             "reference": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
         },
     },
+    "PolicyRequest": {
+        "type": ["object", "null"], "additionalProperties": False,
+        "properties": {
+            "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+            "overdraft_limit": {"type": ["object", "null"], "maxProperties": LIMITS_MAX,
+                                "additionalProperties": {"type": "integer", "minimum": 0,
+                                                         "maximum": 9223372036854775807}},
+            "frozen": {"type": ["boolean", "null"]},
+        },
+    },
     "VoidRequest": {
         "type": ["object", "null"], "additionalProperties": False,
         "properties": {
@@ -149,6 +167,9 @@ SCHEMAS: dict[str, Any] = {
             "balances": {"type": "object", "additionalProperties": {"type": "integer"}},
             "held": {"type": "object", "additionalProperties": {"type": "integer"}},
             "available": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+            "overdraft_limit": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "frozen": {"type": "boolean"},
             "position": {"type": ["string", "null"]},
             "at": {"type": "string", "format": "date-time"},
         },
@@ -247,10 +268,15 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
         "/v1/tenants/{tenant}/transactions/{id}": {"get": _operation(
             "A transaction and its outcome", {"200": _ok("The transaction", _ref("Transaction")), **COMMON_ERRORS},
             [TENANT, _path_param("id", ID_RE.pattern), *read_params])},
-        "/v1/tenants/{tenant}/accounts/{address}": {"get": _operation(
-            "An account's balances (one indexed lookup)", {"200": _ok("Balances", _ref("Account")), **COMMON_ERRORS},
-            [TENANT, ADDRESS, _query("at", {"type": "string", "format": "date-time"}, "Balances as of this time"),
-             *read_params])},
+        "/v1/tenants/{tenant}/accounts/{address}": {
+            "get": _operation(
+                "An account's balances and policy (one round trip)", {"200": _ok("Balances", _ref("Account")),
+                                                                      **COMMON_ERRORS},
+                [TENANT, ADDRESS, _query("at", {"type": "string", "format": "date-time"}, "Balances as of this time"),
+                 *read_params]),
+            "put": _money("Replace the account's policy: metadata, per-asset overdraft limits, frozen",
+                          "Set: the account (wait=true)", "Account", [TENANT, ADDRESS], _ref("PolicyRequest"),
+                          wait_timeout_ms_max, optional=True)},
         "/v1/tenants/{tenant}/accounts/{address}/entries": {"get": _operation(
             "An account's history, newest first (keyset pages)",
             {"200": _ok("A page of entries", _ref("Entries")), **COMMON_ERRORS},

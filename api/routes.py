@@ -31,7 +31,7 @@ from infra.settings import Settings
 from ledger.decisions import NOT_FOUND
 from ledger.errors import AlreadyExists, InvalidRequest, NotFound, Unavailable
 from ledger.positions import Position
-from ledger.requests import CAPTURE, HOLD, REVERSE, TRANSFER, VOID, TenantRequest, TransactionRequest
+from ledger.requests import CAPTURE, HOLD, POLICY, REVERSE, TRANSFER, VOID, TenantRequest, TransactionRequest
 from ledger.validation import check_address, check_asset, check_id, check_tenant, check_tenant_name, parse_body
 
 log = logging.getLogger("ledger.api")
@@ -176,7 +176,7 @@ def _replayed(original: dict[str, object], request: TransactionRequest, fingerpr
 
 
 def _decided(row_view: dict[str, object]) -> Response:
-    if row_view["status"] != "rejected":  # committed, or a hold's state
+    if row_view.get("status") != "rejected":  # committed, a hold's state, or an account its policy set
         return JSON(row_view, status_code=201)
     reason = str(row_view.get("reason"))
     # A capture, void or reversal naming a hold or transaction this tenant does not have: as if it did not exist.
@@ -187,6 +187,8 @@ def _decided(row_view: dict[str, object]) -> Response:
 async def _view(context: Context, tenant: str, row: asyncpg.Record) -> dict[str, object]:
     """How a decided request is shown: a hold, or a void that released one, as the hold; anything else (a
     rejected void included) as the transaction."""
+    if row["kind"] == POLICY and row["status"] == "committed":
+        return await account(context, tenant, row["target"])
     hold_id = row["id"] if row["kind"] == HOLD else row["target"] if row["kind"] == VOID else None
     if hold_id is None or (row["kind"] == VOID and row["status"] != "committed"):
         return views.transaction(row)
@@ -214,6 +216,10 @@ async def reverse_transaction(request: Request) -> Response:
     return await _submit(request, REVERSE)
 
 
+async def put_account(request: Request) -> Response:
+    return await _submit(request, POLICY)
+
+
 async def _submit(request: Request, kind: str) -> Response:
     """Append a money request of `kind` to the log, then answer as the contract says for every kind: 202
     pending, or with `wait=true` 201 decided / 409 rejected (404 for a target that does not exist), and 200
@@ -225,7 +231,7 @@ async def _submit(request: Request, kind: str) -> Response:
     body = await json_body(request, optional=kind not in (TRANSFER, HOLD))
     key = request.headers.get("idempotency-key")
     tx = parse_body(body, id=uuid.uuid4().hex, tenant=tenant, idempotency_key=key, kind=kind,
-                    target=request.path_params.get("id"))
+                    target=request.path_params.get("address" if kind == POLICY else "id"))
     prior = await context.store.transaction_by_key(tenant, key) if key is not None else None
     # Appended even when the key was decided already: the log then records the repeat the same way whether
     # or not the projection had caught up (a replay of the original, or a rejected idempotency_conflict),
@@ -293,11 +299,16 @@ async def get_account(request: Request) -> Response:
 async def account(context: Context, tenant: str, address: str) -> dict[str, object]:
     """An account's balances now, and the position of the last request that changed them."""
     rows = await context.store.balances(tenant, address)
+    policy = rows[0] if rows else None  # every row carries the account's policy (none: no policy set)
+    rows = [r for r in rows if r["asset"] is not None]
     latest = max((Position(r["log_partition"], r["log_offset"]) for r in rows), default=None)
     return {"address": address, "balances": {r["asset"]: r["balance"] for r in rows},
             "held": {r["asset"]: r["held"] for r in rows},
             "available": {r["asset"]: r["balance"] - r["held"] for r in rows},
-            "position": latest.token() if latest else None}
+            "position": latest.token() if latest else None,
+            "metadata": policy["metadata"] if policy is not None and policy["metadata"] is not None else {},
+            "overdraft_limit": {r["asset"]: r["overdraft_limit"] for r in rows if r["overdraft_limit"]},
+            "frozen": bool(policy is not None and policy["frozen"])}
 
 
 async def get_entries(request: Request) -> Response:

@@ -18,7 +18,7 @@ from infra.kafka import topic_partitions
 from infra.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from ledger.codec import encode_request
 from ledger.positions import Position
-from ledger.requests import CAPTURE, HOLD, REVERSE, VOID, Posting, Request, TenantRequest, TransactionRequest
+from ledger.requests import CAPTURE, HOLD, POLICY, REVERSE, VOID, Posting, Request, TenantRequest, TransactionRequest
 from ledger.validation import (
     check_id,
     check_tenant,
@@ -140,6 +140,13 @@ class LedgerProducer:
         """Move the transaction's postings back (or `amount` of a one-posting transaction)."""
         body = {"amount": amount, "metadata": metadata}
         return await self._operation(REVERSE, tenant, body, transaction_id, idempotency_key, id)
+
+    async def set_policy(self, tenant: str, account: str, *, metadata: dict[str, str] | None = None,
+                         overdraft_limit: dict[str, int] | None = None, frozen: bool = False,
+                         idempotency_key: str | None = None, id: str | None = None) -> Submitted:
+        """Replace the account's policy (metadata, per-asset overdraft limits, frozen), in log order."""
+        body = {"metadata": metadata, "overdraft_limit": overdraft_limit, "frozen": frozen}
+        return await self._operation(POLICY, tenant, body, account, idempotency_key, id)
 
     async def _operation(self, kind: str, tenant: str, body: dict[str, object], target: str | None,
                          idempotency_key: str | None, id: str | None) -> Submitted:

@@ -12,6 +12,7 @@ from ledger.positions import Position
 from ledger.requests import (
     CAPTURE,
     HOLD,
+    POLICY,
     REVERSE,
     TENANT,
     TICK,
@@ -24,11 +25,14 @@ from ledger.requests import (
     TransactionRequest,
 )
 from ledger.validation import (
+    check_customer,
     check_id,
     check_tenant,
     check_tenant_name,
     parse_expires_in_s,
+    parse_frozen,
     parse_idempotency_key,
+    parse_limits,
     parse_metadata,
     parse_partial_amount,
     parse_postings,
@@ -43,10 +47,11 @@ FIELDS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
     CAPTURE: (COMMON | {"hold", "amount"}, ("v", "id", "tenant", "hold")),
     VOID: (COMMON | {"hold"}, ("v", "id", "tenant", "hold")),
     REVERSE: (COMMON | {"transaction", "amount"}, ("v", "id", "tenant", "transaction")),
+    POLICY: (COMMON | {"account", "overdraft_limit", "frozen"}, ("v", "kind", "id", "tenant", "account")),
     TENANT: (frozenset({"v", "kind", "id", "tenant", "name"}), ("v", "kind", "id", "tenant", "name")),
     TICK: (frozenset({"v", "kind"}), ("v", "kind")),
 }
-TARGET_FIELD = {CAPTURE: "hold", VOID: "hold", REVERSE: "transaction"}
+TARGET_FIELD = {CAPTURE: "hold", VOID: "hold", REVERSE: "transaction", POLICY: "account"}
 
 
 def decode_json(raw: bytes | str) -> Any:
@@ -75,6 +80,8 @@ def encode_request(request: Request) -> bytes:
         body["amount"] = request.amount
     if request.kind == HOLD:
         body["expires_in_s"] = request.expires_in_s
+    if request.kind == POLICY:
+        body |= {"overdraft_limit": dict(request.limits), "frozen": request.frozen}
     body |= {"idempotency_key": request.idempotency_key, "metadata": request.metadata,
              "reference": request.reference}
     return orjson.dumps(body)
@@ -118,9 +125,12 @@ def decode_request(key: bytes | None, value: bytes | None) -> Request:
         metadata=parse_metadata(obj.get("metadata")),
         reference=parse_reference(obj.get("reference")),
         kind=kind,
-        target=check_id(target, TARGET_FIELD[kind]) if kind in TARGET_FIELD else None,
+        target=(check_customer(target, "account") if kind == POLICY else check_id(target, TARGET_FIELD[kind]))
+        if kind in TARGET_FIELD else None,
         amount=parse_partial_amount(obj.get("amount")),
         expires_in_s=parse_expires_in_s(obj.get("expires_in_s")) if kind == HOLD else None,
+        limits=parse_limits(obj.get("overdraft_limit")),
+        frozen=parse_frozen(obj.get("frozen")),
     )
 
 

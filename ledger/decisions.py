@@ -13,7 +13,17 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
 from ledger.positions import Position
-from ledger.requests import CAPTURE, HOLD, REVERSE, TRANSFER, VOID, Posting, TenantRequest, TransactionRequest
+from ledger.requests import (
+    CAPTURE,
+    HOLD,
+    POLICY,
+    REVERSE,
+    TRANSFER,
+    VOID,
+    Posting,
+    TenantRequest,
+    TransactionRequest,
+)
 from ledger.validation import BALANCE_MAX, BALANCE_MIN, is_system
 
 Status = Literal["committed", "rejected"]
@@ -32,6 +42,8 @@ HOLD_EXPIRED = "hold_expired"
 AMOUNT_EXCEEDS_HOLD = "amount_exceeds_hold"
 NOT_REVERSIBLE = "not_reversible"
 AMOUNT_EXCEEDS_REMAINING = "amount_exceeds_remaining"
+ACCOUNT_FROZEN = "account_frozen"
+OVERDRAFT_IN_USE = "overdraft_in_use"
 # A key binds the first request that used it, whatever its outcome, except these: a conflict is the key's
 # misuse, and a tenant that does not exist has no keys to bind.
 KEY_UNBOUND = frozenset({IDEMPOTENCY_CONFLICT, UNKNOWN_TENANT})
@@ -97,6 +109,18 @@ class Original:
         return 1 - self.reversed
 
 
+@dataclass(slots=True)
+class Policy:
+    """An account's policy, as the last policy record on the log set it."""
+
+    limits: dict[str, int]  # asset -> how far below zero its available balance may go
+    frozen: bool
+    metadata: dict[str, str]
+
+
+NO_POLICY = Policy({}, False, {})
+
+
 class Outcome(NamedTuple):
     """The decision on one request (a NamedTuple: one per request).
 
@@ -133,6 +157,8 @@ class LedgerState(Protocol):
 
     def original(self, tenant: str, transaction_id: str) -> Original | None: ...
 
+    def policy(self, tenant: str, account: str) -> Policy: ...
+
 
 def _replay(prior: Decided, request: TransactionRequest, id_taken: bool) -> Outcome:
     if prior.fingerprint == request.fingerprint():
@@ -157,16 +183,30 @@ def _legs(state: LedgerState, tenant: str, postings: tuple[Posting, ...]) -> tup
 
 
 def _short(state: LedgerState, balances: dict[BalanceKey, int], held: dict[BalanceKey, int]) -> bool:
-    """Whether a customer account would have less available (posted minus held) than nothing."""
-    keys = balances.keys() | held.keys()
-    return any(not is_system(k[1]) and balances.get(k, state.balance(k)) - held.get(k, state.held_of(k)) < 0
-               for k in keys)
+    """Whether a customer account would go below what its overdraft limit allows of available (posted minus
+    held). Only a decrease counts: money coming in is never refused, even to an account below its limit
+    (after a policy lowered it)."""
+    for key in balances.keys() | held.keys():
+        if is_system(key[1]):
+            continue
+        before = state.balance(key) - state.held_of(key)
+        after = balances.get(key, state.balance(key)) - held.get(key, state.held_of(key))
+        if after < before and after < -state.policy(key[0], key[1]).limits.get(key[2], 0):
+            return True
+    return False
+
+
+def _frozen(state: LedgerState, tenant: str, postings: tuple[Posting, ...]) -> bool:
+    """Whether a frozen account would take part: it takes part in no new movement or hold."""
+    return any(state.policy(tenant, account).frozen for p in postings for account in (p.source, p.destination))
 
 
 def _move(state: LedgerState, tenant: str, postings: tuple[Posting, ...], held: dict[BalanceKey, int],
           check_funds: bool, reversed_amount: int = 0) -> Outcome:
-    """Commit `postings` (and the `held` changes that go with them) unless a balance leaves int64 or, when
-    `check_funds`, a customer account's available balance would go below zero."""
+    """Commit `postings` (and the `held` changes that go with them) unless an account is frozen, a balance
+    leaves int64 or, when `check_funds`, a customer account's available balance would pass its limit."""
+    if _frozen(state, tenant, postings):
+        return Outcome("rejected", ACCOUNT_FROZEN)
     entries, finals = _legs(state, tenant, postings)
     # Any running balance must fit int64: entries store balance_after as a bigint.
     if any(not BALANCE_MIN <= e.balance_after <= BALANCE_MAX for e in entries):
@@ -187,6 +227,8 @@ def _reserved(state: LedgerState, tenant: str, postings: tuple[Posting, ...], si
 
 
 def _hold(state: LedgerState, request: TransactionRequest) -> Outcome:
+    if _frozen(state, request.tenant, request.postings):
+        return Outcome("rejected", ACCOUNT_FROZEN)
     held = _reserved(state, request.tenant, request.postings, 1)
     if any(v > BALANCE_MAX for v in held.values()):
         return Outcome("rejected", OVERFLOW)
@@ -259,6 +301,18 @@ def _reverse(state: LedgerState, request: TransactionRequest) -> Outcome:
     return _move(state, request.tenant, swapped, {}, True, counted)._replace(target=target)
 
 
+def _policy(state: LedgerState, request: TransactionRequest) -> Outcome:
+    """A policy replaces the account's, unless it would put the account past its new limit: an overdraft in
+    use is paid back before the limit that allows it is lowered (so no balance is ever past its limit)."""
+    account = request.target or ""
+    limits = dict(request.limits)
+    for asset in limits.keys() | state.policy(request.tenant, account).limits.keys():
+        key = (request.tenant, account, asset)
+        if state.balance(key) - state.held_of(key) < -limits.get(asset, 0):
+            return Outcome("rejected", OVERDRAFT_IN_USE, target=account)
+    return Outcome("committed", target=account)
+
+
 def decide(state: LedgerState, request: TransactionRequest, now_ms: int = 0) -> Outcome:
     """Decide `request` by the contract's rules, in order: idempotency, the tenant, then its kind's."""
     prior = state.decided_id(request.tenant, request.id)
@@ -278,6 +332,8 @@ def decide(state: LedgerState, request: TransactionRequest, now_ms: int = 0) -> 
         return _void(state, request, now_ms)
     if request.kind == REVERSE:
         return _reverse(state, request)
+    if request.kind == POLICY:
+        return _policy(state, request)
     return _move(state, request.tenant, request.postings, {}, True)
 
 
@@ -304,6 +360,7 @@ class Ledger:
     tenants: dict[str, bool] = field(default_factory=dict)
     holds: dict[tuple[str, str], Hold] = field(default_factory=dict)
     originals: dict[tuple[str, str], Original] = field(default_factory=dict)
+    policies: dict[tuple[str, str], Policy] = field(default_factory=dict)
     # Per partition, the open holds by expiry: (expires_at_ms, tenant, id); closed ones are skipped on pop.
     expiring: dict[int, list[tuple[int, str, str]]] = field(default_factory=dict)
 
@@ -327,6 +384,9 @@ class Ledger:
 
     def original(self, tenant: str, transaction_id: str) -> Original | None:
         return self.originals.get((tenant, transaction_id))
+
+    def policy(self, tenant: str, account: str) -> Policy:
+        return self.policies.get((tenant, account), NO_POLICY)
 
     def apply(self, request: TransactionRequest, outcome: Outcome, position: Position, now_ms: int = 0) -> bool:
         """Fold a decided request in (not a repeat: those change nothing); True when it binds its key."""
@@ -359,6 +419,9 @@ class Ledger:
                                                              request.id, now_ms)
         elif request.kind == REVERSE:
             self.originals[(request.tenant, outcome.target or "")].reversed += outcome.reversed
+        elif request.kind == POLICY:
+            self.policies[(request.tenant, request.target or "")] = Policy(dict(request.limits), request.frozen,
+                                                                          request.metadata)
 
     def track(self, hold: Hold) -> None:
         """Know `hold` (created, or loaded from PostgreSQL), and when it expires if it is open."""
@@ -418,5 +481,8 @@ def touched(requests: Iterable[TransactionRequest], state: LedgerState) -> set[B
         elif r.kind == REVERSE:
             original = state.original(r.tenant, resolved(state, r.tenant, r.target or ""))
             postings = original.postings if original is not None else ()
+        elif r.kind == POLICY:  # the balance rows that carry its limits, now or before
+            limited = {asset for asset, _ in r.limits} | state.policy(r.tenant, r.target or "").limits.keys()
+            keys.update((r.tenant, r.target or "", asset) for asset in limited)
         keys.update((r.tenant, account, p.asset) for p in postings for account in (p.source, p.destination))
     return keys

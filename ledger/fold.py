@@ -26,11 +26,12 @@ from ledger.decisions import (
     Outcome,
     decide,
     decide_tenant,
+    touched,
 )
 from ledger.errors import InvalidRequest
 from ledger.placement import partition_for
 from ledger.positions import Position
-from ledger.requests import CAPTURE, HOLD, REVERSE, TRANSFER, VOID, TenantRequest, Tick, TransactionRequest
+from ledger.requests import CAPTURE, HOLD, POLICY, REVERSE, TRANSFER, VOID, TenantRequest, Tick, TransactionRequest
 from ledger.validation import TENANT_RE, UNSTORABLE_RE
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -88,7 +89,9 @@ class BatchRows:
     # How much of a transaction written before this batch is reversed now (one created here is patched).
     reversed: dict[tuple[str, str], int] = field(default_factory=dict)
     transaction_at: dict[tuple[str, str], int] = field(default_factory=dict)  # index in `transactions`
-    balances: dict[BalanceKey, tuple[int, int, Position]] = field(default_factory=dict)  # balance, held
+    # Per balance: (balance, held, overdraft limit, position of the last request that changed it).
+    balances: dict[BalanceKey, tuple[int, int, int, Position]] = field(default_factory=dict)
+    accounts: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)  # policies set
     # (partition, key, value): outcomes go to the partition of ledger.outcomes that matches the request's.
     outcomes: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)
@@ -107,6 +110,8 @@ TENANT_COLUMNS = ("id", "name", "log_partition", "log_offset", "created_at")
 HOLD_COLUMNS = ("tenant", "id", "state", "postings", "expires_at", "log_partition", "log_offset", "created_at",
                 "closed_by", "closed_at")
 HOLD_STATE = 2  # index of `state` in a hold's row, then closed_by and closed_at at 8 and 9
+ACCOUNT_COLUMNS = ("tenant", "account", "metadata", "overdraft_limit", "frozen", "log_partition", "log_offset",
+                   "updated_at")
 
 
 def error_text(message: str) -> str:
@@ -144,7 +149,8 @@ def _publish(rows: BatchRows, record: Record, tenant: str | None, id: str | None
 
 
 def _balance(ledger: Ledger, rows: BatchRows, key: BalanceKey, position: Position) -> None:
-    rows.balances[key] = (ledger.balance(key), ledger.held_of(key), position)
+    limit = ledger.policy(key[0], key[1]).limits.get(key[2], 0)
+    rows.balances[key] = (ledger.balance(key), ledger.held_of(key), limit, position)
 
 
 def _close_hold(rows: BatchRows, hold: Hold, at: datetime) -> None:
@@ -168,7 +174,7 @@ def _expire(ledger: Ledger, rows: BatchRows, record: Record) -> None:
 
 
 def _effects(ledger: Ledger, rows: BatchRows, request: TransactionRequest, outcome: Outcome, position: Position,
-             at: datetime) -> None:
+             at: datetime, limited: set[BalanceKey]) -> None:
     """The rows a committed hold, capture, void or reversal changes besides its own."""
     if request.kind == HOLD:
         rows.holds[(request.tenant, request.id)] = [
@@ -177,6 +183,13 @@ def _effects(ledger: Ledger, rows: BatchRows, request: TransactionRequest, outco
             position.partition, position.offset, at, None, None]
     elif request.kind in (CAPTURE, VOID):
         _close_hold(rows, ledger.holds[(request.tenant, outcome.target or "")], at)
+    elif request.kind == POLICY:
+        account = request.target or ""
+        limits = orjson.dumps(dict(request.limits)).decode()
+        rows.accounts[(request.tenant, account)] = (request.tenant, account, orjson.dumps(request.metadata).decode(),
+                                                    limits, request.frozen, position.partition, position.offset, at)
+        for key in limited:  # every balance row that carries one of its limits, before or now
+            _balance(ledger, rows, key, position)
     elif request.kind == REVERSE:
         target = (request.tenant, outcome.target or "")
         total = ledger.originals[target].reversed
@@ -198,6 +211,8 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
         _publish(rows, record, request.tenant, request.id, outcome.status, outcome.reason, original.position,
                  original.transaction_id)
         return
+    # A policy's balance rows are those of its new limits and of the ones it replaces: known before it applies.
+    limited = touched([request], ledger) if request.kind == POLICY else set()
     binds_key = ledger.apply(request, outcome, position, record.timestamp_ms)
     committed = outcome.status == "committed"
     # What a capture or reversal moved is derived from its target; a hold shows what it reserves.
@@ -211,7 +226,7 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
         request.kind, outcome.target or request.target, 0,
     ))
     if committed:
-        _effects(ledger, rows, request, outcome, position, at)
+        _effects(ledger, rows, request, outcome, position, at, limited)
     if binds_key:
         rows.idempotency_keys.append((request.tenant, request.idempotency_key, request.id))
     for entry in outcome.entries:

@@ -15,6 +15,7 @@ HOLD = "hold"
 CAPTURE = "capture"
 VOID = "void"
 REVERSE = "reverse"
+POLICY = "policy"
 TENANT = "tenant"
 TICK = "tick"
 HOLD_EXPIRES_IN_S_DEFAULT = 604_800
@@ -38,9 +39,10 @@ class Posting(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class TransactionRequest:
-    """One money request on `ledger.transactions`, already validated. `kind` says which: a transfer or a
-    hold (`postings`, and for a hold `expires_in_s`), a capture or void of the hold `target`, or a reversal
-    of the transaction `target`; `amount` makes a capture or reversal partial."""
+    """One request on `ledger.transactions` that a tenant's ids and idempotency keys cover, already
+    validated. `kind` says which: a transfer or a hold (`postings`, and for a hold `expires_in_s`), a capture
+    or void of the hold `target`, a reversal of the transaction `target` (`amount` makes a capture or
+    reversal partial), or the policy of the account `target`."""
 
     id: str
     tenant: str
@@ -52,6 +54,10 @@ class TransactionRequest:
     target: str | None = None
     amount: int | None = None
     expires_in_s: int | None = None
+    # An account policy (`kind` policy, `target` the account, `metadata` the account's): per-asset overdraft
+    # limits, sorted by asset, and whether the account is frozen.
+    limits: tuple[tuple[str, int], ...] = ()
+    frozen: bool = False
     _fingerprint: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def fingerprint(self) -> bytes:
@@ -71,6 +77,8 @@ class TransactionRequest:
         if self.kind != TRANSFER:  # a transfer's digest is what it was before the other kinds existed
             body |= {"kind": self.kind, "target": self.target, "amount": self.amount,
                      "expires_in_s": self.expires_in_s}
+        if self.kind == POLICY:
+            body |= {"limits": list(self.limits), "frozen": self.frozen}
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
 
 

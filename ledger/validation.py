@@ -14,6 +14,7 @@ from ledger.requests import (
     CAPTURE,
     HOLD,
     HOLD_EXPIRES_IN_S_DEFAULT,
+    POLICY,
     REVERSE,
     TRANSFER,
     VOID,
@@ -30,6 +31,7 @@ REFERENCE_LEN_MAX = 255
 IDEMPOTENCY_KEY_LEN_MAX = 255
 TENANT_NAME_LEN_MAX = 200
 HOLD_EXPIRES_IN_S_MAX = 2_592_000
+LIMITS_MAX = 64  # assets with an overdraft limit, per account
 
 TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}", re.ASCII)
 ADDRESS_RE = re.compile(r"@[A-Za-z0-9_:.-]{1,127}|[A-Za-z0-9_:.-]{1,128}", re.ASCII)
@@ -179,14 +181,51 @@ BODY_FIELDS_BY_KIND = {
     CAPTURE: frozenset({"amount", "metadata", "reference"}),
     VOID: frozenset({"metadata", "reference"}),
     REVERSE: frozenset({"amount", "metadata", "reference"}),
+    POLICY: frozenset({"metadata", "overdraft_limit", "frozen"}),
 }
+
+
+def parse_limits(value: object) -> tuple[tuple[str, int], ...]:
+    """Per-asset overdraft limits: how far below zero a customer account's available balance may go."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or len(value) > LIMITS_MAX:
+        raise InvalidRequest(f"must be an object of at most {LIMITS_MAX} assets", "overdraft_limit")
+    limits = []
+    for asset, limit in value.items():
+        check_asset(asset, "overdraft_limit")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= AMOUNT_MAX:
+            raise InvalidRequest(f"limit of {asset} must be an integer from 0 to {AMOUNT_MAX}", "overdraft_limit")
+        limits.append((asset, limit))
+    return tuple(sorted(limits))
+
+
+def parse_frozen(value: object) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest("must be true or false", "frozen")
+    return value
+
+
+def check_customer(value: object, field: str) -> str:
+    """A customer account's address: system accounts have no policy (they may always go negative)."""
+    address = check_address(value, field)
+    if is_system(address):
+        raise InvalidRequest("a system account has no policy", field)
+    return address
+
+
+def _target(kind: str, target: str | None) -> str:
+    return check_customer(target, "address") if kind == POLICY else check_id(target, "id")
 
 
 def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | None, kind: str = TRANSFER,
                target: str | None = None) -> TransactionRequest:
     """The request an HTTP body describes; the API supplies the id, tenant, idempotency key and, for a
-    capture, void or reversal, the hold or transaction it names (`target`, from the path)."""
-    obj = _object({} if body is None and kind in (VOID, CAPTURE, REVERSE) else body, "body",
+    capture, void, reversal or account policy, the hold, transaction or account it names (`target`, from
+    the path)."""
+    obj = _object({} if body is None and kind in (VOID, CAPTURE, REVERSE, POLICY) else body, "body",
                   BODY_FIELDS_BY_KIND[kind])
     has_postings = kind in (TRANSFER, HOLD)
     if has_postings and "postings" not in obj:
@@ -199,7 +238,9 @@ def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | Non
         metadata=parse_metadata(obj.get("metadata")),
         reference=parse_reference(obj.get("reference")),
         kind=kind,
-        target=None if has_postings else check_id(target, "id"),
+        target=None if has_postings else _target(kind, target),
         amount=parse_partial_amount(obj.get("amount")),
         expires_in_s=parse_expires_in_s(obj.get("expires_in_s")) if kind == HOLD else None,
+        limits=parse_limits(obj.get("overdraft_limit")),
+        frozen=parse_frozen(obj.get("frozen")),
     )

@@ -212,7 +212,7 @@ class Pipeline:
     def _carried(self) -> int:
         ledger = self.ledger
         return (len(ledger.balances) + len(ledger.by_id) + len(ledger.by_key) + len(ledger.tenants)
-                + len(ledger.holds) + len(ledger.originals))
+                + len(ledger.holds) + len(ledger.originals) + len(ledger.policies))
 
     def _reset(self) -> None:
         assert self.in_flight is None

@@ -13,7 +13,7 @@ import asyncpg
 import orjson
 
 from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
-from ledger.decisions import BalanceKey, Decided, Hold, Ledger, Original, resolved, touched
+from ledger.decisions import NO_POLICY, BalanceKey, Decided, Hold, Ledger, Original, Policy, resolved, touched
 from ledger.fold import (
     ENTRY_COLUMNS,
     EPOCH,
@@ -26,7 +26,7 @@ from ledger.fold import (
     BatchRows,
 )
 from ledger.positions import Position
-from ledger.requests import CAPTURE, REVERSE, VOID, Posting, TransactionRequest
+from ledger.requests import CAPTURE, POLICY, REVERSE, VOID, Posting, TransactionRequest
 
 SCHEMA_RE = re.compile(r"(proj|verify)_[a-z0-9_]{1,40}", re.ASCII)
 # The log an offsets row counts in: the contract's name of the transactions topic, whatever the deployment
@@ -68,16 +68,29 @@ SELECT_DUE_HOLDS = f"""
 SELECT {HOLD_FIELDS} FROM holds h
 WHERE h.state = 'held' AND h.log_partition = ANY($1::int[]) AND h.expires_at <= $2
 """
+SELECT_POLICIES = """
+SELECT a.tenant, a.account, a.metadata, a.overdraft_limit, a.frozen FROM accounts a
+JOIN unnest($1::text[], $2::text[]) AS k(tenant, account) ON a.tenant = k.tenant AND a.account = k.account
+"""
+UPSERT_ACCOUNTS = """
+INSERT INTO accounts (tenant, account, metadata, overdraft_limit, frozen, log_partition, log_offset, updated_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::bool[], $6::int[], $7::bigint[],
+                     $8::timestamptz[])
+ON CONFLICT (tenant, account) DO UPDATE
+SET metadata = excluded.metadata, overdraft_limit = excluded.overdraft_limit, frozen = excluded.frozen,
+    log_partition = excluded.log_partition, log_offset = excluded.log_offset, updated_at = excluded.updated_at
+"""
 SELECT_ORIGINALS = """
 SELECT t.tenant, t.id, t.kind, t.status, t.postings, t.reversed FROM transactions t
 JOIN unnest($1::text[], $2::text[]) AS k(tenant, id) ON t.tenant = k.tenant AND t.id = k.id
 """
 UPSERT_BALANCES = """
-INSERT INTO balances (tenant, account, asset, balance, held, log_partition, log_offset)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::int[], $7::bigint[])
+INSERT INTO balances (tenant, account, asset, balance, held, overdraft_limit, log_partition, log_offset)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::int[],
+                     $8::bigint[])
 ON CONFLICT (tenant, account, asset) DO UPDATE
-SET balance = excluded.balance, held = excluded.held, log_partition = excluded.log_partition,
-    log_offset = excluded.log_offset
+SET balance = excluded.balance, held = excluded.held, overdraft_limit = excluded.overdraft_limit,
+    log_partition = excluded.log_partition, log_offset = excluded.log_offset
 """
 UPDATE_HOLDS = """
 UPDATE holds h SET state = c.state, closed_by = c.closed_by, closed_at = c.closed_at
@@ -119,7 +132,8 @@ POISON_SQLSTATE_CLASSES = ("22", "23", "54")
 # ledger, not in a record: the worker stops rather than decide the record invalid.
 INVARIANT_CONSTRAINTS = frozenset({"entries_amount_not_zero", "transactions_committed_at_iff_committed",
                                    "balances_customer_not_negative", "balances_held_not_negative",
-                                   "balances_customer_available"})
+                                   "balances_customer_available", "balances_limit_not_negative",
+                                   "balances_customer_within_limit", "transactions_kind"})
 
 
 def transient(error: BaseException) -> bool:
@@ -200,6 +214,16 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
         for row in await conn.fetch(SELECT_ORIGINALS, *_columns(originals, 2)):
             ledger.originals[(row["tenant"], row["id"])] = Original(row["kind"], row["status"],
                                                                   _postings(row["postings"]), row["reversed"])
+    # Policies of every account the batch moves money on, and of those it sets a policy for.
+    accounts = {(k[0], k[1]) for k in touched(requests, ledger)} | {(r.tenant, r.target or "") for r in requests
+                                                                   if r.kind == POLICY}
+    accounts = {a for a in accounts if a not in ledger.policies}
+    if accounts:
+        for row in await conn.fetch(SELECT_POLICIES, *_columns(accounts, 2)):
+            ledger.policies[(row["tenant"], row["account"])] = Policy(
+                orjson.loads(row["overdraft_limit"]), row["frozen"], orjson.loads(row["metadata"]))
+        for account in accounts:  # no row: no policy (remembered, so it is not asked again)
+            ledger.policies.setdefault(account, NO_POLICY)
     # Comprehensions, not `set - dict.keys()`: that iterates the whole (carried, large) dict every batch.
     keys: set[BalanceKey] = {k for k in touched(requests, ledger) | held_keys if k not in ledger.balances}
     if keys:
@@ -246,6 +270,8 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
     await _copy(conn, "replays", rows.replays, REPLAY_COLUMNS)
     await _copy(conn, "invalid_events", rows.invalid_events, INVALID_EVENT_COLUMNS)
     await _copy(conn, "holds", [tuple(h) for h in rows.holds.values()], HOLD_COLUMNS)
+    if rows.accounts:
+        await conn.execute(UPSERT_ACCOUNTS, *_columns(rows.accounts.values(), 8))  # type: ignore[arg-type]
     if rows.hold_changes:
         changes = list(rows.hold_changes.items())
         await conn.execute(UPDATE_HOLDS, [k[0] for k, _ in changes], [k[1] for k, _ in changes],
@@ -259,8 +285,8 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
         await conn.execute(
             UPSERT_BALANCES,
             [k[0] for k, _ in items], [k[1] for k, _ in items], [k[2] for k, _ in items],
-            [v[0] for _, v in items], [v[1] for _, v in items], [v[2].partition for _, v in items],
-            [v[2].offset for _, v in items],
+            [v[0] for _, v in items], [v[1] for _, v in items], [v[2] for _, v in items],
+            [v[3].partition for _, v in items], [v[3].offset for _, v in items],
         )
     parts = sorted(rows.next_offsets)
     offsets = [rows.next_offsets[p] for p in parts]

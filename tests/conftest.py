@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -12,6 +14,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.stack import Stack, unique
+
+CREATE_RETRY_S = 60
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +48,15 @@ class Tenant:
 async def create_tenant(admin: httpx.AsyncClient, stack: Stack, scopes: tuple[str, ...] = ("read", "write")) -> Tenant:
     tenant_id = unique()
     created = await admin.post("/v1/tenants", json={"id": tenant_id, "name": tenant_id})
-    assert created.status_code == 201, created.text
+    deadline = time.monotonic() + CREATE_RETRY_S
+    # Creating a tenant appends to the log: right after a fault test restarted Kafka, an append may not be
+    # acknowledged in time (503, Retry-After). A client retries; a 409 then means the first attempt landed.
+    retried = False
+    while created.status_code == 503 and time.monotonic() < deadline:
+        await asyncio.sleep(float(created.headers.get("Retry-After", "1")))
+        created = await admin.post("/v1/tenants", json={"id": tenant_id, "name": tenant_id})
+        retried = True
+    assert created.status_code == 201 or (retried and created.status_code == 409), created.text
     key = await admin.post(f"/v1/tenants/{tenant_id}/keys", json={"scopes": list(scopes)})
     assert key.status_code == 201, key.text
     secret = key.json()["key"]

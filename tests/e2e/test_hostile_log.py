@@ -58,7 +58,8 @@ class Hostile:
         tenant = rng.choice(self.tenants)
         kind = rng.choice(["valid"] * 8 + ["taken_id", "bytes", "json", "nul", "surrogate", "numbers",
                                             "wrong_partition", "unknown_tenant", "tenant_record", "bad_key",
-                                            "no_value", "kind"] + ["hold", "close_hold", "reverse"] * 2 + ["tick"])
+                                            "no_value", "kind"] + ["hold", "close_hold", "reverse", "policy"] * 2
+                          + ["tick"])
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         key: bytes | None = tenant.encode()
         partition = None
@@ -129,6 +130,13 @@ class Hostile:
             if op != "void" and rng.random() < 0.5:
                 body["amount"] = rng.choice([1, 5, 10**6, 0, -1, 2**63, 1.5])
             value = orjson.dumps(body)
+        elif kind == "policy":
+            body = {"v": 1, "kind": "policy", "id": unique("p"), "tenant": tenant,
+                    "account": rng.choice([*ACCOUNTS, "x\u0000", "", 7]),
+                    "overdraft_limit": rng.choice([{}, {"USD/2": rng.randint(0, 500)}, {"USD/2": -1}, {"usd": 1},
+                                                   {"PTS": 2**63}, None]),
+                    "frozen": rng.choice([False, False, True, "yes", None])}
+            value = orjson.dumps(body)
         elif kind == "tick":
             key, value, partition = None, TICK, rng.randrange(self.partitions)
         else:
@@ -191,7 +199,7 @@ async def test_a_hostile_log_stops_nothing_and_every_record_is_decided(admin: ht
           f"{len(positions & seen)} outcomes, {time.monotonic() - started:.1f} s")
     assert stack.projector is not None and stack.projector.poll() is None, "the projector stopped"
     assert positions <= seen, f"{len(positions - seen)} records without an outcome"
-    assert min(hostile.kinds.values()) > 0 and len(hostile.kinds) == 17
+    assert min(hostile.kinds.values()) > 0 and len(hostile.kinds) == 18
     verdict = await verify(SETTINGS.database_url, SETTINGS.kafka_bootstrap, TRANSACTIONS_TOPIC)
     assert verdict.identical, "\n".join(f"{check}: {rows}" for check, rows in verdict.differences.items())
     assert verdict.replayed >= RECORDS
