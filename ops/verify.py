@@ -58,6 +58,13 @@ CHECKS = {
         "(SELECT h.* FROM {live}.holds h JOIN {shadow}.holds x ON x.tenant = h.tenant AND x.id = h.id"
         " AND x.state <> 'held' WHERE $3::text[] IS NULL OR h.tenant = ANY($3)) AS lhc",
         "(SELECT * FROM {shadow}.holds WHERE state <> 'held') AS shc"),
+    # An account's policy as of the snapshot: compared where the live one has not been replaced since.
+    "accounts": ("SELECT tenant, account, metadata, overdraft_limit, frozen, log_partition, log_offset FROM {src}",
+                 "(SELECT a.* FROM {live}.accounts a JOIN s ON a.log_partition = s.p AND a.log_offset < s.o"
+                 " WHERE $3::text[] IS NULL OR a.tenant = ANY($3)) AS la",
+                 "(SELECT x.* FROM {shadow}.accounts x WHERE NOT EXISTS (SELECT FROM {live}.accounts a"
+                 " JOIN s ON a.log_partition = s.p AND a.log_offset >= s.o"
+                 " WHERE a.tenant = x.tenant AND a.account = x.account)) AS sa"),
     "invalid_events": ("SELECT log_partition, log_offset, record_key, record_value, error FROM {src}",
                        "(SELECT i.* FROM {live}.invalid_events i JOIN s ON i.log_partition = s.p"
                        " AND i.log_offset < s.o WHERE $3::text[] IS NULL OR encode(i.record_key, 'escape') = ANY($3))"
@@ -110,7 +117,7 @@ async def _compare(conn: asyncpg.Connection, live: str, shadow: str, snapshot: d
     args = (parts, [snapshot[p] for p in parts], tenants)
     for name, (select, live_src, shadow_src) in CHECKS.items():
         live_rows = select.format(src=live_src.format(live=live, shadow=shadow))
-        shadow_rows = select.format(src=shadow_src.format(shadow=shadow))
+        shadow_rows = select.format(src=shadow_src.format(shadow=shadow, live=live))
         for label, a, b in (("in the live projection only", live_rows, shadow_rows),
                             ("in the log only", shadow_rows, live_rows)):
             query = BELOW.format(live=live) + f"({a}) EXCEPT ({b}) LIMIT {DIFF_ROWS_MAX}"

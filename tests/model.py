@@ -30,6 +30,7 @@ class Model:
     moved: dict[Key, dict[str, Any]] = field(default_factory=dict)  # what a committed movement moved
     key_owner: dict[Key, str] = field(default_factory=dict)  # (tenant, key) -> the id of the request it binds
     alias: dict[Key, str] = field(default_factory=dict)  # a repeat's id -> the id of the original it stands for
+    policies: dict[Key, dict[str, Any]] = field(default_factory=dict)  # (tenant, account) -> limits, frozen
 
     def malformed(self, tenant: str, id: str, readable: bool) -> None:
         """A record that is not a request; recorded under its id when tenant and id are readable and free."""
@@ -39,8 +40,9 @@ class Model:
             self.moved[(tenant, id)] = {"kind": "transfer", "status": "rejected", "postings": [], "reversed": 0}
 
     def request(self, tenant: str, id: str, kind: str, key: str | None, postings: list[Posting] | None = None,
-                target: str | None = None, amount: int | None = None) -> None:
-        body = (kind, tuple(postings or ()), target, amount)
+                target: str | None = None, amount: int | None = None, limits: dict[str, int] | None = None,
+                frozen: bool = False) -> None:
+        body = (kind, tuple(postings or ()), target, amount, tuple(sorted((limits or {}).items())), frozen)
         if (tenant, id) in self.ids:
             return  # the id is taken: a repeat (same body) or a conflict; either way nothing new is recorded
         if key is not None and (tenant, key) in self.keys:
@@ -54,7 +56,7 @@ class Model:
                 self.moved[(tenant, id)] = {"kind": kind, "status": "rejected", "postings": [], "reversed": 0}
             return
         decide = {"transfer": self._transfer, "hold": self._hold, "capture": self._capture, "void": self._void,
-                  "reverse": self._reverse}[kind]
+                  "reverse": self._reverse, "policy": self._policy}[kind]
         status, reason, moved = decide(tenant, id, body)
         self.ids[(tenant, id)] = (status, reason, body)
         self.rows[(tenant, id)] = (status, reason)
@@ -68,13 +70,29 @@ class Model:
     def _transfer(self, tenant: str, id: str, body: tuple[Any, ...]) -> tuple[str, str | None, list[Posting]]:
         return self._move(tenant, list(body[1]), check_funds=True)
 
+    def _policy(self, tenant: str, id: str, body: tuple[Any, ...]) -> tuple[str, str | None, list[Posting]]:
+        account, limits = body[2], dict(body[4])
+        before = self.policies.get((tenant, account), {"limits": {}})["limits"]
+        for asset in limits.keys() | before.keys():
+            k = (tenant, account, asset)
+            if self.balances.get(k, 0) - self.held.get(k, 0) < -limits.get(asset, 0):
+                return "rejected", "overdraft_in_use", []
+        self.policies[(tenant, account)] = {"limits": limits, "frozen": body[5]}
+        return "committed", None, []
+
+    def _frozen(self, tenant: str, postings: list[Posting]) -> bool:
+        return any(self.policies.get((tenant, account), {}).get("frozen", False)
+                   for source, destination, _, _ in postings for account in (source, destination))
+
     def _hold(self, tenant: str, id: str, body: tuple[Any, ...]) -> tuple[str, str | None, list[Posting]]:
+        if self._frozen(tenant, list(body[1])):
+            return "rejected", "account_frozen", []
         held = dict(self.held)
         for source, _, amount, asset in body[1]:
             held[(tenant, source, asset)] = held.get((tenant, source, asset), 0) + amount
         if any(v > INT64_MAX for v in held.values()):
             return "rejected", "overflow", []
-        if self._short(self.balances, held):
+        if self._short(held=held):
             return "rejected", "insufficient_funds", []
         self.held = held
         self.holds[(tenant, id)] = {"postings": list(body[1]), "state": "held"}
@@ -140,6 +158,8 @@ class Model:
         return status, reason, moved
 
     def _move(self, tenant: str, postings: list[Posting], check_funds: bool) -> tuple[str, str | None, list[Posting]]:
+        if self._frozen(tenant, postings):
+            return "rejected", "account_frozen", []
         after = dict(self.balances)
         for source, destination, amount, asset in postings:
             for account, change in ((source, -amount), (destination, amount)):
@@ -147,12 +167,19 @@ class Model:
                 after[k] = after.get(k, 0) + change
                 if not INT64_MIN <= after[k] <= INT64_MAX:
                     return "rejected", "overflow", []
-        if check_funds and self._short(after, self.held):
+        if check_funds and self._short(balances=after):
             return "rejected", "insufficient_funds", []
         self.balances = after
         return "committed", None, postings
 
-    @staticmethod
-    def _short(balances: dict[tuple[str, str, str], int], held: dict[tuple[str, str, str], int]) -> bool:
-        keys = balances.keys() | held.keys()
-        return any(balances.get(k, 0) - held.get(k, 0) < 0 and not k[1].startswith("@") for k in keys)
+    def _short(self, balances: dict[tuple[str, str, str], int] | None = None,
+               held: dict[tuple[str, str, str], int] | None = None) -> bool:
+        """A customer account whose available balance decreases past minus its limit."""
+        balances, held = balances or self.balances, held or self.held
+        for k in balances.keys() | held.keys():
+            before = self.balances.get(k, 0) - self.held.get(k, 0)
+            after = balances.get(k, 0) - held.get(k, 0)
+            limit = self.policies.get((k[0], k[1]), {"limits": {}})["limits"].get(k[2], 0)
+            if not k[1].startswith("@") and after < before and after < -limit:
+                return True
+        return False

@@ -62,8 +62,17 @@ malformed = st.fixed_dictionaries({
     "tenant": st.integers(0, 1),
     "shape": st.sampled_from(["not_json", "float_amount", "foreign_key", "no_postings", "self_posting"]),
 })
-histories = st.lists(st.one_of(requests, requests, requests, operations, operations, malformed), min_size=10,
-                     max_size=120)
+# Account policies: a limit on one asset, or frozen, for a customer account.
+policies = st.fixed_dictionaries({
+    "kind": st.just("policy"),
+    "tenant": st.integers(0, 1),
+    "account": st.sampled_from(["a", "b", "c"]),
+    "limit": st.one_of(st.none(), st.integers(1, 300)),
+    "frozen": st.sampled_from([False, False, True]),
+    "key": keys,
+})
+histories = st.lists(st.one_of(requests, requests, requests, operations, operations, policies, malformed),
+                     min_size=10, max_size=120)
 
 
 def _value(event: dict[str, Any], tenant: str, tx_id: str) -> tuple[bytes, bytes]:
@@ -89,6 +98,9 @@ def _value(event: dict[str, Any], tenant: str, tx_id: str) -> tuple[bytes, bytes
                             for s, d, a, x in event["postings"]]
     if event["kind"] == "hold":
         body |= {"kind": "hold", "expires_in_s": 3600}
+    elif event["kind"] == "policy":
+        body |= {"kind": "policy", "account": event["account"], "frozen": event["frozen"],
+                 "overdraft_limit": {"USD/2": event["limit"]} if event["limit"] else {}}
     elif event["kind"] != "tx":
         body |= {"kind": event["kind"], "hold" if event["kind"] != "reverse" else "transaction": event["target_id"]}
         if event["amount"] is not None and event["kind"] != "void":
@@ -178,8 +190,10 @@ async def _produce(w: World, history: list[dict[str, Any]], tenants: list[str]) 
         else:
             kind = {"tx": "transfer"}.get(event["kind"], event["kind"])
             amount = event.get("amount") if kind in ("capture", "reverse") else None
+            target = event["account"] if kind == "policy" else event.get("target_id")
+            limits = {"USD/2": event["limit"]} if kind == "policy" and event["limit"] else {}
             model.request(tenant, tx_id, kind, event["key"], [tuple(p) for p in event.get("postings", ())],
-                          event.get("target_id"), amount)
+                          target, amount, limits, event.get("frozen", False))
     records = []
     for key, value, future in sent:
         metadata = await future
@@ -285,11 +299,11 @@ async def _check_history(w: World, history: list[dict[str, Any]]) -> None:
         assert len(rows.outcomes) == len(records)
         assert expected_outcomes == seen
 
-        # Double entry and no overdraft.
+        # Double entry, and no customer's available balance below minus its overdraft limit (0 unless set).
         sums: dict[tuple[str, str], int] = defaultdict(int)
-        for (tenant, account, asset), balance in rows.balances.items():
-            sums[(tenant, asset)] += balance[0]
-            assert balance[0] >= 0 or is_system(account)
+        for (tenant, account, asset), (balance, held, limit, _) in rows.balances.items():
+            sums[(tenant, asset)] += balance
+            assert balance - held >= -limit or is_system(account)
         assert all(total == 0 for total in sums.values())
 
         for tenant in tenants:
@@ -304,7 +318,10 @@ async def _check_history(w: World, history: list[dict[str, Any]]) -> None:
                 cut = mine[len(mine) // 2]
                 prefix = [r for r in records if r.timestamp_ms <= cut.timestamp_ms]
                 upto = fold(tenants, prefix)
-                want = {k[2]: v[0] for k, v in upto.balances.items() if k[0] == tenant and k[1] == "a"}
+                # As of a time, from the history: a row only a hold or a policy touched has no entries.
+                moved = {e[2] for e in upto.entries if e[0] == tenant and e[1] == "a"}
+                want = {k[2]: v[0] for k, v in upto.balances.items()
+                        if k[0] == tenant and k[1] == "a" and k[2] in moved}
                 at = cut.time.isoformat(timespec="milliseconds")
                 got = (await clients[tenant].get(f"/v1/tenants/{tenant}/accounts/a", params={"at": at})).json()
                 assert got["balances"] == want
@@ -370,6 +387,7 @@ async def _replay_and_compare(stack: Stack) -> int:
             "SELECT * FROM tenants ORDER BY 1",
             "SELECT * FROM replays ORDER BY 1, 2",
             "SELECT * FROM holds ORDER BY 1, 2",
+            "SELECT * FROM accounts ORDER BY 1, 2",
             "SELECT topic, log_partition, next_offset FROM projection_offsets ORDER BY 1, 2",
         ]
         for query in queries:
