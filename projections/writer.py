@@ -116,6 +116,8 @@ SELECT pg_notify($4, $5) FROM (SELECT count(*) FROM moved) AS done
 """
 NOTIFY_TENANTS = "SELECT pg_notify($1, 'tenant:' || t) FROM unnest($2::text[]) AS t"
 
+DUE_MS_MAX = 253_402_300_799_000  # 9999-12-31T23:59:59Z, the last instant Python's datetime holds
+
 Publish = Callable[[list[tuple[int, bytes, bytes]]], Awaitable[None]]
 
 # Faults that retrying the same work on a fresh connection can fix: the network, the server going away or
@@ -205,7 +207,8 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
         for row in await conn.fetch(SELECT_HOLDS, *_columns(holds, 2)):
             _track(ledger, row, held_keys)
     if due:
-        until = EPOCH + timedelta(milliseconds=max(due.values()))
+        # A time out of range (only a topic whose times producers set lets one through) reaches every hold.
+        until = EPOCH + timedelta(milliseconds=min(max(due.values()), DUE_MS_MAX))
         for row in await conn.fetch(SELECT_DUE_HOLDS, list(due), until):
             _track(ledger, row, held_keys)
     originals = {(r.tenant, resolved(ledger, r.tenant, r.target or "")) for r in requests if r.kind == REVERSE}
