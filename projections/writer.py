@@ -218,8 +218,9 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
             ledger.originals[(row["tenant"], row["id"])] = Original(row["kind"], row["status"],
                                                                   _postings(row["postings"]), row["reversed"])
     # Policies of every account the batch moves money on, and of those it sets a policy for.
-    accounts = {(k[0], k[1]) for k in touched(requests, ledger)} | {(r.tenant, r.target or "") for r in requests
-                                                                   if r.kind == POLICY}
+    # Every balance row the fold may write carries its account's limit: those of expiring holds too.
+    accounts = {(k[0], k[1]) for k in touched(requests, ledger) | held_keys}
+    accounts |= {(r.tenant, r.target or "") for r in requests if r.kind == POLICY}
     accounts = {a for a in accounts if a not in ledger.policies}
     if accounts:
         for row in await conn.fetch(SELECT_POLICIES, *_columns(accounts, 2)):

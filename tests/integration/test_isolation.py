@@ -14,6 +14,7 @@ import pytest
 
 from infra.migrate import migrate
 from infra.settings import with_database
+from ledger.fold import Record
 from projections.pipeline import Pipeline
 from projections.writer import committed_offsets
 from tests.integration.conftest import PARTITIONS, created, home, raw, record
@@ -181,3 +182,29 @@ async def test_carried_state_does_not_survive_a_switch_of_the_live_projection(ow
     finally:
         await line.close()
         await conn.close()
+
+
+async def test_a_hold_expiring_after_a_reset_keeps_its_accounts_overdraft_limit(scratch: Scratch,
+                                                                                 line: Pipeline) -> None:
+    conn, schema = scratch
+    tenant = unique()
+
+    def at(offset: int, value: dict[str, object], ms: int) -> Record:
+        return raw(offset, tenant, value)._replace(timestamp_ms=ms)
+
+    base = 1_700_000_000_000
+    await line.submit([
+        created(0, tenant),
+        at(1, {"v": 1, "kind": "policy", "id": "p1", "tenant": tenant, "account": "alice",
+               "overdraft_limit": {"USD/2": 1000}}, base),
+        record(2, tenant, 500, source="alice", destination="bob"),
+        at(3, {"v": 1, "kind": "hold", "id": "h1", "tenant": tenant, "expires_in_s": 1, "postings": [
+            {"source": "alice", "destination": "shop", "amount": 100, "asset": "USD/2"}]}, base),
+    ])
+    await line.drain()
+    line.reset_wanted = True  # as after a restart: the hold and the policy come from PostgreSQL
+    await line.submit([at(4, {"v": 1, "kind": "tick"}, base + 2_000)])
+    await line.drain()
+    row = await conn.fetchrow(f"SELECT balance, held, overdraft_limit FROM {schema}.balances WHERE account = 'alice'")
+    assert tuple(row) == (-500, 0, 1000)
+    assert await conn.fetchval(f"SELECT state FROM {schema}.holds WHERE id = 'h1'") == "expired"
