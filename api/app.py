@@ -184,6 +184,7 @@ def create_app(cfg: Settings | None = None) -> MetricsMiddleware:
             Route(f"{tenant}/keys", routes.create_key, methods=["POST"]),
             Route(f"{tenant}/keys/{{key_id}}", routes.revoke_key, methods=["DELETE"]),
             Route(f"{tenant}/transactions", routes.post_transaction, methods=["POST"]),
+            Route(f"{tenant}/transactions/batch", routes.post_batch, methods=["POST"]),
             Route(f"{tenant}/transactions/{{id}}", routes.get_transaction, methods=["GET"]),
             Route(f"{tenant}/transactions/{{id}}/reverse", routes.reverse_transaction, methods=["POST"]),
             Route(f"{tenant}/holds", routes.post_hold, methods=["POST"]),

@@ -90,6 +90,23 @@ class Appender:
         self.ends.advance(position)
         return position
 
+    async def append_many(self, requests: list[Request]) -> list[Position]:
+        """Append `requests` in their order in one round trip (all sent, then all awaited); the positions, or
+        `AppendUnconfirmed` naming every id when any one was not acknowledged in time."""
+        if self.producer is None:
+            raise Unavailable("the log (Kafka) is not reachable")
+        try:
+            async with asyncio.timeout(APPEND_TIMEOUT_S):
+                sent = [await self.producer.send(self.topic, encode_request(r), key=r.tenant.encode())
+                        for r in requests]
+                acknowledged = await asyncio.gather(*sent)
+        except (KafkaError, TimeoutError) as e:
+            raise AppendUnconfirmed(",".join(r.id for r in requests)) from e
+        positions = [Position(m.partition, m.offset) for m in acknowledged]
+        for position in positions:
+            self.ends.advance(position)
+        return positions
+
     async def log_end(self) -> dict[int, int] | None:
         """The next offset of each partition of the log, or None if Kafka does not answer within a second."""
         if self.producer is None:

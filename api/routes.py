@@ -31,8 +31,26 @@ from infra.settings import Settings
 from ledger.decisions import NOT_FOUND
 from ledger.errors import AlreadyExists, InvalidRequest, NotFound, Unavailable
 from ledger.positions import Position
-from ledger.requests import CAPTURE, HOLD, POLICY, REVERSE, TRANSFER, VOID, TenantRequest, TransactionRequest
-from ledger.validation import check_address, check_asset, check_id, check_tenant, check_tenant_name, parse_body
+from ledger.requests import (
+    CAPTURE,
+    HOLD,
+    POLICY,
+    REVERSE,
+    TRANSFER,
+    VOID,
+    BatchRequest,
+    TenantRequest,
+    TransactionRequest,
+)
+from ledger.validation import (
+    check_address,
+    check_asset,
+    check_id,
+    check_tenant,
+    check_tenant_name,
+    parse_body,
+    parse_items,
+)
 
 log = logging.getLogger("ledger.api")
 
@@ -214,6 +232,43 @@ async def void_hold(request: Request) -> Response:
 
 async def reverse_transaction(request: Request) -> Response:
     return await _submit(request, REVERSE)
+
+
+BATCH_FIELDS = frozenset({"transactions", "atomic"})
+
+
+async def post_batch(request: Request) -> Response:
+    """Up to 1,000 transfers in one request, appended in order in one round trip: each decided on its own,
+    or with `"atomic": true` as one record, all committed or all rejected. With `wait=true`, once the last
+    is decided, every decision."""
+    context, principal, tenant = authorized(request, "write")
+    assert tenant is not None
+    wait = bool_param(request, "wait")
+    timeout_ms = int_param(request, "timeout_ms", WAIT_TIMEOUT_MS_DEFAULT, 1, context.settings.wait_timeout_ms_max)
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidRequest("must be an object", "body")
+    unknown = sorted(set(body) - BATCH_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}", "body")
+    atomic = body.get("atomic", False)
+    if not isinstance(atomic, bool):
+        raise InvalidRequest("must be true or false", "atomic")
+    raw = body.get("transactions")
+    items = parse_items(raw, tenant, [uuid.uuid4().hex for _ in raw] if isinstance(raw, list) else None)
+    try:
+        if atomic:
+            positions = [await context.appender.append(BatchRequest(uuid.uuid4().hex, tenant, items))] * len(items)
+        else:
+            positions = await context.appender.append_many(list(items))
+    except AppendUnconfirmed as e:
+        return error(503, e.code, e.message, headers={"Retry-After": "1"}, ids=[i.id for i in items])
+    pending = [{"id": i.id, "status": "pending", "position": p.token()} for i, p in zip(items, positions, strict=True)]
+    if not wait or not await waited(context, max(positions), timeout_ms, tenant, waiter_key(principal)):
+        return JSON({"transactions": pending}, status_code=202)
+    rows = [await context.store.transaction(tenant, i.id) for i in items]
+    return JSON({"transactions": [views.transaction(r) if r is not None else p for r, p in zip(rows, pending,
+                                                                                                strict=True)]})
 
 
 async def put_account(request: Request) -> Response:

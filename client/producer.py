@@ -18,13 +18,25 @@ from infra.kafka import topic_partitions
 from infra.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from ledger.codec import encode_request
 from ledger.positions import Position
-from ledger.requests import CAPTURE, HOLD, POLICY, REVERSE, VOID, Posting, Request, TenantRequest, TransactionRequest
+from ledger.requests import (
+    CAPTURE,
+    HOLD,
+    POLICY,
+    REVERSE,
+    VOID,
+    BatchRequest,
+    Posting,
+    Request,
+    TenantRequest,
+    TransactionRequest,
+)
 from ledger.validation import (
     check_id,
     check_tenant,
     check_tenant_name,
     parse_body,
     parse_idempotency_key,
+    parse_items,
     parse_metadata,
     parse_postings,
     parse_reference,
@@ -71,9 +83,10 @@ class LedgerProducer:
                                           linger_ms=2, request_timeout_ms=request_timeout_ms)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False) \
             if follow_outcomes else None
-        self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}  # by the position of the record
+        # By the record an outcome answers and the id it decides (an atomic batch's record decides several).
+        self._waiters: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
         self._sending: dict[str, int] = {}  # appends not yet acknowledged, per tenant
-        self._early: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._early: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> LedgerProducer:
@@ -155,6 +168,18 @@ class LedgerProducer:
                              tenant=tenant, idempotency_key=idempotency_key, kind=kind, target=target)
         return await self._append(request)
 
+    async def submit_batch(self, tenant: str, transfers: list[list[Posting]], *, atomic: bool = False,
+                           idempotency_keys: list[str | None] | None = None) -> list[Submitted]:
+        """Transfers appended in order; with `atomic`, as one record: all committed or all rejected."""
+        keys = idempotency_keys or [None] * len(transfers)
+        raw = [{"postings": [p.as_json() for p in postings], **({"idempotency_key": k} if k else {})}
+               for postings, k in zip(transfers, keys, strict=True)]
+        items = parse_items(raw, check_tenant(tenant), [uuid.uuid4().hex for _ in raw])
+        if atomic:
+            first = await self._append(BatchRequest(uuid.uuid4().hex, items[0].tenant, items))
+            return [Submitted(first.tenant, item.id, first.position) for item in items]
+        return [await self._append(item) for item in items]
+
     async def create_tenant(self, tenant: str, name: str | None = None) -> Submitted:
         """Append the creation of `tenant`; its outcome is `committed`, or `rejected`/`already_exists`."""
         return await self._append(TenantRequest(uuid.uuid4().hex, check_tenant(tenant),
@@ -174,22 +199,28 @@ class LedgerProducer:
             self._sending[request.tenant] -= 1
             if not self._sending[request.tenant]:
                 del self._sending[request.tenant]
-        submitted = Submitted(request.tenant, request.id, Position(metadata_.partition, metadata_.offset))
-        if self._consumer is not None:
-            # Outcomes are matched by the record they answer, which is known once Kafka acknowledged the
-            # append; one that came first was kept aside.
-            token = submitted.position.token()
-            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-            early = self._early.pop(token, None)
-            if early is not None:
-                future.set_result(early)
-            self._waiters[token] = future
-        return submitted
+        position = Position(metadata_.partition, metadata_.offset)
+        ids = [i.id for i in request.items] if isinstance(request, BatchRequest) else [request.id]
+        for id in ids:
+            self._expect(position, id)
+        return Submitted(request.tenant, ids[0], position)
+
+    def _expect(self, position: Position, id: str) -> None:
+        """Outcomes are matched by the record they answer, known once Kafka acknowledged the append, and the
+        id they decide; one that came first was kept aside."""
+        if self._consumer is None:
+            return
+        key = (position.token(), id)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        early = self._early.pop(key, None)
+        if early is not None:
+            future.set_result(early)
+        self._waiters[key] = future
 
     async def outcome(self, submitted: Submitted, timeout_s: float = 10.0) -> dict[str, Any]:
         """`{"tenant", "id", "status", "reason", "position"}` of a submitted request."""
         assert self._consumer is not None, "created with follow_outcomes=False"
-        key = submitted.position.token()
+        key = (submitted.position.token(), submitted.id)
         future = self._waiters.get(key)
         if future is None:
             raise KeyError(f"{submitted.id} was not submitted by this producer, or its outcome was collected")
@@ -205,14 +236,16 @@ class LedgerProducer:
         async for record in self._consumer:
             try:
                 outcome = orjson.loads(record.value or b"")
-                token = outcome["record"]
+                key = (outcome["record"], outcome["id"])
             except (orjson.JSONDecodeError, TypeError, KeyError):
                 continue  # not an outcome this ledger publishes: nothing waits for it
-            future = self._waiters.get(token) if isinstance(token, str) else None
+            if not all(isinstance(k, str) for k in key):
+                continue
+            future = self._waiters.get(key)
             if future is not None:
                 if not future.done():
                     future.set_result(outcome)
-            elif isinstance(outcome, dict) and outcome.get("tenant") in self._sending:
-                self._early.setdefault(token, outcome)  # the first answer: a hold's expiry comes after it
+            elif outcome.get("tenant") in self._sending:
+                self._early.setdefault(key, outcome)  # the first answer: a hold's expiry comes after it
                 if len(self._early) > EARLY_MAX:
                     self._early.popitem(last=False)

@@ -10,6 +10,7 @@ import orjson
 from ledger.errors import InvalidRequest, MalformedJson
 from ledger.positions import Position
 from ledger.requests import (
+    BATCH,
     CAPTURE,
     HOLD,
     POLICY,
@@ -19,6 +20,7 @@ from ledger.requests import (
     TRANSFER,
     VOID,
     WIRE_VERSION,
+    BatchRequest,
     Request,
     TenantRequest,
     Tick,
@@ -32,6 +34,7 @@ from ledger.validation import (
     parse_expires_in_s,
     parse_frozen,
     parse_idempotency_key,
+    parse_items,
     parse_limits,
     parse_metadata,
     parse_partial_amount,
@@ -50,6 +53,7 @@ FIELDS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
     POLICY: (COMMON | {"account", "overdraft_limit", "frozen"}, ("v", "kind", "id", "tenant", "account")),
     TENANT: (frozenset({"v", "kind", "id", "tenant", "name"}), ("v", "kind", "id", "tenant", "name")),
     TICK: (frozenset({"v", "kind"}), ("v", "kind")),
+    BATCH: (frozenset({"v", "kind", "id", "tenant", "transactions"}), ("v", "kind", "id", "tenant", "transactions")),
 }
 TARGET_FIELD = {CAPTURE: "hold", VOID: "hold", REVERSE: "transaction", POLICY: "account"}
 
@@ -62,8 +66,16 @@ def decode_json(raw: bytes | str) -> Any:
         raise MalformedJson(f"not valid JSON: {e}") from None
 
 
+def _item(request: TransactionRequest) -> dict[str, object]:
+    return {"id": request.id, "postings": [p.as_json() for p in request.postings],
+            "idempotency_key": request.idempotency_key, "metadata": request.metadata, "reference": request.reference}
+
+
 def encode_request(request: Request) -> bytes:
     """The value a producer appends for `request`; `decode_request` reads it back unchanged."""
+    if isinstance(request, BatchRequest):
+        return orjson.dumps({"v": WIRE_VERSION, "kind": BATCH, "id": request.id, "tenant": request.tenant,
+                             "transactions": [_item(i) for i in request.items]})
     if isinstance(request, Tick):
         return orjson.dumps({"v": WIRE_VERSION, "kind": TICK})
     if isinstance(request, TenantRequest):
@@ -116,6 +128,8 @@ def decode_request(key: bytes | None, value: bytes | None) -> Request:
         raise InvalidRequest("the record key must be the tenant id", "key")
     if kind == TENANT:
         return TenantRequest(id=check_id(obj["id"]), tenant=tenant, name=check_tenant_name(obj["name"]))
+    if kind == BATCH:
+        return BatchRequest(id=check_id(obj["id"]), tenant=tenant, items=parse_items(obj["transactions"], tenant))
     target = obj.get(TARGET_FIELD.get(kind, ""))
     return TransactionRequest(
         id=check_id(obj["id"]),

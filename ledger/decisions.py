@@ -486,3 +486,60 @@ def touched(requests: Iterable[TransactionRequest], state: LedgerState) -> set[B
             keys.update((r.tenant, r.target or "", asset) for asset in limited)
         keys.update((r.tenant, account, p.asset) for p in postings for account in (p.source, p.destination))
     return keys
+
+
+class Scratch:
+    """A ledger to decide an atomic batch of transfers on: reads fall through to `base`, writes stay here,
+    and the whole is dropped afterwards. Transfers change balances, ids, keys and what is reversible; never
+    what is held, a hold, a policy or a tenant."""
+
+    def __init__(self, base: Ledger) -> None:
+        self.base = base
+        self.balances: dict[BalanceKey, int] = {}
+        self.by_id: dict[tuple[str, str], Decided] = {}
+        self.by_key: dict[tuple[str, str], Decided] = {}
+
+    def balance(self, key: BalanceKey) -> int:
+        return self.balances[key] if key in self.balances else self.base.balance(key)
+
+    def held_of(self, key: BalanceKey) -> int:
+        return self.base.held_of(key)
+
+    def decided_key(self, tenant: str, idempotency_key: str) -> Decided | None:
+        return self.by_key.get((tenant, idempotency_key)) or self.base.decided_key(tenant, idempotency_key)
+
+    def decided_id(self, tenant: str, transaction_id: str) -> Decided | None:
+        return self.by_id.get((tenant, transaction_id)) or self.base.decided_id(tenant, transaction_id)
+
+    def tenant_exists(self, tenant: str) -> bool:
+        return self.base.tenant_exists(tenant)
+
+    def hold(self, tenant: str, hold_id: str) -> Hold | None:
+        return self.base.hold(tenant, hold_id)
+
+    def original(self, tenant: str, transaction_id: str) -> Original | None:
+        return self.base.original(tenant, transaction_id)
+
+    def policy(self, tenant: str, account: str) -> Policy:
+        return self.base.policy(tenant, account)
+
+    def apply(self, request: TransactionRequest, outcome: Outcome, position: Position) -> None:
+        decided = Decided(request.id, outcome.status, outcome.reason, request.fingerprint(), position)
+        self.by_id[(request.tenant, request.id)] = decided
+        for entry in outcome.entries:
+            self.balances[(request.tenant, entry.account, entry.asset)] = entry.balance_after
+        if request.idempotency_key is not None and outcome.reason not in KEY_UNBOUND:
+            self.by_key[(request.tenant, request.idempotency_key)] = decided
+
+
+def first_failure(ledger: Ledger, items: tuple[TransactionRequest, ...], now_ms: int, position: Position) -> str | None:
+    """Why an atomic batch cannot commit: the reason of the first of its transfers that would be rejected
+    (decided in order, each on the state the ones before it leave), or None when all would commit."""
+    scratch = Scratch(ledger)
+    for item in items:
+        outcome = decide(scratch, item, now_ms)
+        if outcome.status == "rejected":
+            return outcome.reason or INVALID
+        if outcome.replay_of is None:
+            scratch.apply(item, outcome, position)
+    return None

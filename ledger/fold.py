@@ -26,13 +26,25 @@ from ledger.decisions import (
     Outcome,
     decide,
     decide_tenant,
+    first_failure,
     touched,
 )
 from ledger.errors import InvalidRequest
 from ledger.placement import partition_for
 from ledger.positions import Position
-from ledger.requests import CAPTURE, HOLD, POLICY, REVERSE, TRANSFER, VOID, TenantRequest, Tick, TransactionRequest
-from ledger.validation import TENANT_RE, UNSTORABLE_RE
+from ledger.requests import (
+    CAPTURE,
+    HOLD,
+    POLICY,
+    REVERSE,
+    TRANSFER,
+    VOID,
+    BatchRequest,
+    TenantRequest,
+    Tick,
+    TransactionRequest,
+)
+from ledger.validation import POSTINGS_MAX, TENANT_RE, UNSTORABLE_RE
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ERROR_LEN_MAX = 500
@@ -41,6 +53,7 @@ RAW_VALUE_BYTES_MAX = 64 * 1024
 # (so the id resolves), and if even that is refused, only in the operators' `invalid_events`.
 POISON_AS_TRANSACTION = 1
 POISON_AS_EVENT = 2
+LEGS_PER_ITEM = 2 * POSTINGS_MAX  # an atomic batch's item takes this many legs of its record's entries
 
 
 class Record(NamedTuple):
@@ -70,7 +83,7 @@ class Invalid(NamedTuple):
     reason: str = INVALID
 
 
-Decoded = TransactionRequest | TenantRequest | Tick | Invalid
+Decoded = TransactionRequest | TenantRequest | Tick | BatchRequest | Invalid
 
 
 @dataclass(slots=True)
@@ -200,8 +213,9 @@ def _effects(ledger: Ledger, rows: BatchRows, request: TransactionRequest, outco
             rows.reversed[target] = total
 
 
-def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime, request: TransactionRequest) -> None:
-    outcome = decide(ledger, request, record.timestamp_ms)
+def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime, request: TransactionRequest,
+                  forced: Outcome | None = None, leg_base: int = 0) -> None:
+    outcome = forced or decide(ledger, request, record.timestamp_ms)
     position = record.position
     if outcome.replay_of is not None:
         original = outcome.replay_of
@@ -230,12 +244,27 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
     if binds_key:
         rows.idempotency_keys.append((request.tenant, request.idempotency_key, request.id))
     for entry in outcome.entries:
-        rows.entries.append((request.tenant, entry.account, entry.asset, position.offset, entry.leg,
+        rows.entries.append((request.tenant, entry.account, entry.asset, position.offset, leg_base + entry.leg,
                              request.id, entry.amount, entry.balance_after, at))
         _balance(ledger, rows, (request.tenant, entry.account, entry.asset), position)
     for key, _ in outcome.held:
         _balance(ledger, rows, key, position)
     _publish(rows, record, request.tenant, request.id, outcome.status, outcome.reason)
+
+
+def _fold_batch_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
+                        batch: BatchRequest) -> None:
+    """All of an atomic batch's transfers commit, each as it would alone; or none does, and each is recorded
+    rejected with the reason of the first that failed (a repeat of an earlier request stays a repeat)."""
+    reason = first_failure(ledger, batch.items, record.timestamp_ms, record.position)
+    for index, item in enumerate(batch.items):
+        # The items share the record's offset: their entries' legs are kept apart by the item's place.
+        legs = index * LEGS_PER_ITEM
+        if reason is None or ledger.decided_id(item.tenant, item.id) is not None \
+                or (item.idempotency_key is not None and ledger.decided_key(item.tenant, item.idempotency_key)):
+            _fold_request(ledger, rows, record, at, item, leg_base=legs)
+        else:
+            _fold_request(ledger, rows, record, at, item, forced=Outcome("rejected", reason), leg_base=legs)
 
 
 def _fold_tenant(ledger: Ledger, rows: BatchRows, record: Record, at: datetime, request: TenantRequest) -> None:
@@ -296,6 +325,8 @@ def fold_batch(ledger: Ledger, records: list[Record], decoded: list[Decoded], ro
             _fold_invalid(ledger, rows, record, at, item)
         elif isinstance(item, TenantRequest):
             _fold_tenant(ledger, rows, record, at, item)
+        elif isinstance(item, BatchRequest):
+            _fold_batch_request(ledger, rows, record, at, item)
         else:
             _fold_request(ledger, rows, record, at, item)
         rows.next_offsets[record.partition] = record.offset + 1

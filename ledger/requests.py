@@ -16,6 +16,7 @@ CAPTURE = "capture"
 VOID = "void"
 REVERSE = "reverse"
 POLICY = "policy"
+BATCH = "batch"
 TENANT = "tenant"
 TICK = "tick"
 HOLD_EXPIRES_IN_S_DEFAULT = 604_800
@@ -98,4 +99,14 @@ class Tick:
     on a partition where nothing else is appended."""
 
 
-Request = TransactionRequest | TenantRequest | Tick
+@dataclass(frozen=True, slots=True)
+class BatchRequest:
+    """Transfers decided as one (`"atomic": true`): all committed, or all rejected with the reason of the
+    first that failed. Each keeps its own id and idempotency key."""
+
+    id: str
+    tenant: str
+    items: tuple[TransactionRequest, ...]
+
+
+Request = TransactionRequest | TenantRequest | Tick | BatchRequest

@@ -32,6 +32,7 @@ IDEMPOTENCY_KEY_LEN_MAX = 255
 TENANT_NAME_LEN_MAX = 200
 HOLD_EXPIRES_IN_S_MAX = 2_592_000
 LIMITS_MAX = 64  # assets with an overdraft limit, per account
+BATCH_ITEMS_MAX = 1000
 
 TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}", re.ASCII)
 ADDRESS_RE = re.compile(r"@[A-Za-z0-9_:.-]{1,127}|[A-Za-z0-9_:.-]{1,128}", re.ASCII)
@@ -244,3 +245,26 @@ def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | Non
         limits=parse_limits(obj.get("overdraft_limit")),
         frozen=parse_frozen(obj.get("frozen")),
     )
+
+
+ITEM_FIELDS = BODY_FIELDS | {"idempotency_key"}
+
+
+def parse_items(value: object, tenant: str, ids: list[str] | None = None) -> tuple[TransactionRequest, ...]:
+    """A batch's transfers: 1 to `BATCH_ITEMS_MAX` bodies, each with its own optional `idempotency_key`, and
+    its `id` (given by the API in `ids`, else each item's own `id`: a record on the log). Ids must differ."""
+    if not isinstance(value, list) or not 1 <= len(value) <= BATCH_ITEMS_MAX:
+        raise InvalidRequest(f"must be a list of 1 to {BATCH_ITEMS_MAX} transfers", "transactions")
+    items = []
+    for index, item in enumerate(value):
+        field = f"transactions[{index}]"
+        obj = _object(item, field, ITEM_FIELDS if ids is not None else ITEM_FIELDS | {"id"})
+        if "postings" not in obj:
+            raise InvalidRequest("missing field 'postings'", field)
+        items.append(TransactionRequest(
+            id=check_id(ids[index] if ids is not None else obj.get("id"), f"{field}.id"), tenant=tenant,
+            postings=parse_postings(obj["postings"]), idempotency_key=parse_idempotency_key(obj.get("idempotency_key")),
+            metadata=parse_metadata(obj.get("metadata")), reference=parse_reference(obj.get("reference"))))
+    if len({i.id for i in items}) != len(items):
+        raise InvalidRequest("ids must differ", "transactions")
+    return tuple(items)

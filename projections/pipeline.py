@@ -43,7 +43,7 @@ from ledger.fold import (
     fold_batch,
 )
 from ledger.positions import Position
-from ledger.requests import TenantRequest, TransactionRequest
+from ledger.requests import BatchRequest, TenantRequest, TransactionRequest
 from projections.writer import Publish, begin, committed_offsets, open_batch, poison, preload, store, transient
 
 log = logging.getLogger("ledger.projector")
@@ -256,9 +256,10 @@ class Pipeline:
 
     async def _preload(self, conn: asyncpg.Connection, decoded: list[Decoded], due: dict[int, int]) -> None:
         requests = [d for d in decoded if isinstance(d, TransactionRequest)]
+        requests += [item for d in decoded if isinstance(d, BatchRequest) for item in d.items]
         ids = {(d.tenant, d.id) for d in requests}
         ids |= {d.identity for d in decoded if isinstance(d, Invalid) and d.identity is not None}
-        tenants = {d.tenant for d in decoded if isinstance(d, TransactionRequest | TenantRequest)}
+        tenants = {d.tenant for d in decoded if isinstance(d, TransactionRequest | TenantRequest | BatchRequest)}
         await preload(conn, requests, ids, tenants, due, self.ledger)
 
     async def _finish_in_flight(self, pending: Prepared | None) -> tuple[list[BatchResult], bool]:

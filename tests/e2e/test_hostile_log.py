@@ -58,8 +58,8 @@ class Hostile:
         tenant = rng.choice(self.tenants)
         kind = rng.choice(["valid"] * 8 + ["taken_id", "bytes", "json", "nul", "surrogate", "numbers",
                                             "wrong_partition", "unknown_tenant", "tenant_record", "bad_key",
-                                            "no_value", "kind"] + ["hold", "close_hold", "reverse", "policy"] * 2
-                          + ["tick"])
+                                            "no_value", "kind"]
+                          + ["hold", "close_hold", "reverse", "policy", "batch"] * 2 + ["tick"])
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         key: bytes | None = tenant.encode()
         partition = None
@@ -137,6 +137,16 @@ class Hostile:
                                                    {"PTS": 2**63}, None]),
                     "frozen": rng.choice([False, False, True, "yes", None])}
             value = orjson.dumps(body)
+        elif kind == "batch":
+            items = [{k: v for k, v in self.transfer(tenant).items() if k in ("id", "postings", "idempotency_key")}
+                     for _ in range(rng.randint(0, 4))]
+            if items and rng.random() < 0.3:
+                items.append(dict(items[0]))  # an id twice in one batch
+            if items and rng.random() < 0.2:
+                items[-1]["postings"] = [{"source": "alice", "destination": "alice", "amount": 1, "asset": "X"}]
+            value = orjson.dumps({"v": 1, "kind": "batch", "id": unique("b"), "tenant": tenant, "transactions": items})
+            for item in items:
+                self.ids.append((tenant, str(item["id"])))
         elif kind == "tick":
             key, value, partition = None, TICK, rng.randrange(self.partitions)
         else:
@@ -199,7 +209,7 @@ async def test_a_hostile_log_stops_nothing_and_every_record_is_decided(admin: ht
           f"{len(positions & seen)} outcomes, {time.monotonic() - started:.1f} s")
     assert stack.projector is not None and stack.projector.poll() is None, "the projector stopped"
     assert positions <= seen, f"{len(positions - seen)} records without an outcome"
-    assert min(hostile.kinds.values()) > 0 and len(hostile.kinds) == 18
+    assert min(hostile.kinds.values()) > 0 and len(hostile.kinds) == 19
     verdict = await verify(SETTINGS.database_url, SETTINGS.kafka_bootstrap, TRANSACTIONS_TOPIC)
     assert verdict.identical, "\n".join(f"{check}: {rows}" for check, rows in verdict.differences.items())
     assert verdict.replayed >= RECORDS

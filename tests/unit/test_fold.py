@@ -94,3 +94,22 @@ def test_an_expiry_names_the_hold_not_the_record_whose_time_closed_it() -> None:
     outcomes = [orjson.loads(o[2]) for o in rows.outcomes]
     assert [(o["id"], o["status"], o["record"]) for o in outcomes] == [
         ("h1", "committed", f"{HOME}-0"), ("h1", "expired", f"{HOME}-0"), ("tx1", "committed", f"{HOME}-1")]
+
+
+def batch(offset: int, *amounts: int, source: str = "alice") -> Record:
+    items = [{"id": f"b{offset}-{i}", "postings": [{"source": source, "destination": "bob", "amount": a,
+                                                   "asset": "USD/2"}]} for i, a in enumerate(amounts)]
+    value = {"v": 1, "kind": "batch", "id": f"b{offset}", "tenant": TENANT, "transactions": items}
+    return Record(HOME, offset, TENANT.encode(), orjson.dumps(value), 1_700_000_000_000)
+
+
+def test_an_atomic_batch_commits_all_or_rejects_all_with_the_first_reason() -> None:
+    ledger, rows = fold([transfer(0), batch(1, 2, 3), batch(2, 1, 1, 1)])  # alice got 5
+    decided = {t[1]: (t[2], t[3]) for t in rows.transactions}
+    assert (decided["b1-0"], decided["b1-1"]) == (("committed", None), ("committed", None))
+    assert [decided[f"b2-{i}"] for i in range(3)] == [("rejected", "insufficient_funds")] * 3
+    assert ledger.balance((TENANT, "alice", "USD/2")) == 0
+    assert ledger.balance((TENANT, "bob", "USD/2")) == 5
+    # Items share their record's offset: their entries are told apart by leg.
+    keys = [(e[1], e[3], e[4]) for e in rows.entries]
+    assert len(keys) == len(set(keys)) == 6
