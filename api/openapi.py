@@ -10,6 +10,7 @@ from api.routes import ENTRIES_LIMIT_DEFAULT, ENTRIES_LIMIT_MAX
 from ledger.validation import (
     ADDRESS_RE,
     ASSET_RE,
+    BATCH_ITEMS_MAX,
     HOLD_EXPIRES_IN_S_MAX,
     ID_RE,
     LIMITS_MAX,
@@ -149,6 +150,21 @@ SCHEMAS: dict[str, Any] = {
             "frozen": {"type": ["boolean", "null"]},
         },
     },
+    "BatchRequest": {
+        "type": "object", "additionalProperties": False, "required": ["transactions"],
+        "properties": {
+            "transactions": {"type": "array", "minItems": 1, "maxItems": BATCH_ITEMS_MAX, "items": {
+                "type": "object", "additionalProperties": False, "required": ["postings"],
+                "properties": {
+                    "postings": {"type": "array", "minItems": 1, "maxItems": 128,
+                                 "items": {"$ref": "#/components/schemas/Posting"}},
+                    "idempotency_key": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+                    "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+                    "reference": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+                }}},
+            "atomic": {"type": "boolean"},
+        },
+    },
     "VoidRequest": {
         "type": ["object", "null"], "additionalProperties": False,
         "properties": {
@@ -248,6 +264,15 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
              _query("wait", {"type": "boolean"}, "Wait for the decision"),
              _timeout(wait_timeout_ms_max)],
             body=_ref("TransactionRequest"))},
+        "/v1/tenants/{tenant}/transactions/batch": {"post": _operation(
+            "Append up to 1,000 transfers in order (atomic: one record, all committed or all rejected)",
+            {"200": _ok("Every decision (wait=true)", {"type": "object", "properties": {
+                "transactions": {"type": "array", "items": _ref("Transaction")}}}),
+             "202": _ok("Appended, not yet decided", {"type": "object", "properties": {
+                 "transactions": {"type": "array", "items": _ref("Pending")}}}),
+             "413": _err("Body over 1 MiB"), **COMMON_ERRORS},
+            [TENANT, _query("wait", {"type": "boolean"}, "Wait for every decision"), _timeout(wait_timeout_ms_max)],
+            body=_ref("BatchRequest"))},
         "/v1/tenants/{tenant}/holds": {"post": _money("Place a hold: reserve the postings on their sources",
                                                       "Held (wait=true)", "Hold", [TENANT], _ref("HoldRequest"),
                                                       wait_timeout_ms_max)},
