@@ -84,6 +84,57 @@ def encode_cursor(offset: int, leg: int) -> str:
     return base64.urlsafe_b64encode(f"{offset}.{leg}".encode()).decode().rstrip("=")
 
 
+_TX_CURSOR = re.compile(r"([0-9]{1,19})\.([A-Za-z0-9_.:-]{1,64})", re.ASCII)
+_PREFIX = re.compile(r"[A-Za-z0-9_:.@-]{0,128}", re.ASCII)
+# Past every address character (they are ASCII below '~'): [prefix, prefix + '~') holds every address that
+# starts with the prefix, in the byte order of the balances' index.
+PREFIX_END = "~"
+
+
+def _opaque(raw: str, field: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("not a cursor this API issued", field) from None
+
+
+def encode_transactions_cursor(offset: int, id: str) -> str:
+    return base64.urlsafe_b64encode(f"{offset}.{id}".encode()).decode().rstrip("=")
+
+
+def transactions_cursor_param(request: Request) -> tuple[int, str]:
+    """Transactions strictly before this (log_offset, id); the first page starts past every one."""
+    raw = request.query_params.get("cursor")
+    if raw is None:
+        return (2**63 - 1, "")
+    match = _TX_CURSOR.fullmatch(_opaque(raw, "cursor"))
+    if match is None or int(match[1]) >= 2**63:
+        raise InvalidRequest("not a cursor this API issued", "cursor")
+    return int(match[1]), match[2]
+
+
+def encode_account_cursor(account: str) -> str:
+    return base64.urlsafe_b64encode(account.encode()).decode().rstrip("=")
+
+
+def account_cursor_param(request: Request) -> str | None:
+    raw = request.query_params.get("cursor")
+    if raw is None:
+        return None
+    account = _opaque(raw, "cursor")
+    if _PREFIX.fullmatch(account) is None or not account:
+        raise InvalidRequest("not a cursor this API issued", "cursor")
+    return account
+
+
+def prefix_param(request: Request) -> tuple[str, str]:
+    """The address range [low, high) of `?prefix=` (every account when absent)."""
+    prefix = request.query_params.get("prefix", "")
+    if _PREFIX.fullmatch(prefix) is None:
+        raise InvalidRequest("must be up to 128 characters an address may hold", "prefix")
+    return prefix, prefix + PREFIX_END
+
+
 def cursor_param(request: Request) -> tuple[int, int]:
     """Entries strictly before this (offset, leg); the first page starts past every entry."""
     raw = request.query_params.get("cursor")

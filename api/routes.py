@@ -17,13 +17,18 @@ from api.appender import Appender, AppendUnconfirmed
 from api.auth import SCOPES, KeyStore, Principal, new_secret_key
 from api.progress import Progress, TooManyWaiting
 from api.requests import (
+    account_cursor_param,
     bool_param,
     cursor_param,
+    encode_account_cursor,
     encode_cursor,
+    encode_transactions_cursor,
     int_param,
     json_body,
     position_param,
+    prefix_param,
     time_param,
+    transactions_cursor_param,
 )
 from api.responses import JSON, error
 from api.store import Store
@@ -50,6 +55,8 @@ from ledger.validation import (
     check_tenant_name,
     parse_body,
     parse_items,
+    parse_metadata,
+    parse_reference,
 )
 
 log = logging.getLogger("ledger.api")
@@ -336,6 +343,72 @@ async def _read_by_id(request: Request, what: str,
     return JSON(view(row))
 
 
+STATUSES = frozenset({"committed", "rejected"})
+LIST_PARAMS = frozenset({"account", "reference", "status", "since", "until", "limit", "cursor", "min_position",
+                         "timeout_ms"})
+
+
+def transaction_filters(request: Request) -> dict[str, Any]:
+    """The filters of `GET .../transactions`, checked; an unknown parameter is refused, never ignored."""
+    params = request.query_params
+    unknown = sorted(k for k in params if k not in LIST_PARAMS and not k.startswith("metadata."))
+    if unknown:
+        raise InvalidRequest(f"unknown parameter {unknown[0]!r}", "query")
+    filters: dict[str, Any] = {}
+    if "account" in params:
+        filters["account"] = check_address(params["account"], "account")
+    if "reference" in params:
+        filters["reference"] = parse_reference(params["reference"])
+    if "status" in params:
+        if params["status"] not in STATUSES:
+            raise InvalidRequest(f"must be one of {sorted(STATUSES)}", "status")
+        filters["status"] = params["status"]
+    filters["since"], filters["until"] = time_param(request, "since"), time_param(request, "until")
+    metadata = {k[len("metadata."):]: v for k, v in params.multi_items() if k.startswith("metadata.")}
+    if metadata:
+        filters["metadata"] = parse_metadata(metadata)
+    return filters
+
+
+async def list_transactions(request: Request) -> Response:
+    context, principal, tenant = authorized(request, "read")
+    assert tenant is not None
+    filters = transaction_filters(request)
+    limit = int_param(request, "limit", ENTRIES_LIMIT_DEFAULT, 1, ENTRIES_LIMIT_MAX)
+    before = transactions_cursor_param(request)
+    await caught_up(request, context, principal, tenant)
+    rows = await context.store.transactions(tenant, filters, before, limit + 1)
+    page = rows[:limit]
+    next_cursor = encode_transactions_cursor(page[-1]["log_offset"], page[-1]["id"]) if len(rows) > limit else None
+    return JSON({"transactions": [views.transaction(r) for r in page], "next_cursor": next_cursor})
+
+
+async def list_accounts(request: Request) -> Response:
+    context, principal, tenant = authorized(request, "read")
+    assert tenant is not None
+    low, high = prefix_param(request)
+    limit = int_param(request, "limit", ENTRIES_LIMIT_DEFAULT, 1, ENTRIES_LIMIT_MAX)
+    after = account_cursor_param(request)
+    await caught_up(request, context, principal, tenant)
+    rows = await context.store.accounts(tenant, low, high, after, limit + 1)
+    by_account: dict[str, list[asyncpg.Record]] = {}
+    for row in rows:
+        by_account.setdefault(row["account"], []).append(row)
+    names = list(by_account)[:limit]
+    next_cursor = encode_account_cursor(names[-1]) if len(by_account) > limit else None
+    return JSON({"accounts": [views.account(name, by_account[name]) for name in names], "next_cursor": next_cursor})
+
+
+async def balance_sums(request: Request) -> Response:
+    context, principal, tenant = authorized(request, "read")
+    assert tenant is not None
+    low, high = prefix_param(request)
+    await caught_up(request, context, principal, tenant)
+    rows = await context.store.balance_sums(tenant, low, high)
+    return JSON({"prefix": low, "balances": {r["asset"]: int(r["balance"]) for r in rows if r["asset"] is not None},
+                 "accounts": next((r["accounts"] for r in rows if r["asset"] is None), 0)})
+
+
 # --- accounts ------------------------------------------------------------------------------------------
 
 async def get_account(request: Request) -> Response:
@@ -353,17 +426,7 @@ async def get_account(request: Request) -> Response:
 
 async def account(context: Context, tenant: str, address: str) -> dict[str, object]:
     """An account's balances now, and the position of the last request that changed them."""
-    rows = await context.store.balances(tenant, address)
-    policy = rows[0] if rows else None  # every row carries the account's policy (none: no policy set)
-    rows = [r for r in rows if r["asset"] is not None]
-    latest = max((Position(r["log_partition"], r["log_offset"]) for r in rows), default=None)
-    return {"address": address, "balances": {r["asset"]: r["balance"] for r in rows},
-            "held": {r["asset"]: r["held"] for r in rows},
-            "available": {r["asset"]: r["balance"] - r["held"] for r in rows},
-            "position": latest.token() if latest else None,
-            "metadata": policy["metadata"] if policy is not None and policy["metadata"] is not None else {},
-            "overdraft_limit": {r["asset"]: r["overdraft_limit"] for r in rows if r["overdraft_limit"]},
-            "frozen": bool(policy is not None and policy["frozen"])}
+    return views.account(address, await context.store.balances(tenant, address))
 
 
 async def get_entries(request: Request) -> Response:

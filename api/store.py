@@ -24,6 +24,7 @@ TRANSACTION = "SELECT * FROM api_transaction($1, $2)"
 TRANSACTION_BY_KEY = "SELECT * FROM api_transaction_by_key($1, $2)"
 ENTRIES = "SELECT * FROM api_entries($1, $2, $3, $4, $5, $6)"
 HOLD = "SELECT * FROM api_hold($1, $2)"
+TRANSACTIONS = "SELECT * FROM api_transactions($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                      asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, TimeoutError,
                      asyncpg.QueryCanceledError)
@@ -98,6 +99,18 @@ class Store:
     async def hold(self, tenant: str, id: str) -> asyncpg.Record | None:
         rows = await self._fetch(HOLD, tenant, id)
         return rows[0] if rows else None
+
+    async def transactions(self, tenant: str, filters: dict[str, Any], before: tuple[int, str],
+                           limit: int) -> list[asyncpg.Record]:
+        return await self._fetch(TRANSACTIONS, tenant, filters.get("account"), filters.get("reference"),
+                                 filters.get("status"), filters.get("metadata"), filters.get("since"),
+                                 filters.get("until"), before[0], before[1], limit)
+
+    async def accounts(self, tenant: str, low: str, high: str, after: str | None, limit: int) -> list[asyncpg.Record]:
+        return await self._fetch("SELECT * FROM api_accounts($1, $2, $3, $4, $5)", tenant, low, high, after, limit)
+
+    async def balance_sums(self, tenant: str, low: str, high: str) -> list[asyncpg.Record]:
+        return await self._fetch("SELECT * FROM api_balance_sums($1, $2, $3)", tenant, low, high)
 
     async def tenant(self, id: str) -> asyncpg.Record | None:
         """The tenant as its creation record on the log made it, with that record's position."""

@@ -45,6 +45,21 @@ def transaction(row: asyncpg.Record) -> dict[str, Any]:
     return body
 
 
+def account(address: str, rows: list[asyncpg.Record]) -> dict[str, Any]:
+    """An account from its balance rows, each carrying the account's policy (a row without an asset: a policy
+    and no balance yet)."""
+    policy = rows[0] if rows else None
+    rows = [r for r in rows if r["asset"] is not None]
+    latest = max((Position(r["log_partition"], r["log_offset"]) for r in rows), default=None)
+    return {"address": address, "balances": {r["asset"]: r["balance"] for r in rows},
+            "held": {r["asset"]: r["held"] for r in rows},
+            "available": {r["asset"]: r["balance"] - r["held"] for r in rows},
+            "position": latest.token() if latest else None,
+            "metadata": policy["metadata"] if policy is not None and policy["metadata"] is not None else {},
+            "overdraft_limit": {r["asset"]: r["overdraft_limit"] for r in rows if r["overdraft_limit"]},
+            "frozen": bool(policy is not None and policy["frozen"])}
+
+
 def hold(row: asyncpg.Record) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": row["id"],
