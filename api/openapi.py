@@ -224,6 +224,9 @@ def _operation(summary: str, responses: dict[str, Any], params: list[dict[str, A
 def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
     """Every route, with the bounds the code enforces (the largest `timeout_ms` is a setting)."""
     read_params = _read_params(wait_timeout_ms_max)
+    page_params = [_query("limit", {"type": "integer", "minimum": 1, "maximum": ENTRIES_LIMIT_MAX},
+                          f"Page size (default {ENTRIES_LIMIT_DEFAULT})"),
+                   _query("cursor", {"type": "string"}, "next_cursor of the previous page")]
     plain = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
     return {
         "/healthz": {"get": _operation("Liveness", {"200": plain}, secure=False)},
@@ -251,7 +254,19 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
         "/v1/tenants/{tenant}/keys/{key_id}": {"delete": _operation(
             "Revoke a key (admin)", {"204": {"description": "Revoked"}, **COMMON_ERRORS},
             [TENANT, _path_param("key_id", KEY_ID_RE.pattern)])},
-        "/v1/tenants/{tenant}/transactions": {"post": _operation(
+        "/v1/tenants/{tenant}/transactions": {"get": _operation(
+            "Transactions newest first, by filter (and metadata.KEY=VALUE parameters), in keyset pages",
+            {"200": _ok("A page of transactions", {"type": "object", "properties": {
+                "transactions": {"type": "array", "items": _ref("Transaction")},
+                "next_cursor": {"type": ["string", "null"]}}}), **COMMON_ERRORS},
+            [TENANT, _query("account", {"type": "string", "pattern": f"^(?:{ADDRESS_RE.pattern})$"},
+                            "Transactions that moved money on this account"),
+             _query("reference", {"type": "string", "minLength": 1, "maxLength": 255}, "This reference"),
+             _query("status", {"enum": ["committed", "rejected"]}, "This status"),
+             _query("since", {"type": "string", "format": "date-time"}, "Created at or after"),
+             _query("until", {"type": "string", "format": "date-time"}, "Created at or before"),
+             *page_params, *read_params]),
+            "post": _operation(
             "Append a transaction request to the log",
             {"200": _ok("A replay of an already decided Idempotency-Key", _ref("Transaction")),
              "201": _ok("Committed (wait=true)", _ref("Transaction")),
@@ -264,6 +279,20 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
              _query("wait", {"type": "boolean"}, "Wait for the decision"),
              _timeout(wait_timeout_ms_max)],
             body=_ref("TransactionRequest"))},
+        "/v1/tenants/{tenant}/accounts": {"get": _operation(
+            "Accounts by address prefix, with balances, held, available and policy (keyset pages by address)",
+            {"200": _ok("A page of accounts", {"type": "object", "properties": {
+                "accounts": {"type": "array", "items": _ref("Account")}, "next_cursor": {"type": ["string", "null"]}}}),
+             **COMMON_ERRORS},
+            [TENANT, _query("prefix", {"type": "string", "pattern": "^[A-Za-z0-9_:.@-]{0,128}$"}, "Address prefix"),
+             *page_params, *read_params])},
+        "/v1/tenants/{tenant}/balances": {"get": _operation(
+            "Sums per asset over the accounts whose address starts with the prefix (reads the matching rows)",
+            {"200": _ok("Sums", {"type": "object", "properties": {"prefix": {"type": "string"}, "balances": {
+                "type": "object", "additionalProperties": {"type": "integer"}}, "accounts": {"type": "integer"}}}),
+             **COMMON_ERRORS},
+            [TENANT, _query("prefix", {"type": "string", "pattern": "^[A-Za-z0-9_:.@-]{0,128}$"}, "Address prefix"),
+             *read_params])},
         "/v1/tenants/{tenant}/transactions/batch": {"post": _operation(
             "Append up to 1,000 transfers in order (atomic: one record, all committed or all rejected)",
             {"200": _ok("Every decision (wait=true)", {"type": "object", "properties": {

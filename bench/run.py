@@ -22,7 +22,7 @@ import httpx
 from aiokafka.errors import KafkaError
 
 from api.requests import encode_cursor
-from bench import data, isolation, tools
+from bench import data, isolation, queries, tools
 from client import LedgerProducer
 from infra import local, processes
 from infra import settings as settings_mod
@@ -198,6 +198,69 @@ class Bench:
             self.results[label]["decided"] = {f"{r['kind']} {r['status']}": r["n"] for r in decided}
         say(f"{label} (straight to Kafka, one projector): {rate:.0f} decided requests/s over {applied}")
 
+    async def _tenant(self, tenant: str) -> str:
+        """A tenant created through the API (on the log) and a read/write key for it."""
+        admin = {"Authorization": f"Bearer {self.env['LEDGER_ADMIN_TOKEN']}"}
+        async with httpx.AsyncClient(base_url=self.url, headers=admin, timeout=30) as client:
+            created = await client.post("/v1/tenants", json={"id": tenant})
+            assert created.status_code in (201, 409), created.text
+            key = await client.post(f"/v1/tenants/{tenant}/keys", json={"scopes": ["read", "write"]})
+        return str(key.json()["key"])
+
+    async def queries(self, owner: asyncpg.Connection) -> None:
+        """Each query shape on a small and a large tenant, same run: a page should cost the same at both."""
+        large_tx, large_accounts = (100_000, 10_000) if self.quick else (1_000_000, 100_000)
+        sizes = {"q-small": (10_000, 1_000), "q-large": (large_tx, large_accounts)}
+        results: dict[str, Any] = {}
+        for tenant, (transactions, accounts) in sizes.items():
+            key = await self._tenant(tenant)
+            say(f"loading {transactions} transactions over {accounts} accounts for {tenant}")
+            await queries.load(owner, tenant, transactions, accounts)
+            results[tenant] = {"transactions": transactions, "accounts": accounts, "key": key}
+        for table in ("transactions", "entries", "balances"):
+            await owner.execute(f"VACUUM (ANALYZE) {table}")
+        for tenant, info in results.items():
+            info["timings"] = queries.measure(self.url, tenant, info.pop("key"), info["transactions"], 100,
+                                              2 if self.quick else 4)
+            for name, row in info["timings"].items():
+                say(f"query {name} on {tenant}: p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, "
+                    f"errors {row['errors']}")
+        self.results["queries"] = results
+
+    async def batches_vs_singles(self) -> None:
+        """Closed loop for a few seconds: transfers committed per second posting one at a time (16 clients)
+        against posting batches of 100 (4 clients), both with wait=true, same run."""
+        key = await self._tenant("bench-batches")
+        headers = {"Authorization": f"Bearer {key}"}
+        seconds = 3 if self.quick else 6
+        funded = {"postings": [{"source": "@world", "destination": "payer", "amount": 10**15, "asset": "USD/2"}]}
+        one = {"postings": [{"source": "payer", "destination": "payee", "amount": 1, "asset": "USD/2"}]}
+        results = {}
+        async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30) as client:
+            await client.post("/v1/tenants/bench-batches/transactions?wait=true", json=funded)
+            for label, clients, size in (("single", 16, 1), ("batch_100", 4, 100)):
+                committed = 0
+                deadline = time.monotonic() + seconds
+
+                async def worker(deadline: float = deadline, size: int = size) -> None:
+                    nonlocal committed
+                    while time.monotonic() < deadline:
+                        if size == 1:
+                            r = await client.post("/v1/tenants/bench-batches/transactions?wait=true", json=one)
+                            committed += r.status_code == 201
+                        else:
+                            r = await client.post("/v1/tenants/bench-batches/transactions/batch?wait=true",
+                                                  json={"transactions": [one] * size})
+                            committed += sum(t["status"] == "committed" for t in r.json()["transactions"])
+
+                started = time.monotonic()
+                await asyncio.gather(*(worker() for _ in range(clients)))
+                results[label] = round(committed / (time.monotonic() - started))
+        results["ratio"] = round(results["batch_100"] / results["single"], 1)
+        self.results["batches"] = results
+        say(f"committed transfers/s: single posts {results['single']}, batches of 100 {results['batch_100']} "
+            f"({results['ratio']}x)")
+
     async def hold_everything(self, owner: asyncpg.Connection, accounts: int) -> None:
         """An open hold (of 1) on every account the reads look at, for reads of accounts with holds."""
         async with LedgerProducer(self.bootstrap, follow_outcomes=False, topic=self.topic) as ledger:
@@ -298,6 +361,8 @@ class Bench:
                 self.ingest_http(rate)
             await self.replay_rate()
             self.results["isolation"] = await isolation.measure(self.db_url)
+            await self.batches_vs_singles()
+            await self.queries(owner)
             if not self.quick:
                 large = 1_000_000
                 say(f"loading up to {large} accounts x 10 entries")
@@ -362,6 +427,16 @@ def report(results: dict[str, Any]) -> str:
     if "replay" in results:
         r = results["replay"]
         lines.append(f"replay into an empty database: {r['events_per_s']} events/s ({r['events']} in {r['seconds']} s)")
+    if "batches" in results:
+        b = results["batches"]
+        lines.append(f"transfers committed per second over HTTP with wait=true: one per request {b['single']}, "
+                     f"batches of 100 {b['batch_100']} ({b['ratio']}x)")
+    for tenant, info in results.get("queries", {}).items():
+        lines.append(f"queries on {tenant} ({info['transactions']:,} transactions, {info['accounts']:,} accounts), "
+                     "p50 / p99 ms at 100/s:")
+        lines += [f"  {name}: {row['p50_ms']:.2f} / {row['p99_ms']:.2f}" + (f" ({row['errors']} errors)"
+                                                                              if row["errors"] else "")
+                  for name, row in info["timings"].items()]
     if "isolation" in results:
         r = results["isolation"]
         lines.append(f"poison isolation, batch of {r['batch']} applied the plain way: clean {r['clean_s']} s, "

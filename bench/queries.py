@@ -1,0 +1,66 @@
+"""Queries at two sizes in the same run: each filter of `GET .../transactions`, and the prefix listings and
+sums, on a tenant with 1,000,000 transactions and 100,000 accounts against one with 10,000 and 1,000.
+
+The rows are generated inside PostgreSQL (set-based), in the live projection, for tenants created through the
+log; they are not on the log themselves, like the other scale data of the benchmarks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from bench import tools
+
+OFFSET_BASE = 1_000_000  # past the tenants' own records on the log
+SHAPES = {
+    "page": "",
+    "account": "account=acct-7",
+    "reference": "reference=ref-{mid}",
+    "status": "status=rejected",
+    "metadata (one match)": "metadata.order={mid}",
+    "time range": "since=2026-01-01T01:00:00Z&until=2026-01-01T02:00:00Z",
+}
+
+
+async def load(conn: asyncpg.Connection, tenant: str, transactions: int, accounts: int) -> None:
+    """`transactions` transfers between `accounts` accounts (every tenth rejected), with their entries."""
+    await conn.execute(
+        """
+        INSERT INTO transactions (tenant, id, status, reason, postings, metadata, reference, fingerprint,
+                                  log_partition, log_offset, created_at, committed_at, kind)
+        SELECT $1, 'q-' || i, CASE WHEN i % 10 = 0 THEN 'rejected' ELSE 'committed' END,
+               CASE WHEN i % 10 = 0 THEN 'insufficient_funds' END,
+               jsonb_build_array(jsonb_build_object('source', 'acct-' || (i % $3), 'destination',
+                                                    'acct-' || ((i + 1) % $3), 'amount', 1, 'asset', 'USD/2')),
+               jsonb_build_object('channel', CASE WHEN i % 2 = 0 THEN 'web' ELSE 'app' END, 'order', i::text),
+               'ref-' || i, '', 0, $4 + i, timestamptz '2026-01-01' + i * interval '1 second',
+               CASE WHEN i % 10 = 0 THEN NULL ELSE timestamptz '2026-01-01' + i * interval '1 second' END, 'transfer'
+        FROM generate_series(1, $2) AS i
+        """, tenant, transactions, accounts, OFFSET_BASE)
+    await conn.execute(
+        """
+        INSERT INTO entries (tenant, account, asset, log_offset, leg, transaction_id, amount, balance_after,
+                             committed_at)
+        SELECT $1, 'acct-' || ((i + side) % $3), 'USD/2', $4 + i, side, 'q-' || i, CASE side WHEN 0 THEN -1 ELSE 1 END,
+               0, timestamptz '2026-01-01' + i * interval '1 second'
+        FROM generate_series(1, $2) AS i, generate_series(0, 1) AS side WHERE i % 10 <> 0
+        """, tenant, transactions, accounts, OFFSET_BASE)
+    await conn.execute(
+        """
+        INSERT INTO balances (tenant, account, asset, balance, log_partition, log_offset)
+        SELECT $1, 'acct-' || a, 'USD/2', 0, 0, $3 FROM generate_series(0, $2 - 1) AS a
+        """, tenant, accounts, OFFSET_BASE)
+
+
+def measure(url: str, tenant: str, key: str, transactions: int, rate: int, duration_s: int) -> dict[str, Any]:
+    """Each query shape of this tenant at `rate` requests/s (open loop)."""
+    mid = transactions // 2
+    rows = {}
+    paths = {name: f"/transactions?limit=50&{query.format(mid=mid)}" for name, query in SHAPES.items()}
+    paths |= {"accounts by prefix": "/accounts?prefix=acct-1&limit=50", "sums by prefix": "/balances?prefix=acct-12"}
+    for name, path in paths.items():
+        target = f"GET {url}/v1/tenants/{tenant}{path}\nAuthorization: Bearer {key}\n"
+        rows[name] = tools.attack(target, rate, duration_s)
+    return rows
