@@ -78,6 +78,13 @@ BEGIN
             || ' JOIN transactions t ON t.tenant = $1 AND t.id = m.transaction_id WHERE true' || filters
             || ' ORDER BY m.log_offset DESC, m.transaction_id DESC LIMIT $9';
     END IF;
+    IF p_metadata THEN
+        -- The matches come from the GIN index, then are ordered: without the fence (OFFSET 0), a guess that
+        -- matches are common has the planner walk the tenant's whole history by position looking for them.
+        RETURN 'SELECT t.* FROM (SELECT * FROM transactions x WHERE x.metadata @> $5 OFFSET 0) t'
+            || ' WHERE t.tenant = $1 AND t.log_offset > $6 AND (t.log_offset, t.id) < ($7, $8)'
+            || replace(filters, ' AND t.metadata @> $5', '') || ' ORDER BY t.log_offset DESC, t.id DESC LIMIT $9';
+    END IF;
     RETURN 'SELECT t.* FROM transactions t WHERE t.tenant = $1 AND t.log_offset > $6'
         || ' AND (t.log_offset, t.id) < ($7, $8)' || filters || ' ORDER BY t.log_offset DESC, t.id DESC LIMIT $9';
 END
