@@ -84,7 +84,8 @@ def encode_cursor(offset: int, leg: int) -> str:
     return base64.urlsafe_b64encode(f"{offset}.{leg}".encode()).decode().rstrip("=")
 
 
-_TX_CURSOR = re.compile(r"([0-9]{1,19})\.([A-Za-z0-9_.:-]{1,64})", re.ASCII)
+# Each listing's cursors start with their own letter, so one listing's cursor is refused by another.
+_TX_CURSOR = re.compile(r"t\.([0-9]{1,19})\.([A-Za-z0-9_.:-]{1,64})", re.ASCII)
 _PREFIX = re.compile(r"[A-Za-z0-9_:.@-]{0,128}", re.ASCII)
 # Past every address character (they are ASCII below '~'): [prefix, prefix + '~') holds every address that
 # starts with the prefix, in the byte order of the balances' index.
@@ -99,7 +100,7 @@ def _opaque(raw: str, field: str) -> str:
 
 
 def encode_transactions_cursor(offset: int, id: str) -> str:
-    return base64.urlsafe_b64encode(f"{offset}.{id}".encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(f"t.{offset}.{id}".encode()).decode().rstrip("=")
 
 
 def transactions_cursor_param(request: Request) -> tuple[int, str]:
@@ -114,15 +115,15 @@ def transactions_cursor_param(request: Request) -> tuple[int, str]:
 
 
 def encode_account_cursor(account: str) -> str:
-    return base64.urlsafe_b64encode(account.encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(f"a.{account}".encode()).decode().rstrip("=")
 
 
 def account_cursor_param(request: Request) -> str | None:
     raw = request.query_params.get("cursor")
     if raw is None:
         return None
-    account = _opaque(raw, "cursor")
-    if _PREFIX.fullmatch(account) is None or not account:
+    kind, _, account = _opaque(raw, "cursor").partition(".")
+    if kind != "a" or not account or _PREFIX.fullmatch(account) is None:
         raise InvalidRequest("not a cursor this API issued", "cursor")
     return account
 

@@ -8,6 +8,7 @@ models the decisions, not the parsing. Holds never expire here (the histories ar
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,33 @@ class Model:
         if key is not None:
             self.keys[(tenant, key)] = (status, reason, body)
             self.key_owner[(tenant, key)] = id
+
+    def atomic(self, tenant: str, items: list[tuple[str, list[Posting], str | None]]) -> None:
+        """Transfers that all commit, or are all rejected with the first failure's reason (a repeat of an
+        earlier request stays a repeat)."""
+        trial = copy.deepcopy(self)
+        reason = None
+        for id, postings, key in items:
+            trial.request(tenant, id, "transfer", key, postings)
+            status, why, _ = trial.ids[(tenant, id)]
+            if status == "rejected":
+                reason = why
+                break
+        if reason is None:
+            for id, postings, key in items:
+                self.request(tenant, id, "transfer", key, postings)
+            return
+        for id, postings, key in items:
+            if (tenant, id) in self.ids or (key is not None and (tenant, key) in self.keys):
+                self.request(tenant, id, "transfer", key, postings)
+                continue
+            body = ("transfer", tuple(postings), None, None, (), False)
+            self.ids[(tenant, id)] = ("rejected", reason, body)
+            self.rows[(tenant, id)] = ("rejected", reason)
+            self.moved[(tenant, id)] = {"kind": "transfer", "status": "rejected", "postings": [], "reversed": 0}
+            if key is not None and reason not in ("idempotency_conflict", "unknown_tenant"):
+                self.keys[(tenant, key)] = ("rejected", reason, body)
+                self.key_owner[(tenant, key)] = id
 
     # --- one function per kind: (status, reason, postings moved) ---------------------------------------
 

@@ -71,8 +71,14 @@ policies = st.fixed_dictionaries({
     "frozen": st.sampled_from([False, False, True]),
     "key": keys,
 })
-histories = st.lists(st.one_of(requests, requests, requests, operations, operations, policies, malformed),
-                     min_size=10, max_size=120)
+# Atomic batches of one to three transfers.
+batches = st.fixed_dictionaries({
+    "kind": st.just("batch"),
+    "tenant": st.integers(0, 1),
+    "items": st.lists(st.tuples(postings, keys), min_size=1, max_size=3),
+})
+histories = st.lists(st.one_of(requests, requests, requests, operations, operations, policies, batches,
+                               malformed), min_size=10, max_size=120)
 
 
 def _value(event: dict[str, Any], tenant: str, tx_id: str) -> tuple[bytes, bytes]:
@@ -92,6 +98,11 @@ def _value(event: dict[str, Any], tenant: str, tx_id: str) -> tuple[bytes, bytes
         else:
             base["postings"][0]["destination"] = "@world"
         return key, orjson.dumps(base)
+    if event["kind"] == "batch":
+        items = [{"id": f"{tx_id}-{i}", "idempotency_key": k, "postings": [
+            {"source": s, "destination": d, "amount": a, "asset": x} for s, d, a, x in p]}
+            for i, (p, k) in enumerate(event["items"])]
+        return key, orjson.dumps({"v": 1, "kind": "batch", "id": tx_id, "tenant": tenant, "transactions": items})
     body: dict[str, Any] = {"v": 1, "id": tx_id, "tenant": tenant, "idempotency_key": event["key"]}
     if event["kind"] in ("tx", "hold"):
         body["postings"] = [{"source": s, "destination": d, "amount": a, "asset": x}
@@ -187,6 +198,9 @@ async def _produce(w: World, history: list[dict[str, Any]], tenants: list[str]) 
         sent.append((key, value, await w.producer.send(TRANSACTIONS_TOPIC, value, key=key)))
         if event["kind"] == "bad":
             model.malformed(tenant, tx_id, readable=event["shape"] not in ("not_json", "foreign_key"))
+        elif event["kind"] == "batch":
+            model.atomic(tenant, [(f"{tx_id}-{i}", [tuple(x) for x in p], k)
+                                  for i, (p, k) in enumerate(event["items"])])
         else:
             kind = {"tx": "transfer"}.get(event["kind"], event["kind"])
             amount = event.get("amount") if kind in ("capture", "reverse") else None
@@ -296,7 +310,8 @@ async def _check_history(w: World, history: list[dict[str, Any]]) -> None:
             if expected_outcomes <= seen:
                 break
             await asyncio.sleep(0.05)
-        assert len(rows.outcomes) == len(records)
+        # Every record answered (an atomic batch once per transfer in it).
+        assert {orjson.loads(value)["record"] for _, _, value in rows.outcomes} == positions
         assert expected_outcomes == seen
 
         # Double entry, and no customer's available balance below minus its overdraft limit (0 unless set).

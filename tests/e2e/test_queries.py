@@ -66,4 +66,15 @@ async def test_bad_query_parameters_are_4xx(tenant: Tenant) -> None:
         assert (await tenant.client.get(tenant.path("/transactions"), params=params)).status_code == 422, params
     for params in ({"prefix": "bad prefix"}, {"prefix": "é"}, {"cursor": "%%%"}, {"limit": 0}):
         assert (await tenant.client.get(tenant.path("/accounts"), params=params)).status_code == 422, params
+    # A cursor of one listing is refused by another.
+    await funded(tenant, 3)
+    for i in range(2):
+        await transfer(tenant.client, tenant.id, posting("alice", f"x{i}", 1))
+    tx_cursor = (await page(tenant, "/transactions", limit=1))["next_cursor"]
+    account_cursor = (await page(tenant, "/accounts", limit=1))["next_cursor"]
+    entries_cursor = (await page(tenant, "/accounts/alice/entries", limit=1))["next_cursor"]
+    assert None not in (tx_cursor, account_cursor, entries_cursor)
+    for path, cursor in (("/accounts", tx_cursor), ("/accounts", entries_cursor), ("/transactions", account_cursor),
+                         ("/transactions", entries_cursor), ("/accounts/alice/entries", tx_cursor)):
+        assert (await tenant.client.get(tenant.path(path), params={"cursor": cursor})).status_code == 422, path
     assert (await tenant.client.get(tenant.path("/balances"), params={"prefix": "x" * 129})).status_code == 422
