@@ -13,7 +13,10 @@ import os
 import random
 import secrets
 import signal
+import subprocess
+import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ import httpx
 from aiokafka.errors import KafkaError
 
 from api.requests import encode_cursor
-from bench import data, isolation, queries, tools
+from bench import ceiling, data, isolation, queries, tools
 from client import LedgerProducer
 from infra import local, processes
 from infra import settings as settings_mod
@@ -40,8 +43,9 @@ PRODUCE_CONCURRENCY_MAX = 2000
 
 
 class Bench:
-    def __init__(self, quick: bool) -> None:
+    def __init__(self, quick: bool, only: set[str] | None = None) -> None:
         self.quick = quick
+        self.only = only
         self.duration_s = 5 if quick else 10
         self.results: dict[str, Any] = {"quick": quick, "machine": _machine()}
         # Its own database, topics and group, removed afterwards: a run never reads an earlier one's log.
@@ -53,7 +57,7 @@ class Bench:
         self.topic = self.cfg.transactions_topic
         self.url = f"http://127.0.0.1:{self.cfg.api_port}"
         self.logs = DATA / "logs" / "bench"
-        self.projector: Any = None
+        self.projectors: list[Any] = []
         self.api: Any = None
         self.keys: dict[str, str] = {}
 
@@ -62,14 +66,23 @@ class Bench:
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         processes.prepare(self.env)
-        self.projector = processes.spawn("projections.app", self.env, self.logs / "projector.log")
+        self.spawn_projectors()
         self.api = processes.spawn("api", self.env, self.logs / "api.log")
         wait_ready(self.url, self.api)
 
     def stop(self) -> None:
-        for proc, name in ((self.api, "API"), (self.projector, "projector")):
+        for proc, name in ((self.api, "API"), *((p, "projector") for p in self.projectors)):
             if proc is not None:
                 processes.stop(proc, name)
+
+    def spawn_projectors(self) -> None:
+        """As many projector processes as `make run` starts (LEDGER_PROJECTORS), one consumer group."""
+        self.projectors = [processes.spawn("projections.app", self.env, self.logs / f"projector-{n}.log")
+                           for n in range(1, self.cfg.projectors + 1)]
+
+    def stop_projectors(self) -> None:
+        for proc in self.projectors:
+            processes.stop(proc, "projector")
 
     async def tenants(self) -> None:
         admin = {"Authorization": f"Bearer {self.env['LEDGER_ADMIN_TOKEN']}"}
@@ -165,7 +178,7 @@ class Bench:
         """Stop the projector, append `count` requests with the producer client, restart the projector and
         time the catch-up alone. Transfers of two postings; with `mix`, half of them holds of two postings
         and half captures of those holds."""
-        processes.stop(self.projector, "projector")
+        self.stop_projectors()
         run = secrets.token_hex(3)
         async with LedgerProducer(self.bootstrap, follow_outcomes=False, topic=self.topic) as ledger:
             for first in range(0, count, PRODUCE_CONCURRENCY_MAX):
@@ -180,23 +193,45 @@ class Bench:
                 await asyncio.gather(*[ledger.capture(data.TENANTS[(n - 1) % 10], f"h{run}-{n - 1}")
                                        for n in range(first + 1, last, 2)])
         before = await owner.fetchval("SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets")
-        self.projector = processes.spawn("projections.app", self.env, self.logs / "projector.log")
+        since = await ceiling.applied(owner)
+        wal_before = await ceiling.wal_bytes(owner)
+        lsn_before = await ceiling.wal_lsn(owner)
+        self.spawn_projectors()
+        profile = _profile(self.projectors[0].pid, "mix" if mix else "ingest")
         while await owner.fetchval("SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets") == before:
             await asyncio.sleep(0.01)
         started = time.monotonic()
         first = await owner.fetchval("SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets")
         finished = await self.caught_up(owner)
+        wal = await ceiling.wal_bytes(owner) - wal_before
+        if profile is not None:
+            profile.send_signal(signal.SIGINT)
+            profile.wait()
         applied = before + count - first
         rate = applied / (finished - started)
         label = "ingest_mix" if mix else "ingest_direct"
         self.results[label] = {"transactions": count, "measured": applied,
-                               "seconds": round(finished - started, 2), "tx_per_s": round(rate)}
+                               "seconds": round(finished - started, 2), "tx_per_s": round(rate),
+                               "wal_bytes_per_tx": round(wal / count), "projectors": self.cfg.projectors}
         if mix:
-            self.results[label]["ratio_to_transfers"] = round(rate / self.results["ingest_direct"]["tx_per_s"], 2)
+            if "ingest_direct" in self.results:
+                self.results[label]["ratio_to_transfers"] = round(rate / self.results["ingest_direct"]["tx_per_s"], 2)
             decided = await owner.fetch("SELECT kind, status, count(*) AS n FROM transactions"
                                         " WHERE kind IN ('hold', 'capture') GROUP BY 1, 2 ORDER BY 1, 2")
             self.results[label]["decided"] = {f"{r['kind']} {r['status']}": r["n"] for r in decided}
-        say(f"{label} (straight to Kafka, one projector): {rate:.0f} decided requests/s over {applied}")
+        say(f"{label} (straight to Kafka, {self.cfg.projectors} projector process(es)): {rate:.0f} decided requests/s "
+            f"over {applied}, "
+            f"{wal / count:.0f} WAL bytes per request")
+        if not mix:
+            self.results[label]["wal_by_record"] = await ceiling.wal_by_record(owner, lsn_before, count)
+            for row in self.results[label]["wal_by_record"]:
+                say(f"  WAL {row['kind']}: {row['per_tx']} per tx, {row['bytes_per_tx']} bytes/tx "
+                    f"({row['fpi_bytes_per_tx']} of them full pages)")
+            top = await ceiling.measure(owner, since)
+            top["ratio"] = round(rate / top["tx_per_s"], 2)
+            self.results["ceiling"] = top
+            say(f"PostgreSQL's ceiling for the same rows: {top['tx_per_s']} tx/s ({top['wal_bytes_per_tx']} WAL "
+                f"bytes/tx); the projector reaches {top['ratio']}x")
 
     async def _tenant(self, tenant: str) -> str:
         """A tenant created through the API (on the log) and a read/write key for it."""
@@ -334,6 +369,26 @@ class Bench:
                                   "events_per_s": round(stats.records / seconds)}
         say(f"replay: {stats.records} events in {seconds:.1f} s = {stats.records / seconds:.0f} events/s")
 
+    async def reads_held(self, owner: asyncpg.Connection, accounts: int) -> None:
+        await self.hold_everything(owner, accounts)
+        self.reads(accounts, "reads_10k_held", [1000])
+
+    def ingest_https(self, rates: list[int]) -> None:
+        for rate in rates:
+            self.ingest_http(rate)
+
+    async def isolation(self) -> None:
+        self.results["isolation"] = await isolation.measure(self.db_url)
+
+    async def large(self, owner: asyncpg.Connection, small: int) -> None:
+        large = 1_000_000
+        say(f"loading up to {large} accounts x 10 entries")
+        started = time.monotonic()
+        await data.load_accounts(owner, small + 1, large, 10)
+        await data.settle(owner)
+        self.results["load_1m_seconds"] = round(time.monotonic() - started, 1)
+        self.reads(large, "reads_1m", [1000])
+
     # --- the run ---------------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -348,29 +403,31 @@ class Bench:
             await data.load_deep_history(owner, DEEP)
             await data.settle(owner)
             rates = [500, 2000] if self.quick else [500, 1000, 2000, 5000]
-            self.reads(small, "reads_10k", rates)
-            self.saturation(small)
-            await self.round_trips(owner, small)
-            self.history()
-            await self.ingest_direct(owner, 20_000 if self.quick else 100_000)
-            await self.ingest_direct(owner, 20_000 if self.quick else 100_000, mix=True)
-            await self.hold_everything(owner, small)
-            self.reads(small, "reads_10k_held", [1000])
-            await self.ingest_client(500)
-            for rate in [100, 500] if not self.quick else [500]:
-                self.ingest_http(rate)
-            await self.replay_rate()
-            self.results["isolation"] = await isolation.measure(self.db_url)
-            await self.batches_vs_singles()
-            await self.queries(owner)
-            if not self.quick:
-                large = 1_000_000
-                say(f"loading up to {large} accounts x 10 entries")
-                started = time.monotonic()
-                await data.load_accounts(owner, small + 1, large, 10)
-                await data.settle(owner)
-                self.results["load_1m_seconds"] = round(time.monotonic() - started, 1)
-                self.reads(large, "reads_1m", [1000])
+            count = 20_000 if self.quick else 100_000
+            steps: list[tuple[str, Callable[[], Awaitable[None] | None]]] = [
+                ("reads", lambda: self.reads(small, "reads_10k", rates)),
+                ("saturation", lambda: self.saturation(small)),
+                ("round_trips", lambda: self.round_trips(owner, small)),
+                ("history", self.history),
+                ("ingest", lambda: self.ingest_direct(owner, count)),
+                ("mix", lambda: self.ingest_direct(owner, count, mix=True)),
+                ("held", lambda: self.reads_held(owner, small)),
+                ("client", lambda: self.ingest_client(500)),
+                ("http", lambda: self.ingest_https([500] if self.quick else [100, 500])),
+                ("replay", self.replay_rate),
+                ("isolation", self.isolation),
+                ("batches", self.batches_vs_singles),
+                ("queries", lambda: self.queries(owner)),
+                ("large", lambda: self.large(owner, small)),
+            ]
+            for name, step in steps:
+                if self.only is not None and name not in self.only:
+                    continue
+                if name == "large" and self.quick:
+                    continue
+                done = step()
+                if done is not None:
+                    await done
         finally:
             await owner.close()
 
@@ -385,6 +442,16 @@ def _held(n: int) -> list[Posting]:
     """A hold of two postings from the outside world, like `_transfer`'s two (and always fundable)."""
     return [Posting("@world", f"ingest-{n % 5000}", 100, "USD/2"), Posting("@world", f"acct-{n % 997 + 1}", 40,
                                                                           "USD/2")]
+
+
+def _profile(pid: int, label: str) -> subprocess.Popen[bytes] | None:
+    """With LEDGER_BENCH_PROFILE=1, py-spy samples `pid` until stopped: collapsed stacks in bench/results."""
+    if os.environ.get("LEDGER_BENCH_PROFILE") != "1":
+        return None
+    out = RESULTS / f"profile-{label}-{time.strftime('%Y%m%dT%H%M%S')}.txt"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-r", "250",
+                             "-f", "raw", "-o", str(out), "--nonblocking"], stdout=subprocess.DEVNULL)
 
 
 def _machine() -> dict[str, Any]:
@@ -418,12 +485,18 @@ def report(results: dict[str, Any]) -> str:
                      f"({rt['statements']} / {rt['requests']})")
     if "ingest_direct" in results:
         i = results["ingest_direct"]
-        lines.append(f"ingest straight to Kafka, one projector: {i['tx_per_s']} committed tx/s "
-                     f"({i['measured']} tx in {i['seconds']} s)")
+        lines.append(f"ingest straight to Kafka, {i.get('projectors', 1)} projector process(es): "
+                     f"{i['tx_per_s']} committed tx/s "
+                     f"({i['measured']} tx in {i['seconds']} s), {i['wal_bytes_per_tx']} WAL bytes per transfer")
+    if "ceiling" in results:
+        c = results["ceiling"]
+        lines.append(f"PostgreSQL's ceiling for the same rows (COPY + balances upsert, batches of {ceiling.BATCH}, "
+                     f"LIKE tables): {c['tx_per_s']} tx/s, {c['wal_bytes_per_tx']} WAL bytes/tx; projector at "
+                     f"{c['ratio']}x (target 0.8x)")
     if "ingest_mix" in results:
         i = results["ingest_mix"]
         lines.append(f"ingest, half holds and half captures: {i['tx_per_s']} decided requests/s "
-                     f"({i['ratio_to_transfers']}x the transfers above, same run; {i['decided']})")
+                     f"({i.get('ratio_to_transfers')}x the transfers above, same run; {i['decided']})")
     if "replay" in results:
         r = results["replay"]
         lines.append(f"replay into an empty database: {r['events_per_s']} events/s ({r['events']} in {r['seconds']} s)")
@@ -472,12 +545,14 @@ def plot(results: dict[str, Any], path: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a reduced run, under 3 minutes")
+    parser.add_argument("--only", help="comma-separated steps to run (reads, saturation, round_trips, history, "
+                        "ingest, mix, held, client, http, replay, isolation, batches, queries, large)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     tools.vegeta()
     tools.wrk()
     started_pg, started_kafka = local.up()
-    bench = Bench(args.quick)
+    bench = Bench(args.quick, set(args.only.split(",")) if args.only else None)
     began = time.monotonic()
     try:
         bench.start()

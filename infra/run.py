@@ -108,17 +108,23 @@ def main() -> None:
         processes.prepare(env)
         logs = DATA / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        modules = {"projector": "projections.app", "API": "api"}
-        log_files = {"projector": logs / "projector.log", "API": logs / "api.log"}
-        children["projector"] = processes.spawn(modules["projector"], env, log_files["projector"])
-        children["API"] = processes.spawn(modules["API"], env, log_files["API"])
+        # One consumer group: the projectors share the partitions; each serves its metrics on its own port.
+        metrics_port = int(env["LEDGER_PROJECTOR_METRICS_PORT"])
+        projectors = ["projector"] if cfg.projectors == 1 else [f"projector {n}" for n in range(1, cfg.projectors + 1)]
+        modules = {**{name: "projections.app" for name in projectors}, "API": "api"}
+        log_files = {name: logs / f"{name.replace(' ', '-')}.log" for name in projectors} | {"API": logs / "api.log"}
+        envs = {name: {**env, "LEDGER_PROJECTOR_METRICS_PORT": str(metrics_port + n)}
+                for n, name in enumerate(projectors)} | {"API": env}
+        for name in modules:
+            children[name] = processes.spawn(modules[name], envs[name], log_files[name])
         budgets = {name: RestartBudget() for name in modules}
         given_up: set[str] = set()
         url = f"http://{cfg.api_host}:{cfg.api_port}"
         wait_ready(url, children["API"])
         say(f"API ready at {url}")
         say(f"admin token: {cfg.admin_token}")
-        say(f"projector metrics: http://127.0.0.1:{env['LEDGER_PROJECTOR_METRICS_PORT']}/metrics")
+        say("projector metrics: " + ", ".join(f"http://127.0.0.1:{envs[name]['LEDGER_PROJECTOR_METRICS_PORT']}/metrics"
+                                              for name in projectors))
         say(f"logs: {logs}/ ; press Ctrl-C to stop")
         while not stopping:
             if revive:
@@ -126,7 +132,7 @@ def main() -> None:
                 for name in sorted(given_up):
                     say(f"SIGHUP: restarting the {name}")
                     budgets[name].reset()
-                    children[name] = processes.spawn(modules[name], env, log_files[name])
+                    children[name] = processes.spawn(modules[name], envs[name], log_files[name])
                 given_up.clear()
             for name, proc in children.items():
                 if proc.poll() is None or stopping or name in given_up:
@@ -136,13 +142,12 @@ def main() -> None:
                     say(given_up_banner(name, proc.returncode, str(log_files[name])))
                     continue
                 say(f"the {name} exited with status {proc.returncode}; restarting it (see {log_files[name]})")
-                children[name] = processes.spawn(modules[name], env, log_files[name])
+                children[name] = processes.spawn(modules[name], envs[name], log_files[name])
             time.sleep(0.2)
     finally:
         say("stopping")
-        for name in ("API", "projector"):
-            if name in children:
-                processes.stop(children[name], name)
+        for name in sorted(children, key=lambda name: name != "API"):  # the API first
+            processes.stop(children[name], name)
         local.stop_started(started_pg, started_kafka)
     sys.exit(0)
 

@@ -38,6 +38,7 @@ class Settings:
     api_host: str
     api_port: int
     api_workers: int
+    projectors: int
     admin_token: str
     transactions_topic: str
     outcomes_topic: str
@@ -134,6 +135,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         api_host=env.get("LEDGER_API_HOST") or "127.0.0.1",
         api_port=_int(env, "LEDGER_API_PORT", 8000, 1, 65535),
         api_workers=_int(env, "LEDGER_API_WORKERS", 1, 1, 64),
+        projectors=_int(env, "LEDGER_PROJECTORS", 2, 1, 64),
         admin_token=env.get("LEDGER_ADMIN_TOKEN", ""),
         transactions_topic=_topic(env, "LEDGER_TRANSACTIONS_TOPIC", TRANSACTIONS_TOPIC),
         outcomes_topic=_topic(env, "LEDGER_OUTCOMES_TOPIC", OUTCOMES_TOPIC),

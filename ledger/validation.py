@@ -41,7 +41,7 @@ ASSET_RE = re.compile(r"[A-Z][A-Z0-9]{0,15}(/([0-9]|1[0-8]))?", re.ASCII)
 ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}", re.ASCII)
 # What PostgreSQL's text and jsonb refuse (NUL), and what UTF-8 cannot encode (lone surrogates, which a
 # Python caller can build even though no JSON parser here lets them through).
-UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE_RE = re.compile(r"[\x00\ud800-\udfff]")
 
 POSTING_FIELDS = frozenset({"source", "destination", "amount", "asset"})
 BODY_FIELDS = frozenset({"postings", "metadata", "reference"})

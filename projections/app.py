@@ -23,6 +23,7 @@ import time
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -169,6 +170,9 @@ class Projector:
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=cfg.kafka_bootstrap, group_id=cfg.projector_group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=cfg.batch_size_max,
+            # Partitions, not ranges of them, dealt in turn: tenants hash to partitions, so several projectors
+            # share the tenants as evenly as the partitions allow.
+            partition_assignment_strategy=(RoundRobinPartitionAssignor,),
             max_partition_fetch_bytes=FETCH_PARTITION_BYTES_MAX, fetch_max_bytes=FETCH_BYTES_MAX,
             # A dead member's partitions move to a survivor after this, not after a minute.
             session_timeout_ms=10_000, heartbeat_interval_ms=1_000, rebalance_timeout_ms=20_000,
