@@ -11,6 +11,7 @@ from infra import settings as settings_mod
 def main() -> None:
     try:
         cfg = settings_mod.load()
+        settings_mod.require_position_key(cfg, "the API")  # each worker would refuse to start without it
     except settings_mod.SettingsError as e:
         raise SystemExit(f"api: {e}") from None
     # Past `limit_concurrency` connections or requests in flight, uvicorn answers 503 itself (a plain-text

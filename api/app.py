@@ -34,6 +34,7 @@ from api.store import Store
 from infra import settings as settings_mod
 from infra.settings import Settings
 from ledger.errors import LedgerError
+from ledger.positions import PositionKey
 
 READY_TIMEOUT_S = 1.0
 POOL_APPLICATION = "ledger-api"  # in pg_stat_activity, with the process id: which backends serve which API
@@ -152,7 +153,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     await listener.start()
     appender = Appender(cfg.kafka_bootstrap, cfg.transactions_topic)
     appender.start()
-    app.state.ctx = routes.Context(cfg, keys, store, appender, progress)
+    app.state.ctx = routes.Context(cfg, keys, store, appender, progress, app.state.positions)
     app.state.listener = listener
     app.state.projector_group = ProjectorGroup(cfg.kafka_bootstrap, cfg.projector_group)
     # Everything allocated so far lives as long as the process: keep the collector from re-scanning it,
@@ -173,6 +174,7 @@ def create_app(cfg: Settings | None = None) -> MetricsMiddleware:
     cfg = cfg or settings_mod.load()
     if not cfg.admin_token:
         raise settings_mod.SettingsError("LEDGER_ADMIN_TOKEN must be set for the API")
+    positions = PositionKey(settings_mod.require_position_key(cfg, "the API"))
     tenant = "/v1/tenants/{tenant}"
     app = Starlette(
         routes=[
@@ -202,4 +204,5 @@ def create_app(cfg: Settings | None = None) -> MetricsMiddleware:
         lifespan=lifespan,
     )
     app.state.settings = cfg
+    app.state.positions = positions
     return MetricsMiddleware(HotRoutes(app))

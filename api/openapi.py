@@ -54,7 +54,8 @@ def _timeout(wait_timeout_ms_max: int) -> dict[str, Any]:
 
 
 def _read_params(wait_timeout_ms_max: int) -> list[dict[str, Any]]:
-    return [_query("min_position", {"type": "string"}, "Answer only once the projection has applied this position"),
+    return [_query("min_position", {"type": "string"}, "Answer only once the projection has applied this position: "
+                   "an opaque token this tenant was given (422 for any other string)"),
             _timeout(wait_timeout_ms_max)]
 
 

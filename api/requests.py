@@ -12,7 +12,7 @@ from starlette.requests import Request
 
 from ledger.codec import decode_json
 from ledger.errors import InvalidRequest, LedgerError
-from ledger.positions import Position, parse_token
+from ledger.positions import Position, PositionKey
 
 BODY_BYTES_MAX = 1024 * 1024
 _CURSOR = re.compile(r"([0-9]{1,19})\.([0-9]{1,9})", re.ASCII)
@@ -75,9 +75,10 @@ def time_param(request: Request, name: str) -> datetime | None:
         raise InvalidRequest("must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z", name) from None
 
 
-def position_param(request: Request) -> Position | None:
+def position_param(request: Request, positions: PositionKey, tenant: str) -> Position | None:
+    """`min_position`: a token issued to `tenant`, or `InvalidRequest` (another tenant's token included)."""
     raw = request.query_params.get("min_position")
-    return None if raw is None else parse_token(raw)
+    return None if raw is None else positions.parse(tenant, raw)
 
 
 def encode_cursor(offset: int, leg: int) -> str:

@@ -35,7 +35,7 @@ from api.store import Store
 from infra.settings import Settings
 from ledger.decisions import NOT_FOUND
 from ledger.errors import AlreadyExists, InvalidRequest, NotFound, Unavailable
-from ledger.positions import Position
+from ledger.positions import Position, PositionKey
 from ledger.requests import (
     CAPTURE,
     HOLD,
@@ -77,6 +77,7 @@ class Context:
     store: Store
     appender: Appender
     progress: Progress
+    positions: PositionKey  # seals the positions clients see into tenant-bound tokens, and opens theirs
 
 
 def ctx(request: Request) -> Context:
@@ -106,16 +107,16 @@ def authorize(context: Context, authorization: str | None, raw_tenant: str | Non
 async def caught_up(request: Request, context: Context, principal: Principal, tenant: str) -> None:
     """Read your writes: wait until `min_position` is applied, or 503 after `timeout_ms`. A position the log
     has not reached is refused at once: no write can be behind it yet."""
-    position = position_param(request)
+    position = position_param(request, context.positions, tenant)
     if position is None:
         return
     timeout_ms = int_param(request, "timeout_ms", WAIT_TIMEOUT_MS_DEFAULT, 1, context.settings.wait_timeout_ms_max)
     if context.progress.reached(position):
         return
     if await context.appender.ends.beyond(position):
-        raise InvalidRequest(f"{position.token()} is beyond the end of the log", "min_position")
+        raise InvalidRequest("this position is beyond the end of the log", "min_position")
     if not await context.progress.wait(position, timeout_ms / 1000, tenant, waiter_key(principal)):
-        raise Unavailable(f"the projection has not reached {position.token()} yet")
+        raise Unavailable("the projection has not reached this position yet")
 
 
 async def waited(context: Context, position: Position, timeout_ms: int, tenant: str, key: str) -> bool:
@@ -155,13 +156,14 @@ async def create_tenant(request: Request) -> Response:
         return error(503, e.code, e.message, headers={"Retry-After": "1"})
     if not await waited(context, position, timeout_ms, tenant, waiter_key(principal)):
         # Appended, not decided in time: as a transaction would be (a retry then answers 201 or 409).
-        return JSON({"id": tenant, "name": name, "status": "pending", "position": position.token()},
-                    status_code=202)
+        return JSON({"id": tenant, "name": name, "status": "pending",
+                     "position": context.positions.token(tenant, position)}, status_code=202)
     await context.keys.load_change(context.store.pool, f"tenant:{tenant}")
     row = await context.store.tenant(tenant)
     if row is None or Position(row["log_partition"], row["log_offset"]) != position:
         raise AlreadyExists(f"tenant {tenant!r} exists")
-    return JSON({"id": tenant, "name": name, "position": position.token()}, status_code=201)
+    return JSON({"id": tenant, "name": name, "position": context.positions.token(tenant, position)},
+                status_code=201)
 
 
 async def create_key(request: Request) -> Response:
@@ -216,9 +218,10 @@ async def _view(context: Context, tenant: str, row: asyncpg.Record) -> dict[str,
         return await account(context, tenant, row["target"])
     hold_id = row["id"] if row["kind"] == HOLD else row["target"] if row["kind"] == VOID else None
     if hold_id is None or (row["kind"] == VOID and row["status"] != "committed"):
-        return views.transaction(row)
+        return views.transaction(row, context.positions, tenant)
     hold = await context.store.hold(tenant, hold_id)
-    return views.hold(hold) if hold is not None else views.transaction(row)
+    return views.hold(hold, context.positions, tenant) if hold is not None \
+        else views.transaction(row, context.positions, tenant)
 
 
 async def post_transaction(request: Request) -> Response:
@@ -270,12 +273,13 @@ async def post_batch(request: Request) -> Response:
             positions = await context.appender.append_many(list(items))
     except AppendUnconfirmed as e:
         return error(503, e.code, e.message, headers={"Retry-After": "1"}, ids=[i.id for i in items])
-    pending = [{"id": i.id, "status": "pending", "position": p.token()} for i, p in zip(items, positions, strict=True)]
+    tokens = [context.positions.token(tenant, p) for p in positions]
+    pending = [{"id": i.id, "status": "pending", "position": t} for i, t in zip(items, tokens, strict=True)]
     if not wait or not await waited(context, max(positions), timeout_ms, tenant, waiter_key(principal)):
         return JSON({"transactions": pending}, status_code=202)
     rows = [await context.store.transaction(tenant, i.id) for i in items]
-    return JSON({"transactions": [views.transaction(r) if r is not None else p for r, p in zip(rows, pending,
-                                                                                                strict=True)]})
+    return JSON({"transactions": [views.transaction(r, context.positions, tenant) if r is not None else p
+                                  for r, p in zip(rows, pending, strict=True)]})
 
 
 async def put_account(request: Request) -> Response:
@@ -305,8 +309,9 @@ async def _submit(request: Request, kind: str) -> Response:
     if prior is not None:
         return _replayed(await _view(context, tenant, prior), tx, bytes(prior["fingerprint"]))
     log.info("transaction appended", extra={"request_id": request.state.request_id, "tenant": tenant,
-                                            "transaction_id": tx.id, "position": position.token()})
-    pending = JSON({"id": tx.id, "status": "pending", "position": position.token()}, status_code=202)
+                                            "transaction_id": tx.id, "position": position.raw()})
+    pending = JSON({"id": tx.id, "status": "pending", "position": context.positions.token(tenant, position)},
+                   status_code=202)
     if not wait or not await waited(context, position, timeout_ms, tenant, waiter_key(principal)):
         return pending
     row = await context.store.transaction(tenant, tx.id)
@@ -331,7 +336,7 @@ async def get_transaction(request: Request) -> Response:
 
 async def _read_by_id(request: Request, what: str,
                       fetch: Callable[[Store, str, str], Awaitable[asyncpg.Record | None]],
-                      view: Callable[[asyncpg.Record], dict[str, Any]]) -> Response:
+                      view: Callable[[asyncpg.Record, PositionKey, str], dict[str, Any]]) -> Response:
     """One row by the id in the path, once the projection has reached `min_position`; 404 if none."""
     context, principal, tenant = authorized(request, "read")
     assert tenant is not None
@@ -340,7 +345,7 @@ async def _read_by_id(request: Request, what: str,
     row = await fetch(context.store, tenant, row_id)
     if row is None:
         raise NotFound(f"no {what} {row_id!r}")
-    return JSON(view(row))
+    return JSON(view(row, context.positions, tenant))
 
 
 STATUSES = frozenset({"committed", "rejected"})
@@ -380,7 +385,8 @@ async def list_transactions(request: Request) -> Response:
     rows = await context.store.transactions(tenant, filters, before, limit + 1)
     page = rows[:limit]
     next_cursor = encode_transactions_cursor(page[-1]["log_offset"], page[-1]["id"]) if len(rows) > limit else None
-    return JSON({"transactions": [views.transaction(r) for r in page], "next_cursor": next_cursor})
+    return JSON({"transactions": [views.transaction(r, context.positions, tenant) for r in page],
+                 "next_cursor": next_cursor})
 
 
 async def list_accounts(request: Request) -> Response:
@@ -396,7 +402,8 @@ async def list_accounts(request: Request) -> Response:
         by_account.setdefault(row["account"], []).append(row)
     names = list(by_account)[:limit]
     next_cursor = encode_account_cursor(names[-1]) if len(by_account) > limit else None
-    return JSON({"accounts": [views.account(name, by_account[name]) for name in names], "next_cursor": next_cursor})
+    return JSON({"accounts": [views.account(name, by_account[name], context.positions, tenant) for name in names],
+                 "next_cursor": next_cursor})
 
 
 async def balance_sums(request: Request) -> Response:
@@ -426,7 +433,7 @@ async def get_account(request: Request) -> Response:
 
 async def account(context: Context, tenant: str, address: str) -> dict[str, object]:
     """An account's balances now, and the position of the last request that changed them."""
-    return views.account(address, await context.store.balances(tenant, address))
+    return views.account(address, await context.store.balances(tenant, address), context.positions, tenant)
 
 
 async def get_entries(request: Request) -> Response:

@@ -1,4 +1,4 @@
-"""How stored rows are shown: the contract's JSON shapes."""
+"""How stored rows are shown: the contract's JSON shapes, positions as the tenant's opaque tokens."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from ledger.positions import Position
+from ledger.positions import Position, PositionKey
 
 
 def timestamp(value: datetime | None) -> str | None:
@@ -19,7 +19,7 @@ TARGET_NAMES = {"capture": "captures", "void": "voids", "reverse": "reverses"}
 REVERSIBLE = frozenset({"transfer", "capture", "reverse"})
 
 
-def transaction(row: asyncpg.Record) -> dict[str, Any]:
+def transaction(row: asyncpg.Record, positions: PositionKey, tenant: str) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": row["id"],
         "status": row["status"],
@@ -27,7 +27,7 @@ def transaction(row: asyncpg.Record) -> dict[str, Any]:
         "metadata": row["metadata"],
         "reference": row["reference"],
         "idempotency_key": row["idempotency_key"],
-        "position": Position(row["log_partition"], row["log_offset"]).token(),
+        "position": positions.token(tenant, Position(row["log_partition"], row["log_offset"])),
         "created_at": timestamp(row["created_at"]),
         "committed_at": timestamp(row["committed_at"]),
     }
@@ -45,7 +45,7 @@ def transaction(row: asyncpg.Record) -> dict[str, Any]:
     return body
 
 
-def account(address: str, rows: list[asyncpg.Record]) -> dict[str, Any]:
+def account(address: str, rows: list[asyncpg.Record], positions: PositionKey, tenant: str) -> dict[str, Any]:
     """An account from its balance rows, each carrying the account's policy (a row without an asset: a policy
     and no balance yet)."""
     policy = rows[0] if rows else None
@@ -54,13 +54,13 @@ def account(address: str, rows: list[asyncpg.Record]) -> dict[str, Any]:
     return {"address": address, "balances": {r["asset"]: r["balance"] for r in rows},
             "held": {r["asset"]: r["held"] for r in rows},
             "available": {r["asset"]: r["balance"] - r["held"] for r in rows},
-            "position": latest.token() if latest else None,
+            "position": positions.token(tenant, latest) if latest else None,
             "metadata": policy["metadata"] if policy is not None and policy["metadata"] is not None else {},
             "overdraft_limit": {r["asset"]: r["overdraft_limit"] for r in rows if r["overdraft_limit"]},
             "frozen": bool(policy is not None and policy["frozen"])}
 
 
-def hold(row: asyncpg.Record) -> dict[str, Any]:
+def hold(row: asyncpg.Record, positions: PositionKey, tenant: str) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": row["id"],
         "status": row["status"],
@@ -68,7 +68,7 @@ def hold(row: asyncpg.Record) -> dict[str, Any]:
         "metadata": row["metadata"],
         "reference": row["reference"],
         "expires_at": timestamp(row["expires_at"]),
-        "position": Position(row["log_partition"], row["log_offset"]).token(),
+        "position": positions.token(tenant, Position(row["log_partition"], row["log_offset"])),
         "created_at": timestamp(row["created_at"]),
         "closed_at": timestamp(row["closed_at"]),
     }

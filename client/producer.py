@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 from infra.kafka import topic_partitions
 from infra.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from ledger.codec import encode_request
-from ledger.positions import Position
+from ledger.positions import Position, PositionKey
 from ledger.requests import (
     CAPTURE,
     HOLD,
@@ -63,21 +63,30 @@ class AppendUnconfirmed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Submitted:
+    """An appended request. `position` is where Kafka put it, in the clear (this producer may read the log);
+    `token` is what the tenant's API clients may be handed for it (`min_position`), made only by a producer
+    given the ledger's position key."""
+
     tenant: str
     id: str
     position: Position
+    token: str | None = None
 
 
 class LedgerProducer:
     """An idempotent Kafka producer for ledger requests, with an outcomes listener started on demand.
 
-    Outcomes are followed from the moment `start()` runs: submit after starting, then await.
+    Outcomes are followed from the moment `start()` runs: submit after starting, then await. They are matched
+    by the record they answer (`record`, in the clear), so no key is needed for that; with `position_key`
+    (the 32 bytes of `LEDGER_POSITION_KEY`), each `Submitted` also carries the tenant's opaque `token`.
     """
 
     def __init__(self, bootstrap: str, *, follow_outcomes: bool = True, topic: str = TRANSACTIONS_TOPIC,
-                 outcomes_topic: str = OUTCOMES_TOPIC, request_timeout_ms: int = 40_000) -> None:
+                 outcomes_topic: str = OUTCOMES_TOPIC, request_timeout_ms: int = 40_000,
+                 position_key: bytes | None = None) -> None:
         self.topic = topic
         self.outcomes_topic = outcomes_topic
+        self.positions = None if position_key is None else PositionKey(position_key)
         # An append not acknowledged within `request_timeout_ms` raises `AppendUnconfirmed`.
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
                                           linger_ms=2, request_timeout_ms=request_timeout_ms)
@@ -177,7 +186,7 @@ class LedgerProducer:
         items = parse_items(raw, check_tenant(tenant), [uuid.uuid4().hex for _ in raw])
         if atomic:
             first = await self._append(BatchRequest(uuid.uuid4().hex, items[0].tenant, items))
-            return [Submitted(first.tenant, item.id, first.position) for item in items]
+            return [Submitted(first.tenant, item.id, first.position, first.token) for item in items]
         return [await self._append(item) for item in items]
 
     async def create_tenant(self, tenant: str, name: str | None = None) -> Submitted:
@@ -203,14 +212,19 @@ class LedgerProducer:
         ids = [i.id for i in request.items] if isinstance(request, BatchRequest) else [request.id]
         for id in ids:
             self._expect(position, id)
-        return Submitted(request.tenant, ids[0], position)
+        return Submitted(request.tenant, ids[0], position, self.token(request.tenant, position))
+
+    def token(self, tenant: str, position: Position) -> str | None:
+        """The opaque token `tenant`'s API clients may pass as `min_position` for `position` (None without the
+        position key)."""
+        return None if self.positions is None else self.positions.token(tenant, position)
 
     def _expect(self, position: Position, id: str) -> None:
         """Outcomes are matched by the record they answer, known once Kafka acknowledged the append, and the
         id they decide; one that came first was kept aside."""
         if self._consumer is None:
             return
-        key = (position.token(), id)
+        key = (position.raw(), id)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         early = self._early.pop(key, None)
         if early is not None:
@@ -218,9 +232,11 @@ class LedgerProducer:
         self._waiters[key] = future
 
     async def outcome(self, submitted: Submitted, timeout_s: float = 10.0) -> dict[str, Any]:
-        """`{"tenant", "id", "status", "reason", "position"}` of a submitted request."""
+        """`{"tenant", "id", "status", "reason", "position", "record"}` of a submitted request: `position` is the
+        tenant's opaque token (of the original, for a repeated idempotency key), `record` the raw position of
+        the record it answers."""
         assert self._consumer is not None, "created with follow_outcomes=False"
-        key = (submitted.position.token(), submitted.id)
+        key = (submitted.position.raw(), submitted.id)
         future = self._waiters.get(key)
         if future is None:
             raise KeyError(f"{submitted.id} was not submitted by this producer, or its outcome was collected")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -97,6 +98,26 @@ def _stop_pid(pid_file: Path, what: str, done_marker: Path | None = None) -> Non
         os.kill(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
     say(f"{what} stopped")
+
+
+def kept_secret(name: str) -> str:
+    """A random secret (`secrets.token_urlsafe(32)`: 32 bytes in base64url) made once and kept in `.data/<name>`,
+    readable by its owner only, so every process of every run on this checkout shares it. Two processes
+    making it at once agree: the file appears whole or not at all, and the first one made wins."""
+    path = DATA / name
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        draft = DATA / f".{name}.{os.getpid()}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip()
 
 
 # --- Kafka ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import subprocess
@@ -11,8 +12,9 @@ import time
 from pathlib import Path
 
 from infra import settings as settings_mod
-from infra.local import ROOT, say
+from infra.local import ROOT, kept_secret, say
 from infra.migrate import migrate_and_secure
+from infra.settings import Settings
 from infra.topics import ensure_topics
 
 STOP_TIMEOUT_S = 10.0
@@ -54,3 +56,12 @@ def child_env(**overrides: str) -> dict[str, str]:
     env.update(overrides)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def position_key(cfg: Settings) -> str:
+    """`LEDGER_POSITION_KEY` for the processes a local run starts (`make run`, `make test`, `make bench`): the
+    one set, or one made once and kept in `.data/position_key`, so that every process of the run (API workers,
+    projectors, tests, clients) seals and opens the same tokens, and tokens handed out outlive a restart."""
+    if cfg.position_key is not None:
+        return base64.urlsafe_b64encode(cfg.position_key).decode("ascii").rstrip("=")
+    return kept_secret("position_key")

@@ -11,7 +11,6 @@ operator fixes the cause and sends SIGHUP to this process, which restarts whatev
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -29,14 +28,7 @@ RESTART_WINDOW_S = 300.0
 
 def admin_token(configured: str) -> str:
     """`LEDGER_ADMIN_TOKEN`, or one generated once and kept under `.data/` so restarts keep it."""
-    if configured:
-        return configured
-    path = DATA / "admin_token"
-    if not path.exists():
-        DATA.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return configured or local.kept_secret("admin_token")
 
 
 class RestartBudget:
@@ -103,6 +95,7 @@ def main() -> None:
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         env = processes.child_env(LEDGER_ADMIN_TOKEN=admin_token(base.admin_token),
+                                  LEDGER_POSITION_KEY=processes.position_key(base),
                                   LEDGER_PROJECTOR_METRICS_PORT=str(base.projector_metrics_port or 9464))
         cfg = settings_mod.load(env)
         processes.prepare(env)

@@ -7,9 +7,12 @@ fast with a `SettingsError` naming the variable.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 # The contract's topic names; a deployment (or a test session) may name its own.
@@ -21,6 +24,9 @@ API_ROLE = "ledger_api"
 PROJECTOR_ROLE = "ledger_projector"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TOPIC_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+POSITION_KEY_BYTES = 32
+# base64 of 32 bytes, either alphabet, padded or not: `secrets.token_urlsafe(32)`, `openssl rand -base64 32`.
+_POSITION_KEY = re.compile(r"[A-Za-z0-9+/_-]{43}=?", re.ASCII)
 
 
 class SettingsError(ValueError):
@@ -40,6 +46,9 @@ class Settings:
     api_workers: int
     projectors: int
     admin_token: str
+    # The key of the position tokens API clients get (ledger.positions.PositionKey); None when unset, which
+    # the API and the projector refuse (`require_position_key`). Never in a repr: it is a secret.
+    position_key: bytes | None = field(repr=False)
     transactions_topic: str
     outcomes_topic: str
     topic_partitions: int
@@ -99,6 +108,29 @@ def _heap(env: Mapping[str, str]) -> str:
     return value
 
 
+def _position_key(env: Mapping[str, str]) -> bytes | None:
+    raw = env.get("LEDGER_POSITION_KEY") or None
+    if raw is None:
+        return None
+    problem = f"LEDGER_POSITION_KEY must be {POSITION_KEY_BYTES} random bytes in base64 (make one with " \
+              "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+    if _POSITION_KEY.fullmatch(raw) is None:  # the value itself is never echoed: it is a secret
+        raise SettingsError(f"{problem}; the value set ({len(raw)} characters) is not")
+    try:
+        key = base64.urlsafe_b64decode(raw.rstrip("=").replace("+", "-").replace("/", "_") + "=")
+    except (binascii.Error, ValueError):
+        raise SettingsError(problem) from None
+    assert len(key) == POSITION_KEY_BYTES
+    return key
+
+
+def require_position_key(cfg: Settings, who: str) -> bytes:
+    """The position key, which `who` (a process that makes or reads position tokens) cannot run without."""
+    if cfg.position_key is None:
+        raise SettingsError(f"LEDGER_POSITION_KEY must be set for {who} (`make run` and `make test` set one)")
+    return cfg.position_key
+
+
 def _postgres_url(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name) or default
     if not value.startswith(("postgresql://", "postgres://")):
@@ -137,6 +169,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         api_workers=_int(env, "LEDGER_API_WORKERS", 1, 1, 64),
         projectors=_int(env, "LEDGER_PROJECTORS", 2, 1, 64),
         admin_token=env.get("LEDGER_ADMIN_TOKEN", ""),
+        position_key=_position_key(env),
         transactions_topic=_topic(env, "LEDGER_TRANSACTIONS_TOPIC", TRANSACTIONS_TOPIC),
         outcomes_topic=_topic(env, "LEDGER_OUTCOMES_TOPIC", OUTCOMES_TOPIC),
         topic_partitions=_int(env, "LEDGER_TOPIC_PARTITIONS", 4, 1, 1024),

@@ -38,6 +38,8 @@ def session_env(base: Settings, run_id: str, local_services: bool) -> dict[str, 
         LEDGER_OUTCOMES_TOPIC=f"test-{run_id}.outcomes",
         LEDGER_PROJECTOR_GROUP=f"ledger-projector-test-{run_id}",
         LEDGER_API_PORT=str(free_port()),
+        # Shared by the run's API, projectors, and the tests, which make and open tokens themselves.
+        LEDGER_POSITION_KEY=processes.position_key(base),
         # Fault tests stop and restart the services, which they may do only to the project's own.
         LEDGER_TEST_LOCAL_SERVICES="1" if local_services else "",
         LEDGER_TEST_RUN_ID=run_id,

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from ledger.errors import InvalidRequest, MalformedJson
-from ledger.positions import Position
+from ledger.positions import Position, PositionKey
 from ledger.requests import (
     BATCH,
     CAPTURE,
@@ -160,12 +160,14 @@ def salvage_identity(key: bytes | None, value: bytes | None) -> tuple[str, str] 
         return None
 
 
-def encode_outcome(tenant: str | None, id: str | None, status: str, reason: str | None, position: Position,
-                   record: Position, original_id: str | None = None) -> bytes:
+def encode_outcome(positions: PositionKey, tenant: str | None, id: str | None, status: str, reason: str | None,
+                   position: Position, record: Position, original_id: str | None = None) -> bytes:
     """An outcome on `ledger.outcomes`: `position` is where the decided request sits (for a replayed
-    idempotency key, the original's, with `original_id`); `record` is the record this outcome answers."""
+    idempotency key, the original's, with `original_id`), as the tenant's opaque token, which its API clients
+    may pass as `min_position`; `record` is the record this outcome answers, in the clear (`<partition>-<offset>`:
+    only readers of the log see this topic), which is how a producer matches the outcome to its append."""
     body: dict[str, object] = {"tenant": tenant, "id": id, "status": status, "reason": reason,
-                               "position": position.token(), "record": record.token()}
+                               "position": positions.token(tenant or "", position), "record": record.raw()}
     if original_id is not None:
         body["original_id"] = original_id
     return orjson.dumps(body)

@@ -31,7 +31,7 @@ from ledger.decisions import (
 )
 from ledger.errors import InvalidRequest
 from ledger.placement import partition_for
-from ledger.positions import Position
+from ledger.positions import Position, PositionKey
 from ledger.requests import (
     CAPTURE,
     HOLD,
@@ -88,8 +88,12 @@ Decoded = TransactionRequest | TenantRequest | Tick | BatchRequest | Invalid
 
 @dataclass(slots=True)
 class BatchRows:
-    """Everything one batch writes, in the column order of its table."""
+    """Everything one batch writes, in the column order of its table.
 
+    `positions` seals the positions that outcomes carry; without it outcomes are counted, not encoded: a fold
+    whose outcomes nobody publishes (replay, verification) needs no key."""
+
+    positions: PositionKey | None = None
     transactions: list[tuple[object, ...]] = field(default_factory=list)
     entries: list[tuple[object, ...]] = field(default_factory=list)
     idempotency_keys: list[tuple[object, ...]] = field(default_factory=list)
@@ -156,7 +160,9 @@ def _publish(rows: BatchRows, record: Record, tenant: str | None, id: str | None
              reason: str | None, position: Position | None = None, original_id: str | None = None,
              record_position: Position | None = None) -> None:
     _count(rows, status, reason)
-    body = encode_outcome(tenant, id, status, reason, position or record.position,
+    if rows.positions is None:
+        return
+    body = encode_outcome(rows.positions, tenant, id, status, reason, position or record.position,
                           record_position or record.position, original_id)
     rows.outcomes.append((record.partition, tenant.encode() if tenant else record.key or b"", body))
 
@@ -306,7 +312,8 @@ def fold_batch(ledger: Ledger, records: list[Record], decoded: list[Decoded], ro
                poison: dict[Position, tuple[int, str]] | None = None) -> BatchRows:
     """Decide every record in log order against `ledger` (preloaded with what they touch), adding to `rows`.
 
-    `poison` names records PostgreSQL refused, with the isolation level and the database's error."""
+    `poison` names records PostgreSQL refused, with the isolation level and the database's error. Outcomes are
+    encoded only with `rows.positions` (the key their tokens are sealed with)."""
     rows = rows if rows is not None else BatchRows()
     times: dict[int, datetime] = {}  # records appended in the same millisecond share one datetime
     for record, item in zip(records, decoded, strict=True):

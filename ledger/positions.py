@@ -1,13 +1,42 @@
-"""Positions: where a request sits in the log, given to clients as an opaque token."""
+"""Positions: where a request sits in the log, and the opaque tokens that API clients get for them.
+
+A client hands a token back (`min_position`) and must learn nothing else from it: a raw offset would let a
+tenant watch the volume of every other tenant on its partition. So a token is the (partition, offset) pair
+sealed for one tenant by SIV, Rogaway and Shrimpton's deterministic authenticated encryption, built from
+keyed BLAKE2b (a PRF, from the standard library; the two uses are kept apart by BLAKE2's personalization):
+
+    plain = partition (2 bytes) || offset (8 bytes), big-endian
+    siv   = BLAKE2b[key, "ledger-pos-siv"](plain || tenant), 14 bytes: the tag, and the nonce of
+    body  = plain XOR BLAKE2b[key, "ledger-pos-pad"](siv), 10 bytes
+    token = base64url(siv || body): 24 bytes, 32 characters, no padding, so each token has one spelling
+
+Deterministic on purpose: one position gives one token for a tenant, in every process and on every replay
+(an outcome is published byte for byte as a replay of the fold makes it, and two answers about one write
+compare equal); equality is all a token shows. The tenant is authenticated data, so another tenant's token,
+a token made under another key, and any changed character fail the tag (a guess passes with 2^-112).
+Without a database round trip: a token costs about a microsecond to make or to open.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
+import struct
 from typing import NamedTuple
 
 from ledger.errors import InvalidRequest
 
-_TOKEN = re.compile(r"([0-9]{1,9})-([0-9]{1,19})", re.ASCII)
+KEY_BYTES = 32
+TOKEN_CHARS = 32
+OFFSET_MAX = 2**63 - 1  # Kafka's offsets are signed 64-bit integers
+PARTITION_MAX = 2**16 - 1  # far above LEDGER_TOPIC_PARTITIONS' 1024
+_PLAIN = struct.Struct(">HQ")
+_SIV_BYTES = 14
+_TOKEN = re.compile(f"[A-Za-z0-9_-]{{{TOKEN_CHARS}}}", re.ASCII)
+_RAW = re.compile(r"([0-9]{1,9})-([0-9]{1,19})", re.ASCII)
+NOT_ISSUED = "not a position token this ledger issued to this tenant"
 
 
 class Position(NamedTuple):
@@ -19,13 +48,67 @@ class Position(NamedTuple):
     partition: int
     offset: int
 
-    def token(self) -> str:
+    def raw(self) -> str:
+        """`<partition>-<offset>` in the clear: only for those who may read the log itself (operators' logs and
+        commands, the `record` of an outcome on `ledger.outcomes`). An API client gets `PositionKey.token`."""
         return f"{self.partition}-{self.offset}"
 
 
-def parse_token(token: str) -> Position:
-    """The position a client echoes back, or `InvalidRequest` for anything this ledger never issued."""
-    match = _TOKEN.fullmatch(token)
-    if match is None:
-        raise InvalidRequest("not a position token", "min_position")
+def parse_raw(text: str, field: str) -> Position:
+    """A position written as `Position.raw` writes it, or `InvalidRequest` naming `field`."""
+    match = _RAW.fullmatch(text)
+    if match is None or int(match[2]) > OFFSET_MAX:
+        raise InvalidRequest("not a position (<partition>-<offset>)", field)
     return Position(int(match[1]), int(match[2]))
+
+
+class PositionKey:
+    """Seals positions into a tenant's opaque tokens and opens them again (see the module's docstring).
+
+    Every process that makes or reads tokens (the API's workers, the projector's outcomes, a producer client
+    that hands tokens on) must hold the same 32-byte key: `LEDGER_POSITION_KEY`.
+    """
+
+    __slots__ = ("_pad", "_siv")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"a position key is {KEY_BYTES} bytes, not {len(key)}")
+        # Keyed once: copying a keyed state costs less than keying BLAKE2b again (a block of its own).
+        self._siv = hashlib.blake2b(key=key, digest_size=_SIV_BYTES, person=b"ledger-pos-siv")
+        self._pad = hashlib.blake2b(key=key, digest_size=_PLAIN.size, person=b"ledger-pos-pad")
+
+    def __repr__(self) -> str:
+        return "PositionKey(...)"  # never the key
+
+    def token(self, tenant: str, position: Position) -> str:
+        """The token `tenant` is given for `position`; `parse` with the same tenant gives it back."""
+        assert 0 <= position.partition <= PARTITION_MAX and 0 <= position.offset <= OFFSET_MAX, position
+        plain = _PLAIN.pack(position.partition, position.offset)
+        siv = self._tag(plain, tenant)
+        return base64.urlsafe_b64encode(siv + self._xor(plain, siv)).decode("ascii")
+
+    def parse(self, tenant: str, token: str, field: str = "min_position") -> Position:
+        """The position of a token issued to `tenant` under this key; `InvalidRequest` naming `field` for any
+        other string (another tenant's, another key's, changed, cut, or not a token at all)."""
+        # Length first: nothing of a long string is read.
+        if len(token) != TOKEN_CHARS or _TOKEN.fullmatch(token) is None:
+            raise InvalidRequest(NOT_ISSUED, field)
+        sealed = base64.urlsafe_b64decode(token)
+        siv = sealed[:_SIV_BYTES]
+        plain = self._xor(sealed[_SIV_BYTES:], siv)
+        if not hmac.compare_digest(self._tag(plain, tenant), siv):
+            raise InvalidRequest(NOT_ISSUED, field)
+        partition, offset = _PLAIN.unpack(plain)
+        return Position(partition, offset)
+
+    def _tag(self, plain: bytes, tenant: str) -> bytes:
+        mac = self._siv.copy()
+        mac.update(plain)  # fixed length: `plain || tenant` splits one way only
+        mac.update(tenant.encode("utf-8", "surrogatepass"))
+        return mac.digest()
+
+    def _xor(self, data: bytes, siv: bytes) -> bytes:
+        pad = self._pad.copy()
+        pad.update(siv)
+        return (int.from_bytes(data) ^ int.from_bytes(pad.digest())).to_bytes(_PLAIN.size)

@@ -1,8 +1,9 @@
 """The `ledger` command line for operators.
 
-    ledger replay [--until POSITION[,POSITION...] | --until-time RFC3339] [--no-progress]
+    ledger replay [--until PARTITION-OFFSET[,...] | --until-time RFC3339] [--no-progress]
     ledger verify [--tenant T ...]
     ledger status [--json]
+    ledger position TENANT TOKEN
     ledger tenants create ID [--name NAME]
     ledger keys create TENANT --scopes read,write
     ledger keys revoke TENANT KEY_ID
@@ -22,7 +23,8 @@ from datetime import datetime
 
 from infra import settings as settings_mod
 from ledger.errors import LedgerError
-from ledger.positions import parse_token
+from ledger.positions import PositionKey, parse_raw
+from ledger.validation import check_tenant
 from ops import registry, status
 from ops.rebuild import rebuild
 from ops.verify import verify
@@ -32,7 +34,7 @@ from projections.pipeline import GC_THRESHOLDS
 def _until(raw: str | None) -> dict[int, int] | None:
     if raw is None:
         return None
-    positions = [parse_token(token.strip()) for token in raw.split(",")]
+    positions = [parse_raw(text.strip(), "--until") for text in raw.split(",")]
     return {p.partition: p.offset + 1 for p in positions}
 
 
@@ -86,6 +88,12 @@ async def _status(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
     return 0
 
 
+async def _position(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
+    key = PositionKey(settings_mod.require_position_key(cfg, "`ledger position`"))
+    print(key.parse(check_tenant(args.tenant), args.token, "token").raw())
+    return 0
+
+
 async def _tenants(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
     outcome = await registry.create_tenant(cfg, args.id, args.name)
     if outcome["status"] != "committed":
@@ -111,7 +119,8 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
     replay = commands.add_parser("replay", help="rebuild the projections from the log into a shadow schema, "
                                                 "then switch to it atomically")
-    replay.add_argument("--until", help="stop after these positions (tokens, comma-separated); no switch")
+    replay.add_argument("--until", help="stop after these positions (PARTITION-OFFSET as `ledger status` counts "
+                                        "them, comma-separated); no switch")
     replay.add_argument("--until-time", help="stop at the first record after this RFC 3339 time; no switch")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar")
     replay.set_defaults(run=_replay)
@@ -123,6 +132,11 @@ def parser() -> argparse.ArgumentParser:
     state.add_argument("--group", help="the projectors' consumer group (default: LEDGER_PROJECTOR_GROUP)")
     state.add_argument("--json", action="store_true")
     state.set_defaults(run=_status)
+    position = commands.add_parser("position", help="the PARTITION-OFFSET of a position token a tenant was "
+                                                    "given (needs LEDGER_POSITION_KEY)")
+    position.add_argument("tenant")
+    position.add_argument("token")
+    position.set_defaults(run=_position)
     tenants = commands.add_parser("tenants", help="create tenants").add_subparsers(dest="tenants_command",
                                                                                    required=True)
     create = tenants.add_parser("create", help="create a tenant")

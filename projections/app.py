@@ -33,6 +33,7 @@ from infra.kafka import log_end, topic_config, topic_partitions
 from infra.settings import Settings
 from ledger.codec import encode_request
 from ledger.fold import Record
+from ledger.positions import PositionKey
 from ledger.requests import Tick
 from projections.pipeline import GC_THRESHOLDS, BatchResult, Pipeline
 
@@ -165,7 +166,7 @@ class SeekToProjection(ConsumerRebalanceListener):  # type: ignore[misc]
 class Projector:
     """The consume → apply → commit loop of one worker, stopped by SIGTERM/SIGINT after its current batch."""
 
-    def __init__(self, cfg: Settings) -> None:
+    def __init__(self, cfg: Settings, positions: PositionKey) -> None:
         self.cfg = cfg
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=cfg.kafka_bootstrap, group_id=cfg.projector_group, enable_auto_commit=False,
@@ -178,6 +179,8 @@ class Projector:
             session_timeout_ms=10_000, heartbeat_interval_ms=1_000, rebalance_timeout_ms=20_000,
         )
         self.outcomes = Outcomes(cfg.kafka_bootstrap, cfg.outcomes_topic)
+        # Outcomes carry the tenant's position token, sealed as the API seals it.
+        self.positions = positions
         self.pipeline: Pipeline | None = None
         self.stopping = asyncio.Event()
         self.applied: dict[int, int] = {}  # next offsets of the writes that finished, for Kafka's commit
@@ -206,7 +209,7 @@ class Projector:
                 lambda: asyncpg.connect(self.cfg.projector_database_url, timeout=5,
                                         server_settings={"statement_timeout": STATEMENT_TIMEOUT_MS}),
                 self.outcomes.publish,
-                partitions)
+                partitions, positions=self.positions)
             listener = SeekToProjection(self.consumer, self.cfg.projector_database_url, pipeline)
             self.consumer.subscribe([topic], listener=listener)
             watchdog = asyncio.create_task(self._watchdog())
@@ -321,8 +324,8 @@ class Projector:
                 return
 
 
-async def _main(cfg: Settings) -> int:
-    projector = Projector(cfg)
+async def _main(cfg: Settings, positions: PositionKey) -> int:
+    projector = Projector(cfg, positions)
     try:
         return await projector.run()
     except Exception:
@@ -337,12 +340,13 @@ def main() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         cfg = settings_mod.load()
+        positions = PositionKey(settings_mod.require_position_key(cfg, "the projector"))
     except settings_mod.SettingsError as e:
         sys.exit(f"projector: {e}")
     logging.config.dictConfig(logs.config("projector", cfg.log_level or "WARNING"))
     if cfg.projector_metrics_port:
         start_http_server(cfg.projector_metrics_port, addr="127.0.0.1")
-    sys.exit(asyncio.run(_main(cfg)))
+    sys.exit(asyncio.run(_main(cfg, positions)))
 
 
 if __name__ == "__main__":

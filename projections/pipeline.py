@@ -42,7 +42,7 @@ from ledger.fold import (
     error_text,
     fold_batch,
 )
-from ledger.positions import Position
+from ledger.positions import Position, PositionKey
 from ledger.requests import BatchRequest, TenantRequest, TransactionRequest
 from projections.writer import Publish, begin, committed_offsets, open_batch, poison, preload, store, transient
 
@@ -132,6 +132,7 @@ async def write(conn: asyncpg.Connection, batch: Prepared, publish: Publish | No
     the projection it was folded on."""
     started = time.perf_counter()
     rows = batch.rows
+    assert publish is None or rows.positions is not None, "outcomes are published only with the position key"
     after = batch.base | rows.next_offsets
     async with conn.transaction():
         standing, projection = await open_batch(conn, sorted(batch.base), schema)
@@ -151,13 +152,16 @@ class Pipeline:
 
     Writes go to the live projection, or to `schema` (tests, rebuilds, verification). `partitions` is the
     log's partition count (placement is checked against it). With `keep`, records it refuses are passed
-    over (offsets move, nothing is decided): `ledger verify --tenant`.
+    over (offsets move, nothing is decided): `ledger verify --tenant`. Outcomes are encoded, their positions
+    sealed, only with `positions`, which a pipeline that publishes them must have.
     """
 
     def __init__(self, connect: Connect, publish: Publish | None, partitions: int, schema: str | None = None,
-                 retry_deadline_s: float = RETRY_DEADLINE_S, keep: Keep | None = None) -> None:
+                 retry_deadline_s: float = RETRY_DEADLINE_S, keep: Keep | None = None,
+                 positions: PositionKey | None = None) -> None:
         self.connect = connect
         self.publish = publish
+        self.positions = positions
         self.partitions = partitions
         self.schema = schema  # None: the live projection
         self.retry_deadline_s = retry_deadline_s
@@ -245,7 +249,7 @@ class Pipeline:
             for i in fresh_at:  # holds expire by the time of any record of their partition, kept or not
                 due[records[i].partition] = max(due.get(records[i].partition, 0), records[i].timestamp_ms)
             await self._preload(conn, [decoded[i] for i in kept], due)
-        rows = BatchRows()
+        rows = BatchRows(positions=self.positions)
         for i in range(0, len(kept), SLICE_RECORDS):
             part = kept[i:i + SLICE_RECORDS]
             fold_batch(self.ledger, [records[j] for j in part], [decoded[j] for j in part], rows, self.poison)
@@ -302,7 +306,7 @@ class Pipeline:
         level = self.poison.get(record.position, (0, ""))[0] + 1
         if level > POISON_AS_EVENT:
             raise error  # not even the operators' table takes it: not the record's doing
-        log.error("record %s refused by the database (%r); deciding it invalid", record.position.token(), error)
+        log.error("record %s refused by the database (%r); deciding it invalid", record.position.raw(), error)
         if len(self.poison) >= POISON_REMEMBERED_MAX:
             self.poison.clear()  # forgetting costs only a second bisection, should such a record come again
         # The first refusal is the record's own; a later one (of its rejection row) says less about it.

@@ -23,6 +23,7 @@ from infra import settings as settings_mod
 from infra.kafka import log_end
 from infra.local import DATA
 from infra.testing import free_port
+from ledger.positions import Position, PositionKey
 
 # This test run's own topics (infra.testing names them after the run).
 SETTINGS = settings_mod.load()
@@ -34,6 +35,23 @@ CATCH_UP_TIMEOUT_S = 600
 
 def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def position_key() -> PositionKey:
+    """The key this session's API and projector seal position tokens with (infra.testing sets it)."""
+    key = settings_mod.load().position_key
+    assert key is not None, "service tests run under `make test`, which sets LEDGER_POSITION_KEY"
+    return PositionKey(key)
+
+
+def token(tenant: str, position: Position) -> str:
+    """The token the API hands `tenant` for `position`."""
+    return position_key().token(tenant, position)
+
+
+def opened(tenant: str, token: str) -> Position:
+    """The position of a token the API handed `tenant`."""
+    return position_key().parse(tenant, token)
 
 
 class Stack:

@@ -10,6 +10,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from ledger.positions import Position
 from tests.stack import TRANSACTIONS_TOPIC
 
 
@@ -34,11 +35,12 @@ async def balances(
     return result
 
 
-async def produce(producer: AIOKafkaProducer, key: bytes | None, value: bytes | dict[str, Any]) -> str:
-    """Append a raw record straight to the log; returns its position token."""
+async def produce(producer: AIOKafkaProducer, key: bytes | None, value: bytes | dict[str, Any]) -> Position:
+    """Append a raw record straight to the log; returns its position (`tests.stack.token` makes the token
+    a tenant's API client gets for it)."""
     raw = value if isinstance(value, bytes) else orjson.dumps(value)
     metadata = await producer.send_and_wait(TRANSACTIONS_TOPIC, raw, key=key)
-    return f"{metadata.partition}-{metadata.offset}"
+    return Position(metadata.partition, metadata.offset)
 
 
 async def refused_within(client: httpx.AsyncClient, path: str, seconds: float) -> httpx.Response:

@@ -14,7 +14,7 @@ from tests.stack import SETTINGS
 
 async def test_submit_and_await_outcomes(tenant: Tenant) -> None:
     async with LedgerProducer(SETTINGS.kafka_bootstrap, topic=SETTINGS.transactions_topic,
-                              outcomes_topic=SETTINGS.outcomes_topic) as ledger:
+                              outcomes_topic=SETTINGS.outcomes_topic, position_key=SETTINGS.position_key) as ledger:
         deposit = await ledger.submit(tenant.id, [Posting("@world", "alice", 100, "USD/2")], idempotency_key="d1",
                                       metadata={"source": "client"}, reference="r1")
         overdraft = await ledger.submit(tenant.id, [Posting("alice", "bob", 101, "USD/2")])
@@ -23,10 +23,14 @@ async def test_submit_and_await_outcomes(tenant: Tenant) -> None:
         first = await ledger.outcome(deposit, timeout_s=30)
         rejected = await ledger.outcome(overdraft, timeout_s=30)
         replayed = await ledger.outcome(repeat, timeout_s=30)
-    assert (first["status"], first["position"]) == ("committed", deposit.position.token())
+    # The outcome carries the token the tenant's API clients get; `record` the append's raw position.
+    assert deposit.token is not None and repeat.token is not None
+    assert (first["status"], first["position"], first["record"]) == ("committed", deposit.token,
+                                                                      deposit.position.raw())
     assert (rejected["status"], rejected["reason"]) == ("rejected", "insufficient_funds")
-    assert (replayed["status"], replayed["original_id"]) == ("committed", deposit.id)
-    assert await balances(tenant.client, tenant.id, "alice", min_position=repeat.position.token()) == {"USD/2": 100}
+    assert (replayed["status"], replayed["original_id"], replayed["position"]) == ("committed", deposit.id,
+                                                                                   deposit.token)
+    assert await balances(tenant.client, tenant.id, "alice", min_position=repeat.token) == {"USD/2": 100}
 
 
 async def test_client_validates_before_sending() -> None:

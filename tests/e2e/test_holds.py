@@ -182,7 +182,7 @@ async def test_fifty_clients_capturing_and_voiding_the_same_holds_close_each_onc
 async def test_holds_and_reversals_straight_through_kafka(tenant: Tenant) -> None:
     await funded(tenant)
     async with LedgerProducer(SETTINGS.kafka_bootstrap, topic=SETTINGS.transactions_topic,
-                              outcomes_topic=SETTINGS.outcomes_topic) as ledger:
+                              outcomes_topic=SETTINGS.outcomes_topic, position_key=SETTINGS.position_key) as ledger:
         held = await ledger.hold(tenant.id, [Posting("alice", "shop", 30, "USD/2")], expires_in_s=600)
         assert (await ledger.outcome(held, 30))["status"] == "committed"
         captured = await ledger.capture(tenant.id, held.id, amount=30)
@@ -191,5 +191,5 @@ async def test_holds_and_reversals_straight_through_kafka(tenant: Tenant) -> Non
         assert ((await ledger.outcome(again, 30))["reason"]) == "hold_closed"
         reversed_ = await ledger.reverse(tenant.id, captured.id, amount=10)
         assert (await ledger.outcome(reversed_, 30))["status"] == "committed"
-    body = await account(tenant, "shop", min_position=reversed_.position.token())
+    body = await account(tenant, "shop", min_position=reversed_.token)
     assert (body["balances"], (await account(tenant, "alice"))["available"]) == ({"USD/2": 20}, {"USD/2": 80})

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from infra.kafka import topic_partitions
 from ledger.placement import partition_for
+from ledger.positions import Position
 from ops.verify import verify
 from tests.conftest import create_tenant
 from tests.stack import OUTCOMES_TOPIC, SETTINGS, TRANSACTIONS_TOPIC, Stack, unique
@@ -195,7 +196,7 @@ async def test_a_hostile_log_stops_nothing_and_every_record_is_decided(admin: ht
             future = await producer.send(TRANSACTIONS_TOPIC, value, key=key, partition=partition)
             (ticks if value == TICK else sent).append(future)
         # Every record but the clock's ticks (which carry only time) is answered by an outcome.
-        positions.update(f"{m.partition}-{m.offset}" for m in await asyncio.gather(*sent))
+        positions.update(Position(m.partition, m.offset).raw() for m in await asyncio.gather(*sent))
         await asyncio.gather(*ticks)
         await stack.caught_up(timeout_s=DEADLINE_S)
         while not positions <= seen and time.monotonic() - started < DEADLINE_S:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import Tenant, create_tenant
 from tests.e2e.helpers import posting, transfer
-from tests.stack import Stack
+from tests.stack import Stack, opened
 
 TENANT_ROUTES = [
     ("POST", "/transactions", {"postings": [posting("@world", "a", 1)]}),
@@ -30,6 +30,23 @@ async def test_a_key_of_tenant_a_is_refused_on_tenant_b(admin: httpx.AsyncClient
         response = await other.client.request(method, tenant.path(suffix), json=body)
         assert response.status_code == 403, response.text
         assert response.json()["error"]["code"] == "forbidden"
+    finally:
+        await other.client.aclose()
+
+
+async def test_a_position_token_is_refused_for_any_other_tenant(admin: httpx.AsyncClient, stack: Stack,
+                                                              tenant: Tenant) -> None:
+    other = await create_tenant(admin, stack)
+    try:
+        written = await transfer(other.client, other.id, posting("@world", "a", 1))
+        theirs = written.json()["position"]
+        # Theirs as it is, their position in the clear as tokens used to show it, and a token cut short.
+        for candidate in (theirs, opened(other.id, theirs).raw(), theirs[:-1]):
+            response = await tenant.client.get(tenant.path("/accounts/a"), params={"min_position": candidate})
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["code"] == "invalid_request"
+        mine = await other.client.get(other.path("/accounts/a"), params={"min_position": theirs})
+        assert (mine.status_code, mine.json()["position"]) == (200, theirs)
     finally:
         await other.client.aclose()
 

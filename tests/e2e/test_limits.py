@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import asyncpg
 import httpx
 
+from ledger.positions import Position
 from ops import registry
 from tests.conftest import Tenant, create_tenant
 from tests.e2e.helpers import posting, transfer
-from tests.stack import Stack, unique
+from tests.stack import Stack, opened, token, unique
 
 CONDITION_TIMEOUT_S = 15.0
 
@@ -71,13 +72,14 @@ async def as_tenant(url: str, tenant: Tenant) -> AsyncIterator[httpx.AsyncClient
 
 async def test_a_position_beyond_the_log_is_refused_at_once(tenant: Tenant) -> None:
     written = await transfer(tenant.client, tenant.id, posting("@world", "a", 1), wait=False)
-    partition, offset = written.json()["position"].split("-")
-    for beyond in (f"{partition}-{int(offset) + 1_000_000}", "0-999999999999", "999-0"):
+    at = opened(tenant.id, written.json()["position"])
+    for beyond in (Position(at.partition, at.offset + 1_000_000), Position(0, 999999999999), Position(999, 0)):
         started = time.monotonic()
         response = await tenant.client.get(tenant.path("/accounts/a"),
-                                           params={"min_position": beyond, "timeout_ms": "20000"})
+                                           params={"min_position": token(tenant.id, beyond), "timeout_ms": "20000"})
         assert response.status_code == 422, response.text
         assert response.json()["error"]["code"] == "invalid_request"
+        assert str(beyond.offset) not in response.text, "the answer shows the offset the token hides"
         assert time.monotonic() - started < 5, "refused only after waiting"
     reached = await tenant.client.get(tenant.path("/accounts/a"), params={"min_position": written.json()["position"]})
     assert reached.status_code == 200, reached.text

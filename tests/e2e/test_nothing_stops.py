@@ -16,7 +16,7 @@ from infra import processes
 from ledger.requests import Posting
 from tests.conftest import Tenant
 from tests.e2e.helpers import balances, posting, produce, transfer
-from tests.stack import SETTINGS, Stack, unique
+from tests.stack import SETTINGS, Stack, token, unique
 
 NUL_BODIES = [
     {"metadata": {"n": "\u0000"}},
@@ -42,7 +42,7 @@ async def test_nul_straight_to_kafka_is_rejected_invalid_and_the_next_record_com
                                                  "metadata": {"n": "\u0000"}})
     good = await produce(producer, tenant.id.encode(), {"v": 1, "id": unique("ok"), "tenant": tenant.id,
                                                         "postings": [posting("@world", "alice", 7)]})
-    assert await balances(tenant.client, tenant.id, "alice", min_position=good) == {"USD/2": 7}
+    assert await balances(tenant.client, tenant.id, "alice", min_position=token(tenant.id, good)) == {"USD/2": 7}
     recorded = (await tenant.client.get(tenant.path(f"/transactions/{poisoned}"))).json()
     assert (recorded["status"], recorded["reason"]) == ("rejected", "invalid")
 

@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.conftest import Tenant
 from tests.e2e.helpers import balances, posting, produce, transfer
-from tests.stack import unique
+from tests.stack import opened, token, unique
 
 
 async def test_deposit_from_world_shows_in_the_balance(tenant: Tenant) -> None:
@@ -57,7 +57,7 @@ async def test_concurrent_repeats_of_one_key_are_decided_once(tenant: Tenant) ->
              for _ in range(10)]
     responses = await asyncio.gather(*sends)
     assert {r.status_code for r in responses} <= {200, 202}
-    last = max((r.json()["position"] for r in responses if r.status_code == 202), key=lambda p: int(p.split("-")[1]))
+    last = max((r.json()["position"] for r in responses if r.status_code == 202), key=lambda t: opened(tenant.id, t))
     assert await balances(tenant.client, tenant.id, "alice", min_position=last) == {"USD/2": 7}
 
 
@@ -80,18 +80,16 @@ async def test_malformed_event_is_recorded_invalid_and_the_next_one_commits(
     good_id = unique("good")
     good = await produce(producer, key, {"v": 1, "id": good_id, "tenant": tenant.id,
                                          "postings": [posting("@world", "alice", 42)]})
-    assert await balances(tenant.client, tenant.id, "alice", min_position=good) == {"USD/2": 42}
+    assert await balances(tenant.client, tenant.id, "alice", min_position=token(tenant.id, good)) == {"USD/2": 42}
     recorded = await tenant.client.get(f"/v1/tenants/{tenant.id}/transactions/{bad_id}")
     assert recorded.status_code == 200, recorded.text
     assert (recorded.json()["status"], recorded.json()["reason"]) == ("rejected", "invalid")
     committed = await tenant.client.get(f"/v1/tenants/{tenant.id}/transactions/{good_id}")
     assert committed.json()["status"] == "committed"
-    partition, offset = (int(x) for x in garbage.split("-"))
     row = await db.fetchrow("SELECT error FROM invalid_events WHERE log_partition = $1 AND log_offset = $2",  # type: ignore[attr-defined]
-                            partition, offset)
+                            *garbage)
     assert row is not None and "JSON" in row["error"]
     # The record whose tenant and id were readable is a transaction at its own position, not an event.
-    assert recorded.json()["position"] == salvageable
-    partition, offset = (int(x) for x in salvageable.split("-"))
+    assert recorded.json()["position"] == token(tenant.id, salvageable)
     assert await db.fetchval("SELECT count(*) FROM invalid_events WHERE log_partition = $1 AND log_offset = $2",  # type: ignore[attr-defined]
-                             partition, offset) == 0
+                             *salvageable) == 0

@@ -9,6 +9,7 @@ import httpx
 from tests.conftest import Tenant
 from tests.e2e.helpers import posting, produce, transfer
 from tests.e2e.test_holds import account, code, funded, post
+from tests.stack import token
 
 
 async def put(tenant: Tenant, address: str, body: dict[str, Any] | None, wait: bool = True) -> httpx.Response:
@@ -67,7 +68,7 @@ async def test_a_policy_straight_through_kafka_applies_in_log_order(tenant: Tena
     passed = await produce(producer, key, {"v": 1, "id": "t-thawed", "tenant": tenant.id,
                                            "postings": [posting("alice", "bob", 1)]})
     first = (await tenant.client.get(tenant.path("/transactions/t-frozen"),
-                                     params={"min_position": blocked, "timeout_ms": 5000})).json()
+                                     params={"min_position": token(tenant.id, blocked), "timeout_ms": 5000})).json()
     second = (await tenant.client.get(tenant.path("/transactions/t-thawed"),
-                                      params={"min_position": passed, "timeout_ms": 5000})).json()
+                                      params={"min_position": token(tenant.id, passed), "timeout_ms": 5000})).json()
     assert (first["reason"], second["status"]) == ("account_frozen", "committed")

@@ -9,9 +9,10 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from ledger.positions import Position
 from tests.conftest import Tenant
 from tests.e2e.helpers import balances, posting
-from tests.stack import TRANSACTIONS_TOPIC, Stack, unique
+from tests.stack import TRANSACTIONS_TOPIC, Stack, token, unique
 
 BURST = 1500
 
@@ -24,7 +25,7 @@ async def _burst(producer: AIOKafkaProducer, tenant: str, count: int) -> str:
         futures.append(await producer.send(TRANSACTIONS_TOPIC, value, key=tenant.encode()))
     last = await futures[-1]
     await asyncio.gather(*futures)
-    return f"{last.partition}-{last.offset}"
+    return token(tenant, Position(last.partition, last.offset))
 
 
 async def _count(db: asyncpg.Pool, tenant: str) -> int:

@@ -28,7 +28,7 @@ from ledger.validation import is_system
 from projections.replay import replay
 from tests.conftest import live_projection
 from tests.model import Model
-from tests.stack import OUTCOMES_TOPIC, SETTINGS, TRANSACTIONS_TOPIC, Stack, unique
+from tests.stack import OUTCOMES_TOPIC, SETTINGS, TRANSACTIONS_TOPIC, Stack, position_key, unique
 
 EXAMPLES = int(os.environ.get("LEDGER_PROPERTY_EXAMPLES", "100"))
 ACCOUNTS = ["@world", "@fees", "a", "b", "c"]
@@ -260,7 +260,7 @@ def _expected(rows: BatchRows) -> dict[str, Any]:
 def fold(tenants: list[str], records: list[Record]) -> BatchRows:
     """The pure fold of `records`, the tenants created beforehand (through the API, on the log)."""
     return fold_batch(Ledger(tenants=dict.fromkeys(tenants, True)), records,
-                      decode_all(records, SETTINGS.topic_partitions))
+                      decode_all(records, SETTINGS.topic_partitions), BatchRows(positions=position_key()))
 
 
 async def _register(w: World, tenants: list[str]) -> dict[str, httpx.AsyncClient]:
@@ -303,7 +303,7 @@ async def _check_history(w: World, history: list[dict[str, Any]]) -> None:
 
         # Outcomes: every decision published (at least once), exactly as the fold decided it.
         expected_outcomes = {bytes(v) for _, _, v in rows.outcomes}
-        positions = {r.position.token() for r in records}
+        positions = {r.position.raw() for r in records}
         for _ in range(200):
             # Each outcome names the record it answers (a replay's `position` is its original's).
             seen = {orjson.dumps(o) for o in w.seen_outcomes if o["record"] in positions}

@@ -15,6 +15,7 @@ import pytest
 from infra.migrate import migrate
 from infra.settings import with_database
 from ledger.fold import Record
+from ledger.positions import PositionKey
 from projections.pipeline import Pipeline
 from projections.writer import committed_offsets
 from tests.integration.conftest import PARTITIONS, created, home, raw, record
@@ -100,6 +101,7 @@ async def test_a_record_off_its_tenants_partition_is_rejected_and_changes_nothin
         outcomes.extend(orjson.loads(value) for _, _, value in batch)
 
     line.publish = publish
+    line.positions = PositionKey(bytes(32))  # a pipeline that publishes seals the outcomes' positions
     await line.submit([created(0, tenant), record(1, tenant, 10),
                        record(0, tenant, 99, partition=elsewhere)])
     await line.drain()

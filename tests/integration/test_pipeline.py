@@ -8,6 +8,7 @@ import os
 import asyncpg
 import pytest
 
+from ledger.positions import PositionKey
 from projections.pipeline import OffsetGap, Pipeline, write
 from projections.writer import committed_offsets
 from tests.integration.conftest import PARTITIONS, created, home, record
@@ -123,7 +124,7 @@ async def test_a_failed_batch_rolls_back_whole(scratch: tuple[asyncpg.Connection
         raise ConnectionError("Kafka went away")
 
     line = Pipeline(lambda: asyncpg.connect(os.environ["LEDGER_DATABASE_URL"]), failing_publish, PARTITIONS,
-                    schema, retry_deadline_s=0.5)
+                    schema, retry_deadline_s=0.5, positions=PositionKey(bytes(32)))
     try:
         with pytest.raises(Exception, match="still failing"):
             await line.submit([created(0, tenant), record(1, tenant), record(2, tenant)])

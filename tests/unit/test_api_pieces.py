@@ -1,4 +1,4 @@
-"""The API's pure pieces: position tokens, cursors, and authentication from memory."""
+"""The API's pure pieces: `min_position`, cursors, and authentication from memory."""
 
 from __future__ import annotations
 
@@ -9,25 +9,36 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.requests import Request
 
+from api import views
 from api.auth import ApiKey, Forbidden, KeyStore, Unauthorized, new_secret_key
-from api.requests import cursor_param, encode_cursor
+from api.requests import cursor_param, encode_cursor, position_param
 from ledger.errors import InvalidRequest
-from ledger.positions import Position, parse_token
+from ledger.positions import Position, PositionKey
 
 
 def query(qs: str) -> Request:
     return Request({"type": "http", "method": "GET", "path": "/", "query_string": qs.encode(), "headers": []})
 
 
-@given(st.integers(0, 10**9 - 1), st.integers(0, 2**63 - 1))
-def test_a_position_token_round_trips(partition: int, offset: int) -> None:
-    assert parse_token(Position(partition, offset).token()) == Position(partition, offset)
+KEY = PositionKey(bytes(32))
 
 
-@pytest.mark.parametrize("token", ["", "1", "1-", "-1-5", "1-2-3", "a-1", "1-99999999999999999999", "1 -2", "\uff11-2"])
-def test_anything_else_is_not_a_position(token: str) -> None:
-    with pytest.raises(InvalidRequest):
-        parse_token(token)
+@given(st.integers(0, 2**16 - 1), st.integers(0, 2**63 - 1))
+def test_min_position_opens_a_token_of_the_paths_tenant(partition: int, offset: int) -> None:
+    token = KEY.token("acme", Position(partition, offset))
+    assert position_param(query(f"min_position={token}"), KEY, "acme") == Position(partition, offset)
+
+
+@pytest.mark.parametrize("token", ["", "0-5", "%00", KEY.token("other", Position(0, 5)),
+                                   PositionKey(bytes(range(32))).token("acme", Position(0, 5))])
+def test_min_position_refuses_what_was_not_issued_to_the_tenant(token: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        position_param(query(f"min_position={token}"), KEY, "acme")
+    assert caught.value.field == "min_position"
+
+
+def test_no_min_position_waits_for_nothing() -> None:
+    assert position_param(query(""), KEY, "acme") is None
 
 
 @given(st.integers(0, 2**63 - 1), st.integers(0, 10**9 - 1))  # legs are below 256
@@ -84,3 +95,16 @@ def test_a_revoked_key_or_a_wrong_secret_is_unauthorized() -> None:
     with pytest.raises(Unauthorized):
         keys.authenticate(f"Bearer {key}")
     assert hashlib.sha256(key.split("_", 2)[2].encode()).digest() == stored.secret_sha256
+
+
+def test_rows_are_shown_with_the_tenants_tokens() -> None:
+    row = {"id": "tx1", "status": "committed", "postings": [], "metadata": {}, "reference": None,
+           "idempotency_key": None, "log_partition": 2, "log_offset": 41, "created_at": None, "committed_at": None,
+           "reason": None, "replay_of": None, "kind": "transfer", "target": None, "reversed": 0}
+    assert KEY.parse("acme", views.transaction(row, KEY, "acme")["position"]) == Position(2, 41)
+    balances = [{"asset": "USD/2", "balance": 5, "held": 0, "overdraft_limit": 0, "metadata": None, "frozen": False,
+                 "log_partition": 2, "log_offset": offset} for offset in (41, 40)]
+    shown = views.account("alice", balances, KEY, "acme")  # type: ignore[arg-type]
+    assert KEY.parse("acme", shown["position"]) == Position(2, 41)  # the latest change
+    with pytest.raises(InvalidRequest):
+        KEY.parse("other", shown["position"])

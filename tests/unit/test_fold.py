@@ -12,17 +12,19 @@ from ledger.fold import (
     POISON_AS_EVENT,
     POISON_AS_TRANSACTION,
     TRANSACTION_COLUMNS,
+    BatchRows,
     Record,
     decode_all,
     fold_batch,
 )
 from ledger.placement import partition_for
-from ledger.positions import Position
+from ledger.positions import Position, PositionKey
 
 PARTITIONS = 4
 TENANT = "acme"
 HOME = partition_for(TENANT.encode(), PARTITIONS)
 ERROR = TRANSACTION_COLUMNS.index("error")
+KEY = PositionKey(bytes(range(32)))
 
 
 def transfer(offset: int, partition: int = HOME, **fields: object) -> Record:
@@ -31,9 +33,11 @@ def transfer(offset: int, partition: int = HOME, **fields: object) -> Record:
     return Record(partition, offset, TENANT.encode(), orjson.dumps(value), 1_700_000_000_000)
 
 
-def fold(records: list[Record], poison: dict[Position, tuple[int, str]] | None = None):  # type: ignore[no-untyped-def]
+def fold(records: list[Record], poison: dict[Position, tuple[int, str]] | None = None,  # type: ignore[no-untyped-def]
+         positions: PositionKey | None = KEY):
     ledger = Ledger(tenants={TENANT: True})
-    return ledger, fold_batch(ledger, records, decode_all(records, PARTITIONS), poison=poison)
+    return ledger, fold_batch(ledger, records, decode_all(records, PARTITIONS), BatchRows(positions=positions),
+                              poison=poison)
 
 
 @given(st.binary(min_size=0, max_size=80), st.integers(min_value=1, max_value=64))
@@ -77,6 +81,23 @@ def test_every_record_gets_one_outcome_naming_it() -> None:
                Record(HOME, 3, None, b"\xff", 0), Record(HOME, 4, TENANT.encode(), None, 0)]
     _, rows = fold(records)
     assert [orjson.loads(o[2])["record"] for o in rows.outcomes] == [f"{HOME}-{i}" for i in range(5)]
+
+
+def test_an_outcome_carries_its_tenants_token_for_the_decided_request() -> None:
+    records = [transfer(0, idempotency_key="k"), transfer(1, idempotency_key="k")]
+    _, rows = fold(records)
+    outcomes = [orjson.loads(o[2]) for o in rows.outcomes]
+    # A repeat's position is its original's: the token a client of the tenant reads its write with.
+    assert [KEY.parse(TENANT, o["position"]) for o in outcomes] == [Position(HOME, 0)] * 2
+    assert [o["record"] for o in outcomes] == [f"{HOME}-0", f"{HOME}-1"]
+    _, again = fold(records)
+    assert again.outcomes == rows.outcomes  # byte for byte: what a replay of the fold publishes
+
+
+def test_without_the_key_outcomes_are_counted_not_encoded() -> None:
+    _, rows = fold([transfer(0), transfer(1)], positions=None)
+    assert rows.outcomes == [] and rows.counts == {("committed", None): 2}
+    assert len(rows.transactions) == 2
 
 
 def test_a_timestamp_out_of_range_is_invalid_not_a_crash() -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import secrets
+
 import pytest
 
-from infra.settings import SettingsError, load
+from infra import local, processes
+from infra.settings import SettingsError, load, require_position_key
 
 BAD_VALUES = {
     "LEDGER_API_PORT": ["x", "0", "70000"],
@@ -24,6 +28,7 @@ BAD_VALUES = {
     "LEDGER_OUTCOMES_TOPIC": ["é"],
     "LEDGER_LOG_LEVEL": ["LOUD"],
     "LEDGER_KAFKA_HEAP": ["lots", "768", "m"],
+    "LEDGER_POSITION_KEY": ["x", "A" * 42, "A" * 44, "!" * 43, "A" * 43 + "==", "A" * 42 + "\x00", "A" * 64],
 }
 
 
@@ -36,6 +41,7 @@ def test_defaults_point_at_the_local_services() -> None:
     assert (cfg.transactions_topic, cfg.outcomes_topic) == ("ledger.transactions", "ledger.outcomes")
     assert (cfg.api_port, cfg.api_workers, cfg.wait_timeout_ms_max) == (8000, 1, 30_000)
     assert not cfg.kafka_external and not cfg.database_external
+    assert cfg.position_key is None
 
 
 @pytest.mark.parametrize(("name", "value"), [(n, v) for n, values in BAD_VALUES.items() for v in values])
@@ -49,3 +55,33 @@ def test_the_roles_connect_to_the_owners_host_and_database_without_its_password(
                 "LEDGER_TRANSACTIONS_TOPIC": "t.tx", "LEDGER_LOG_LEVEL": "debug"})
     assert cfg.api_database_url == "postgresql://ledger_api@db.example:6543/ledger"
     assert cfg.database_external and cfg.transactions_topic == "t.tx" and cfg.log_level == "DEBUG"
+
+
+def test_the_position_key_is_32_bytes_in_either_base64_and_never_shown() -> None:
+    key = secrets.token_bytes(32)
+    for spelled in (base64.urlsafe_b64encode(key).decode().rstrip("="), base64.b64encode(key).decode()):
+        cfg = load({"LEDGER_POSITION_KEY": spelled})
+        assert cfg.position_key == key and require_position_key(cfg, "the API") == key
+        assert spelled.rstrip("=") not in repr(cfg) and "position_key" not in repr(cfg)
+    with pytest.raises(SettingsError, match="LEDGER_POSITION_KEY must be set for the API"):
+        require_position_key(load({}), "the API")
+
+
+def test_a_bad_position_key_is_not_echoed() -> None:
+    bad = "s3cr3t" * 7 + "!"
+    with pytest.raises(SettingsError) as caught:
+        load({"LEDGER_POSITION_KEY": bad})
+    assert bad not in str(caught.value)
+
+
+def test_a_local_run_makes_its_position_key_once_and_keeps_it(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(local, "DATA", tmp_path / ".data")
+    made = processes.position_key(load({}))
+    assert processes.position_key(load({})) == made
+    assert load({"LEDGER_POSITION_KEY": made}).position_key is not None
+    kept = tmp_path / ".data" / "position_key"
+    assert kept.read_text() == made and kept.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in kept.parent.iterdir()] == ["position_key"]  # no draft left behind
+    given = base64.urlsafe_b64encode(bytes(range(32))).decode().rstrip("=")
+    assert processes.position_key(load({"LEDGER_POSITION_KEY": given})) == given
+

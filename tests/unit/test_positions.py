@@ -1,0 +1,126 @@
+"""Position tokens: opaque, bound to a tenant and a key, and nothing else opens as one."""
+
+from __future__ import annotations
+
+import base64
+import string
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger.errors import InvalidRequest
+from ledger.positions import OFFSET_MAX, PARTITION_MAX, TOKEN_CHARS, Position, PositionKey, parse_raw
+from ledger.validation import TENANT_RE
+
+KEY = PositionKey(bytes(range(32)))
+OTHER_KEY = PositionKey(bytes(range(1, 33)))
+TENANT = "acme"
+AT = Position(3, 1_234_567)
+TOKEN = KEY.token(TENANT, AT)
+ALPHABET = string.ascii_letters + string.digits + "-_"
+positions = st.builds(Position, st.integers(0, PARTITION_MAX), st.integers(0, OFFSET_MAX))
+tenants = st.from_regex(TENANT_RE, fullmatch=True)
+
+
+def refused(token: str, tenant: str = TENANT, key: PositionKey = KEY) -> bool:
+    with pytest.raises(InvalidRequest) as caught:
+        key.parse(tenant, token)
+    assert (caught.value.code, caught.value.field) == ("invalid_request", "min_position")
+    return True
+
+
+@given(tenants, positions)
+def test_a_token_opens_to_its_position_for_its_tenant(tenant: str, position: Position) -> None:
+    token = KEY.token(tenant, position)
+    assert KEY.parse(tenant, token) == position
+    assert len(token) == TOKEN_CHARS and set(token) <= set(ALPHABET)
+
+
+def test_a_token_shows_neither_partition_nor_offset() -> None:
+    assert "1234567" not in TOKEN and not TOKEN.startswith("3-")
+    # Consecutive offsets give unrelated tokens: no shared prefix or suffix gives the order away.
+    following = KEY.token(TENANT, Position(3, 1_234_568))
+    assert sum(a == b for a, b in zip(TOKEN, following, strict=True)) < 8
+
+
+def test_one_position_gives_one_token_per_tenant_and_key() -> None:
+    assert KEY.token(TENANT, AT) == TOKEN == PositionKey(bytes(range(32))).token(TENANT, AT)
+    assert len({TOKEN, KEY.token("acme2", AT), OTHER_KEY.token(TENANT, AT), KEY.token(TENANT, Position(3, 0))}) == 4
+
+
+@given(tenants, tenants, positions)
+def test_another_tenants_token_is_refused(mine: str, theirs: str, position: Position) -> None:
+    if mine != theirs:
+        assert refused(KEY.token(theirs, position), mine)
+
+
+def test_a_token_under_another_key_is_refused() -> None:
+    assert refused(OTHER_KEY.token(TENANT, AT))
+
+
+@pytest.mark.parametrize("at", range(TOKEN_CHARS))
+def test_every_change_of_any_character_is_refused(at: int) -> None:
+    for replacement in ALPHABET.replace(TOKEN[at], ""):
+        assert refused(TOKEN[:at] + replacement + TOKEN[at + 1:])
+
+
+@pytest.mark.parametrize("byte", range(24))
+def test_every_flipped_bit_is_refused(byte: int) -> None:
+    sealed = bytearray(base64.urlsafe_b64decode(TOKEN))
+    for bit in range(8):
+        changed = bytearray(sealed)
+        changed[byte] ^= 1 << bit
+        assert refused(base64.urlsafe_b64encode(bytes(changed)).decode())
+
+
+def test_a_token_cut_lengthened_or_spelled_otherwise_is_refused() -> None:
+    standard = base64.b64encode(base64.urlsafe_b64decode(TOKEN)).decode()
+    for token in (TOKEN[:-1], TOKEN[1:], TOKEN + "A", TOKEN + "=", "A" + TOKEN, f" {TOKEN}", TOKEN.upper(),
+                  TOKEN + "\x00", TOKEN[:-1] + "\x00", TOKEN.replace(TOKEN[5], "+")):
+        assert refused(token)
+    if standard != TOKEN:  # the same bytes in the standard alphabet ('+', '/') are not how it was issued
+        assert refused(standard)
+
+
+@pytest.mark.parametrize("token", ["", "0-5", "3-1234567", "A" * TOKEN_CHARS, "\x00" * TOKEN_CHARS, "é" * TOKEN_CHARS,
+                                   "\ud800" * TOKEN_CHARS, "%00", "null", "-" * TOKEN_CHARS, "=" * TOKEN_CHARS])
+def test_garbage_is_refused(token: str) -> None:
+    assert refused(token)
+
+
+def test_a_huge_string_is_refused_at_once() -> None:
+    started = time.perf_counter()
+    assert refused("A" * 50_000_000)
+    assert time.perf_counter() - started < 0.05
+
+
+@given(st.text(max_size=80))
+def test_any_text_is_refused_with_invalid_request_only(token: str) -> None:
+    assert refused(token)
+
+
+@given(st.text(ALPHABET, min_size=TOKEN_CHARS, max_size=TOKEN_CHARS))
+def test_a_token_shaped_guess_is_refused(token: str) -> None:
+    assert refused(token)
+
+
+def test_a_key_must_be_32_bytes_and_never_shows() -> None:
+    for size in (0, 16, 31, 33, 64):
+        with pytest.raises(ValueError):
+            PositionKey(bytes(size))
+    assert repr(KEY) == "PositionKey(...)" and "000102" not in repr(KEY)
+
+
+@given(positions)
+def test_a_raw_position_round_trips(position: Position) -> None:
+    assert parse_raw(position.raw(), "until") == position
+
+
+@pytest.mark.parametrize("text", ["", "1", "1-", "-1-5", "1-2-3", "a-1", "1-99999999999999999999", "1 -2", "\uff11-2",
+                                  f"0-{OFFSET_MAX + 1}", TOKEN])
+def test_anything_else_is_not_a_raw_position(text: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_raw(text, "until")
+    assert caught.value.field == "until"
