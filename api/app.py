@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,9 +23,10 @@ from starlette.routing import Route
 from api import routes
 from api.appender import Appender
 from api.auth import KeyStore
+from api.cache import BalanceCache
 from api.errors import error_response, internal_error
 from api.hot import HEALTHY, HotRoutes
-from api.metrics import WAITERS, MetricsMiddleware
+from api.metrics import WAITERS, CacheMetrics, MetricsMiddleware
 from api.openapi import document
 from api.progress import Listener, Progress, WaitLimits
 from api.projector_group import ProjectorGroup
@@ -149,11 +150,14 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             else:
                 await keys.load_change(conn, payload)
 
-    listener = Listener(cfg.api_database_url, progress, on_keys)
+    cache = BalanceCache(cfg.balance_cache_entries, lambda: False)
+    listener = Listener(cfg.api_database_url, progress, on_keys, cache)
+    cache_metrics = CacheMetrics(cache)
+    REGISTRY.register(cache_metrics)
     await listener.start()
     appender = Appender(cfg.kafka_bootstrap, cfg.transactions_topic)
     appender.start()
-    app.state.ctx = routes.Context(cfg, keys, store, appender, progress, app.state.positions)
+    app.state.ctx = routes.Context(cfg, keys, store, appender, progress, app.state.positions, cache)
     app.state.listener = listener
     app.state.projector_group = ProjectorGroup(cfg.kafka_bootstrap, cfg.projector_group)
     # Everything allocated so far lives as long as the process: keep the collector from re-scanning it,
@@ -164,6 +168,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        REGISTRY.unregister(cache_metrics)
         await app.state.projector_group.stop()
         await appender.stop()
         await listener.stop()

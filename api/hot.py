@@ -56,7 +56,8 @@ class HotRoutes:
         try:
             _, tenant = routes.authorize(context, _header(scope, b"authorization"), raw_tenant, "read")
             assert tenant is not None
-            return JSON(await routes.account(context, tenant, check_address(raw_address)))
+            return Response(await routes.account(context, tenant, check_address(raw_address)),
+                            media_type=JSON.media_type)
         except LedgerError as e:
             return error_response(e)
         except Exception:

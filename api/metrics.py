@@ -4,16 +4,42 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.cache import BalanceCache
 
 REQUESTS = Counter("ledger_api_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram("ledger_api_request_seconds", "HTTP request latency", ["route", "method"],
                     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
 WAITERS = Gauge("ledger_api_waiters", "Requests waiting for the projection (wait=true, min_position)")
+
+
+class CacheMetrics(Collector):
+    """The balance cache's counts, read when scraped (nothing is counted twice on the read path)."""
+
+    def __init__(self, cache: BalanceCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        cache = self.cache
+        reads = CounterMetricFamily("ledger_api_balance_cache_reads", "Balance reads the cache was asked for, by "
+                                    "result (a miss is read from PostgreSQL)", labels=["result"])
+        reads.add_metric(["hit"], cache.hits)
+        reads.add_metric(["miss"], cache.misses)
+        yield reads
+        asked = cache.hits + cache.misses
+        yield GaugeMetricFamily("ledger_api_balance_cache_hit_ratio", "Hits over balance reads asked of the cache, "
+                                "since the worker started", value=cache.hits / asked if asked else 0.0)
+        yield GaugeMetricFamily("ledger_api_balance_cache_entries", "Balance answers held", value=len(cache))
+        yield CounterMetricFamily("ledger_api_balance_cache_drops", "Times the whole cache was dropped (listener "
+                                  "reconnected, projection switched)", value=cache.epoch)
 
 
 def _request_id(scope: Scope) -> str:

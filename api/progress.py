@@ -17,19 +17,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
-import orjson
 
+from api.cache import BalanceCache
 from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
+from ledger import changes
 from ledger.errors import LedgerError, Unavailable
 from ledger.positions import Position
 
 log = logging.getLogger("ledger.api")
 
 WATCH_INTERVAL_S = 0.25
-HEARTBEAT_INTERVAL_S = 1.0
+# Pinged four times a second when nothing else is heard: the balance cache serves only while the connection
+# has answered (a ping, or a notification) within `CACHE_FRESH_S`.
+HEARTBEAT_INTERVAL_S = 0.25
+CACHE_FRESH_S = 0.5
 HEARTBEAT_TIMEOUT_S = 1.5
-# A ping is due a second after the last answer and is answered in milliseconds; a second more of silence
-# is a connection in trouble.
+# A ping is answered in milliseconds; two seconds of silence is a connection in trouble.
 HEARTBEAT_STALE_S = 2.0
 CONNECT_TIMEOUT_S = 5.0
 LISTENER_APPLICATION = "ledger-api-listener"
@@ -169,10 +172,13 @@ class Listener:
     and while no ping has succeeded for `HEARTBEAT_STALE_S` the listener reports itself unhealthy.
     """
 
-    def __init__(self, url: str, progress: Progress, on_keys: Callable[[str | None], Awaitable[None]]) -> None:
+    def __init__(self, url: str, progress: Progress, on_keys: Callable[[str | None], Awaitable[None]],
+                 cache: BalanceCache | None = None) -> None:
         self.url = url
         self.progress = progress
         self.on_keys = on_keys
+        self.cache = cache if cache is not None else BalanceCache(0, lambda: False)
+        self.cache.healthy = self.fresh
         self.conn: asyncpg.Connection | None = None
         self.problem = "not connected yet"
         self._last_ok = 0.0
@@ -197,6 +203,14 @@ class Listener:
     def healthy(self) -> bool:
         return self.status() is None
 
+    def fresh(self) -> bool:
+        """Whether this connection has been heard from within `CACHE_FRESH_S`: then every batch committed
+        more than that ago has had its notification delivered (PostgreSQL sends them to an idle listening
+        backend at once, and before the answer to any later ping)."""
+        conn = self.conn
+        return (conn is not None and self._confirmed and time.monotonic() - self._last_ok < CACHE_FRESH_S
+                and not conn.is_closed())
+
     def status(self) -> str | None:
         """None when notifications flow, else why they may not."""
         if self.conn is None or self.conn.is_closed() or not self._confirmed:
@@ -214,6 +228,8 @@ class Listener:
             await conn.add_listener(KEYS_CHANNEL, self._on_key)
             # Listen first, then read: a batch committed in between is seen by one or the other.
             rows = await conn.fetch("SELECT log_partition, next_offset FROM api_offsets()", timeout=HEARTBEAT_TIMEOUT_S)
+            # Notifications were not heard before now: what the cache holds, and reads in flight, may be stale.
+            self.cache.drop_all()
             self.progress.advance({r["log_partition"]: r["next_offset"] for r in rows})
             await self.on_keys(None)
         except BaseException:
@@ -255,7 +271,20 @@ class Listener:
             log.warning("notification listener cannot reconnect yet: %s", e)
 
     def _on_progress(self, conn: object, pid: int, channel: str, payload: str) -> None:
-        self.progress.advance({int(p): int(o) for p, o in orjson.loads(payload).items()})
+        if conn is self.conn:
+            self._last_ok = time.monotonic()
+        try:
+            notified = changes.parse(payload)
+        except ValueError:  # orjson's JSONDecodeError and binascii.Error are ValueErrors
+            log.error("progress notification not understood; dropping the balance cache: %.200r", payload)
+            self.cache.drop_all()
+            return
+        # The accounts first: a waiter woken by the advance may read from the cache at once.
+        if notified.reset:
+            self.cache.drop_all()
+        self.cache.changed(notified.changed)
+        if notified.offsets:
+            self.progress.advance(notified.offsets)
 
     def _on_key(self, conn: object, pid: int, channel: str, payload: str) -> None:
         task = asyncio.get_running_loop().create_task(self.on_keys(payload))

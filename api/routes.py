@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api import views
 from api.appender import Appender, AppendUnconfirmed
 from api.auth import SCOPES, KeyStore, Principal, new_secret_key
+from api.cache import BalanceCache
 from api.progress import Progress, TooManyWaiting
 from api.requests import (
     account_cursor_param,
@@ -78,6 +80,7 @@ class Context:
     appender: Appender
     progress: Progress
     positions: PositionKey  # seals the positions clients see into tenant-bound tokens, and opens theirs
+    cache: BalanceCache
 
 
 def ctx(request: Request) -> Context:
@@ -215,7 +218,7 @@ async def _view(context: Context, tenant: str, row: asyncpg.Record) -> dict[str,
     """How a decided request is shown: a hold, or a void that released one, as the hold; anything else (a
     rejected void included) as the transaction."""
     if row["kind"] == POLICY and row["status"] == "committed":
-        return await account(context, tenant, row["target"])
+        return dict(orjson.loads(await account(context, tenant, row["target"])))
     hold_id = row["id"] if row["kind"] == HOLD else row["target"] if row["kind"] == VOID else None
     if hold_id is None or (row["kind"] == VOID and row["status"] != "committed"):
         return views.transaction(row, context.positions, tenant)
@@ -428,12 +431,25 @@ async def get_account(request: Request) -> Response:
         rows = await context.store.balances_at(tenant, address, at)
         return JSON({"address": address, "balances": {r["asset"]: r["balance"] for r in rows}, "position": None,
                      "at": views.timestamp(at)})
-    return JSON(await account(context, tenant, address))
+    return Response(await account(context, tenant, address), media_type=JSON.media_type)
 
 
-async def account(context: Context, tenant: str, address: str) -> dict[str, object]:
-    """An account's balances now, and the position of the last request that changed them."""
-    return views.account(address, await context.store.balances(tenant, address), context.positions, tenant)
+async def account(context: Context, tenant: str, address: str) -> bytes:
+    """An account's balances now, and the position of the last request that changed them: from the balance
+    cache when it has them (after `caught_up`, once it has applied the position asked for), else read."""
+    cache = context.cache
+    body = cache.get(tenant, address)
+    if body is not None:
+        return body
+    ticket = cache.reading(tenant, address)
+    try:
+        rows = await context.store.balances(tenant, address)
+    except BaseException:
+        cache.abandon(ticket)
+        raise
+    body = orjson.dumps(views.account(address, rows, context.positions, tenant))
+    cache.fill(ticket, tenant, address, body)
+    return body
 
 
 async def get_entries(request: Request) -> Response:

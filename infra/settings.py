@@ -64,6 +64,7 @@ class Settings:
     waiters_max: int
     waiters_tenant_max: int
     waiters_key_max: int
+    balance_cache_entries: int
     projector_lag_ready_max: int
     projector_group: str
     projector_metrics_port: int
@@ -185,6 +186,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         waiters_max=_int(env, "LEDGER_WAITERS_MAX", 20_000, 1, 1_000_000),
         waiters_tenant_max=_int(env, "LEDGER_WAITERS_TENANT_MAX", 2_000, 1, 1_000_000),
         waiters_key_max=_int(env, "LEDGER_WAITERS_KEY_MAX", 1_000, 1, 1_000_000),
+        balance_cache_entries=_int(env, "LEDGER_BALANCE_CACHE_ENTRIES", 100_000, 0, 10_000_000),
         projector_lag_ready_max=_int(env, "LEDGER_PROJECTOR_LAG_READY_MAX", 100_000, 1, 10**12),
         projector_group=env.get("LEDGER_PROJECTOR_GROUP") or "ledger-projector",
         projector_metrics_port=_int(env, "LEDGER_PROJECTOR_METRICS_PORT", 0, 0, 65535),

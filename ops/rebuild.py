@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from infra.settings import PROGRESS_CHANNEL
+from ledger.changes import payloads, reset_payload
 from ledger.errors import Unavailable
 from projections.replay import ReplayStats, replay
 from projections.writer import committed_offsets
@@ -77,6 +79,11 @@ async def _switch(url: str, bootstrap: str, topic: str, schema: str, conn: async
             # projector resumes from the shadow's offsets once it is live.
             stats = await replay(lambda: asyncpg.connect(url), bootstrap, topic, schema, until=target)
             await locker.execute("SELECT ledger_activate_projection($1)", schema)
+            # The API's balance caches were kept by the old projection's notifications: drop them; and its
+            # waiters learn the new projection's offsets (it may be ahead of the old one), at the commit.
+            offsets = await committed_offsets(locker, schema)
+            await locker.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", PROGRESS_CHANNEL,
+                                 [reset_payload(), *payloads(offsets, [])])
         return stats.records
     finally:
         await locker.close()

@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 
 from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
+from ledger.changes import account_key, payloads
 from ledger.decisions import NO_POLICY, BalanceKey, Decided, Hold, Ledger, Original, Policy, resolved, touched
 from ledger.fold import (
     ENTRY_COLUMNS,
@@ -115,6 +116,8 @@ WITH moved AS ({UPDATE_OFFSETS} RETURNING 1)
 SELECT pg_notify($4, $5) FROM (SELECT count(*) FROM moved) AS done
 """
 NOTIFY_TENANTS = "SELECT pg_notify($1, 'tenant:' || t) FROM unnest($2::text[]) AS t"
+# unnest yields the array in order, and the notifications are queued (and delivered) in the order sent.
+NOTIFY_ALL = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 
 DUE_MS_MAX = 253_402_300_799_000  # 9999-12-31T23:59:59Z, the last instant Python's datetime holds
 
@@ -299,8 +302,13 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
         return
     if rows.tenants:
         await conn.execute(NOTIFY_TENANTS, KEYS_CHANNEL, [t[0] for t in rows.tenants])
-    payload = orjson.dumps({str(p): rows.next_offsets[p] for p in parts}).decode()
-    await conn.execute(UPDATE_OFFSETS_AND_NOTIFY, OFFSETS_LOG, parts, offsets, PROGRESS_CHANNEL, payload)
+    # The accounts whose balance rows or policy moved, then the offsets: the API's balance cache drops them
+    # before its waiters for these offsets wake (a batch's notifications arrive together, in this order).
+    changed = {(k[0], k[1]) for k in rows.balances} | rows.accounts.keys()
+    *changes, last = payloads(rows.next_offsets, {account_key(t, a) for t, a in changed})
+    if changes:
+        await conn.execute(NOTIFY_ALL, PROGRESS_CHANNEL, changes)
+    await conn.execute(UPDATE_OFFSETS_AND_NOTIFY, OFFSETS_LOG, parts, offsets, PROGRESS_CHANNEL, last)
 
 
 def schema_path(schema: str) -> str:

@@ -1,0 +1,78 @@
+"""What a projector batch changed, as its progress notifications tell the API: how far each partition is
+applied, and which accounts' balance rows moved (for the API's balance cache).
+
+An account is named by 8 bytes of BLAKE2b over its tenant and address: 748 fit in one notification (PostgreSQL
+refuses a payload of 8,000 bytes or more), and a collision costs one needless invalidation, never a stale read.
+A batch's notifications go out in order (changes first, offsets last) and are delivered together at its commit,
+so by the time the API sees a partition advance, it has dropped everything the batch changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+from collections.abc import Iterable
+
+import orjson
+
+PAYLOAD_MAX = 7999
+KEY_BYTES = 8
+# {"changed":"…"}: 14 bytes around the base64 of at most 748 keys (5,984 bytes, 7,980 characters).
+KEYS_PER_PAYLOAD = 748
+OFFSETS_PER_PAYLOAD = 250  # "1023":9223372036854775807, is 28 bytes at most
+_KEYS = struct.Struct("<Q")
+
+
+def account_key(tenant: str, account: str) -> int:
+    """The 64-bit name of a tenant's account; neither may contain "\\x1f" (ids and addresses cannot)."""
+    digest = hashlib.blake2b(f"{tenant}\x1f{account}".encode(), digest_size=KEY_BYTES).digest()
+    return int(_KEYS.unpack(digest)[0])
+
+
+def payloads(offsets: dict[int, int], changed: Iterable[int]) -> list[str]:
+    """A batch's notifications, in the order they must be sent: its changed accounts, then its offsets."""
+    keys = list(changed)
+    out = []
+    for first in range(0, len(keys), KEYS_PER_PAYLOAD):
+        packed = b"".join(_KEYS.pack(k) for k in keys[first:first + KEYS_PER_PAYLOAD])
+        out.append(orjson.dumps({"changed": base64.b64encode(packed).decode()}).decode())
+    parts = sorted(offsets)
+    for first in range(0, max(len(parts), 1), OFFSETS_PER_PAYLOAD):  # always one, last
+        chunk = {str(p): offsets[p] for p in parts[first:first + OFFSETS_PER_PAYLOAD]}
+        out.append(orjson.dumps({"offsets": chunk}).decode())
+    return out
+
+
+def reset_payload() -> str:
+    """Everything may have changed (an operator switched the projection): drop every cached balance."""
+    return '{"reset":true}'
+
+
+class Progress:
+    """One notification, read: offsets to advance, accounts changed, or a reset."""
+
+    __slots__ = ("changed", "offsets", "reset")
+
+    def __init__(self, offsets: dict[int, int], changed: list[int], reset: bool) -> None:
+        self.offsets = offsets
+        self.changed = changed
+        self.reset = reset
+
+
+def parse(payload: str) -> Progress:
+    """A notification from this projector, or from one that predates the cache (a bare map of partitions to
+    offsets, which names no accounts: read as a reset, so nothing it changed can stay cached)."""
+    body = orjson.loads(payload)
+    try:
+        if not isinstance(body, dict):
+            raise TypeError("not an object")
+        if "offsets" in body or "changed" in body or "reset" in body:
+            raw = base64.b64decode(body.get("changed", ""), validate=True)
+            if len(raw) % KEY_BYTES:
+                raise ValueError("changed accounts are 8 bytes each")
+            return Progress({int(p): int(o) for p, o in body.get("offsets", {}).items()},
+                            [k for (k,) in _KEYS.iter_unpack(raw)], body.get("reset") is True)
+        return Progress({int(p): int(o) for p, o in body.items()}, [], True)
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"not a progress notification: {e}") from None
