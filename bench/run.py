@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import secrets
 import signal
 import subprocess
@@ -25,7 +26,7 @@ import httpx
 from aiokafka.errors import KafkaError
 
 from api.requests import encode_cursor
-from bench import ceiling, data, isolation, queries, tools
+from bench import ceiling, data, isolation, postmortem, queries, tools
 from client import LedgerProducer
 from infra import local, processes
 from infra import settings as settings_mod
@@ -145,8 +146,11 @@ class Bench:
         balance = tools.saturate(self.url, self.duration_s, script=script, env=env)
         static = tools.saturate(f"{self.url}/healthz", self.duration_s)
         ratio = balance["rps"] / static["rps"]
-        self.results["saturation"] = {"balance": balance, "static": static, "ratio": round(ratio, 3)}
-        say(f"saturation: balance {balance['rps']:.0f} req/s vs static {static['rps']:.0f} req/s = {ratio:.2f}x")
+        cache = _cache_counts(self.url)
+        self.results["saturation"] = {"balance": balance, "static": static, "ratio": round(ratio, 3),
+                                      "api_workers": self.cfg.api_workers, "cache": cache}
+        say(f"saturation: balance {balance['rps']:.0f} req/s vs static {static['rps']:.0f} req/s = {ratio:.2f}x "
+            f"(target 0.5x); balance cache since start: {cache}")
 
     async def round_trips(self, owner: asyncpg.Connection, accounts: int) -> None:
         targets = self._targets(accounts)
@@ -369,6 +373,23 @@ class Bench:
                                   "events_per_s": round(stats.records / seconds)}
         say(f"replay: {stats.records} events in {seconds:.1f} s = {stats.records / seconds:.0f} events/s")
 
+    async def postmortem(self, owner: asyncpg.Connection) -> None:
+        """The seed's scenario at its scale (a tenth of it with --quick), its load at 1x, 5x and 10x."""
+        wallets, transactions = (1_000, 10_000) if self.quick else (10_000, 100_000)
+        keys = await postmortem.keys_for(self.url, self.env["LEDGER_ADMIN_TOKEN"])
+        say(f"post-mortem scenario: appending {transactions:,} transactions over {wallets:,} wallets for each of "
+            f"{len(keys)} tenants")
+        appended_s = await postmortem.load({"bootstrap": self.bootstrap, "topic": self.topic}, wallets, transactions)
+        started = time.monotonic()
+        await self.caught_up(owner, timeout_s=1800)
+        projected_s = time.monotonic() - started
+        say(f"appended in {appended_s:.0f} s, projected {projected_s:.0f} s after the last append")
+        levels = postmortem.measure(self.url, keys, wallets, self.logs / "bodies", 5 if self.quick else 10)
+        self.results["postmortem"] = {"tenants": len(keys), "wallets_per_tenant": wallets,
+                                      "transactions_per_tenant": transactions, "append_s": round(appended_s, 1),
+                                      "caught_up_after_s": round(projected_s, 1), "levels": levels,
+                                      "sla": postmortem.SLA, "seed_balance_read_ms": postmortem.SEED_READ_MS}
+
     async def reads_held(self, owner: asyncpg.Connection, accounts: int) -> None:
         await self.hold_everything(owner, accounts)
         self.reads(accounts, "reads_10k_held", [1000])
@@ -418,6 +439,7 @@ class Bench:
                 ("isolation", self.isolation),
                 ("batches", self.batches_vs_singles),
                 ("queries", lambda: self.queries(owner)),
+                ("postmortem", lambda: self.postmortem(owner)),
                 ("large", lambda: self.large(owner, small)),
             ]
             for name, step in steps:
@@ -442,6 +464,14 @@ def _held(n: int) -> list[Posting]:
     """A hold of two postings from the outside world, like `_transfer`'s two (and always fundable)."""
     return [Posting("@world", f"ingest-{n % 5000}", 100, "USD/2"), Posting("@world", f"acct-{n % 997 + 1}", 40,
                                                                           "USD/2")]
+
+
+def _cache_counts(url: str) -> dict[str, float]:
+    """The balance cache's counts from /metrics (one worker's, when there are several)."""
+    text = httpx.get(f"{url}/metrics").text
+    found = dict(re.findall(r'^ledger_api_balance_cache_reads_total\{result="(\w+)"\} (\S+)$', text, re.M))
+    hits, misses = float(found.get("hit", 0)), float(found.get("miss", 0))
+    return {"hits": hits, "misses": misses, "hit_ratio": round(hits / (hits + misses), 4) if hits else 0.0}
 
 
 def _profile(pid: int, label: str) -> subprocess.Popen[bytes] | None:
@@ -510,6 +540,19 @@ def report(results: dict[str, Any]) -> str:
         lines += [f"  {name}: {row['p50_ms']:.2f} / {row['p99_ms']:.2f}" + (f" ({row['errors']} errors)"
                                                                               if row["errors"] else "")
                   for name, row in info["timings"].items()]
+    if "postmortem" in results:
+        pm = results["postmortem"]
+        lines += ["", f"post-mortem scenario: {pm['tenants']} tenants x {pm['wallets_per_tenant']:,} wallets x "
+                      f"{pm['transactions_per_tenant']:,} transactions through the log; the three endpoints at once, "
+                      f"{postmortem.USERS} connections each; SLA p95 < 150 ms, p99 < 300 ms, errors < 0.1% (the seed's "
+                      "balance read: mean 471 ms, p95 480, p99 625)",
+                  "| load | endpoint | rate | mean ms | p95 ms | p99 ms | errors | SLA |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for level in pm["levels"]:
+            for name, r in level["endpoints"].items():
+                lines.append(f"| {level['multiple']}x | {name} | {r['rate']}/s | {r['mean_ms']:.1f} | "
+                             f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']}/{r['requests']} | "
+                             f"{'met' if postmortem.verdict(r) else 'MISSED'} |")
     if "isolation" in results:
         r = results["isolation"]
         lines.append(f"poison isolation, batch of {r['batch']} applied the plain way: clean {r['clean_s']} s, "

@@ -56,7 +56,8 @@ def attack(targets: str, rate: int, duration_s: int, connections: int = 64, time
     ms = {k: v / 1e6 for k, v in raw["latencies"].items()}
     errors = sum(n for code, n in raw["status_codes"].items() if not code.startswith("2"))
     return {"rate": rate, "achieved_rps": round(raw["throughput"], 1), "requests": raw["requests"],
-            "p50_ms": ms["50th"], "p95_ms": ms["95th"], "p99_ms": ms["99th"], "max_ms": ms["max"],
+            "mean_ms": ms["mean"], "p50_ms": ms["50th"], "p95_ms": ms["95th"], "p99_ms": ms["99th"],
+            "max_ms": ms["max"],
             "errors": errors, "status_codes": raw["status_codes"]}
 
 

@@ -162,8 +162,9 @@ def _publish(rows: BatchRows, record: Record, tenant: str | None, id: str | None
     _count(rows, status, reason)
     if rows.positions is None:
         return
-    body = encode_outcome(rows.positions, tenant, id, status, reason, position or record.position,
-                          record_position or record.position, original_id)
+    here = record.position if position is None or record_position is None else position
+    body = encode_outcome(rows.positions, tenant, id, status, reason, position or here, record_position or here,
+                          original_id)
     rows.outcomes.append((record.partition, tenant.encode() if tenant else record.key or b"", body))
 
 
@@ -249,13 +250,16 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
         _effects(ledger, rows, request, outcome, position, at, limited)
     if binds_key:
         rows.idempotency_keys.append((request.tenant, request.idempotency_key, request.id))
+    changed: dict[BalanceKey, None] = {}  # each balance row once, however many legs moved it
     for entry in outcome.entries:
         rows.entries.append((request.tenant, entry.account, entry.asset, position.offset, leg_base + entry.leg,
                              request.id, entry.amount, entry.balance_after, at))
-        _balance(ledger, rows, (request.tenant, entry.account, entry.asset), position)
+        changed[(request.tenant, entry.account, entry.asset)] = None
     for key, _ in outcome.held:
+        changed[key] = None
+    for key in changed:
         _balance(ledger, rows, key, position)
-    _publish(rows, record, request.tenant, request.id, outcome.status, outcome.reason)
+    _publish(rows, record, request.tenant, request.id, outcome.status, outcome.reason, position, None, position)
 
 
 def _fold_batch_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,

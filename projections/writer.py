@@ -104,20 +104,16 @@ UPDATE transactions t SET reversed = c.reversed
 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c(tenant, id, reversed)
 WHERE t.tenant = c.tenant AND t.id = c.id
 """
-UPDATE_OFFSETS = """
-UPDATE projection_offsets o SET next_offset = n.next_offset, updated_at = now()
-FROM unnest($2::int[], $3::bigint[]) AS n(log_partition, next_offset)
-WHERE o.topic = $1 AND o.log_partition = n.log_partition
-"""
-# The same, and the API's progress notification (delivered on commit only, so a waiter never wakes for rows
-# it cannot see yet), in one round trip.
-UPDATE_OFFSETS_AND_NOTIFY = f"""
-WITH moved AS ({UPDATE_OFFSETS} RETURNING 1)
-SELECT pg_notify($4, $5) FROM (SELECT count(*) FROM moved) AS done
-"""
+# A batch's last round trip: its balances, its offsets and the API's notifications (delivered on commit only,
+# so a waiter never wakes for rows it cannot see yet). Data-modifying CTEs run to completion, read or not.
+WRITE_TAIL = f"""
+WITH moved AS ({UPSERT_BALANCES} RETURNING 1),
+     advanced AS (UPDATE projection_offsets o SET next_offset = n.next_offset, updated_at = now()
+                  FROM unnest($10::int[], $11::bigint[]) AS n(log_partition, next_offset)
+                  WHERE o.topic = $9 AND o.log_partition = n.log_partition RETURNING 1)
+SELECT pg_notify($12, p) FROM unnest($13::text[]) AS p
+"""  # unnest yields the array in order, and notifications are delivered in the order they were sent
 NOTIFY_TENANTS = "SELECT pg_notify($1, 'tenant:' || t) FROM unnest($2::text[]) AS t"
-# unnest yields the array in order, and the notifications are queued (and delivered) in the order sent.
-NOTIFY_ALL = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 
 DUE_MS_MAX = 253_402_300_799_000  # 9999-12-31T23:59:59Z, the last instant Python's datetime holds
 
@@ -222,7 +218,8 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
                                                                   _postings(row["postings"]), row["reversed"])
     # Policies of every account the batch moves money on, and of those it sets a policy for.
     # Every balance row the fold may write carries its account's limit: those of expiring holds too.
-    accounts = {(k[0], k[1]) for k in touched(requests, ledger) | held_keys}
+    moved = touched(requests, ledger) | held_keys
+    accounts = {(k[0], k[1]) for k in moved}
     accounts |= {(r.tenant, r.target or "") for r in requests if r.kind == POLICY}
     accounts = {a for a in accounts if a not in ledger.policies}
     if accounts:
@@ -232,7 +229,9 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
         for account in accounts:  # no row: no policy (remembered, so it is not asked again)
             ledger.policies.setdefault(account, NO_POLICY)
     # Comprehensions, not `set - dict.keys()`: that iterates the whole (carried, large) dict every batch.
-    keys: set[BalanceKey] = {k for k in touched(requests, ledger) | held_keys if k not in ledger.balances}
+    # A policy's rows include those of the limits it replaces, known only now that the policies are loaded.
+    moved |= touched([r for r in requests if r.kind == POLICY], ledger)
+    keys: set[BalanceKey] = {k for k in moved if k not in ledger.balances}
     if keys:
         for row in await conn.fetch(SELECT_BALANCES, *_columns(keys, 3)):
             key = (row["tenant"], row["account"], row["asset"])
@@ -287,28 +286,21 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
         totals = list(rows.reversed.items())
         await conn.execute(UPDATE_REVERSED, [k[0] for k, _ in totals], [k[1] for k, _ in totals],
                            [v for _, v in totals])
-    if rows.balances:
-        items = list(rows.balances.items())
-        await conn.execute(
-            UPSERT_BALANCES,
-            [k[0] for k, _ in items], [k[1] for k, _ in items], [k[2] for k, _ in items],
-            [v[0] for _, v in items], [v[1] for _, v in items], [v[2] for _, v in items],
-            [v[3].partition for _, v in items], [v[3].offset for _, v in items],
-        )
-    parts = sorted(rows.next_offsets)
-    offsets = [rows.next_offsets[p] for p in parts]
-    if not notify:  # a rebuild's or a verification's schema: the API's progress is the live projection's
-        await conn.execute(UPDATE_OFFSETS, OFFSETS_LOG, parts, offsets)
-        return
-    if rows.tenants:
+    if rows.tenants and notify:
         await conn.execute(NOTIFY_TENANTS, KEYS_CHANNEL, [t[0] for t in rows.tenants])
+    items = list(rows.balances.items())
+    parts = sorted(rows.next_offsets)
     # The accounts whose balance rows or policy moved, then the offsets: the API's balance cache drops them
     # before its waiters for these offsets wake (a batch's notifications arrive together, in this order).
+    # A rebuild's or a verification's schema notifies nothing: the API's progress is the live projection's.
     changed = {(k[0], k[1]) for k in rows.balances} | rows.accounts.keys()
-    *changes, last = payloads(rows.next_offsets, {account_key(t, a) for t, a in changed})
-    if changes:
-        await conn.execute(NOTIFY_ALL, PROGRESS_CHANNEL, changes)
-    await conn.execute(UPDATE_OFFSETS_AND_NOTIFY, OFFSETS_LOG, parts, offsets, PROGRESS_CHANNEL, last)
+    notices = payloads(rows.next_offsets, {account_key(t, a) for t, a in changed}) if notify else []
+    await conn.execute(
+        WRITE_TAIL,
+        [k[0] for k, _ in items], [k[1] for k, _ in items], [k[2] for k, _ in items],
+        [v[0] for _, v in items], [v[1] for _, v in items], [v[2] for _, v in items],
+        [v[3].partition for _, v in items], [v[3].offset for _, v in items],
+        OFFSETS_LOG, parts, [rows.next_offsets[p] for p in parts], PROGRESS_CHANNEL, notices)
 
 
 def schema_path(schema: str) -> str:

@@ -1,0 +1,111 @@
+"""The seed service's own scenario, at its scale and beyond: 10 tenants, each with 10,000 wallets and 100,000
+transactions appended through the log; then its three endpoints at once (balance read, history page, transfer
+with `wait=true`), at its load of 100 req/s each with 64 concurrent users per endpoint, then at 5x and 10x.
+Its SLA: p95 < 150 ms, p99 < 300 ms, errors < 0.1%; its balance read averaged 471 ms (p95 480, p99 625).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import tools
+from client import LedgerProducer
+from infra.local import say
+from ledger.requests import Posting
+
+TENANTS = [f"pm-{n:02d}" for n in range(10)]
+SLA = {"p95_ms": 150.0, "p99_ms": 300.0, "error_ratio": 0.001}
+SEED_READ_MS = {"mean": 471, "p95": 480, "p99": 625}
+LOAD = 100  # req/s per endpoint, the post-mortem's
+USERS = 64  # concurrent connections per endpoint
+PRODUCE_AT_ONCE = 4000
+
+
+def wallet(n: int) -> str:
+    return f"w-{n}"
+
+
+async def load(producer_args: dict[str, Any], wallets: int, transactions: int) -> float:
+    """Every tenant's transactions, through the log: a deposit to a wallet and a payment from it to another.
+    Returns the seconds the appends took."""
+    rng = random.Random(7)
+    started = time.monotonic()
+    async with LedgerProducer(follow_outcomes=False, **producer_args) as ledger:
+        total = transactions * len(TENANTS)
+        for first in range(0, total, PRODUCE_AT_ONCE):
+            sends = []
+            for n in range(first, min(total, first + PRODUCE_AT_ONCE)):
+                tenant = TENANTS[n % len(TENANTS)]
+                payer = n // len(TENANTS) % wallets
+                payer, payee = wallet(payer), wallet((payer + 1 + rng.randrange(wallets - 1)) % wallets)
+                sends.append(ledger.submit(tenant, [Posting("@world", payer, 100, "USD/2"),
+                                                    Posting(payer, payee, 40, "USD/2")]))
+            await asyncio.gather(*sends)
+    return time.monotonic() - started
+
+
+def _targets(url: str, keys: dict[str, str], wallets: int, bodies: Path) -> dict[str, str]:
+    rng = random.Random(3)
+    reads, pages, posts = [], [], []
+    bodies.mkdir(parents=True, exist_ok=True)
+    for n in range(2000):
+        tenant = TENANTS[n % len(TENANTS)]
+        auth = f"Authorization: Bearer {keys[tenant]}"
+        number = rng.randrange(wallets)
+        account, other = wallet(number), wallet((number + 1 + rng.randrange(wallets - 1)) % wallets)
+        reads.append(f"GET {url}/v1/tenants/{tenant}/accounts/{account}\n{auth}\n")
+        pages.append(f"GET {url}/v1/tenants/{tenant}/accounts/{account}/entries?limit=50\n{auth}\n")
+        if n < 200:
+            body = bodies / f"pm-{n}.json"
+            body.write_text(json.dumps({"postings": [{"source": account, "destination": other, "amount": 1,
+                                                      "asset": "USD/2"}]}))
+            posts.append(f"POST {url}/v1/tenants/{tenant}/transactions?wait=true\n{auth}\n"
+                         f"Content-Type: application/json\n@{body}\n")
+    return {"balance read": "\n".join(reads), "history page": "\n".join(pages),
+            "transfer, wait=true": "\n".join(posts)}
+
+
+def verdict(row: dict[str, Any]) -> bool:
+    errors = row["errors"] / max(1, row["requests"])
+    return row["p95_ms"] < SLA["p95_ms"] and row["p99_ms"] < SLA["p99_ms"] and errors < SLA["error_ratio"]
+
+
+def measure(url: str, keys: dict[str, str], wallets: int, bodies: Path, seconds: int,
+            multiples: tuple[int, ...] = (1, 5, 10)) -> list[dict[str, Any]]:
+    """The three endpoints at once, at each multiple of the post-mortem's load."""
+    targets = _targets(url, keys, wallets, bodies)
+    tools.attack(targets["balance read"], 200, 2)  # warm the pool's prepared statements
+    levels = []
+    for multiple in multiples:
+        rate = LOAD * multiple
+        with ThreadPoolExecutor(len(targets)) as pool:
+            runs = {name: pool.submit(tools.attack, text, rate, seconds, USERS) for name, text in targets.items()}
+            rows = {name: run.result() for name, run in runs.items()}
+        level = {"multiple": multiple, "rate_per_endpoint": rate, "endpoints": rows,
+                 "meets_sla": all(verdict(r) for r in rows.values())}
+        levels.append(level)
+        for name, r in rows.items():
+            say(f"post-mortem {multiple}x ({rate}/s each): {name}: mean {r['mean_ms']:.1f} ms, p95 {r['p95_ms']:.1f}"
+                f" ms, p99 {r['p99_ms']:.1f} ms, errors {r['errors']}/{r['requests']}"
+                f" {'meets' if verdict(r) else 'MISSES'} the SLA")
+    return levels
+
+
+async def keys_for(url: str, admin_token: str) -> dict[str, str]:
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    keys = {}
+    async with httpx.AsyncClient(base_url=url, headers=admin, timeout=30) as client:
+        for tenant in TENANTS:
+            created = await client.post("/v1/tenants", json={"id": tenant})
+            assert created.status_code in (201, 409), created.text
+            key = await client.post(f"/v1/tenants/{tenant}/keys", json={"scopes": ["read", "write"]})
+            keys[tenant] = key.json()["key"]
+    return keys
