@@ -15,40 +15,48 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
+from aiokafka import AIOKafkaProducer
 
 from bench import tools
-from client import LedgerProducer
 from infra.local import say
-from ledger.requests import Posting
 
 TENANTS = [f"pm-{n:02d}" for n in range(10)]
 SLA = {"p95_ms": 150.0, "p99_ms": 300.0, "error_ratio": 0.001}
 SEED_READ_MS = {"mean": 471, "p95": 480, "p99": 625}
 LOAD = 100  # req/s per endpoint, the post-mortem's
 USERS = 64  # concurrent connections per endpoint
-PRODUCE_AT_ONCE = 4000
+PRODUCE_AT_ONCE = 20_000
 
 
 def wallet(n: int) -> str:
     return f"w-{n}"
 
 
-async def load(producer_args: dict[str, Any], wallets: int, transactions: int) -> float:
-    """Every tenant's transactions, through the log: a deposit to a wallet and a payment from it to another.
-    Returns the seconds the appends took."""
+async def load(bootstrap: str, topic: str, wallets: int, transactions: int) -> float:
+    """Every tenant's transactions, through the log, in the contract's wire format (as a producer service
+    would write them straight to Kafka): a deposit to a wallet and a payment from it to another. Returns the
+    seconds the appends took."""
     rng = random.Random(7)
     started = time.monotonic()
-    async with LedgerProducer(follow_outcomes=False, **producer_args) as ledger:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20,
+                                max_batch_size=512 * 1024)
+    await producer.start()
+    try:
         total = transactions * len(TENANTS)
         for first in range(0, total, PRODUCE_AT_ONCE):
             sends = []
             for n in range(first, min(total, first + PRODUCE_AT_ONCE)):
                 tenant = TENANTS[n % len(TENANTS)]
                 payer = n // len(TENANTS) % wallets
-                payer, payee = wallet(payer), wallet((payer + 1 + rng.randrange(wallets - 1)) % wallets)
-                sends.append(ledger.submit(tenant, [Posting("@world", payer, 100, "USD/2"),
-                                                    Posting(payer, payee, 40, "USD/2")]))
+                payee = (payer + 1 + rng.randrange(wallets - 1)) % wallets
+                value = orjson.dumps({"v": 1, "id": f"pm{n}", "tenant": tenant, "postings": [
+                    {"source": "@world", "destination": wallet(payer), "amount": 100, "asset": "USD/2"},
+                    {"source": wallet(payer), "destination": wallet(payee), "amount": 40, "asset": "USD/2"}]})
+                sends.append(await producer.send(topic, value, key=tenant.encode()))
             await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
     return time.monotonic() - started
 
 

@@ -76,10 +76,10 @@ class Bench:
             if proc is not None:
                 processes.stop(proc, name)
 
-    def spawn_projectors(self) -> None:
-        """As many projector processes as `make run` starts (LEDGER_PROJECTORS), one consumer group."""
+    def spawn_projectors(self, count: int | None = None) -> None:
+        """As many projector processes as `make run` starts (LEDGER_PROJECTORS) or `count`, one group."""
         self.projectors = [processes.spawn("projections.app", self.env, self.logs / f"projector-{n}.log")
-                           for n in range(1, self.cfg.projectors + 1)]
+                           for n in range(1, (count or self.cfg.projectors) + 1)]
 
     def stop_projectors(self) -> None:
         for proc in self.projectors:
@@ -178,10 +178,12 @@ class Bench:
             say(f"history {label} @ 500/s: p50 {rows[label]['p50_ms']:.2f} ms, p99 {rows[label]['p99_ms']:.2f} ms")
         self.results["history"] = rows
 
-    async def ingest_direct(self, owner: asyncpg.Connection, count: int, mix: bool = False) -> None:
-        """Stop the projector, append `count` requests with the producer client, restart the projector and
-        time the catch-up alone. Transfers of two postings; with `mix`, half of them holds of two postings
-        and half captures of those holds."""
+    async def ingest_direct(self, owner: asyncpg.Connection, count: int, mix: bool = False,
+                            processes_count: int | None = None) -> None:
+        """Stop the projector, append `count` requests with the producer client, restart the projector (with
+        `processes_count` processes, else as configured) and time the catch-up alone. Transfers of two postings;
+        with `mix`, half of them holds of two postings and half captures of those holds."""
+        n = processes_count or self.cfg.projectors
         self.stop_projectors()
         run = secrets.token_hex(3)
         async with LedgerProducer(self.bootstrap, follow_outcomes=False, topic=self.topic) as ledger:
@@ -197,10 +199,11 @@ class Bench:
                 await asyncio.gather(*[ledger.capture(data.TENANTS[(n - 1) % 10], f"h{run}-{n - 1}")
                                        for n in range(first + 1, last, 2)])
         before = await owner.fetchval("SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets")
+        await owner.execute("SELECT pg_stat_statements_reset()")
         since = await ceiling.applied(owner)
         wal_before = await ceiling.wal_bytes(owner)
         lsn_before = await ceiling.wal_lsn(owner)
-        self.spawn_projectors()
+        self.spawn_projectors(n)
         profile = _profile(self.projectors[0].pid, "mix" if mix else "ingest")
         while await owner.fetchval("SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets") == before:
             await asyncio.sleep(0.01)
@@ -213,20 +216,34 @@ class Bench:
             profile.wait()
         applied = before + count - first
         rate = applied / (finished - started)
-        label = "ingest_mix" if mix else "ingest_direct"
+        label = "ingest_mix" if mix else "ingest_direct" if processes_count is None else f"ingest_direct_{n}"
         self.results[label] = {"transactions": count, "measured": applied,
                                "seconds": round(finished - started, 2), "tx_per_s": round(rate),
-                               "wal_bytes_per_tx": round(wal / count), "projectors": self.cfg.projectors}
+                               "wal_bytes_per_tx": round(wal / count), "projectors": n}
         if mix:
             if "ingest_direct" in self.results:
                 self.results[label]["ratio_to_transfers"] = round(rate / self.results["ingest_direct"]["tx_per_s"], 2)
             decided = await owner.fetch("SELECT kind, status, count(*) AS n FROM transactions"
                                         " WHERE kind IN ('hold', 'capture') GROUP BY 1, 2 ORDER BY 1, 2")
             self.results[label]["decided"] = {f"{r['kind']} {r['status']}": r["n"] for r in decided}
-        say(f"{label} (straight to Kafka, {self.cfg.projectors} projector process(es)): {rate:.0f} decided requests/s "
+        say(f"{label} (straight to Kafka, {n} projector process(es)): {rate:.0f} decided requests/s "
             f"over {applied}, "
             f"{wal / count:.0f} WAL bytes per request")
-        if not mix:
+        statements = await owner.fetch(
+            "SELECT calls, total_exec_time, query FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid "
+            "WHERE r.rolname = 'ledger_projector' ORDER BY total_exec_time DESC LIMIT 12")
+        self.results[label]["projector_statements"] = [
+            {"query": " ".join(r["query"].split())[:90], "calls": r["calls"], "ms": round(r["total_exec_time"])}
+            for r in statements]
+        for r in self.results[label]["projector_statements"][:8]:
+            say(f"  SQL {r['ms']:>6} ms {r['calls']:>6} calls  {r['query']}")
+        if processes_count is not None:
+            if "ceiling" in self.results:
+                self.results[label]["ratio"] = round(rate / self.results["ceiling"]["tx_per_s"], 2)
+                say(f"  {n} projector processes reach {self.results[label]['ratio']}x the ceiling measured above")
+            self.stop_projectors()
+            self.spawn_projectors()
+        elif not mix:
             self.results[label]["wal_by_record"] = await ceiling.wal_by_record(owner, lsn_before, count)
             for row in self.results[label]["wal_by_record"]:
                 say(f"  WAL {row['kind']}: {row['per_tx']} per tx, {row['bytes_per_tx']} bytes/tx "
@@ -379,10 +396,12 @@ class Bench:
         keys = await postmortem.keys_for(self.url, self.env["LEDGER_ADMIN_TOKEN"])
         say(f"post-mortem scenario: appending {transactions:,} transactions over {wallets:,} wallets for each of "
             f"{len(keys)} tenants")
-        appended_s = await postmortem.load({"bootstrap": self.bootstrap, "topic": self.topic}, wallets, transactions)
+        appended_s = await postmortem.load(self.bootstrap, self.topic, wallets, transactions)
         started = time.monotonic()
         await self.caught_up(owner, timeout_s=1800)
         projected_s = time.monotonic() - started
+        await owner.execute("VACUUM (ANALYZE) transactions")  # the steady state, not a bulk load's aftermath
+        await data.settle(owner)
         say(f"appended in {appended_s:.0f} s, projected {projected_s:.0f} s after the last append")
         levels = postmortem.measure(self.url, keys, wallets, self.logs / "bodies", 5 if self.quick else 10)
         self.results["postmortem"] = {"tenants": len(keys), "wallets_per_tenant": wallets,
@@ -431,6 +450,7 @@ class Bench:
                 ("round_trips", lambda: self.round_trips(owner, small)),
                 ("history", self.history),
                 ("ingest", lambda: self.ingest_direct(owner, count)),
+                ("ingest2", lambda: self.ingest_direct(owner, count, processes_count=2)),
                 ("mix", lambda: self.ingest_direct(owner, count, mix=True)),
                 ("held", lambda: self.reads_held(owner, small)),
                 ("client", lambda: self.ingest_client(500)),
@@ -523,6 +543,10 @@ def report(results: dict[str, Any]) -> str:
         lines.append(f"PostgreSQL's ceiling for the same rows (COPY + balances upsert, batches of {ceiling.BATCH}, "
                      f"LIKE tables): {c['tx_per_s']} tx/s, {c['wal_bytes_per_tx']} WAL bytes/tx; projector at "
                      f"{c['ratio']}x (target 0.8x)")
+    for label in [k for k in results if k.startswith("ingest_direct_")]:
+        i = results[label]
+        lines.append(f"ingest with {i['projectors']} projector processes: {i['tx_per_s']} committed tx/s, "
+                     f"{i.get('ratio')}x the ceiling (target 0.8x)")
     if "ingest_mix" in results:
         i = results["ingest_mix"]
         lines.append(f"ingest, half holds and half captures: {i['tx_per_s']} decided requests/s "

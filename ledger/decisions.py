@@ -121,6 +121,11 @@ class Policy:
 NO_POLICY = Policy({}, False, {})
 
 
+def _restricts(policy: Policy) -> int:
+    """1 if the policy limits an overdraft or freezes the account (what decisions read of it), else 0."""
+    return int(bool(policy.limits) or policy.frozen)
+
+
 class Outcome(NamedTuple):
     """The decision on one request (a NamedTuple: one per request).
 
@@ -360,7 +365,8 @@ class Ledger:
     tenants: dict[str, bool] = field(default_factory=dict)
     holds: dict[tuple[str, str], Hold] = field(default_factory=dict)
     originals: dict[tuple[str, str], Original] = field(default_factory=dict)
-    policies: dict[tuple[str, str], Policy] = field(default_factory=dict)
+    policies: dict[tuple[str, str], Policy] = field(default_factory=dict)  # set through `learn_policy`
+    restricting: int = 0  # how many of them limit or freeze
     # Per partition, the open holds by expiry: (expires_at_ms, tenant, id); closed ones are skipped on pop.
     expiring: dict[int, list[tuple[int, str, str]]] = field(default_factory=dict)
 
@@ -386,7 +392,15 @@ class Ledger:
         return self.originals.get((tenant, transaction_id))
 
     def policy(self, tenant: str, account: str) -> Policy:
+        if not self.restricting:  # a transfer asks up to eight times; most ledgers limit and freeze nothing
+            return NO_POLICY
         return self.policies.get((tenant, account), NO_POLICY)
+
+    def learn_policy(self, key: tuple[str, str], policy: Policy) -> None:
+        """Know an account's policy (set by a request, or loaded from PostgreSQL)."""
+        old = self.policies.get(key)
+        self.restricting += _restricts(policy) - (_restricts(old) if old is not None else 0)
+        self.policies[key] = policy
 
     def apply(self, request: TransactionRequest, outcome: Outcome, position: Position, now_ms: int = 0) -> bool:
         """Fold a decided request in (not a repeat: those change nothing); True when it binds its key."""
@@ -420,8 +434,8 @@ class Ledger:
         elif request.kind == REVERSE:
             self.originals[(request.tenant, outcome.target or "")].reversed += outcome.reversed
         elif request.kind == POLICY:
-            self.policies[(request.tenant, request.target or "")] = Policy(dict(request.limits), request.frozen,
-                                                                          request.metadata)
+            self.learn_policy((request.tenant, request.target or ""), Policy(dict(request.limits), request.frozen,
+                                                                             request.metadata))
 
     def track(self, hold: Hold) -> None:
         """Know `hold` (created, or loaded from PostgreSQL), and when it expires if it is open."""

@@ -224,8 +224,8 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
     accounts = {a for a in accounts if a not in ledger.policies}
     if accounts:
         for row in await conn.fetch(SELECT_POLICIES, *_columns(accounts, 2)):
-            ledger.policies[(row["tenant"], row["account"])] = Policy(
-                orjson.loads(row["overdraft_limit"]), row["frozen"], orjson.loads(row["metadata"]))
+            ledger.learn_policy((row["tenant"], row["account"]), Policy(
+                orjson.loads(row["overdraft_limit"]), row["frozen"], orjson.loads(row["metadata"])))
         for account in accounts:  # no row: no policy (remembered, so it is not asked again)
             ledger.policies.setdefault(account, NO_POLICY)
     # Comprehensions, not `set - dict.keys()`: that iterates the whole (carried, large) dict every batch.
