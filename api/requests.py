@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
+import struct
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,10 +11,9 @@ from starlette.requests import Request
 
 from ledger.codec import decode_json
 from ledger.errors import InvalidRequest, LedgerError
-from ledger.positions import Position, PositionKey
+from ledger.positions import OFFSET_MAX, Position, PositionKey
 
 BODY_BYTES_MAX = 1024 * 1024
-_CURSOR = re.compile(r"([0-9]{1,19})\.([0-9]{1,9})", re.ASCII)
 
 
 class PayloadTooLarge(LedgerError):
@@ -81,52 +79,72 @@ def position_param(request: Request, positions: PositionKey, tenant: str) -> Pos
     return None if raw is None else positions.parse(tenant, raw)
 
 
-def encode_cursor(offset: int, leg: int) -> str:
-    return base64.urlsafe_b64encode(f"{offset}.{leg}".encode()).decode().rstrip("=")
-
-
-# Each listing's cursors start with their own letter, so one listing's cursor is refused by another.
-_TX_CURSOR = re.compile(r"t\.([0-9]{1,19})\.([A-Za-z0-9_.:-]{1,64})", re.ASCII)
+# A cursor holds a log offset (the accounts' holds an address, sealed too so that every cursor is one kind of
+# thing), which a tenant must not read: sealed for the tenant and the listing (`PositionKey.seal`), so another
+# tenant's cursor, another listing's and any changed character are refused alike.
+ENTRIES_CURSOR = "entries-cursor"
+TRANSACTIONS_CURSOR = "transactions-cursor"
+ACCOUNTS_CURSOR = "accounts-cursor"
+NOT_A_CURSOR = "not a cursor this API issued to this tenant for this listing"
+_ENTRY = struct.Struct(">QI")  # log offset, leg
+LEG_MAX = 2**31 - 1  # entries.leg is a PostgreSQL integer
+_OFFSET = struct.Struct(">Q")
 _PREFIX = re.compile(r"[A-Za-z0-9_:.@-]{0,128}", re.ASCII)
 # Past every address character (they are ASCII below '~'): [prefix, prefix + '~') holds every address that
 # starts with the prefix, in the byte order of the balances' index.
 PREFIX_END = "~"
 
 
-def _opaque(raw: str, field: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
-    except (binascii.Error, ValueError):
-        raise InvalidRequest("not a cursor this API issued", field) from None
-
-
-def encode_transactions_cursor(offset: int, id: str) -> str:
-    return base64.urlsafe_b64encode(f"t.{offset}.{id}".encode()).decode().rstrip("=")
-
-
-def transactions_cursor_param(request: Request) -> tuple[int, str]:
-    """Transactions strictly before this (log_offset, id); the first page starts past every one."""
-    raw = request.query_params.get("cursor")
-    if raw is None:
-        return (2**63 - 1, "")
-    match = _TX_CURSOR.fullmatch(_opaque(raw, "cursor"))
-    if match is None or int(match[1]) >= 2**63:
-        raise InvalidRequest("not a cursor this API issued", "cursor")
-    return int(match[1]), match[2]
-
-
-def encode_account_cursor(account: str) -> str:
-    return base64.urlsafe_b64encode(f"a.{account}".encode()).decode().rstrip("=")
-
-
-def account_cursor_param(request: Request) -> str | None:
+def _opened(request: Request, positions: PositionKey, tenant: str, listing: str) -> bytes | None:
+    """What the `cursor` parameter holds if `listing` issued it to `tenant`; None when absent."""
     raw = request.query_params.get("cursor")
     if raw is None:
         return None
-    kind, _, account = _opaque(raw, "cursor").partition(".")
-    if kind != "a" or not account or _PREFIX.fullmatch(account) is None:
-        raise InvalidRequest("not a cursor this API issued", "cursor")
-    return account
+    plain = positions.unseal(tenant, listing, raw)
+    if plain is None:
+        raise InvalidRequest(NOT_A_CURSOR, "cursor")
+    return plain
+
+
+def encode_cursor(positions: PositionKey, tenant: str, offset: int, leg: int) -> str:
+    """The entries' cursor for `tenant` that `cursor_param` opens to (offset, leg)."""
+    assert 0 <= offset <= OFFSET_MAX and 0 <= leg <= LEG_MAX, (offset, leg)
+    return positions.seal(tenant, ENTRIES_CURSOR, _ENTRY.pack(offset, leg))
+
+
+def cursor_param(request: Request, positions: PositionKey, tenant: str) -> tuple[int, int]:
+    """Entries strictly before this (offset, leg); the first page starts past every entry."""
+    plain = _opened(request, positions, tenant, ENTRIES_CURSOR)
+    if plain is None:
+        return (OFFSET_MAX, LEG_MAX)
+    offset, leg = _ENTRY.unpack(plain)
+    return offset, leg
+
+
+def encode_transactions_cursor(positions: PositionKey, tenant: str, offset: int, id: str) -> str:
+    """The transactions' cursor for `tenant` that `transactions_cursor_param` opens to (offset, id)."""
+    assert 0 <= offset <= OFFSET_MAX and id.isascii(), (offset, id)
+    return positions.seal(tenant, TRANSACTIONS_CURSOR, _OFFSET.pack(offset) + id.encode("ascii"))
+
+
+def transactions_cursor_param(request: Request, positions: PositionKey, tenant: str) -> tuple[int, str]:
+    """Transactions strictly before this (log_offset, id); the first page starts past every one."""
+    plain = _opened(request, positions, tenant, TRANSACTIONS_CURSOR)
+    if plain is None:
+        return (OFFSET_MAX, "")
+    return _OFFSET.unpack_from(plain)[0], plain[_OFFSET.size:].decode("ascii")
+
+
+def encode_account_cursor(positions: PositionKey, tenant: str, account: str) -> str:
+    """The accounts' cursor for `tenant` that `account_cursor_param` opens to `account`."""
+    assert account.isascii(), account
+    return positions.seal(tenant, ACCOUNTS_CURSOR, account.encode("ascii"))
+
+
+def account_cursor_param(request: Request, positions: PositionKey, tenant: str) -> str | None:
+    """Accounts strictly after this address; None for the first page."""
+    plain = _opened(request, positions, tenant, ACCOUNTS_CURSOR)
+    return None if plain is None else plain.decode("ascii")
 
 
 def prefix_param(request: Request) -> tuple[str, str]:
@@ -135,18 +153,3 @@ def prefix_param(request: Request) -> tuple[str, str]:
     if _PREFIX.fullmatch(prefix) is None:
         raise InvalidRequest("must be up to 128 characters an address may hold", "prefix")
     return prefix, prefix + PREFIX_END
-
-
-def cursor_param(request: Request) -> tuple[int, int]:
-    """Entries strictly before this (offset, leg); the first page starts past every entry."""
-    raw = request.query_params.get("cursor")
-    if raw is None:
-        return (2**63 - 1, 2**31 - 1)
-    try:
-        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
-    except (binascii.Error, ValueError):
-        raise InvalidRequest("not a cursor this API issued", "cursor") from None
-    match = _CURSOR.fullmatch(text)
-    if match is None or int(match[1]) >= 2**63:
-        raise InvalidRequest("not a cursor this API issued", "cursor")
-    return int(match[1]), int(match[2])

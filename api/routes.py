@@ -383,11 +383,12 @@ async def list_transactions(request: Request) -> Response:
     assert tenant is not None
     filters = transaction_filters(request)
     limit = int_param(request, "limit", ENTRIES_LIMIT_DEFAULT, 1, ENTRIES_LIMIT_MAX)
-    before = transactions_cursor_param(request)
+    before = transactions_cursor_param(request, context.positions, tenant)
     await caught_up(request, context, principal, tenant)
     rows = await context.store.transactions(tenant, filters, before, limit + 1)
     page = rows[:limit]
-    next_cursor = encode_transactions_cursor(page[-1]["log_offset"], page[-1]["id"]) if len(rows) > limit else None
+    next_cursor = (encode_transactions_cursor(context.positions, tenant, page[-1]["log_offset"], page[-1]["id"])
+                   if len(rows) > limit else None)
     return JSON({"transactions": [views.transaction(r, context.positions, tenant) for r in page],
                  "next_cursor": next_cursor})
 
@@ -397,14 +398,14 @@ async def list_accounts(request: Request) -> Response:
     assert tenant is not None
     low, high = prefix_param(request)
     limit = int_param(request, "limit", ENTRIES_LIMIT_DEFAULT, 1, ENTRIES_LIMIT_MAX)
-    after = account_cursor_param(request)
+    after = account_cursor_param(request, context.positions, tenant)
     await caught_up(request, context, principal, tenant)
     rows = await context.store.accounts(tenant, low, high, after, limit + 1)
     by_account: dict[str, list[asyncpg.Record]] = {}
     for row in rows:
         by_account.setdefault(row["account"], []).append(row)
     names = list(by_account)[:limit]
-    next_cursor = encode_account_cursor(names[-1]) if len(by_account) > limit else None
+    next_cursor = encode_account_cursor(context.positions, tenant, names[-1]) if len(by_account) > limit else None
     return JSON({"accounts": [views.account(name, by_account[name], context.positions, tenant) for name in names],
                  "next_cursor": next_cursor})
 
@@ -459,9 +460,10 @@ async def get_entries(request: Request) -> Response:
     raw_asset = request.query_params.get("asset")
     asset = None if raw_asset is None else check_asset(raw_asset)
     limit = int_param(request, "limit", ENTRIES_LIMIT_DEFAULT, 1, ENTRIES_LIMIT_MAX)
-    before = cursor_param(request)
+    before = cursor_param(request, context.positions, tenant)
     await caught_up(request, context, principal, tenant)
     rows = await context.store.entries(tenant, address, asset, before, limit + 1)
     page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]["log_offset"], page[-1]["leg"]) if len(rows) > limit else None
+    next_cursor = (encode_cursor(context.positions, tenant, page[-1]["log_offset"], page[-1]["leg"])
+                   if len(rows) > limit else None)
     return JSON({"entries": [views.entry(r) for r in page], "next_cursor": next_cursor})

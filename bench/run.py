@@ -35,6 +35,7 @@ from infra.local import DATA, ROOT, say
 from infra.migrate import migrate
 from infra.run import wait_ready
 from infra.testing import remove_world, session_env
+from ledger.positions import PositionKey
 from ledger.requests import Posting
 from projections.replay import replay
 
@@ -169,9 +170,12 @@ class Bench:
         say(f"round trips per balance read: {total} statements / {row['requests']} requests")
 
     def history(self) -> None:
-        key = self.keys["bench-00"]
-        base = f"{self.url}/v1/tenants/bench-00/accounts/{data.DEEP_ACCOUNT}/entries?limit=50"
-        deep_cursor = encode_cursor(DEEP - 100_000 + 1, 1)
+        tenant = "bench-00"
+        key = self.keys[tenant]
+        base = f"{self.url}/v1/tenants/{tenant}/accounts/{data.DEEP_ACCOUNT}/entries?limit=50"
+        # Cursors are sealed for their tenant with the API's key, which this run's environment holds.
+        positions = PositionKey(settings_mod.require_position_key(self.cfg, "make bench"))
+        deep_cursor = encode_cursor(positions, tenant, DEEP - 100_000 + 1, 1)
         rows = {}
         for label, url in (("depth_0", base), ("depth_100000", f"{base}&cursor={deep_cursor}")):
             rows[label] = tools.attack(f"GET {url}\nAuthorization: Bearer {key}\n", 500, self.duration_s)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import string
+from urllib.parse import quote
 
 import pytest
 from hypothesis import given
@@ -11,9 +14,18 @@ from starlette.requests import Request
 
 from api import views
 from api.auth import ApiKey, Forbidden, KeyStore, Unauthorized, new_secret_key
-from api.requests import cursor_param, encode_cursor, position_param
+from api.requests import (
+    account_cursor_param,
+    cursor_param,
+    encode_account_cursor,
+    encode_cursor,
+    encode_transactions_cursor,
+    position_param,
+    transactions_cursor_param,
+)
 from ledger.errors import InvalidRequest
-from ledger.positions import Position, PositionKey
+from ledger.positions import OFFSET_MAX, Position, PositionKey
+from ledger.validation import ADDRESS_RE, ID_RE
 
 
 def query(qs: str) -> Request:
@@ -21,6 +33,7 @@ def query(qs: str) -> Request:
 
 
 KEY = PositionKey(bytes(32))
+LISTINGS = ("entries", "transactions", "accounts")
 
 
 @given(st.integers(0, 2**16 - 1), st.integers(0, 2**63 - 1))
@@ -41,19 +54,106 @@ def test_no_min_position_waits_for_nothing() -> None:
     assert position_param(query(""), KEY, "acme") is None
 
 
-@given(st.integers(0, 2**63 - 1), st.integers(0, 10**9 - 1))  # legs are below 256
-def test_a_cursor_round_trips(offset: int, leg: int) -> None:
-    assert cursor_param(query(f"cursor={encode_cursor(offset, leg)}")) == (offset, leg)
+URL_SAFE = set(string.ascii_letters + string.digits + "-_")
+offsets = st.integers(0, OFFSET_MAX)
+ids = st.from_regex(ID_RE, fullmatch=True)
+addresses = st.from_regex(ADDRESS_RE, fullmatch=True)
 
 
-@pytest.mark.parametrize("cursor", ["%00", "!!", "bm90IGEgY3Vyc29y", encode_cursor(2**63, 0), "A" * 5000])
-def test_a_cursor_not_issued_is_refused(cursor: str) -> None:
-    with pytest.raises(InvalidRequest):
-        cursor_param(query(f"cursor={cursor}"))
+def issued(listing: str, tenant: str = "acme", key: PositionKey = KEY) -> str:
+    """A cursor of `listing` as the API hands it to `tenant`."""
+    return {"entries": lambda: encode_cursor(key, tenant, 1_234_567, 3),
+            "transactions": lambda: encode_transactions_cursor(key, tenant, 1_234_567, "tx-1"),
+            "accounts": lambda: encode_account_cursor(key, tenant, "user:1")}[listing]()
 
 
-def test_no_cursor_starts_past_every_entry() -> None:
-    assert cursor_param(query("")) == (2**63 - 1, 2**31 - 1)
+def opened(listing: str, cursor: str, tenant: str = "acme") -> object:
+    param = {"entries": cursor_param, "transactions": transactions_cursor_param,
+             "accounts": account_cursor_param}[listing]
+    return param(query(f"cursor={cursor}"), KEY, tenant)
+
+
+def refused(listing: str, cursor: str, tenant: str = "acme") -> bool:
+    with pytest.raises(InvalidRequest) as caught:
+        opened(listing, cursor, tenant)
+    assert (caught.value.code, caught.value.field) == ("invalid_request", "cursor")
+    return True
+
+
+@given(offsets, st.integers(0, 2**31 - 1))
+def test_an_entries_cursor_round_trips(offset: int, leg: int) -> None:
+    cursor = encode_cursor(KEY, "acme", offset, leg)
+    assert set(cursor) <= URL_SAFE  # as it is in a query string, unescaped
+    assert cursor_param(query(f"cursor={cursor}"), KEY, "acme") == (offset, leg)
+
+
+@given(offsets, ids)
+def test_a_transactions_cursor_round_trips(offset: int, id: str) -> None:
+    cursor = encode_transactions_cursor(KEY, "acme", offset, id)
+    assert set(cursor) <= URL_SAFE
+    assert transactions_cursor_param(query(f"cursor={cursor}"), KEY, "acme") == (offset, id)
+
+
+@given(addresses)
+def test_an_accounts_cursor_round_trips(address: str) -> None:
+    cursor = encode_account_cursor(KEY, "acme", address)
+    assert set(cursor) <= URL_SAFE
+    assert account_cursor_param(query(f"cursor={cursor}"), KEY, "acme") == address
+
+
+@pytest.mark.parametrize("listing", LISTINGS)
+def test_a_cursor_shows_no_log_offset(listing: str) -> None:
+    cursor = issued(listing)
+    shown = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    assert "1234567" not in cursor and b"1234567" not in shown and (1_234_567).to_bytes(8) not in shown
+    assert issued(listing) == cursor  # deterministic: the same page gives the same cursor
+
+
+@pytest.mark.parametrize("listing", LISTINGS)
+def test_another_tenants_cursor_is_refused(listing: str) -> None:
+    assert refused(listing, issued(listing, tenant="other"))
+    assert refused(listing, issued(listing), tenant="other")
+
+
+@pytest.mark.parametrize(("issuer", "listing"), [(a, b) for a in LISTINGS for b in LISTINGS if a != b])
+def test_another_listings_cursor_is_refused(issuer: str, listing: str) -> None:
+    assert refused(listing, issued(issuer))
+
+
+@pytest.mark.parametrize("listing", LISTINGS)
+def test_a_cursor_under_another_key_is_refused(listing: str) -> None:
+    assert refused(listing, issued(listing, key=PositionKey(bytes(range(32)))))
+
+
+@pytest.mark.parametrize("listing", LISTINGS)
+def test_every_change_of_any_character_of_a_cursor_is_refused(listing: str) -> None:
+    cursor = issued(listing)
+    for at in range(len(cursor)):
+        for replacement in sorted(URL_SAFE - {cursor[at]}):
+            assert refused(listing, cursor[:at] + replacement + cursor[at + 1:])
+    for changed in (cursor[:-1], cursor[1:], cursor + "A", cursor + "=", cursor + "%3D", f"%20{cursor}"):
+        assert refused(listing, changed)
+
+
+# Garbage, and cursors of the format before they were sealed ("5.1", "t.5.tx-1", "a.user:1" in base64).
+@pytest.mark.parametrize("cursor", ["", "%00", "!!", "%%%", "YWJj", "bm90IGEgY3Vyc29y", "NS4x", "dC41LnR4LTE",
+                                    "YS51c2VyOjE", "A" * 5000, "A" * 22, "-" * 40, "%C3%A9" * 30, "%ED%A0%80"])
+@pytest.mark.parametrize("listing", LISTINGS)
+def test_a_cursor_not_issued_is_refused(listing: str, cursor: str) -> None:
+    assert refused(listing, cursor)
+
+
+@given(st.text(max_size=120))
+def test_any_text_as_a_cursor_is_refused_with_invalid_request_only(cursor: str) -> None:
+    for listing in LISTINGS:
+        with pytest.raises(InvalidRequest):
+            opened(listing, quote(cursor))
+
+
+def test_no_cursor_starts_past_every_row() -> None:
+    assert cursor_param(query(""), KEY, "acme") == (2**63 - 1, 2**31 - 1)
+    assert transactions_cursor_param(query(""), KEY, "acme") == (2**63 - 1, "")
+    assert account_cursor_param(query(""), KEY, "acme") is None
 
 
 def _store() -> tuple[KeyStore, str, str]:

@@ -1,4 +1,4 @@
-"""Position tokens: opaque, bound to a tenant and a key, and nothing else opens as one."""
+"""Position tokens and sealed values: opaque, bound to a tenant (and a purpose) and a key, and nothing else opens."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.errors import InvalidRequest
-from ledger.positions import OFFSET_MAX, PARTITION_MAX, TOKEN_CHARS, Position, PositionKey, parse_raw
+from ledger.positions import (
+    OFFSET_MAX,
+    PARTITION_MAX,
+    SEALED_PLAIN_BYTES_MAX,
+    TOKEN_CHARS,
+    Position,
+    PositionKey,
+    parse_raw,
+)
 from ledger.validation import TENANT_RE
 
 KEY = PositionKey(bytes(range(32)))
@@ -124,3 +132,94 @@ def test_anything_else_is_not_a_raw_position(text: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         parse_raw(text, "until")
     assert caught.value.field == "until"
+
+
+# --- sealed values (the API's cursors) --------------------------------------------------------------------
+
+PURPOSE = "entries-cursor"
+PLAIN = (1_234_567).to_bytes(8) + b"\x00\x00\x00\x03"
+SEALED = KEY.seal(TENANT, PURPOSE, PLAIN)
+plains = st.binary(max_size=SEALED_PLAIN_BYTES_MAX)
+
+
+def unsealed(sealed: str, tenant: str = TENANT, purpose: str = PURPOSE, key: PositionKey = KEY) -> bytes | None:
+    return key.unseal(tenant, purpose, sealed)
+
+
+@given(tenants, st.text(min_size=1, max_size=20), plains)
+def test_a_sealed_value_opens_for_its_tenant_and_purpose(tenant: str, purpose: str, plain: bytes) -> None:
+    sealed = KEY.seal(tenant, purpose, plain)
+    assert set(sealed) <= set(ALPHABET) and "=" not in sealed
+    assert KEY.unseal(tenant, purpose, sealed) == plain
+    assert KEY.seal(tenant, purpose, plain) == sealed  # deterministic
+
+
+def test_a_sealed_value_shows_nothing_of_what_it_holds() -> None:
+    raw = base64.urlsafe_b64decode(SEALED + "=" * (-len(SEALED) % 4))
+    assert PLAIN not in raw and PLAIN[:8] not in raw and "1234567" not in SEALED
+    following = KEY.seal(TENANT, PURPOSE, (1_234_568).to_bytes(8) + b"\x00\x00\x00\x03")
+    assert sum(a == b for a, b in zip(SEALED, following, strict=True)) < 8
+
+
+def test_a_value_sealed_for_another_tenant_purpose_or_key_is_refused() -> None:
+    assert unsealed(KEY.seal("acme2", PURPOSE, PLAIN)) is None
+    assert unsealed(KEY.seal(TENANT, "transactions-cursor", PLAIN)) is None
+    assert unsealed(OTHER_KEY.seal(TENANT, PURPOSE, PLAIN)) is None
+    assert unsealed(SEALED, tenant="acme2") is None and unsealed(SEALED, purpose="accounts-cursor") is None
+    # The lengths are authenticated: a purpose cannot lend its end to the plain text, nor the plain to the tenant.
+    assert unsealed(KEY.seal(TENANT, "entries-curso", b"r" + PLAIN)) is None
+    assert unsealed(KEY.seal("me", PURPOSE, PLAIN + b"ac"), tenant="acme") is None
+
+
+@given(tenants, tenants, plains)
+def test_another_tenants_sealed_value_is_refused(mine: str, theirs: str, plain: bytes) -> None:
+    if mine != theirs:
+        assert unsealed(KEY.seal(theirs, PURPOSE, plain), tenant=mine) is None
+
+
+def test_tokens_and_sealed_values_never_open_as_each_other() -> None:
+    assert unsealed(TOKEN) is None and refused(SEALED)
+
+
+@pytest.mark.parametrize("plain", [b"", PLAIN, bytes(64), bytes(65), bytes(SEALED_PLAIN_BYTES_MAX)])
+def test_every_change_of_any_character_of_a_sealed_value_is_refused(plain: bytes) -> None:
+    sealed = KEY.seal(TENANT, PURPOSE, plain)
+    assert unsealed(sealed) == plain
+    for at in range(len(sealed)):
+        for replacement in ALPHABET.replace(sealed[at], ""):
+            assert unsealed(sealed[:at] + replacement + sealed[at + 1:]) is None
+
+
+def test_a_sealed_value_cut_lengthened_or_spelled_otherwise_is_refused() -> None:
+    raw = base64.urlsafe_b64decode(SEALED + "=" * (-len(SEALED) % 4))
+    padded = base64.urlsafe_b64encode(raw).decode()
+    # The last character's spare bits: decoding ignores them, so only the issued spelling may pass.
+    last = ALPHABET.index(SEALED[-1])
+    spare = SEALED[:-1] + ALPHABET[last ^ 1]
+    assert padded != SEALED and base64.urlsafe_b64decode(spare + "=" * (-len(spare) % 4)) == raw
+    for sealed in (SEALED[:-1], SEALED[1:], SEALED + "A", SEALED + "AA", SEALED + "=", padded, spare, f" {SEALED}",
+                   SEALED.upper(), SEALED + "\x00", base64.b64encode(raw).decode().rstrip("="), SEALED[:-2]):
+        assert unsealed(sealed) is None
+
+
+@pytest.mark.parametrize("sealed", ["", "A", "AA", "A" * 21, "A" * 22, "A" * 23, "A" * 38, "=" * 38, "é" * 38,
+                                    "\ud800" * 38, "\x00" * 38, "%00", "null", TOKEN[:22]])
+def test_garbage_is_not_a_sealed_value(sealed: str) -> None:
+    assert unsealed(sealed) is None
+
+
+def test_a_huge_string_is_not_unsealed() -> None:
+    started = time.perf_counter()
+    assert unsealed("A" * 50_000_000) is None
+    assert time.perf_counter() - started < 0.05
+
+
+@given(st.text(max_size=400))
+def test_any_text_is_not_a_sealed_value(sealed: str) -> None:
+    assert unsealed(sealed) is None
+
+
+def test_at_most_255_bytes_are_sealed() -> None:
+    assert unsealed(KEY.seal(TENANT, PURPOSE, bytes(255))) == bytes(255)
+    with pytest.raises(AssertionError):
+        KEY.seal(TENANT, PURPOSE, bytes(256))
