@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps
+.PHONY: run test soak test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ run: deps
 
 test: deps lint
 	$(PY) -m infra.testing
+
+# The nemesis for 30 minutes (LEDGER_SOAK_SECONDS), seeded (LEDGER_SOAK_SEED); its report in .data/logs.
+soak: deps
+	LEDGER_SOAK_SECONDS=$${LEDGER_SOAK_SECONDS:-1800} $(PY) -m infra.testing tests/faults/test_nemesis.py -s -q
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from infra.kafka import log_end
 from infra.settings import PROGRESS_CHANNEL
 from ledger.changes import payloads, reset_payload
 from ledger.errors import Unavailable
@@ -107,7 +108,13 @@ async def rebuild(url: str, bootstrap: str, topic: str, until: dict[int, int] | 
             raise Unavailable("another `ledger replay` is running")
         schema = await _shadow(conn)
         bar = ProgressBar() if show_progress else None
-        stats = await replay(lambda: asyncpg.connect(url), bootstrap, topic, schema, until=until,
+        # Never past the live projection: a record the shadow applied and the live projector had not would
+        # get no outcome on the outcomes topic and no notification (the projector resumes past it once the
+        # shadow is live). The live projection's offsets move on meanwhile; the rounds below follow it.
+        live = await committed_offsets(conn, await conn.fetchval("SELECT active_schema FROM ledger_meta"))
+        bound = until if until is not None or until_time is not None else {
+            p: live.get(p, 0) for p in await log_end(bootstrap, topic)}
+        stats = await replay(lambda: asyncpg.connect(url), bootstrap, topic, schema, until=bound,
                              until_time=until_time, progress=bar)
         records = stats.records
         if until is not None or until_time is not None:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import asyncpg
 import httpx
 
 from tests.conftest import Tenant
 from tests.e2e.helpers import balances, posting, refused_within, transfer
-from tests.stack import Stack, unique
+from tests.e2e.test_hostile_log import _outcomes_reader
+from tests.stack import Stack, opened, unique
 
 
 def ledger(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -96,3 +99,30 @@ def test_replay_until_a_position_leaves_a_shadow_that_a_second_run_finishes(stac
     assert finished.returncode == 0, finished.stderr
     assert "switched" in finished.stdout
     assert ledger(stack, "verify").returncode == 0
+
+
+async def test_a_replay_while_the_projector_lags_leaves_every_record_an_outcome(stack: Stack, tenant: Tenant) -> None:
+    # Records the live projector has not applied yet stay its own to decide: a replay that applied them to its
+    # shadow and switched would leave them decided with no outcome published (the projector resumes past them).
+    seen: set[str] = set()
+    consumer, reader = await _outcomes_reader(seen)
+    try:
+        stack.kill_projector(signal.SIGTERM)
+        try:
+            sent = [await transfer(tenant.client, tenant.id, posting("@world", "lag", 1), wait=False)
+                    for _ in range(20)]
+            assert all(r.status_code == 202 for r in sent), [r.text for r in sent]
+            run = await asyncio.to_thread(ledger, stack, "replay", "--no-progress")
+            assert run.returncode == 0, run.stdout + run.stderr
+        finally:
+            stack.ensure_projector()
+        records = {opened(tenant.id, r.json()["position"]).raw() for r in sent}
+        deadline = time.monotonic() + 30
+        while not records <= seen and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert records <= seen, f"{len(records - seen)} of {len(records)} records never got an outcome"
+        last = await transfer(tenant.client, tenant.id, posting("@world", "lag", 1))
+        assert await balances(tenant.client, tenant.id, "lag", min_position=last.json()["position"]) == {"USD/2": 21}
+    finally:
+        reader.cancel()
+        await consumer.stop()
