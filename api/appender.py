@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -20,6 +21,10 @@ log = logging.getLogger("ledger.api")
 
 APPEND_TIMEOUT_S = 3.0
 START_RETRY_S = 1.0
+# No append acknowledged for this long, every attempt failing: the producer is replaced. aiokafka's producer can
+# stay wedged after a broker restart under load (the nemesis found appends failing two minutes after the
+# broker was back), and a fresh one connects at once.
+RENEW_AFTER_S = 10.0
 
 
 class AppendUnconfirmed(Unavailable):
@@ -45,6 +50,8 @@ class Appender:
         self._watch: AIOKafkaConsumer | None = None  # only for end offsets
         self._watch_lock = asyncio.Lock()
         self.ends = LogEnds(self.log_end)
+        self._failing_since: float | None = None
+        self._renewing: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._starting = asyncio.create_task(self._start())
@@ -66,10 +73,11 @@ class Appender:
                 await asyncio.sleep(START_RETRY_S)
 
     async def stop(self) -> None:
-        if self._starting is not None and not self._starting.done():
-            self._starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._starting
+        for task in (self._starting, self._renewing):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.producer is not None:
             await self.producer.stop()
         if self._watch is not None:
@@ -85,7 +93,9 @@ class Appender:
                                                 key=request.tenant.encode())
                 metadata = await sent
         except (KafkaError, TimeoutError) as e:
+            self._failed()
             raise AppendUnconfirmed(request.id) from e
+        self._failing_since = None
         position = Position(metadata.partition, metadata.offset)
         self.ends.advance(position)
         return position
@@ -101,11 +111,31 @@ class Appender:
                         for r in requests]
                 acknowledged = await asyncio.gather(*sent)
         except (KafkaError, TimeoutError) as e:
+            self._failed()
             raise AppendUnconfirmed(",".join(r.id for r in requests)) from e
+        self._failing_since = None
         positions = [Position(m.partition, m.offset) for m in acknowledged]
         for position in positions:
             self.ends.advance(position)
         return positions
+
+    def _failed(self) -> None:
+        """An append was not acknowledged; past `RENEW_AFTER_S` of nothing but failures, a new producer."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since > RENEW_AFTER_S and self.producer is not None \
+                and (self._renewing is None or self._renewing.done()):
+            log.warning("no append acknowledged for %.0f s; replacing the Kafka producer", now - self._failing_since)
+            self._renewing = asyncio.create_task(self._renew(self.producer))
+
+    async def _renew(self, old: AIOKafkaProducer) -> None:
+        self.producer = None  # appends answer 503 at once meanwhile
+        self._failing_since = None
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(APPEND_TIMEOUT_S):
+                await old.stop()
+        await self._start()
 
     async def log_end(self) -> dict[int, int] | None:
         """The next offset of each partition of the log, or None if Kafka does not answer within a second."""

@@ -310,6 +310,8 @@ class Nemesis:
         await self.stack.caught_up(restart=True)
         self.report.seconds = time.monotonic() - started
         self.report.requests = self.books.requests
+        self.report.requests["unconfirmed (503 append_unconfirmed, or the producer's AppendUnconfirmed)"] = len(
+            self.books.unconfirmed)
         await self.check()
         return self.report
 
