@@ -8,10 +8,11 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from infra.kafka import topic_partitions
 from ledger.positions import Position
-from tests.stack import TRANSACTIONS_TOPIC
+from tests.stack import OUTCOMES_TOPIC, SETTINGS, TRANSACTIONS_TOPIC
 
 
 def posting(source: str, destination: str, amount: int, asset: str = "USD/2") -> dict[str, Any]:
@@ -51,3 +52,20 @@ async def refused_within(client: httpx.AsyncClient, path: str, seconds: float) -
         if response.status_code == 401 or time.monotonic() >= deadline:
             return response
         await asyncio.sleep(0.02)
+
+
+async def outcomes_reader(seen: set[str]) -> tuple[AIOKafkaConsumer, asyncio.Task[None]]:
+    """Collects the `record` of every outcome published from now on into `seen`."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=SETTINGS.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    tps = await topic_partitions(consumer, OUTCOMES_TOPIC)
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)
+
+    async def read() -> None:
+        async for message in consumer:
+            seen.add(orjson.loads(message.value)["record"])
+
+    return consumer, asyncio.create_task(read())

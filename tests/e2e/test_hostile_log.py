@@ -12,14 +12,14 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from infra.kafka import topic_partitions
 from ledger.placement import partition_for
 from ledger.positions import Position
 from ops.verify import verify
 from tests.conftest import create_tenant
-from tests.stack import OUTCOMES_TOPIC, SETTINGS, TRANSACTIONS_TOPIC, Stack, unique
+from tests.e2e.helpers import outcomes_reader
+from tests.stack import SETTINGS, TRANSACTIONS_TOPIC, Stack, unique
 
 SEED = 20261128
 RECORDS = 3000
@@ -162,22 +162,6 @@ class Hostile:
         return key, value, partition
 
 
-async def _outcomes_reader(seen: set[str]) -> tuple[AIOKafkaConsumer, asyncio.Task[None]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=SETTINGS.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    tps = await topic_partitions(consumer, OUTCOMES_TOPIC)
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
-
-    async def read() -> None:
-        async for message in consumer:
-            seen.add(orjson.loads(message.value)["record"])
-
-    return consumer, asyncio.create_task(read())
-
-
 async def test_a_hostile_log_stops_nothing_and_every_record_is_decided(admin: httpx.AsyncClient, stack: Stack) -> None:
     started = time.monotonic()
     tenants = [await create_tenant(admin, stack) for _ in range(3)]
@@ -186,7 +170,7 @@ async def test_a_hostile_log_stops_nothing_and_every_record_is_decided(admin: ht
     hostile = Hostile(random.Random(SEED), [t.id for t in tenants], SETTINGS.topic_partitions)
     positions: set[str] = set()
     seen: set[str] = set()
-    consumer, reader = await _outcomes_reader(seen)
+    consumer, reader = await outcomes_reader(seen)
     producer = AIOKafkaProducer(bootstrap_servers=SETTINGS.kafka_bootstrap, enable_idempotence=True, linger_ms=5)
     await producer.start()
     try:

@@ -14,8 +14,7 @@ import asyncpg
 import httpx
 
 from tests.conftest import Tenant
-from tests.e2e.helpers import balances, posting, refused_within, transfer
-from tests.e2e.test_hostile_log import _outcomes_reader
+from tests.e2e.helpers import balances, outcomes_reader, posting, refused_within, transfer
 from tests.stack import Stack, opened, unique
 
 
@@ -105,7 +104,7 @@ async def test_a_replay_while_the_projector_lags_leaves_every_record_an_outcome(
     # Records the live projector has not applied yet stay its own to decide: a replay that applied them to its
     # shadow and switched would leave them decided with no outcome published (the projector resumes past them).
     seen: set[str] = set()
-    consumer, reader = await _outcomes_reader(seen)
+    consumer, reader = await outcomes_reader(seen)
     try:
         stack.kill_projector(signal.SIGTERM)
         try:
