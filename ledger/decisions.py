@@ -164,6 +164,8 @@ class LedgerState(Protocol):
 
     def policy(self, tenant: str, account: str) -> Policy: ...
 
+    def restricted(self) -> bool: ...
+
 
 def _replay(prior: Decided, request: TransactionRequest, id_taken: bool) -> Outcome:
     if prior.fingerprint == request.fingerprint():
@@ -203,7 +205,7 @@ def _short(state: LedgerState, balances: dict[BalanceKey, int], held: dict[Balan
 
 def _frozen(state: LedgerState, tenant: str, postings: tuple[Posting, ...]) -> bool:
     """Whether a frozen account would take part: it takes part in no new movement or hold."""
-    return any(state.policy(tenant, account).frozen for p in postings for account in (p.source, p.destination))
+    return state.restricted() and any(state.policy(tenant, account).frozen for p in postings for account in (p.source, p.destination))
 
 
 def _move(state: LedgerState, tenant: str, postings: tuple[Posting, ...], held: dict[BalanceKey, int],
@@ -396,6 +398,10 @@ class Ledger:
             return NO_POLICY
         return self.policies.get((tenant, account), NO_POLICY)
 
+    def restricted(self) -> bool:
+        """Whether any policy known limits or freezes an account (else `policy` is NO_POLICY for all)."""
+        return self.restricting > 0
+
     def learn_policy(self, key: tuple[str, str], policy: Policy) -> None:
         """Know an account's policy (set by a request, or loaded from PostgreSQL)."""
         old = self.policies.get(key)
@@ -536,6 +542,9 @@ class Scratch:
 
     def policy(self, tenant: str, account: str) -> Policy:
         return self.base.policy(tenant, account)
+
+    def restricted(self) -> bool:
+        return self.base.restricted()
 
     def apply(self, request: TransactionRequest, outcome: Outcome, position: Position) -> None:
         decided = Decided(request.id, outcome.status, outcome.reason, request.fingerprint(), position)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 
@@ -31,6 +33,7 @@ def murmur2(data: bytes) -> int:
     return h - (1 << 32) if h & 0x80000000 else h
 
 
+@functools.lru_cache(maxsize=4096)  # keys are tenants: few, each seen on every one of its records
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (and librdkafka's `murmur2_random`) gives a keyed record."""
     assert partitions > 0
