@@ -205,7 +205,8 @@ def _short(state: LedgerState, balances: dict[BalanceKey, int], held: dict[Balan
 
 def _frozen(state: LedgerState, tenant: str, postings: tuple[Posting, ...]) -> bool:
     """Whether a frozen account would take part: it takes part in no new movement or hold."""
-    return state.restricted() and any(state.policy(tenant, account).frozen for p in postings for account in (p.source, p.destination))
+    return state.restricted() and any(state.policy(tenant, account).frozen
+                                      for p in postings for account in (p.source, p.destination))
 
 
 def _move(state: LedgerState, tenant: str, postings: tuple[Posting, ...], held: dict[BalanceKey, int],
