@@ -150,7 +150,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             else:
                 await keys.load_change(conn, payload)
 
-    cache = BalanceCache(cfg.balance_cache_entries, lambda: False)
+    # The cache serves only while the listener that keeps it current has been heard from lately.
+    cache = BalanceCache(cfg.balance_cache_entries, lambda: listener.fresh())
     listener = Listener(cfg.api_database_url, progress, on_keys, cache)
     cache_metrics = CacheMetrics(cache)
     REGISTRY.register(cache_metrics)

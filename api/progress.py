@@ -178,7 +178,6 @@ class Listener:
         self.progress = progress
         self.on_keys = on_keys
         self.cache = cache if cache is not None else BalanceCache(0, lambda: False)
-        self.cache.healthy = self.fresh
         self.conn: asyncpg.Connection | None = None
         self.problem = "not connected yet"
         self._last_ok = 0.0

@@ -162,9 +162,10 @@ def _publish(rows: BatchRows, record: Record, tenant: str | None, id: str | None
     _count(rows, status, reason)
     if rows.positions is None:
         return
-    here = record.position if position is None or record_position is None else position
-    body = encode_outcome(rows.positions, tenant, id, status, reason, position or here, record_position or here,
-                          original_id)
+    if position is None or record_position is None:
+        here = record.position
+        position, record_position = position or here, record_position or here
+    body = encode_outcome(rows.positions, tenant, id, status, reason, position, record_position, original_id)
     rows.outcomes.append((record.partition, tenant.encode() if tenant else record.key or b"", body))
 
 

@@ -14,9 +14,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from infra.kafka import log_end
 from infra.settings import PROGRESS_CHANNEL
-from ledger.changes import payloads, reset_payload
+from ledger.changes import reset_payload
 from ledger.errors import Unavailable
 from projections.replay import ReplayStats, replay
 from projections.writer import committed_offsets
@@ -68,23 +67,24 @@ async def _shadow(conn: asyncpg.Connection) -> str:
     return schema
 
 
+async def _live_offsets(conn: asyncpg.Connection) -> dict[int, int]:
+    """How far the live projection has applied each partition (a partition it has not seen: not at all)."""
+    return await committed_offsets(conn, await conn.fetchval("SELECT active_schema FROM ledger_meta"))
+
+
 async def _switch(url: str, bootstrap: str, topic: str, schema: str, conn: asyncpg.Connection) -> int:
     """Apply the last records to the shadow while the projector is held off, then activate it."""
     locker = await asyncpg.connect(url)
     try:
         async with locker.transaction():
             await locker.execute("SELECT pg_advisory_xact_lock(ledger_switch_lock())")
-            live = await locker.fetchval("SELECT active_schema FROM ledger_meta")
-            target = await committed_offsets(locker, live)
-            # The shadow may already be past the live projection in some partitions; that is fine: the
-            # projector resumes from the shadow's offsets once it is live.
+            target = await _live_offsets(locker)
+            # The shadow is never past the live projection (see `rebuild`): it applies the last records up to
+            # it, so the projector resumes where both stand once the shadow is live.
             stats = await replay(lambda: asyncpg.connect(url), bootstrap, topic, schema, until=target)
             await locker.execute("SELECT ledger_activate_projection($1)", schema)
-            # The API's balance caches were kept by the old projection's notifications: drop them; and its
-            # waiters learn the new projection's offsets (it may be ahead of the old one), at the commit.
-            offsets = await committed_offsets(locker, schema)
-            await locker.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", PROGRESS_CHANNEL,
-                                 [reset_payload(), *payloads(offsets, [])])
+            # The API's balance caches were kept by the old projection's notifications: dropped, at the commit.
+            await locker.execute("SELECT pg_notify($1, $2)", PROGRESS_CHANNEL, reset_payload())
         return stats.records
     finally:
         await locker.close()
@@ -111,17 +111,14 @@ async def rebuild(url: str, bootstrap: str, topic: str, until: dict[int, int] | 
         # Never past the live projection: a record the shadow applied and the live projector had not would
         # get no outcome on the outcomes topic and no notification (the projector resumes past it once the
         # shadow is live). The live projection's offsets move on meanwhile; the rounds below follow it.
-        live = await committed_offsets(conn, await conn.fetchval("SELECT active_schema FROM ledger_meta"))
-        bound = until if until is not None or until_time is not None else {
-            p: live.get(p, 0) for p in await log_end(bootstrap, topic)}
+        bound = until if until is not None or until_time is not None else await _live_offsets(conn)
         stats = await replay(lambda: asyncpg.connect(url), bootstrap, topic, schema, until=bound,
                              until_time=until_time, progress=bar)
         records = stats.records
         if until is not None or until_time is not None:
             return Rebuilt(schema, records, time.monotonic() - started, False)
         for _ in range(CATCH_UP_ROUNDS_MAX):
-            live = await conn.fetchval("SELECT active_schema FROM ledger_meta")
-            target = await committed_offsets(conn, live)
+            target = await _live_offsets(conn)
             mine = await committed_offsets(conn, schema)
             behind = sum(max(0, o - mine.get(p, 0)) for p, o in target.items())
             if behind <= SWITCH_LAG_MAX:
