@@ -21,33 +21,45 @@ BEGIN
 END
 $fn$;
 
+-- A projection is the steps up to the invariants, then every `ledger_projection_vN` from 3 on, in order; a
+-- migration that changes the projection adds its step and applies it to the schemas that exist with
+-- `ledger_apply_projection_step`, and this function need not be written again (006 to 010 each did).
 CREATE OR REPLACE FUNCTION ledger_create_projection(p_schema text) RETURNS void
     LANGUAGE plpgsql AS $fn$
 DECLARE
     live text := (SELECT active_schema FROM ledger_meta);
+    step text;
 BEGIN
     PERFORM ledger_create_projection_v1(p_schema);
     PERFORM ledger_projection_v2(p_schema);
     PERFORM ledger_invariants(p_schema);
-    PERFORM ledger_projection_v3(p_schema);
-    PERFORM ledger_projection_v4(p_schema);
-    PERFORM ledger_projection_v5(p_schema);
-    PERFORM ledger_projection_v6(p_schema);
+    FOR step IN
+        SELECT f.proname FROM pg_proc f JOIN pg_namespace n ON n.oid = f.pronamespace
+        WHERE n.nspname = 'public' AND f.proname ~ '^ledger_projection_v[0-9]+$'
+          AND substring(f.proname FROM '[0-9]+$')::int >= 3
+        ORDER BY substring(f.proname FROM '[0-9]+$')::int
+    LOOP
+        EXECUTE format('SELECT %I($1)', step) USING p_schema;
+    END LOOP;
     IF live IS NOT NULL AND live <> p_schema THEN
         EXECUTE format('INSERT INTO %I.tenants SELECT * FROM %I.tenants WHERE log_offset = -1', p_schema, live);
     END IF;
 END
 $fn$;
 
-DO $$
+-- One projection step applied to every projection schema there is (live, shadows, verifications).
+CREATE FUNCTION ledger_apply_projection_step(p_step text) RETURNS void
+    LANGUAGE plpgsql AS $fn$
 DECLARE
     s text;
 BEGIN
     FOR s IN SELECT nspname FROM pg_namespace WHERE nspname ~ '^(proj|verify)_' LOOP
-        PERFORM ledger_projection_v6(s);
+        EXECUTE format('SELECT %I($1)', p_step) USING s;
     END LOOP;
 END
-$$;
+$fn$;
+
+SELECT ledger_apply_projection_step('ledger_projection_v6');
 
 -- The partial index's predicate, stated, so the planner may use it.
 CREATE OR REPLACE FUNCTION api_metadata_matches(p_metadata jsonb) RETURNS TABLE (id text)

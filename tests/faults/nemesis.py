@@ -36,13 +36,13 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer
 
 from client import AppendUnconfirmed, LedgerProducer
 from infra import local, processes
-from infra.kafka import log_end, topic_partitions
+from infra.kafka import log_end
 from ledger.requests import Posting
 from ops.verify import verify
+from projections.replay import read_log
 from tests.stack import OUTCOMES_TOPIC, SETTINGS, TRANSACTIONS_TOPIC, Stack, opened, unique
 
 ACCOUNTS = [f"acct-{n}" for n in range(8)]
@@ -392,22 +392,8 @@ def _posting(source: str, destination: str, amount: int) -> dict[str, Any]:
 async def _read_topic(topic: str) -> list[tuple[bytes | None, bytes | None]]:
     """Every record of `topic` up to its current end."""
     end = await log_end(SETTINGS.kafka_bootstrap, topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=SETTINGS.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = await topic_partitions(consumer, topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records: list[tuple[bytes | None, bytes | None]] = []
-        remaining = {tp for tp in tps if end.get(tp.partition, 0) > 0}
-        while remaining:
-            for tp, messages in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).items():
-                records += [(m.key, m.value) for m in messages]
-                if messages and messages[-1].offset + 1 >= end[tp.partition]:
-                    remaining.discard(tp)
-        return records
-    finally:
-        await consumer.stop()
+    return [(r.key, r.value) async for batch in read_log(SETTINGS.kafka_bootstrap, topic, 10_000, end)
+            for r in batch]
 
 
 async def _log_ids(tenants: list[str]) -> Counter[tuple[str, str]]:
