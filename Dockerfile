@@ -2,6 +2,8 @@
 FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# gcc for mypyc, which compiles ledger/ into .build/mypyc (infra/compiled.py).
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml ./
 COPY ledger ledger
 COPY projections projections
@@ -10,6 +12,7 @@ COPY infra infra
 COPY ops ops
 COPY client client
 COPY bench bench
-RUN pip install .
+# Editable, so that ledger/ finds its compiled build beside it in /app/.build.
+RUN pip install -e . mypy==2.4.1 setuptools==65.5.0 && python -m infra.compiled
 USER nobody
 CMD ["python", "-m", "api"]

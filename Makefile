@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps
+.PHONY: compiled run test soak test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-deps: $(STAMP) kafka-jars
+deps: $(STAMP) kafka-jars compiled
+
+# ledger/ compiled by mypyc into .build/mypyc, unless the build there is of the current sources.
+compiled: $(STAMP)
+	@$(PY) -m infra.compiled
 
 kafka-jars: $(STAMP)
 	@$(PY) -m infra.local kafka-jars >/dev/null
