@@ -59,6 +59,27 @@ async def test_a_record_the_database_refuses_is_isolated_and_the_rest_of_its_bat
     assert await balance(conn, schema) == 203
 
 
+async def test_a_refused_record_in_a_queued_write_redoes_it_and_every_batch_folded_on_top(
+        scratch: Scratch, line: Pipeline) -> None:
+    conn, schema = scratch
+    await conn.execute(f"ALTER TABLE {schema}.transactions ADD CHECK (reference IS DISTINCT FROM 'poison')")
+    tenant = unique()
+    done = await line.submit([created(0, tenant), record(1, tenant, 10)])
+    done += await line.submit([record(2, tenant, 5, reference="poison"), record(3, tenant, 7)])
+    assert len(line.in_flight) == 2  # the second write queued behind the first
+    # Folded on carried state that counts the refused +5: alice would have 22 and this would commit.
+    done += await line.submit([record(4, tenant, 20, source="alice", destination="bob")])
+    done += await line.drain()
+    rows = await decided(conn, schema)
+    assert rows["tx2"][:2] == ("rejected", "invalid")
+    assert rows["tx3"][:2] == ("committed", None)
+    assert rows["tx4"][:2] == ("rejected", "insufficient_funds")
+    assert await balance(conn, schema) == 17
+    assert await balance(conn, schema, "bob") is None
+    assert await committed_offsets(conn, schema) == {home(tenant): 5}
+    assert sum(r.applied for r in done) == 5
+
+
 async def test_a_record_refused_even_as_a_rejection_goes_to_the_operators_table(scratch: Scratch,
                                                                                  line: Pipeline) -> None:
     conn, schema = scratch
