@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from bench import tools
 from ledger.fold import ENTRY_COLUMNS, TRANSACTION_COLUMNS
 from projections.writer import UPSERT_BALANCES
 
@@ -94,6 +95,7 @@ async def measure(conn: asyncpg.Connection, since: dict[int, int]) -> dict[str, 
     upsert = UPSERT_BALANCES.replace("INTO balances", f"INTO balances_{suffix}")
     try:
         wal_before = await wal_bytes(conn)
+        meter = tools.CpuMeter().start()
         started = time.perf_counter()
         for chunk, chunk_entries, columns in batches:
             async with conn.transaction():
@@ -102,6 +104,7 @@ async def measure(conn: asyncpg.Connection, since: dict[int, int]) -> dict[str, 
                 if columns:
                     await conn.execute(upsert, *columns)
         seconds = time.perf_counter() - started
+        cpu = meter.stop()
         wal = await wal_bytes(conn) - wal_before
     finally:
         for table in TABLES:
@@ -109,4 +112,4 @@ async def measure(conn: asyncpg.Connection, since: dict[int, int]) -> dict[str, 
     count = len(transactions)
     return {"transactions": count, "entries": len(entries), "seconds": round(seconds, 2),
             "tx_per_s": round(count / seconds) if seconds else 0,
-            "wal_bytes_per_tx": round(wal / count) if count else 0}
+            "wal_bytes_per_tx": round(wal / count) if count else 0, "cpu": cpu}

@@ -77,9 +77,9 @@ class Bench:
             if proc is not None:
                 processes.stop(proc, name)
 
-    def spawn_projectors(self, count: int | None = None) -> None:
+    def spawn_projectors(self, count: int | None = None, **env: str) -> None:
         """As many projector processes as `make run` starts (LEDGER_PROJECTORS) or `count`, one group."""
-        self.projectors = [processes.spawn("projections.app", self.env, self.logs / f"projector-{n}.log")
+        self.projectors = [processes.spawn("projections.app", self.env | env, self.logs / f"projector-{n}.log")
                            for n in range(1, (count or self.cfg.projectors) + 1)]
 
     def stop_projectors(self) -> None:
@@ -183,10 +183,11 @@ class Bench:
         self.results["history"] = rows
 
     async def ingest_direct(self, owner: asyncpg.Connection, count: int, mix: bool = False,
-                            processes_count: int | None = None) -> None:
+                            processes_count: int | None = None, pure: bool = False) -> None:
         """Stop the projector, append `count` requests with the producer client, restart the projector (with
         `processes_count` processes, else as configured) and time the catch-up alone. Transfers of two postings;
-        with `mix`, half of them holds of two postings and half captures of those holds."""
+        with `mix`, half of them holds of two postings and half captures of those holds. With `pure`, the
+        projector runs `ledger/` as Python rather than as mypyc built it."""
         n = processes_count or self.cfg.projectors
         self.stop_projectors()
         run = secrets.token_hex(3)
@@ -207,13 +208,15 @@ class Bench:
         since = await ceiling.applied(owner)
         wal_before = await ceiling.wal_bytes(owner)
         lsn_before = await ceiling.wal_lsn(owner)
-        self.spawn_projectors(n)
+        self.spawn_projectors(n, **({"LEDGER_PURE": "1"} if pure else {}))
         profile = _profile(self.projectors[0].pid, "mix" if mix else "ingest")
         while await owner.fetchval("SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets") == before:
             await asyncio.sleep(0.01)
         started = time.monotonic()
+        meter = tools.CpuMeter().start()
         first = await owner.fetchval("SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets")
         finished = await self.caught_up(owner)
+        cpu = meter.stop()
         wal = await ceiling.wal_bytes(owner) - wal_before
         if profile is not None:
             profile.send_signal(signal.SIGINT)
@@ -221,9 +224,11 @@ class Bench:
         applied = before + count - first
         rate = applied / (finished - started)
         label = "ingest_mix" if mix else "ingest_direct" if processes_count is None else f"ingest_direct_{n}"
+        label += "_pure" if pure else ""
         self.results[label] = {"transactions": count, "measured": applied,
                                "seconds": round(finished - started, 2), "tx_per_s": round(rate),
-                               "wal_bytes_per_tx": round(wal / count), "projectors": n}
+                               "wal_bytes_per_tx": round(wal / count), "projectors": n, "compiled": not pure,
+                               "cpu": cpu}
         if mix:
             if "ingest_direct" in self.results:
                 self.results[label]["ratio_to_transfers"] = round(rate / self.results["ingest_direct"]["tx_per_s"], 2)
@@ -232,7 +237,7 @@ class Bench:
             self.results[label]["decided"] = {f"{r['kind']} {r['status']}": r["n"] for r in decided}
         say(f"{label} (straight to Kafka, {n} projector process(es)): {rate:.0f} decided requests/s "
             f"over {applied}, "
-            f"{wal / count:.0f} WAL bytes per request")
+            f"{wal / count:.0f} WAL bytes per request; {tools.cpu_text(cpu)}")
         statements = await owner.fetch(
             "SELECT calls, total_exec_time, query FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid "
             "WHERE r.rolname = 'ledger_projector' ORDER BY total_exec_time DESC LIMIT 12")
@@ -256,7 +261,7 @@ class Bench:
             top["ratio"] = round(rate / top["tx_per_s"], 2)
             self.results["ceiling"] = top
             say(f"PostgreSQL's ceiling for the same rows: {top['tx_per_s']} tx/s ({top['wal_bytes_per_tx']} WAL "
-                f"bytes/tx); the projector reaches {top['ratio']}x")
+                f"bytes/tx; {tools.cpu_text(top['cpu'])}); the projector reaches {top['ratio']}x")
 
     async def _tenant(self, tenant: str) -> str:
         """A tenant created through the API (on the log) and a read/write key for it."""
@@ -455,6 +460,7 @@ class Bench:
                 ("history", self.history),
                 ("ingest", lambda: self.ingest_direct(owner, count)),
                 ("ingest2", lambda: self.ingest_direct(owner, count, processes_count=2)),
+                ("pure", lambda: self.ingest_direct(owner, count, processes_count=1, pure=True)),
                 ("mix", lambda: self.ingest_direct(owner, count, mix=True)),
                 ("held", lambda: self.reads_held(owner, small)),
                 ("client", lambda: self.ingest_client(500)),
@@ -541,16 +547,19 @@ def report(results: dict[str, Any]) -> str:
         i = results["ingest_direct"]
         lines.append(f"ingest straight to Kafka, {i.get('projectors', 1)} projector process(es): "
                      f"{i['tx_per_s']} committed tx/s "
-                     f"({i['measured']} tx in {i['seconds']} s), {i['wal_bytes_per_tx']} WAL bytes per transfer")
+                     f"({i['measured']} tx in {i['seconds']} s), {i['wal_bytes_per_tx']} WAL bytes per transfer"
+                     + (f"; {tools.cpu_text(i['cpu'])}" if "cpu" in i else ""))
     if "ceiling" in results:
         c = results["ceiling"]
         lines.append(f"PostgreSQL's ceiling for the same rows (COPY + balances upsert, batches of {ceiling.BATCH}, "
                      f"LIKE tables): {c['tx_per_s']} tx/s, {c['wal_bytes_per_tx']} WAL bytes/tx; projector at "
-                     f"{c['ratio']}x (target 0.8x)")
+                     f"{c['ratio']}x (target 0.8x)" + (f"; {tools.cpu_text(c['cpu'])}" if "cpu" in c else ""))
     for label in [k for k in results if k.startswith("ingest_direct_")]:
         i = results[label]
-        lines.append(f"ingest with {i['projectors']} projector processes: {i['tx_per_s']} committed tx/s, "
-                     f"{i.get('ratio')}x the ceiling (target 0.8x)")
+        build = "compiled" if i.get("compiled", True) else "pure Python"
+        lines.append(f"ingest with {i['projectors']} projector process(es), ledger/ {build}: {i['tx_per_s']} "
+                     f"committed tx/s, {i.get('ratio')}x the ceiling (target 0.8x)"
+                     + (f"; {tools.cpu_text(i['cpu'])}" if "cpu" in i else ""))
     if "ingest_mix" in results:
         i = results["ingest_mix"]
         lines.append(f"ingest, half holds and half captures: {i['tx_per_s']} decided requests/s "

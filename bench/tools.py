@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,52 @@ def saturate(url: str, duration_s: int, connections: int = 64, script: str | Non
 def _ms(text: str) -> float:
     value, unit = re.fullmatch(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# What each process on the machine counts as, by its command line (the first rule that matches).
+CPU_ROLES = (("projector", "projections.app"), ("api", "-m api"), ("api", "uvicorn"), ("postgres", "postgres"),
+             ("kafka", "kafka.Kafka"), ("load", "vegeta"), ("load", "wrk"), ("bench", "bench.run"))
+
+
+def _cpu_by_role() -> tuple[dict[str, float], float]:
+    """CPU seconds each role's live processes have used, and the machine's busy seconds (all cores)."""
+    used: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone in between
+            continue
+        role = next((r for r, needle in CPU_ROLES if needle in command), "other")
+        used[role] = used.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = sum(int(v) for v in cpu[:8]) - int(cpu[3]) - int(cpu[4])  # all but idle and iowait
+    return used, busy / CLK_TCK
+
+
+class CpuMeter:
+    """Where the machine's CPU went between `start` and `stop`: cores used by each role (1.0 = a whole core)
+    and by the machine as a whole, out of `os.cpu_count()`. Processes that end in between are not counted."""
+
+    def __init__(self) -> None:
+        self.before: tuple[dict[str, float], float] | None = None
+        self.started = 0.0
+
+    def start(self) -> CpuMeter:
+        self.before, self.started = _cpu_by_role(), time.monotonic()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        assert self.before is not None
+        (after, busy), elapsed = _cpu_by_role(), time.monotonic() - self.started
+        roles = {r: round((s - self.before[0].get(r, 0.0)) / elapsed, 2) for r, s in after.items()}
+        return {"machine": round((busy - self.before[1]) / elapsed, 2), "cores": os.cpu_count(),
+                **{r: v for r, v in sorted(roles.items(), key=lambda kv: -kv[1]) if v >= 0.01}}
+
+
+def cpu_text(cpu: dict[str, Any]) -> str:
+    parts = ", ".join(f"{role} {cores:.2f}" for role, cores in cpu.items() if role not in ("machine", "cores"))
+    return f"CPU {cpu['machine']:.2f} of {cpu['cores']} cores busy ({parts})"
