@@ -1,6 +1,7 @@
 """The seed service's own scenario, at its scale and beyond: 10 tenants, each with 10,000 wallets and 100,000
 transactions appended through the log; then its three endpoints at once (balance read, history page, transfer
-with `wait=true`), at its load of 100 req/s each with 64 concurrent users per endpoint, then at 5x and 10x.
+with `wait=true`), at its load of 100 req/s each with 64 concurrent users per endpoint, then at 5x and 10x
+(`LEVELS`).
 Its SLA: p95 < 150 ms, p99 < 300 ms, errors < 0.1%; its balance read averaged 471 ms (p95 480, p99 625).
 """
 
@@ -19,7 +20,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench import tools
+from infra import processes
 from infra.local import say
+from infra.run import wait_ready
 
 TENANTS = [f"pm-{n:02d}" for n in range(10)]
 SLA = {"p95_ms": 150.0, "p99_ms": 300.0, "error_ratio": 0.001}
@@ -86,25 +89,42 @@ def verdict(row: dict[str, Any]) -> bool:
     return row["p95_ms"] < SLA["p95_ms"] and row["p99_ms"] < SLA["p99_ms"] and errors < SLA["error_ratio"]
 
 
+# (multiple of the load, concurrent users per endpoint). At 10x, twice: with the post-mortem's users, each then
+# sending 15.6 requests/s back to back (a request waits for a free connection once answers take over 64 ms),
+# and with ten times the users, each at the post-mortem's pace.
+LEVELS = ((1, USERS), (5, USERS), (10, USERS), (10, 10 * USERS))
+# Each lever at 10x, on then off, in the same run: (name, the processes restarted, their environment for "off").
+LEVERS = (
+    ("as configured", (), {}),
+    ("ledger/ as Python, not compiled", ("api", "projector"), {"LEDGER_PURE": "1"}),
+    ("no balance cache", ("api",), {"LEDGER_BALANCE_CACHE_ENTRIES": "0"}),
+    ("one projector write in flight", ("projector",), {"LEDGER_WRITES_IN_FLIGHT": "1"}),
+    ("two API workers", ("api",), {"LEDGER_API_WORKERS": "2"}),
+)
+
+
 def measure(url: str, keys: dict[str, str], wallets: int, bodies: Path, seconds: int,
-            multiples: tuple[int, ...] = (1, 5, 10)) -> list[dict[str, Any]]:
-    """The three endpoints at once, at each multiple of the post-mortem's load."""
+            levels: tuple[tuple[int, int], ...] = LEVELS) -> list[dict[str, Any]]:
+    """The three endpoints at once, at each level; where the machine's CPU went at each."""
     targets = _targets(url, keys, wallets, bodies)
     tools.attack(targets["balance read"], 200, 2)  # warm the pool's prepared statements
-    levels = []
-    for multiple in multiples:
+    tools.attack(targets["transfer, wait=true"], 100, 3)  # and a projector just started (its group's join)
+    done = []
+    for multiple, users in levels:
         rate = LOAD * multiple
+        meter = tools.CpuMeter().start()
         with ThreadPoolExecutor(len(targets)) as pool:
-            runs = {name: pool.submit(tools.attack, text, rate, seconds, USERS) for name, text in targets.items()}
+            runs = {name: pool.submit(tools.attack, text, rate, seconds, users) for name, text in targets.items()}
             rows = {name: run.result() for name, run in runs.items()}
-        level = {"multiple": multiple, "rate_per_endpoint": rate, "endpoints": rows,
-                 "meets_sla": all(verdict(r) for r in rows.values())}
-        levels.append(level)
+        level = {"multiple": multiple, "users": users, "rate_per_endpoint": rate, "endpoints": rows,
+                 "meets_sla": all(verdict(r) for r in rows.values()), "cpu": meter.stop()}
+        done.append(level)
         for name, r in rows.items():
-            say(f"post-mortem {multiple}x ({rate}/s each): {name}: mean {r['mean_ms']:.1f} ms, p95 {r['p95_ms']:.1f}"
-                f" ms, p99 {r['p99_ms']:.1f} ms, errors {r['errors']}/{r['requests']}"
+            say(f"post-mortem {multiple}x ({rate}/s each, {users} users each): {name}: mean {r['mean_ms']:.1f} ms, "
+                f"p95 {r['p95_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, errors {r['errors']}/{r['requests']}"
                 f" {'meets' if verdict(r) else 'MISSES'} the SLA")
-    return levels
+        say(f"post-mortem {multiple}x, {users} users: {tools.cpu_text(level['cpu'])}")
+    return done
 
 
 async def keys_for(url: str, admin_token: str) -> dict[str, str]:
@@ -117,3 +137,25 @@ async def keys_for(url: str, admin_token: str) -> dict[str, str]:
             key = await client.post(f"/v1/tenants/{tenant}/keys", json={"scopes": ["read", "write"]})
             keys[tenant] = key.json()["key"]
     return keys
+
+
+def restart(bench: Any, which: tuple[str, ...], env: dict[str, str]) -> None:
+    """Restart `which` of the bench's processes with `env` added ({} restores the configuration)."""
+    if "projector" in which:
+        bench.stop_projectors()
+        bench.spawn_projectors(None, **env)
+    if "api" in which:
+        processes.stop(bench.api, "API")
+        bench.api = processes.spawn("api", bench.env | env, bench.logs / "api.log")
+        wait_ready(bench.url, bench.api)
+
+
+def levers(bench: Any, keys: dict[str, str], wallets: int, bodies: Path, seconds: int) -> list[dict[str, Any]]:
+    """10x with each lever taken away in turn, right after the configured stack at 10x: same run, same data."""
+    rows = []
+    for name, which, env in LEVERS:
+        restart(bench, which, env)
+        [level] = measure(bench.url, keys, wallets, bodies, seconds, ((10, USERS),))
+        rows.append({"lever": name, "env": env, **level})
+        restart(bench, which, {})
+    return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -85,7 +86,9 @@ def _ms(text: str) -> float:
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # What each process on the machine counts as, by its command line (the first rule that matches).
-CPU_ROLES = (("projector", "projections.app"), ("api", "-m api"), ("api", "uvicorn"), ("postgres", "postgres"),
+CPU_ROLES = (("projector", "projections.app"), ("api", "-m api"), ("api", "uvicorn"),
+             ("api", "multiprocessing.spawn"),  # the API's workers (LEDGER_API_WORKERS), the only ones spawned so
+             ("postgres", "postgres"),
              ("kafka", "kafka.Kafka"), ("load", "vegeta"), ("load", "wrk"), ("bench", "bench.run"))
 
 
@@ -109,20 +112,27 @@ def _cpu_by_role() -> tuple[dict[str, float], float]:
 
 class CpuMeter:
     """Where the machine's CPU went between `start` and `stop`: cores used by each role (1.0 = a whole core)
-    and by the machine as a whole, out of `os.cpu_count()`. Processes that end in between are not counted."""
+    and by the machine as a whole, out of `os.cpu_count()`. Of the processes that end in between, only the
+    bench's own children (the load tools) are counted."""
 
     def __init__(self) -> None:
         self.before: tuple[dict[str, float], float] | None = None
         self.started = 0.0
+        self.children = 0.0
 
     def start(self) -> CpuMeter:
         self.before, self.started = _cpu_by_role(), time.monotonic()
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.children = reaped.ru_utime + reaped.ru_stime
         return self
 
     def stop(self) -> dict[str, Any]:
         assert self.before is not None
         (after, busy), elapsed = _cpu_by_role(), time.monotonic() - self.started
         roles = {r: round((s - self.before[0].get(r, 0.0)) / elapsed, 2) for r, s in after.items()}
+        # The load tools run and end in between: counted as the bench's children once reaped.
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        roles["load"] = round((reaped.ru_utime + reaped.ru_stime - self.children) / elapsed, 2)
         return {"machine": round((busy - self.before[1]) / elapsed, 2), "cores": os.cpu_count(),
                 **{r: v for r, v in sorted(roles.items(), key=lambda kv: -kv[1]) if v >= 0.01}}
 

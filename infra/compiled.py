@@ -14,9 +14,11 @@ The build sits in `.build/mypyc/` beside copies of the sources it was made from,
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,30 +34,38 @@ def current() -> bool:
 
 
 def build() -> None:
-    """Compile the modules of `ledger/` into `.build/mypyc`, beside copies of the sources."""
-    if current():
-        return
-    started = time.monotonic()
-    work = BUILD.with_name("mypyc.new")
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "ledger").mkdir(parents=True)
-    names = modules(ROOT / "ledger")
-    for name in [*names, *PURE_MODULES]:
-        shutil.copy2(ROOT / "ledger" / name, work / "ledger" / name)
-    shutil.copy2(ROOT / "pyproject.toml", work / "pyproject.toml")  # mypy's settings: ledger.* is strict
-    mypyc = Path(sys.executable).with_name("mypyc")
-    result = subprocess.run([str(mypyc), *[f"ledger/{n}" for n in names]], cwd=work, capture_output=True,
-                            text=True)
-    if result.returncode != 0:
-        sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
-        raise SystemExit("mypyc could not compile ledger/")
-    shutil.rmtree(work / "build", ignore_errors=True)
-    for name in PURE_MODULES:  # imported from `ledger/` itself, never from a copy
-        (work / "ledger" / name).unlink()
-    (work / "ledger" / "DIGEST").write_text(compiled_digest(ROOT / "ledger"))
-    shutil.rmtree(BUILD, ignore_errors=True)
-    work.rename(BUILD)
-    say(f"compiled ledger/ with mypyc in {time.monotonic() - started:.1f} s")
+    """Compile the modules of `ledger/` into `.build/mypyc`, beside copies of the sources they were compiled
+    from. One build at a time (a lock); a failed one leaves the modules pure, with a warning."""
+    BUILD.parent.mkdir(exist_ok=True)
+    with open(BUILD.parent / "mypyc.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if current():
+            return
+        started = time.monotonic()
+        work = Path(tempfile.mkdtemp(prefix="mypyc.", dir=BUILD.parent))
+        try:
+            (work / "ledger").mkdir()
+            names = modules(ROOT / "ledger")
+            for name in [*names, *PURE_MODULES]:
+                shutil.copy2(ROOT / "ledger" / name, work / "ledger" / name)
+            digest = compiled_digest(work / "ledger")  # of what is compiled, whatever changes meanwhile
+            shutil.copy2(ROOT / "pyproject.toml", work / "pyproject.toml")  # mypy's settings: ledger.* is strict
+            mypyc = Path(sys.executable).with_name("mypyc")
+            result = subprocess.run([str(mypyc), *[f"ledger/{n}" for n in names]], cwd=work, capture_output=True,
+                                    text=True)
+            if result.returncode != 0:
+                sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
+                say("WARNING: mypyc could not compile ledger/; its modules run as Python")
+                return
+            shutil.rmtree(work / "build", ignore_errors=True)
+            for name in PURE_MODULES:  # imported from `ledger/` itself, never from a copy
+                (work / "ledger" / name).unlink()
+            (work / "ledger" / "DIGEST").write_text(digest)
+            shutil.rmtree(BUILD, ignore_errors=True)
+            work.rename(BUILD)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        say(f"compiled ledger/ with mypyc in {time.monotonic() - started:.1f} s")
 
 
 def main() -> None:

@@ -54,6 +54,7 @@ class Settings:
     topic_partitions: int
     topic_replication: int
     batch_size_max: int
+    writes_in_flight: int
     batch_wait_ms: int
     wait_timeout_ms_max: int
     db_pool_size_max: int
@@ -176,6 +177,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         topic_partitions=_int(env, "LEDGER_TOPIC_PARTITIONS", 4, 1, 1024),
         topic_replication=_int(env, "LEDGER_TOPIC_REPLICATION", 1, 1, 5),
         batch_size_max=_int(env, "LEDGER_BATCH_SIZE_MAX", 5000, 1, 100_000),
+        writes_in_flight=_int(env, "LEDGER_WRITES_IN_FLIGHT", 2, 1, 4),
         batch_wait_ms=_int(env, "LEDGER_BATCH_WAIT_MS", 250, 1, 10_000),
         wait_timeout_ms_max=_int(env, "LEDGER_WAIT_TIMEOUT_MS_MAX", 30_000, 1, 600_000),
         db_pool_size_max=_int(env, "LEDGER_DB_POOL_SIZE_MAX", 20, 1, 1000),

@@ -216,7 +216,7 @@ class Projector:
                 lambda: asyncpg.connect(self.cfg.projector_database_url, timeout=5,
                                         server_settings={"statement_timeout": STATEMENT_TIMEOUT_MS}),
                 self.outcomes.publish,
-                partitions, positions=self.positions)
+                partitions, positions=self.positions, writes_in_flight=self.cfg.writes_in_flight)
             listener = SeekToProjection(self.consumer, self.cfg.projector_database_url, pipeline)
             self.consumer.subscribe([topic], listener=listener)
             watchdog = asyncio.create_task(self._watchdog())

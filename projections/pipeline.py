@@ -69,10 +69,11 @@ POISON_REMEMBERED_MAX = 10_000
 # The plain way reads the offsets, then writes; another worker taking the partitions in between makes the
 # write stale, and it is redone on the new state (the records that worker applied are then skipped).
 STALE_REDOS_MAX = 5
-# Writes queued one behind the other: while batch N is written, N+1 waits its turn, folded, and N+2 is folded.
-# With one, the process idled while N's last statements, its outcomes' acknowledgement and its commit ran
-# (a third of each cycle, measured), and PostgreSQL idled while N+1 was folded.
-WRITES_IN_FLIGHT_MAX = 2
+# Writes queued one behind the other (LEDGER_WRITES_IN_FLIGHT): with 2, while batch N is written, N+1 waits its
+# turn, folded, and N+2 is folded. With 1, the process idled while N's last statements, its outcomes'
+# acknowledgement and its commit ran (a third of each cycle, measured), and PostgreSQL idled while N+1 was
+# folded.
+WRITES_IN_FLIGHT = 2
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 Keep = Callable[[Record], bool]
@@ -158,7 +159,7 @@ async def write(conn: asyncpg.Connection, batch: Prepared, publish: Publish | No
 
 
 class Pipeline:
-    """Batches folding while earlier ones are written (`WRITES_IN_FLIGHT_MAX` queued at most); `submit` and
+    """Batches folding while earlier ones are written (`writes_in_flight` at most); `submit` and
     `drain` return finished writes, in order.
 
     Writes go to the live projection, or to `schema` (tests, rebuilds, verification). `partitions` is the
@@ -169,13 +170,14 @@ class Pipeline:
 
     def __init__(self, connect: Connect, publish: Publish | None, partitions: int, schema: str | None = None,
                  retry_deadline_s: float = RETRY_DEADLINE_S, keep: Keep | None = None,
-                 positions: PositionKey | None = None) -> None:
+                 positions: PositionKey | None = None, writes_in_flight: int = WRITES_IN_FLIGHT) -> None:
         self.connect = connect
         self.publish = publish
         self.positions = positions
         self.partitions = partitions
         self.schema = schema  # None: the live projection
         self.retry_deadline_s = retry_deadline_s
+        self.writes_in_flight = writes_in_flight
         self.keep = keep
         self.connections: dict[str, asyncpg.Connection | None] = {"reader": None, "writer": None}
         self.ledger = Ledger()
@@ -197,7 +199,7 @@ class Pipeline:
             if not isinstance(e, Stale) and not poison(e):
                 raise
             return [*done, *await self.drain(), *await self._plain(records)]
-        while self.in_flight and (len(self.in_flight) >= WRITES_IN_FLIGHT_MAX or not batch.fresh):
+        while self.in_flight and (len(self.in_flight) >= self.writes_in_flight or not batch.fresh):
             finished, redone = await self._finish_oldest(pending=batch)
             done += finished
             if redone:
@@ -216,8 +218,12 @@ class Pipeline:
         return done
 
     async def close(self) -> None:
-        for _, task in self.in_flight:
+        tasks = [task for _, task in self.in_flight]
+        for task in tasks:
             task.cancel()
+        # Ended before the connections are: a write cancelled mid-transaction must not see its connection
+        # closed, take that for a fault of the surroundings and retry on a new one.
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.in_flight = []
         for name, conn in self.connections.items():
             if conn is not None:
@@ -363,8 +369,9 @@ class Pipeline:
                     conn = self.connections[name] = await self.connect()
                 return await call(conn)
             except Exception as e:
-                if not transient(e):
-                    raise
+                current = asyncio.current_task()
+                if not transient(e) or (current is not None and current.cancelling()):
+                    raise  # a cancelled call is not retried, whatever its connection says
                 if time.monotonic() >= deadline:
                     raise RetriesExhausted(f"PostgreSQL or Kafka still failing after {self.retry_deadline_s} s") \
                         from e
