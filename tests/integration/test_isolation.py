@@ -16,7 +16,7 @@ from infra.migrate import migrate
 from infra.settings import with_database
 from ledger.fold import Record
 from ledger.positions import PositionKey
-from projections.pipeline import Pipeline
+from projections.pipeline import BACKLOG_RECORDS, Pipeline
 from projections.writer import committed_offsets
 from tests.integration.conftest import PARTITIONS, created, home, raw, record
 from tests.stack import unique
@@ -64,20 +64,24 @@ async def test_a_refused_record_in_a_queued_write_redoes_it_and_every_batch_fold
     conn, schema = scratch
     await conn.execute(f"ALTER TABLE {schema}.transactions ADD CHECK (reference IS DISTINCT FROM 'poison')")
     tenant = unique()
-    done = await line.submit([created(0, tenant), record(1, tenant, 10)])
-    done += await line.submit([record(2, tenant, 5, reference="poison"), record(3, tenant, 7)])
+    n = BACKLOG_RECORDS  # batches this big queue behind the write in flight
+    done = await line.submit([created(0, tenant)] + [record(i, tenant, 1) for i in range(1, n + 1)])
+    done += await line.submit([record(n + 1, tenant, 5, reference="poison")]
+                              + [record(i, tenant, 1) for i in range(n + 2, 2 * n + 2)])
     assert len(line.in_flight) == 2  # the second write queued behind the first
-    # Folded on carried state that counts the refused +5: alice would have 22 and this would commit.
-    done += await line.submit([record(4, tenant, 20, source="alice", destination="bob")])
+    # Folded on carried state that counts the refused +5, alice would have 2n + 5 and this would commit.
+    done += await line.submit([record(2 * n + 2, tenant, 2 * n + 3, source="alice", destination="bob")]
+                              + [record(i, tenant, 1, destination="dave") for i in range(2 * n + 3, 3 * n + 3)])
+    assert len(line.in_flight) == 2  # the first done, the third queued behind the refused one
     done += await line.drain()
     rows = await decided(conn, schema)
-    assert rows["tx2"][:2] == ("rejected", "invalid")
-    assert rows["tx3"][:2] == ("committed", None)
-    assert rows["tx4"][:2] == ("rejected", "insufficient_funds")
-    assert await balance(conn, schema) == 17
+    assert rows[f"tx{n + 1}"][:2] == ("rejected", "invalid")
+    assert rows[f"tx{2 * n + 2}"][:2] == ("rejected", "insufficient_funds")
+    assert await balance(conn, schema) == 2 * n
     assert await balance(conn, schema, "bob") is None
-    assert await committed_offsets(conn, schema) == {home(tenant): 5}
-    assert sum(r.applied for r in done) == 5
+    assert await balance(conn, schema, "dave") == n
+    assert await committed_offsets(conn, schema) == {home(tenant): 3 * n + 3}
+    assert sum(r.applied for r in done) == 3 * n + 3
 
 
 async def test_a_record_refused_even_as_a_rejection_goes_to_the_operators_table(scratch: Scratch,
