@@ -15,6 +15,7 @@ The build sits in `.build/mypyc/` beside copies of the sources it was made from,
 from __future__ import annotations
 
 import fcntl
+import importlib.metadata
 import shutil
 import subprocess
 import sys
@@ -28,9 +29,15 @@ from ledger import BUILD, PURE_MODULES, compiled_digest, modules
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _stamp(digest: str) -> str:
+    """What DIGEST holds: the sources' digest (all `ledger/` checks), then the compiler's version (a new mypy
+    rebuilds)."""
+    return f"{digest}\nmypy {importlib.metadata.version('mypy')}\n"
+
+
 def current() -> bool:
     marker = BUILD / "ledger" / "DIGEST"
-    return marker.exists() and marker.read_text() == compiled_digest(ROOT / "ledger")
+    return marker.exists() and marker.read_text() == _stamp(compiled_digest(ROOT / "ledger"))
 
 
 def build() -> None:
@@ -60,7 +67,7 @@ def build() -> None:
             shutil.rmtree(work / "build", ignore_errors=True)
             for name in PURE_MODULES:  # imported from `ledger/` itself, never from a copy
                 (work / "ledger" / name).unlink()
-            (work / "ledger" / "DIGEST").write_text(digest)
+            (work / "ledger" / "DIGEST").write_text(_stamp(digest))
             shutil.rmtree(BUILD, ignore_errors=True)
             work.rename(BUILD)
         finally:

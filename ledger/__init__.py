@@ -37,7 +37,8 @@ def _built() -> bool:
     if os.environ.get("LEDGER_PURE", "") not in ("", "0"):
         return False
     try:
-        return (BUILD / "ledger" / "DIGEST").read_text() == compiled_digest(Path(__file__).resolve().parent)
+        built_from = (BUILD / "ledger" / "DIGEST").read_text().split("\n", 1)[0]  # then the compiler's version
+        return built_from == compiled_digest(Path(__file__).resolve().parent)
     except OSError:
         return False
 
