@@ -20,9 +20,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench import tools
-from infra import processes
 from infra.local import say
-from infra.run import wait_ready
 
 TENANTS = [f"pm-{n:02d}" for n in range(10)]
 SLA = {"p95_ms": 150.0, "p99_ms": 300.0, "error_ratio": 0.001}
@@ -139,23 +137,12 @@ async def keys_for(url: str, admin_token: str) -> dict[str, str]:
     return keys
 
 
-def restart(bench: Any, which: tuple[str, ...], env: dict[str, str]) -> None:
-    """Restart `which` of the bench's processes with `env` added ({} restores the configuration)."""
-    if "projector" in which:
-        bench.stop_projectors()
-        bench.spawn_projectors(None, **env)
-    if "api" in which:
-        processes.stop(bench.api, "API")
-        bench.api = processes.spawn("api", bench.env | env, bench.logs / "api.log")
-        wait_ready(bench.url, bench.api)
-
-
 def levers(bench: Any, keys: dict[str, str], wallets: int, bodies: Path, seconds: int) -> list[dict[str, Any]]:
     """10x with each lever taken away in turn, right after the configured stack at 10x: same run, same data."""
     rows = []
     for name, which, env in LEVERS:
-        restart(bench, which, env)
+        bench.restart(which, **env)
         [level] = measure(bench.url, keys, wallets, bodies, seconds, ((10, USERS),))
         rows.append({"lever": name, "env": env, **level})
-        restart(bench, which, {})
+        bench.restart(which)
     return rows

@@ -69,7 +69,10 @@ class Bench:
         self.logs.mkdir(parents=True, exist_ok=True)
         processes.prepare(self.env)
         self.spawn_projectors()
-        self.api = processes.spawn("api", self.env, self.logs / "api.log")
+        self.spawn_api()
+
+    def spawn_api(self, **env: str) -> None:
+        self.api = processes.spawn("api", self.env | env, self.logs / "api.log")
         wait_ready(self.url, self.api)
 
     def stop(self) -> None:
@@ -85,6 +88,15 @@ class Bench:
     def stop_projectors(self) -> None:
         for proc in self.projectors:
             processes.stop(proc, "projector")
+
+    def restart(self, which: tuple[str, ...], **env: str) -> None:
+        """Restart the API and/or the projectors (`which`) with `env` added; without, as configured."""
+        if "projector" in which:
+            self.stop_projectors()
+            self.spawn_projectors(None, **env)
+        if "api" in which:
+            processes.stop(self.api, "API")
+            self.spawn_api(**env)
 
     async def tenants(self) -> None:
         admin = {"Authorization": f"Bearer {self.env['LEDGER_ADMIN_TOKEN']}"}
@@ -527,6 +539,10 @@ def _row(name: str, r: dict[str, Any]) -> str:
             f"{r['max_ms']:.1f} | {r['achieved_rps']} | {r['errors']} |")
 
 
+def _cpu(row: dict[str, Any]) -> str:
+    return f"; {tools.cpu_text(row['cpu'])}" if "cpu" in row else ""
+
+
 def report(results: dict[str, Any]) -> str:
     lines = ["", "| measurement | rate | p50 ms | p95 ms | p99 ms | max ms | achieved | errors |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -551,18 +567,18 @@ def report(results: dict[str, Any]) -> str:
         lines.append(f"ingest straight to Kafka, {i.get('projectors', 1)} projector process(es): "
                      f"{i['tx_per_s']} committed tx/s "
                      f"({i['measured']} tx in {i['seconds']} s), {i['wal_bytes_per_tx']} WAL bytes per transfer"
-                     + (f"; {tools.cpu_text(i['cpu'])}" if "cpu" in i else ""))
+                     + _cpu(i))
     if "ceiling" in results:
         c = results["ceiling"]
         lines.append(f"PostgreSQL's ceiling for the same rows (COPY + balances upsert, batches of {ceiling.BATCH}, "
                      f"LIKE tables): {c['tx_per_s']} tx/s, {c['wal_bytes_per_tx']} WAL bytes/tx; projector at "
-                     f"{c['ratio']}x (target 0.8x)" + (f"; {tools.cpu_text(c['cpu'])}" if "cpu" in c else ""))
+                     f"{c['ratio']}x (target 0.8x)" + _cpu(c))
     for label in [k for k in results if k.startswith("ingest_direct_")]:
         i = results[label]
         build = "compiled" if i.get("compiled", True) else "pure Python"
         lines.append(f"ingest with {i['projectors']} projector process(es), ledger/ {build}: {i['tx_per_s']} "
                      f"committed tx/s, {i.get('ratio')}x the ceiling (target 0.8x)"
-                     + (f"; {tools.cpu_text(i['cpu'])}" if "cpu" in i else ""))
+                     + _cpu(i))
     if "ingest_mix" in results:
         i = results["ingest_mix"]
         lines.append(f"ingest, half holds and half captures: {i['tx_per_s']} decided requests/s "

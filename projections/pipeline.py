@@ -224,13 +224,9 @@ class Pipeline:
         return done
 
     async def close(self) -> None:
-        tasks = [task for _, task in self.in_flight]
-        for task in tasks:
-            task.cancel()
         # Ended before the connections are: a write cancelled mid-transaction must not see its connection
         # closed, take that for a fault of the surroundings and retry on a new one.
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.in_flight = []
+        await self._abandon(self.in_flight)
         for name, conn in self.connections.items():
             if conn is not None:
                 conn.terminate()
@@ -299,6 +295,13 @@ class Pipeline:
                 raise Skipped("the write before it failed")
         return await self._retrying("writer", lambda conn: write(conn, batch, self.publish, self.schema))
 
+    async def _abandon(self, writes: list[tuple[Prepared, asyncio.Task[BatchResult]]]) -> None:
+        """Cancel `writes` and wait until they have ended; none is in flight afterwards."""
+        for _, task in writes:
+            task.cancel()
+        await asyncio.gather(*[task for _, task in writes], return_exceptions=True)
+        self.in_flight = []
+
     async def _finish_oldest(self, pending: Prepared | None) -> tuple[list[BatchResult], bool]:
         """The oldest write's result, and whether `pending` (folded on top of every write in flight) was
         applied too."""
@@ -311,10 +314,7 @@ class Pipeline:
             # Neither this batch nor those folded on top of it can stand: redo them all from PostgreSQL's
             # state, the plain way, and carry nothing over.
             behind = [b for b, _ in self.in_flight[1:]] + ([pending] if pending is not None else [])
-            for _, later in self.in_flight[1:]:
-                later.cancel()
-            await asyncio.gather(*[t for _, t in self.in_flight[1:]], return_exceptions=True)
-            self.in_flight = []
+            await self._abandon(self.in_flight[1:])
             log.warning("redoing the last %d records the plain way (%r)",
                         sum(len(b.records) for b in [batch, *behind]), e)
             results: list[BatchResult] = []
