@@ -42,6 +42,10 @@ CHECKS = {
     "idempotency_keys": ("SELECT tenant, key, transaction_id FROM {src}",
                          "(SELECT k.* FROM {live}.idempotency_keys k JOIN lt ON lt.tenant = k.tenant"
                          " AND lt.id = k.transaction_id) AS lk", "{shadow}.idempotency_keys"),
+    "batches": ("SELECT tenant, id, idempotency_key, fingerprint, status, reason, atomic, items, log_partition,"
+                " log_offset, created_at FROM {src}",
+                "(SELECT b.* FROM {live}.batches b JOIN s ON b.log_partition = s.p AND b.log_offset < s.o"
+                " WHERE $3::text[] IS NULL OR b.tenant = ANY($3)) AS lbt", "{shadow}.batches"),
     "replays": ("SELECT tenant, id, original_id, log_partition, log_offset FROM {src}",
                 "(SELECT r.* FROM {live}.replays r JOIN s ON r.log_partition = s.p AND r.log_offset < s.o"
                 " WHERE $3::text[] IS NULL OR r.tenant = ANY($3)) AS lr", "{shadow}.replays"),

@@ -60,7 +60,8 @@ class Hostile:
         kind = rng.choice(["valid"] * 8 + ["taken_id", "bytes", "json", "nul", "surrogate", "numbers",
                                             "wrong_partition", "unknown_tenant", "tenant_record", "bad_key",
                                             "no_value", "kind"]
-                          + ["hold", "close_hold", "reverse", "policy", "batch"] * 2 + ["tick"])
+                          + ["hold", "close_hold", "reverse", "policy", "batch"] * 2 + ["tick"]
+                          + ["repeated_key", "dots", "keyed_batch"])
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         key: bytes | None = tenant.encode()
         partition = None
@@ -148,6 +149,20 @@ class Hostile:
             value = orjson.dumps({"v": 1, "kind": "batch", "id": unique("b"), "tenant": tenant, "transactions": items})
             for item in items:
                 self.ids.append((tenant, str(item["id"])))
+        elif kind == "repeated_key":  # a JSON object naming a field twice: which one counts is ambiguous
+            raw = orjson.dumps(self.transfer(tenant))
+            value = raw.replace(b'"amount":', b'"amount":1,"amount":', 1)
+        elif kind == "dots":
+            body = self.transfer(tenant)
+            body["postings"][0][rng.choice(["source", "destination"])] = rng.choice([".", "..", "..."])
+            value = orjson.dumps(body)
+        elif kind == "keyed_batch":  # a few keys, so that batches repeat and conflict
+            items = [{k: v for k, v in self.transfer(tenant).items() if k in ("id", "postings")}
+                     for _ in range(rng.randint(1, 3))]
+            value = orjson.dumps({"v": 1, "kind": "batch", "id": unique("kb"), "tenant": tenant, "transactions": items,
+                                  "idempotency_key": f"bk{rng.randint(0, 3)}", "atomic": rng.random() < 0.5})
+            for item in items:
+                self.ids.append((tenant, str(item["id"])))
         elif kind == "tick":
             key, value, partition = None, TICK, rng.randrange(self.partitions)
         else:
@@ -194,7 +209,7 @@ async def test_a_hostile_log_stops_nothing_and_every_record_is_decided(admin: ht
           f"{len(positions & seen)} outcomes, {time.monotonic() - started:.1f} s")
     assert stack.projector is not None and stack.projector.poll() is None, "the projector stopped"
     assert positions <= seen, f"{len(positions - seen)} records without an outcome"
-    assert min(hostile.kinds.values()) > 0 and len(hostile.kinds) == 19
+    assert min(hostile.kinds.values()) > 0 and len(hostile.kinds) == 22
     verdict = await verify(SETTINGS.database_url, SETTINGS.kafka_bootstrap, TRANSACTIONS_TOPIC)
     assert verdict.identical, "\n".join(f"{check}: {rows}" for check, rows in verdict.differences.items())
     assert verdict.replayed >= RECORDS
