@@ -58,10 +58,12 @@ def unexpected_error(request: Request, exc: Exception) -> Response:
     return internal_error(getattr(request.state, "request_id", None), request.method, request.url.path)
 
 
+@routes.params()
 async def healthz(request: Request) -> Response:
     return Response(HEALTHY, media_type="application/json")
 
 
+@routes.params()
 async def readyz(request: Request) -> Response:
     """Ready when every check passes; `problems` says why one does not."""
     context: routes.Context = request.app.state.ctx
@@ -97,10 +99,12 @@ async def _projector_problem(group: ProjectorGroup, lag: int | None, cfg: Settin
     return await group.problem()
 
 
+@routes.params()
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+@routes.params()
 async def openapi(request: Request) -> Response:
     return JSON(document(request.app.state.settings.wait_timeout_ms_max))
 

@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from api import routes
 from api.errors import error_response, internal_error
 from api.responses import JSON
-from ledger.errors import LedgerError
+from ledger.errors import InvalidRequest, LedgerError
 from ledger.validation import check_address
 
 HEALTHY = b'{"status":"ok"}'
@@ -65,7 +65,8 @@ class HotRoutes:
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+    """A header given at most once (as `api.requests.header`); a repeated one is refused, never resolved."""
+    found = [value for key, value in scope["headers"] if key == name]
+    if len(found) > 1:
+        raise InvalidRequest(f"the {name.decode()} header is given more than once", name.decode())
+    return found[0].decode("latin-1") if found else None

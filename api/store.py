@@ -82,6 +82,11 @@ class Store:
         rows = await self._fetch(TRANSACTION, tenant, id)
         return rows[0] if rows else None
 
+    async def batch_by_key(self, tenant: str, key: str) -> asyncpg.Record | None:
+        """The batch that `key` binds: its id, fingerprint, decision and items' ids in order."""
+        rows = await self._fetch("SELECT * FROM api_batch_by_key($1, $2)", tenant, key)
+        return rows[0] if rows else None
+
     async def transaction_by_key(self, tenant: str, key: str) -> asyncpg.Record | None:
         rows = await self._fetch(TRANSACTION_BY_KEY, tenant, key)
         return rows[0] if rows else None

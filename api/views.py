@@ -41,8 +41,18 @@ def transaction(row: asyncpg.Record, positions: PositionKey, tenant: str) -> dic
     if kind in TARGET_NAMES:
         body[TARGET_NAMES[kind]] = row["target"]
     if kind in REVERSIBLE and row["status"] == "committed":
-        body["reversed"] = row["reversed"]
+        body["reversed"] = reversed_amount(row["postings"], row["reversed"])
     return body
+
+
+def reversed_amount(postings: list[dict[str, Any]], reversed: int) -> int | dict[str, int]:
+    """The amount reversed so far: in the transaction's asset, or per asset when it moved several (reversed
+    only whole, so each asset's is all it moved or nothing)."""
+    assets = {p["asset"] for p in postings}
+    if len(assets) <= 1:
+        return reversed
+    done = reversed > 0
+    return {a: sum(p["amount"] for p in postings if p["asset"] == a) if done else 0 for a in sorted(assets)}
 
 
 def account(address: str, rows: list[asyncpg.Record], positions: PositionKey, tenant: str) -> dict[str, Any]:

@@ -178,14 +178,17 @@ class LedgerProducer:
         return await self._append(request)
 
     async def submit_batch(self, tenant: str, transfers: list[list[Posting]], *, atomic: bool = False,
-                           idempotency_keys: list[str | None] | None = None) -> list[Submitted]:
-        """Transfers appended in order; with `atomic`, as one record: all committed or all rejected."""
+                           idempotency_keys: list[str | None] | None = None,
+                           idempotency_key: str | None = None) -> list[Submitted]:
+        """Transfers appended in order; with `atomic`, as one record: all committed or all rejected. The
+        batch's own `idempotency_key` binds it whole (one record too): a repeat replays every item."""
         keys = idempotency_keys or [None] * len(transfers)
         raw = [{"postings": [p.as_json() for p in postings], **({"idempotency_key": k} if k else {})}
                for postings, k in zip(transfers, keys, strict=True)]
-        items = parse_items(raw, check_tenant(tenant), [uuid.uuid4().hex for _ in raw])
-        if atomic:
-            first = await self._append(BatchRequest(uuid.uuid4().hex, items[0].tenant, items))
+        batch_key = parse_idempotency_key(idempotency_key)
+        items = parse_items(raw, check_tenant(tenant), [uuid.uuid4().hex for _ in raw], batch_key)
+        if atomic or batch_key is not None:
+            first = await self._append(BatchRequest(uuid.uuid4().hex, items[0].tenant, items, batch_key, atomic))
             return [Submitted(first.tenant, item.id, first.position, first.token) for item in items]
         return [await self._append(item) for item in items]
 
