@@ -69,4 +69,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
     found = [value for key, value in scope["headers"] if key == name]
     if len(found) > 1:
         raise InvalidRequest(f"the {name.decode()} header is given more than once", name.decode())
-    return found[0].decode("latin-1") if found else None
+    try:
+        return found[0].decode("utf-8") if found else None
+    except UnicodeDecodeError:
+        raise InvalidRequest("must be UTF-8", name.decode()) from None

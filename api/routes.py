@@ -347,8 +347,10 @@ async def post_batch(request: Request) -> Response:
         if prior is not None:
             return await _batch_replayed(context, tenant, batch, prior)
     if key is not None and all(r is not None and r["reason"] == IDEMPOTENCY_CONFLICT for r in rows):
-        return error(409, IDEMPOTENCY_CONFLICT, CONFLICT_MESSAGE,
-                     transactions=[views.transaction(r, context.positions, tenant) for r in rows if r is not None])
+        bound = await context.store.batch_by_key(tenant, key)
+        if bound is None or bound["id"] != batch.id:  # the batch's key, not one of its items', was taken
+            return error(409, IDEMPOTENCY_CONFLICT, CONFLICT_MESSAGE, transactions=[
+                views.transaction(r, context.positions, tenant) for r in rows if r is not None])
     return JSON({"transactions": [views.transaction(r, context.positions, tenant) if r is not None else p
                                   for r, p in zip(rows, pending, strict=True)]})
 

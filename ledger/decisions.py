@@ -49,8 +49,9 @@ OVERDRAFT_IN_USE = "overdraft_in_use"
 # (the API answers 422, not 409, for it).
 AMOUNT_NEEDS_ONE_POSTING = "amount_needs_one_posting"
 # A key binds the first request that used it, whatever its outcome, except these: a conflict is the key's
-# misuse, and a tenant that does not exist has no keys to bind.
-KEY_UNBOUND = frozenset({IDEMPOTENCY_CONFLICT, UNKNOWN_TENANT})
+# misuse, a tenant that does not exist has no keys to bind, and a malformed request binds nothing (the API
+# refuses a partial amount on several postings with 422 before the log whenever it knows the target).
+KEY_UNBOUND = frozenset({IDEMPOTENCY_CONFLICT, UNKNOWN_TENANT, AMOUNT_NEEDS_ONE_POSTING})
 
 HELD, CAPTURED, VOIDED, EXPIRED = "held", "captured", "voided", "expired"
 # What can be reversed: requests that moved money.
@@ -97,8 +98,9 @@ class Hold:
 
 @dataclass(slots=True)
 class Original:
-    """What a reversal needs of the transaction it names: what it moved, and `reversed`, the amount reversed
-    so far (the sum of its reversals' amounts; several postings are reversed only whole)."""
+    """What a reversal needs of the transaction it names: what it moved, and `reversed`: for one posting, the
+    amount reversed so far; for several, reversed only whole and once, 1 once reversed. (Their amounts, per
+    asset, are what the API shows as reversed; a sum of several could pass int64, which no column holds.)"""
 
     kind: str
     status: str
@@ -106,13 +108,11 @@ class Original:
     reversed: int = 0
 
     @property
-    def total(self) -> int:
-        return sum(p.amount for p in self.postings)
-
-    @property
     def remaining(self) -> int:
-        """The amount not reversed yet."""
-        return self.total - self.reversed
+        """For one posting, the amount not reversed yet; for several, 1 until they are reversed."""
+        if len(self.postings) == 1:
+            return self.postings[0].amount - self.reversed
+        return 1 - self.reversed
 
 
 @dataclass(slots=True)
@@ -318,12 +318,11 @@ def _reverse(state: LedgerState, request: TransactionRequest) -> Outcome:
         return Outcome("rejected", AMOUNT_EXCEEDS_REMAINING)
     else:
         amount = request.amount
-    if original.reversed + amount > BALANCE_MAX:
-        # `reversed` is stored and shown as an int64: postings that add up past it cannot be counted.
-        return Outcome("rejected", OVERFLOW)
     swapped = tuple(Posting(p.destination, p.source, amount if len(original.postings) == 1 else p.amount, p.asset)
                     for p in original.postings)
-    return _move(state, request.tenant, swapped, {}, True, amount)._replace(target=target)
+    # What `reversed` counts: the amount, for one posting; the one whole reversal, for several.
+    counted = amount if len(original.postings) == 1 else 1
+    return _move(state, request.tenant, swapped, {}, True, counted)._replace(target=target)
 
 
 def _policy(state: LedgerState, request: TransactionRequest) -> Outcome:
@@ -497,18 +496,23 @@ class Ledger:
         self.batches[(batch.tenant, batch.id)] = tuple(i.id for i in batch.items)
         return decided
 
-    def batch_replay(self, batch: BatchRequest, prior: Decided, index: int) -> Outcome:
-        """The outcome of item `index` of a batch whose key `prior` bound already: a replay of the original
-        batch's item at that place when the batch is the same, else a conflict (the key stays the original's)."""
-        item = batch.items[index]
+    def repeated_items(self, batch: BatchRequest, prior: Decided) -> tuple[str, ...] | None:
+        """The ids of the items of the batch that `prior` (what the batch's key bound) decided, when `batch`
+        repeats it exactly; None when the key was bound to another body (or to a single request)."""
+        originals = self.batches.get((batch.tenant, prior.transaction_id))
+        if originals is None or len(originals) != len(batch.items) or prior.fingerprint != batch.fingerprint():
+            return None
+        return originals
+
+    def batch_replay(self, item: TransactionRequest, original_id: str | None) -> Outcome:
+        """The outcome of an item of a batch whose key was bound already: a replay of the original batch's item
+        at its place (`original_id`), or a conflict when the batch is not the same (the key stays bound)."""
         taken = self.decided_id(item.tenant, item.id)
         if taken is not None:
             return _replay(taken, item, id_taken=True)
-        originals = self.batches.get((batch.tenant, prior.transaction_id))
-        if originals is not None and prior.fingerprint == batch.fingerprint() and len(originals) == len(batch.items):
-            original = self.decided_id(item.tenant, originals[index])
-            if original is not None:
-                return Outcome(original.status, original.reason, replay_of=original)
+        original = None if original_id is None else self.decided_id(item.tenant, original_id)
+        if original is not None:
+            return Outcome(original.status, original.reason, replay_of=original)
         return Outcome("rejected", IDEMPOTENCY_CONFLICT)
 
     def remember_replay(self, request: TransactionRequest, original: Decided) -> bool:

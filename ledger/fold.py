@@ -19,6 +19,7 @@ from ledger.decisions import (
     EXPIRED,
     HELD,
     INVALID,
+    KEY_UNBOUND,
     WRONG_PARTITION,
     BalanceKey,
     Hold,
@@ -273,15 +274,22 @@ def _fold_batch_request(ledger: Ledger, rows: BatchRows, record: Record, at: dat
     batch that is not atomic decides each on its own, in order. A batch's idempotency key binds it whole:
     a repeat replays each item, or with another body is refused (`idempotency_conflict`) item by item."""
     key = batch.idempotency_key
+    if key is not None and (batch.tenant, batch.id) in ledger.batches:
+        # Its id is a batch's already: the record cannot be kept under it (nothing of it is applied).
+        _fold_invalid(ledger, rows, record, at, Invalid(f"batch id {batch.id!r} is taken", None))
+        return
     prior = ledger.decided_key(batch.tenant, key) if key is not None else None
     if prior is not None:
+        originals = ledger.repeated_items(batch, prior)  # once per record: a fingerprint reads every item
         for index, item in enumerate(batch.items):
-            _fold_request(ledger, rows, record, at, item, forced=ledger.batch_replay(batch, prior, index),
-                          leg_base=index * LEGS_PER_ITEM)
+            outcome = ledger.batch_replay(item, None if originals is None else originals[index])
+            _fold_request(ledger, rows, record, at, item, forced=outcome, leg_base=index * LEGS_PER_ITEM)
         return
     reason = first_failure(ledger, batch.items, record.timestamp_ms, record.position) if batch.atomic else None
     _fold_batch_items(ledger, rows, record, at, batch, reason)
-    if key is not None and ledger.tenant_exists(batch.tenant):
+    # Bound as a request's key would be: not by a batch that misused a key of its own items, nor by a tenant
+    # that does not exist.
+    if key is not None and ledger.tenant_exists(batch.tenant) and reason not in KEY_UNBOUND:
         decided = ledger.bind_batch(batch, "committed" if reason is None else "rejected", reason, record.position)
         rows.batches.append((batch.tenant, batch.id, key, decided.fingerprint, decided.status, reason, batch.atomic,
                              [i.id for i in batch.items], record.partition, record.offset, at))

@@ -111,13 +111,18 @@ class BatchRequest:
     items: tuple[TransactionRequest, ...]
     idempotency_key: str | None = None
     atomic: bool = True
+    _fingerprint: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def fingerprint(self) -> bytes:
         """A digest of what the batch's key binds: every item's body and key, in order, and `atomic` (not
-        the ids, which each attempt makes anew)."""
-        body = {"atomic": self.atomic,
-                "items": [[i.fingerprint().hex(), i.idempotency_key] for i in self.items]}
-        return hashlib.sha256(b"batch\n" + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+        the ids, which each attempt makes anew). Computed once (it reads every item)."""
+        if self._fingerprint is None:
+            body = {"atomic": self.atomic,
+                    "items": [[i.fingerprint().hex(), i.idempotency_key] for i in self.items]}
+            digest = hashlib.sha256(b"batch\n" + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+            object.__setattr__(self, "_fingerprint", digest)
+        assert self._fingerprint is not None
+        return self._fingerprint
 
 
 Request = TransactionRequest | TenantRequest | Tick | BatchRequest

@@ -64,6 +64,10 @@ FROM batches b
 JOIN unnest($1::text[], $2::text[]) AS k(tenant, key) ON b.tenant = k.tenant AND b.idempotency_key = k.key
 """
 SELECT_TENANTS = "SELECT id FROM tenants WHERE id = ANY($1::text[])"
+SELECT_BATCHES = """
+SELECT b.tenant, b.id, b.items FROM batches b
+JOIN unnest($1::text[], $2::text[]) AS k(tenant, id) ON b.tenant = k.tenant AND b.id = k.id
+"""
 HOLD_FIELDS = ("h.tenant, h.id, h.state, h.postings, h.expires_at, h.log_partition, h.log_offset, h.closed_by,"
                " h.closed_at")
 SELECT_HOLDS = f"""
@@ -196,10 +200,15 @@ def _track(ledger: Ledger, row: asyncpg.Record, keys: set[BalanceKey]) -> None:
 
 async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], ids: set[tuple[str, str]],
                   tenants: set[str], due: dict[int, int], ledger: Ledger,
-                  batch_keys: Iterable[tuple[str, str]] = ()) -> None:
+                  keyed_batches: Iterable[tuple[str, str, str]] = ()) -> None:
     """Load into `ledger` everything the batch touches that it lacks: the holds and transactions its
     requests name, the open holds of its partitions due by `due` (ms), then every balance, id, idempotency
-    key (`batch_keys` too, those of keyed batches) and tenant."""
+    key and tenant; of each keyed batch (tenant, id, key), whether its id is taken and what its key binds."""
+    keyed = list(keyed_batches)
+    batch_ids = {(t, i) for t, i, _ in keyed if (t, i) not in ledger.batches}
+    if batch_ids:
+        for row in await conn.fetch(SELECT_BATCHES, *_columns(batch_ids, 2)):
+            ledger.batches[(row["tenant"], row["id"])] = tuple(row["items"])
     # Ids first, the targets' included: a target may be a repeat's id, which stands for its original.
     targets = {(r.tenant, r.target) for r in requests if r.target is not None}
     wanted = {i for i in ids | targets if i not in ledger.by_id}
@@ -247,10 +256,10 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
         for key in keys:  # no row yet: nothing posted, nothing held
             ledger.balances.setdefault(key, 0)
     idem = {(r.tenant, r.idempotency_key) for r in requests if r.idempotency_key is not None}
-    idem = {k for k in idem | set(batch_keys) if k not in ledger.by_key}
+    idem = {k for k in idem | {(t, k) for t, _, k in keyed} if k not in ledger.by_key}
     if idem:
         items: set[tuple[str, str]] = set()
-        for row in await conn.fetch(SELECT_BY_KEY, *_columns(idem, 2)):  # type: ignore[arg-type]
+        for row in await conn.fetch(SELECT_BY_KEY, *_columns(idem, 2)):
             ledger.by_key[(row["tenant"], row["key"])] = decided_from_row(row)
             if row["items"] is not None:  # a batch's key: a repeat replays its items, which must be known
                 ledger.batches[(row["tenant"], row["id"])] = tuple(row["items"])

@@ -170,9 +170,9 @@ class Model:
         original = self.moved.get((tenant, self.alias.get((tenant, body[2]), body[2])))
         if original is None:
             return "rejected", "not_found", []
-        # The amount not reversed yet (several postings are reversed whole, once).
+        # For one posting, the amount not reversed yet; several are reversed whole, once.
         single = len(original["postings"]) == 1
-        remaining = sum(p[2] for p in original["postings"]) - original["reversed"]
+        remaining = original["postings"][0][2] - original["reversed"] if single else 1 - original["reversed"]
         if original["kind"] not in ("transfer", "capture", "reverse") or original["status"] != "committed" \
                 or remaining <= 0:
             return "rejected", "not_reversible", []
@@ -182,8 +182,6 @@ class Model:
         if amount is not None and amount > remaining:
             return "rejected", "amount_exceeds_remaining", []
         amount = remaining if amount is None else amount
-        if original["reversed"] + amount > 2**63 - 1:
-            return "rejected", "overflow", []
         back = [(d, s, amount if single else a, x) for s, d, a, x in original["postings"]]
         status, reason, moved = self._move(tenant, back, check_funds=True)
         if status == "committed":

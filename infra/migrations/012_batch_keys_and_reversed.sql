@@ -3,8 +3,6 @@
 -- * `batches`: a batch posted with an `Idempotency-Key` binds the key whole (contract v3): the batch's
 --   fingerprint, its decision and its items' ids in order, so that a repeat replays each item. A key is bound
 --   by a row here or by one of `idempotency_keys`, never both (the fold keeps one map of keys).
--- * `transactions.reversed` means one thing: the amount reversed so far (the sum of its reversals' amounts).
---   Several postings were counted as a flag (1 once reversed whole); they now count their amounts.
 -- * A partial amount on a capture or reversal of several postings was rejected `invalid`; it is now
 --   `amount_needs_one_posting` (the API answers 422 for it), the reason a replay of the log gives.
 
@@ -36,15 +34,11 @@ BEGIN
     GRANT SELECT ON batches TO ledger_api;
     GRANT SELECT, INSERT ON batches TO ledger_projector;
 
-    UPDATE transactions t SET reversed = least(s.total, 9223372036854775807)::bigint
-    FROM (SELECT x.tenant, x.id, sum((p->>'amount')::numeric) AS total
-          FROM transactions x, jsonb_array_elements(x.postings) AS p
-          WHERE x.reversed = 1 AND jsonb_array_length(x.postings) > 1
-          GROUP BY x.tenant, x.id) s
-    WHERE t.tenant = s.tenant AND t.id = s.id;
-
     UPDATE transactions SET reason = 'amount_needs_one_posting'
     WHERE status = 'rejected' AND reason = 'invalid' AND kind IN ('capture', 'reverse') AND error IS NULL;
+    -- A malformed request binds no key (a replay binds none for it).
+    DELETE FROM idempotency_keys k USING transactions t
+    WHERE t.tenant = k.tenant AND t.id = k.transaction_id AND t.reason = 'amount_needs_one_posting';
 
     PERFORM set_config('search_path', previous, true);
 END

@@ -37,6 +37,7 @@ class Hostile:
         self.partitions = partitions
         self.ids: list[tuple[str, str]] = []
         self.holds: list[tuple[str, str]] = []
+        self.keyed: list[dict[str, Any]] = []  # keyed batches made, to repeat
         self.kinds: dict[str, int] = {}
 
     def transfer(self, tenant: str, **overrides: Any) -> dict[str, Any]:
@@ -156,11 +157,18 @@ class Hostile:
             body = self.transfer(tenant)
             body["postings"][0][rng.choice(["source", "destination"])] = rng.choice([".", "..", "..."])
             value = orjson.dumps(body)
-        elif kind == "keyed_batch":  # a few keys, so that batches repeat and conflict
-            items = [{k: v for k, v in self.transfer(tenant).items() if k in ("id", "postings")}
-                     for _ in range(rng.randint(1, 3))]
-            value = orjson.dumps({"v": 1, "kind": "batch", "id": unique("kb"), "tenant": tenant, "transactions": items,
-                                  "idempotency_key": f"bk{rng.randint(0, 3)}", "atomic": rng.random() < 0.5})
+        elif kind == "keyed_batch":  # true repeats (new ids, same body), conflicts under a few keys, taken ids
+            if self.keyed and rng.random() < 0.5:
+                body = dict(rng.choice(self.keyed))
+                items = [{**item, "id": unique("h")} for item in body["transactions"]]
+                body.update(transactions=items, id=body["id"] if rng.random() < 0.1 else unique("kb"))
+            else:
+                items = [{k: v for k, v in self.transfer(tenant).items() if k in ("id", "postings")}
+                         for _ in range(rng.randint(1, 3))]
+                body = {"v": 1, "kind": "batch", "id": unique("kb"), "tenant": tenant, "transactions": items,
+                        "idempotency_key": f"bk{rng.randint(0, 3)}", "atomic": rng.random() < 0.5}
+                self.keyed.append(body)
+            value = orjson.dumps(body)
             for item in items:
                 self.ids.append((tenant, str(item["id"])))
         elif kind == "tick":

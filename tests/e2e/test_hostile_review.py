@@ -211,3 +211,45 @@ async def test_1_the_producer_client_binds_a_batch_key_too(tenant: Tenant) -> No
     assert [o["status"] for o in runs[0]] == ["committed"] * 2
     assert [o.get("original_id") for o in runs[1]] == [s["id"] for s in runs[0]]
     assert (await account(tenant, "alice"))["balances"] == {"USD/2": 8}
+
+
+async def test_5_postings_summing_past_int64_reverse_and_show_their_amounts(tenant: Tenant) -> None:
+    # The review found these refused `overflow` by a first version of the fix, which summed across postings.
+    big = 5 * 10**18
+    same = await transfer(tenant.client, tenant.id, posting("@bank-a", "x", big), posting("@bank-b", "y", big))
+    mixed = await transfer(tenant.client, tenant.id, posting("@world", "z", 6 * 10**18, "ETH/18"),
+                           posting("@world", "z", 6 * 10**18, "WETH/18"))
+    for original in (same, mixed):
+        assert (await post(tenant, f"/transactions/{original.json()['id']}/reverse")).status_code == 201
+    shown = (await tenant.client.get(tenant.path(f"/transactions/{same.json()['id']}"))).json()
+    assert shown["reversed"] == str(2 * big)  # past int64: a decimal string, never a number Go cannot read
+    shown = (await tenant.client.get(tenant.path(f"/transactions/{mixed.json()['id']}"))).json()
+    assert shown["reversed"] == {"ETH/18": 6 * 10**18, "WETH/18": 6 * 10**18}
+    verdict = await verify(SETTINGS.database_url, SETTINGS.kafka_bootstrap, TRANSACTIONS_TOPIC, [tenant.id])
+    assert verdict.identical, verdict.differences
+
+
+async def test_10_replays_of_every_kind_answer_as_the_original_did(tenant: Tenant) -> None:
+    await funded(tenant, 10)
+    refused_hold = await post(tenant, "/holds", {"postings": [posting("alice", "bob", 50)]}, key="h-key")
+    assert code(refused_hold) == (409, "insufficient_funds")
+    again = await post(tenant, "/holds", {"postings": [posting("alice", "bob", 50)]}, key="h-key")
+    assert (code(again), again.headers["Idempotent-Replayed"]) == ((409, "insufficient_funds"), "true")
+    held = await post(tenant, "/holds", {"postings": [posting("alice", "bob", 5)]})
+    assert (await post(tenant, f"/holds/{held.json()['id']}/void")).status_code == 201
+    for _ in range(2):
+        closed = await post(tenant, f"/holds/{held.json()['id']}/capture", key="cap-key")
+        assert code(closed) == (409, "hold_closed")
+    assert closed.headers["Idempotent-Replayed"] == "true"
+    for _ in range(2):
+        missing = await post(tenant, "/transactions/no-such-tx/reverse", key="rev-key")
+        assert code(missing) == (404, "not_found")
+    assert missing.headers["Idempotent-Replayed"] == "true"
+
+
+async def test_8_the_fast_balance_path_reads_headers_as_the_other_routes_do(tenant: Tenant) -> None:
+    for path in ("/accounts/alice", "/accounts/alice/entries"):
+        read = tenant.client.build_request("GET", tenant.path(path))
+        read.headers = httpx.Headers([(k, v) for k, v in read.headers.raw if k.lower() != b"authorization"]
+                                     + [(b"Authorization", b"Bearer \xff\xfe")])
+        assert code(await tenant.client.send(read)) == (422, "invalid_request"), path

@@ -185,3 +185,48 @@ def test_rfc3339_times_are_accepted_in_either_case(raw: str) -> None:
 def test_other_iso8601_forms_are_refused(raw: str) -> None:
     with pytest.raises(InvalidRequest):
         parse_time(raw, "at")
+
+
+# --- found by the review of the fixes ------------------------------------------------------------------
+
+def test_a_batchs_fingerprint_is_computed_once() -> None:
+    # A repeat under a bound key compared the whole batch's digest once per item: quadratic in its size.
+    items = tuple(TransactionRequest(f"a{i}", TENANT, (Posting("@world", "alice", 5, "USD/2"),)) for i in range(3))
+    batch_request = BatchRequest("b1", TENANT, items, "k")
+    assert batch_request.fingerprint() is batch_request.fingerprint()
+
+
+def test_a_batch_refused_for_an_items_key_leaves_its_own_key_free() -> None:
+    ledger = Ledger(tenants={TENANT: True})
+    single = Record(HOME, 0, TENANT.encode(), orjson.dumps(
+        {"v": 1, "id": "s1", "tenant": TENANT, "postings": [POSTING], "idempotency_key": "item-key"}),
+        1_700_000_000_000)
+    conflicting = BatchRequest("b1", TENANT, (TransactionRequest("x1", TENANT, (Posting("@world", "bob", 9, "USD/2"),),
+                                                                 "item-key"),), "batch-key")
+    fixed = BatchRequest("b2", TENANT, (TransactionRequest("y1", TENANT, (Posting("@world", "bob", 9, "USD/2"),)),),
+                         "batch-key")
+    records = [single] + [Record(HOME, n + 1, TENANT.encode(), encode_request(b), 1_700_000_000_000)
+                          for n, b in enumerate((conflicting, fixed))]
+    rows = fold(ledger, records)
+    assert [(t[1], t[2], t[3]) for t in rows.transactions] == [
+        ("s1", "committed", None), ("x1", "rejected", IDEMPOTENCY_CONFLICT), ("y1", "committed", None)]
+    assert ledger.by_key[(TENANT, "batch-key")].transaction_id == "b2"
+
+
+def test_a_keyed_batch_whose_id_is_a_batchs_already_is_invalid_in_the_fold() -> None:
+    # The database's key caught it before, by bisecting the projector's whole batch.
+    ledger = Ledger(tenants={TENANT: True})
+    rows = fold(ledger, [batch(0, "b1", ["a1"], "k1"), batch(1, "b1", ["a2"], "k2")])
+    assert [t[1] for t in rows.transactions] == ["a1"] and len(rows.batches) == 1
+    assert [e[1] for e in rows.invalid_events] == [1]
+    assert ledger.balance((TENANT, "alice", "USD/2")) == 5
+
+
+def test_a_partial_amount_on_several_postings_binds_no_key() -> None:
+    ledger = Ledger(tenants={TENANT: True})
+    placed = orjson.dumps({"v": 1, "kind": "hold", "id": "h1", "tenant": TENANT, "postings": [
+        POSTING, {**POSTING, "destination": "bob"}]})
+    capture = orjson.dumps({"v": 1, "kind": "capture", "id": "c1", "tenant": TENANT, "hold": "h1", "amount": 1,
+                            "idempotency_key": "cap"})
+    fold(ledger, [Record(HOME, n, TENANT.encode(), v, 1_700_000_000_000) for n, v in enumerate((placed, capture))])
+    assert (TENANT, "cap") not in ledger.by_key
