@@ -11,10 +11,10 @@ from types import TracebackType
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer
 
 from infra.kafka import topic_partitions
+from infra.producer import LogProducer, ProduceFailed, producer_config
 from infra.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from ledger.codec import encode_request
 from ledger.positions import Position, PositionKey
@@ -74,7 +74,8 @@ class Submitted:
 
 
 class LedgerProducer:
-    """An idempotent Kafka producer for ledger requests, with an outcomes listener started on demand.
+    """An idempotent Kafka producer for ledger requests (librdkafka: `infra.producer`), with an outcomes listener
+    started on demand.
 
     Outcomes are followed from the moment `start()` runs: submit after starting, then await. They are matched
     by the record they answer (`record`, in the clear), so no key is needed for that; with `position_key`
@@ -88,8 +89,9 @@ class LedgerProducer:
         self.outcomes_topic = outcomes_topic
         self.positions = None if position_key is None else PositionKey(position_key)
         # An append not acknowledged within `request_timeout_ms` raises `AppendUnconfirmed`.
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
-                                          linger_ms=2, request_timeout_ms=request_timeout_ms)
+        self._config = producer_config(bootstrap, delivery_timeout_ms=request_timeout_ms, linger_ms=2,
+                                       client_id="ledger-client")
+        self._producer: LogProducer | None = None  # made in start(): it serves the running event loop
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False) \
             if follow_outcomes else None
         # By the record an outcome answers and the id it decides (an atomic batch's record decides several).
@@ -106,7 +108,7 @@ class LedgerProducer:
         await self.stop()
 
     async def start(self) -> None:
-        await self._producer.start()
+        self._producer = LogProducer(self._config)
         if self._consumer is None:
             return
         await self._consumer.start()
@@ -122,7 +124,8 @@ class LedgerProducer:
                 await self._reader
         if self._consumer is not None:
             await self._consumer.stop()
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
 
     async def submit(self, tenant: str, postings: list[Posting], *, idempotency_key: str | None = None,
                      metadata: dict[str, str] | None = None, reference: str | None = None,
@@ -200,18 +203,19 @@ class LedgerProducer:
     async def _append(self, request: Request) -> Submitted:
         if self._consumer is not None and len(self._waiters) >= PENDING_MAX:
             raise RuntimeError(f"over {PENDING_MAX} outcomes not collected; await outcome() for them")
+        assert self._producer is not None, "start() the producer first"
         self._sending[request.tenant] = self._sending.get(request.tenant, 0) + 1
         try:
-            # The default partitioner (murmur2 of the key), as the contract's placement rule requires.
-            metadata_ = await self._producer.send_and_wait(self.topic, encode_request(request),
-                                                           key=request.tenant.encode())
-        except (KafkaError, TimeoutError) as e:
+            # murmur2 of the key (`murmur2_random`), Kafka's default, as the contract's placement rule requires.
+            partition, offset = await self._producer.send(self.topic, encode_request(request),
+                                                          request.tenant.encode())
+        except ProduceFailed as e:
             raise AppendUnconfirmed(request.tenant, request.id, e) from e
         finally:
             self._sending[request.tenant] -= 1
             if not self._sending[request.tenant]:
                 del self._sending[request.tenant]
-        position = Position(metadata_.partition, metadata_.offset)
+        position = Position(partition, offset)
         ids = [i.id for i in request.items] if isinstance(request, BatchRequest) else [request.id]
         for id in ids:
             self._expect(position, id)
