@@ -284,11 +284,19 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
              _timeout(wait_timeout_ms_max)],
             body=_ref("TransactionRequest"))},
         "/v1/tenants/{tenant}/accounts": {"get": _operation(
-            "Accounts by address prefix, with balances, held, available and policy (keyset pages by address)",
-            {"200": _ok("A page of accounts", {"type": "object", "properties": {
-                "accounts": {"type": "array", "items": _ref("Account")}, "next_cursor": {"type": ["string", "null"]}}}),
+            "Accounts by address prefix, with balances, held, available and policy (keyset pages by address); "
+            "or, with `address` (1 to 100, repeated), those accounts in the order asked, all read at one position "
+            "of the log (a snapshot read, not paged)",
+            {"200": _ok("A page of accounts, or a snapshot", {"type": "object", "properties": {
+                "accounts": {"type": "array", "items": _ref("Account")}, "next_cursor": {"type": ["string", "null"]},
+                "position": {"type": ["string", "null"],
+                             "description": "Snapshot reads: the position every balance is as of"}}}),
              **COMMON_ERRORS},
             [TENANT, _query("prefix", {"type": "string", "pattern": "^[A-Za-z0-9_:.@-]{0,128}$"}, "Address prefix"),
+             {"name": "address", "in": "query", "required": False, "style": "form", "explode": True,
+              "description": "A snapshot read of these accounts (1 to 100; not with prefix, limit or cursor)",
+              "schema": {"type": "array", "minItems": 1, "maxItems": 100,
+                         "items": {"type": "string", "pattern": f"^(?:{ADDRESS_RE.pattern})$"}}},
              *page_params, *read_params])},
         "/v1/tenants/{tenant}/balances": {"get": _operation(
             "Sums per asset over the accounts whose address starts with the prefix (reads the matching rows)",

@@ -96,14 +96,16 @@ class Context:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def params(*names: str, prefixes: tuple[str, ...] = ()) -> Callable[[Handler], Handler]:
-    """The query parameters a route takes: any other, and any given twice, is refused with 422."""
+def params(*names: str, prefixes: tuple[str, ...] = (),
+           repeatable: frozenset[str] = frozenset()) -> Callable[[Handler], Handler]:
+    """The query parameters a route takes: any other, and any given twice (but a list parameter, in
+    `repeatable`), is refused with 422."""
     allowed = frozenset(names)
 
     def wrap(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def checked(request: Request) -> Response:
-            check_params(request, allowed, prefixes)
+            check_params(request, allowed, prefixes, repeatable)
             return await handler(request)
         return checked
     return wrap
@@ -499,10 +501,15 @@ async def list_transactions(request: Request) -> Response:
                  "next_cursor": next_cursor})
 
 
-@params("prefix", "limit", "cursor", *READ_PARAMS)
+SNAPSHOT_ADDRESSES_MAX = 100
+
+
+@params("prefix", "limit", "cursor", "address", *READ_PARAMS, repeatable=frozenset({"address"}))
 async def list_accounts(request: Request) -> Response:
     context, principal, tenant = authorized(request, "read")
     assert tenant is not None
+    if "address" in request.query_params:
+        return await _snapshot(request, context, principal, tenant)
     low, high = prefix_param(request)
     limit = int_param(request, "limit", ENTRIES_LIMIT_DEFAULT, 1, ENTRIES_LIMIT_MAX)
     after = account_cursor_param(request, context.positions, tenant)
@@ -515,6 +522,29 @@ async def list_accounts(request: Request) -> Response:
     next_cursor = encode_account_cursor(context.positions, tenant, names[-1]) if len(by_account) > limit else None
     return JSON({"accounts": [views.account(name, by_account[name], context.positions, tenant) for name in names],
                  "next_cursor": next_cursor})
+
+
+async def _snapshot(request: Request, context: Context, principal: Principal, tenant: str) -> Response:
+    """Contract v3's snapshot read: the accounts asked, in their order, all as of one position of the log
+    (one statement: one snapshot of rows the projector commits with their offsets)."""
+    mixed = sorted({"prefix", "limit", "cursor"} & set(request.query_params))
+    if mixed:
+        raise InvalidRequest(f"{mixed[0]!r} does not go with address (a snapshot read is not paged)", "query")
+    raw = request.query_params.getlist("address")
+    if not 1 <= len(raw) <= SNAPSHOT_ADDRESSES_MAX:
+        raise InvalidRequest(f"give 1 to {SNAPSHOT_ADDRESSES_MAX} addresses", "address")
+    addresses = [check_address(a, "address") for a in raw]
+    await caught_up(request, context, principal, tenant)
+    rows = await context.store.snapshot(tenant, list(dict.fromkeys(addresses)))
+    by_account: dict[str, list[asyncpg.Record]] = {}
+    position = None
+    for row in rows:
+        if row["account"] is not None:
+            by_account.setdefault(row["account"], []).append(row)
+        elif row["log_offset"] >= 0:
+            position = context.positions.token(tenant, Position(row["log_partition"], row["log_offset"]))
+    return JSON({"accounts": [views.account(a, by_account.get(a, []), context.positions, tenant) for a in addresses],
+                 "position": position})
 
 
 @params("prefix", *READ_PARAMS)

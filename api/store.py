@@ -114,6 +114,10 @@ class Store:
     async def accounts(self, tenant: str, low: str, high: str, after: str | None, limit: int) -> list[asyncpg.Record]:
         return await self._fetch("SELECT * FROM api_accounts($1, $2, $3, $4, $5)", tenant, low, high, after, limit)
 
+    async def snapshot(self, tenant: str, accounts: list[str]) -> list[asyncpg.Record]:
+        """The accounts' balance and policy rows and the tenant's applied position, in one snapshot."""
+        return await self._fetch("SELECT * FROM api_snapshot($1, $2)", tenant, accounts)
+
     async def balance_sums(self, tenant: str, low: str, high: str) -> list[asyncpg.Record]:
         return await self._fetch("SELECT * FROM api_balance_sums($1, $2, $3)", tenant, low, high)
 

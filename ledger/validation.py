@@ -37,10 +37,10 @@ BATCH_ITEMS_MAX = 1000
 TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}", re.ASCII)
 # An address or id made only of dots ("." and ".." above all) is refused: HTTP clients normalise such path
 # segments away, so it could be written and never read.
-ADDRESS_RE = re.compile(r"@[A-Za-z0-9_:.-]{1,127}|(?!\.+\Z)[A-Za-z0-9_:.-]{1,128}", re.ASCII)
+ADDRESS_RE = re.compile(r"@[A-Za-z0-9_:.-]{1,127}|(?!\.+$)[A-Za-z0-9_:.-]{1,128}", re.ASCII)
 ASSET_RE = re.compile(r"[A-Z][A-Z0-9]{0,15}(/([0-9]|1[0-8]))?", re.ASCII)
 # Ids travel in URL paths, so they keep to characters that need no escaping.
-ID_RE = re.compile(r"(?!\.+\Z)[A-Za-z0-9_.:-]{1,64}", re.ASCII)
+ID_RE = re.compile(r"(?!\.+$)[A-Za-z0-9_.:-]{1,64}", re.ASCII)
 # What PostgreSQL's text and jsonb refuse (NUL), and what UTF-8 cannot encode (lone surrogates, which a
 # Python caller can build even though no JSON parser here lets them through).
 UNSTORABLE_RE = re.compile(r"[\x00\ud800-\udfff]")
