@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from api import routes
 from api.errors import error_response, internal_error
+from api.limits import READS
 from api.responses import JSON
 from ledger.errors import InvalidRequest, LedgerError
 from ledger.validation import check_address
@@ -54,8 +55,10 @@ class HotRoutes:
     async def _account(self, scope: Scope, raw_tenant: str, raw_address: str) -> Response:
         context: routes.Context = self.app.state.ctx
         try:
-            _, tenant = routes.authorize(context, _header(scope, b"authorization"), raw_tenant, "read")
+            principal, tenant = routes.authorize(context, _header(scope, b"authorization"), raw_tenant, "read")
             assert tenant is not None
+            if principal.key_id is not None:  # a tenant key's read counts against its tenant's limit
+                context.limits.admit(tenant, READS)
             return Response(await routes.account(context, tenant, check_address(raw_address)),
                             media_type=JSON.media_type)
         except LedgerError as e:

@@ -18,6 +18,7 @@ from api import views
 from api.appender import Appender, AppendUnconfirmed
 from api.auth import SCOPES, KeyStore, Principal, new_secret_key
 from api.cache import BalanceCache
+from api.limits import READS, WRITES, Limits, TenantLimits, parse_limits
 from api.progress import Progress, TooManyWaiting
 from api.requests import (
     account_cursor_param,
@@ -91,6 +92,7 @@ class Context:
     progress: Progress
     positions: PositionKey  # seals the positions clients see into tenant-bound tokens, and opens theirs
     cache: BalanceCache
+    limits: TenantLimits  # fair shares: each tenant's limits and its requests in progress
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -106,7 +108,12 @@ def params(*names: str, prefixes: tuple[str, ...] = (),
         @functools.wraps(handler)
         async def checked(request: Request) -> Response:
             check_params(request, allowed, prefixes, repeatable)
-            return await handler(request)
+            try:
+                return await handler(request)
+            finally:
+                slot = getattr(request.state, "slot", None)  # taken by `authorized` for a tenant's request
+                if slot is not None:
+                    slot.__exit__(None, None, None)
         return checked
     return wrap
 
@@ -121,11 +128,21 @@ def ctx(request: Request) -> Context:
 
 
 def authorized(request: Request, scope: str) -> tuple[Context, Principal, str | None]:
-    """Authenticate, then check the path's tenant (if any) against the key's tenant and scopes."""
+    """Authenticate, then check the path's tenant (if any) against the key's tenant and scopes; then admit a
+    tenant key's read or write by its tenant's limits and share of the requests in progress (429 if not)."""
     context = ctx(request)
     principal, tenant = authorize(context, header(request, b"authorization"), request.path_params.get("tenant"),
                                   scope)
+    if tenant is not None and principal.key_id is not None and scope in ADMITTED:
+        context.limits.admit(tenant, ADMITTED[scope])
+        slot = context.limits.slot(tenant, ADMITTED[scope])
+        slot.__enter__()
+        request.state.slot = slot  # left by the `params` wrapper once the handler is done
     return context, principal, tenant
+
+
+# What a tenant key's request counts against; the operator's token (key_id None) counts against nothing.
+ADMITTED = {"read": READS, "write": WRITES}
 
 
 def authorize(context: Context, authorization: str | None, raw_tenant: str | None,
@@ -302,6 +319,33 @@ async def reverse_transaction(request: Request) -> Response:
     return await _submit(request, REVERSE)
 
 
+@params()
+async def get_limits(request: Request) -> Response:
+    """A tenant's limits in force: the operator's, or the defaults (contract v3, admin)."""
+    context, _, tenant = authorized(request, "admin")
+    assert tenant is not None
+    return JSON({"tenant": tenant, **(await _limits(context, tenant)).as_json()})
+
+
+@params()
+async def put_limits(request: Request) -> Response:
+    """Set any of a tenant's limits (the others kept); every API process applies them within a second."""
+    context, _, tenant = authorized(request, "admin")
+    assert tenant is not None
+    limits = parse_limits(await json_body(request), await _limits(context, tenant))
+    await context.store.set_limits(tenant, limits.writes_per_s, limits.reads_per_s, limits.burst_s)
+    context.limits.set(tenant, limits)  # this process at once; the others on the notification
+    return JSON({"tenant": tenant, **limits.as_json()})
+
+
+async def _limits(context: Context, tenant: str) -> Limits:
+    if tenant not in context.keys.tenants:
+        raise NotFound(f"no tenant {tenant!r}")
+    row = await context.store.limits_of(tenant)
+    return context.limits.defaults if row is None else Limits(row["writes_per_s"], row["reads_per_s"],
+                                                              row["burst_s"])
+
+
 BATCH_FIELDS = frozenset({"transactions", "atomic"})
 
 
@@ -327,6 +371,8 @@ async def post_batch(request: Request) -> Response:
         raise InvalidRequest("must be true or false", "atomic")
     raw = body.get("transactions")
     items = parse_items(raw, tenant, [uuid.uuid4().hex for _ in raw] if isinstance(raw, list) else None, key)
+    if len(items) > 1 and principal.key_id is not None:  # a batch counts each of its transactions
+        context.limits.admit(tenant, WRITES, len(items) - 1)
     batch = BatchRequest(uuid.uuid4().hex, tenant, items, key, atomic)
     prior = await _batch_prior(context, tenant, key) if key is not None else None
     try:
