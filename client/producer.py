@@ -84,13 +84,13 @@ class LedgerProducer:
 
     def __init__(self, bootstrap: str, *, follow_outcomes: bool = True, topic: str = TRANSACTIONS_TOPIC,
                  outcomes_topic: str = OUTCOMES_TOPIC, request_timeout_ms: int = 40_000,
-                 position_key: bytes | None = None) -> None:
+                 position_key: bytes | None = None, client_id: str = "ledger-client") -> None:
         self.topic = topic
         self.outcomes_topic = outcomes_topic
         self.positions = None if position_key is None else PositionKey(position_key)
         # An append not acknowledged within `request_timeout_ms` raises `AppendUnconfirmed`.
         self._config = producer_config(bootstrap, delivery_timeout_ms=request_timeout_ms, linger_ms=2,
-                                       client_id="ledger-client")
+                                       client_id=client_id)  # what Kafka's client quotas name
         self._producer: LogProducer | None = None  # made in start(): it serves the running event loop
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False) \
             if follow_outcomes else None
