@@ -121,8 +121,8 @@ def settings_problems(document: Mapping[str, Any]) -> list[str]:
         env = RecordingEnv(environment(service))
         try:
             settings.load(env)
-        except settings.SettingsError as e:
-            problems.append(f"{name}: {e}")
+        except ValueError as e:  # a SettingsError, or a value settings failed to check (a defect of its own)
+            problems.append(f"{name}: {type(e).__name__}: {e}")
             continue
         # Names read by listing the environment (a prefix scan) would escape the record: say so, not pass.
         assert not env.listed, "infra/settings.py lists the environment: this test must learn how it reads it"
