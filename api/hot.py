@@ -16,13 +16,14 @@ from starlette.types import Receive, Scope, Send
 
 from api import routes
 from api.errors import error_response, internal_error
-from api.limits import READS
+from api.limits import READS, WRITES, RateLimited
 from api.responses import JSON
 from ledger.errors import InvalidRequest, LedgerError
 from ledger.validation import check_address
 
 HEALTHY = b'{"status":"ok"}'
 ACCOUNT_PATH = "/v1/tenants/{tenant}/accounts/{address}"
+ADMIN_SEGMENTS = frozenset({"keys", "limits"})  # a tenant's routes that only the operator calls
 
 
 class HotRoutes:
@@ -35,22 +36,48 @@ class HotRoutes:
         self.health_route = by_path["/healthz"]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"]:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if path == "/healthz":
-            scope["route"] = self.health_route
-            await Response(HEALTHY, media_type="application/json")(scope, receive, send)
+        if scope["method"] == "GET" and not scope["query_string"]:
+            if path == "/healthz":
+                scope["route"] = self.health_route
+                await Response(HEALTHY, media_type="application/json")(scope, receive, send)
+                return
+            parts = path.split("/")
+            # ["", "v1", "tenants", tenant, "accounts", address]: Starlette's `{param}` is one non-empty segment.
+            if len(parts) == 6 and parts[1] == "v1" and parts[2] == "tenants" and parts[4] == "accounts" \
+                    and parts[3] and parts[5]:
+                scope["route"] = self.account_route
+                await (await self._account(scope, parts[3], parts[5]))(scope, receive, send)
+                return
+        refused = self._refused(scope, path)
+        if refused is not None:
+            await refused(scope, receive, send)
             return
-        parts = path.split("/")
-        # ["", "v1", "tenants", tenant, "accounts", address]: Starlette's `{param}` is one non-empty segment.
-        if len(parts) != 6 or parts[1] != "v1" or parts[2] != "tenants" or parts[4] != "accounts" \
-                or not parts[3] or not parts[5]:
-            await self.app(scope, receive, send)
-            return
-        scope["route"] = self.account_route
-        await (await self._account(scope, parts[3], parts[5]))(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def _refused(self, scope: Scope, path: str) -> Response | None:
+        """A tenant key's request past its tenant's limit, refused here, before Starlette's routing, middleware
+        and exception handling (a refusal must cost a small part of serving); None to go on. A request
+        admitted here is marked, so the route does not count it again."""
+        parts = path.split("/", 5)
+        if len(parts) < 5 or parts[1] != "v1" or parts[2] != "tenants" or parts[4] in ADMIN_SEGMENTS:
+            return None
+        context: routes.Context = self.app.state.ctx
+        try:
+            principal = context.keys.authenticate(_header(scope, b"authorization"))
+        except LedgerError:
+            return None  # the route answers it: 401, 422
+        if principal.key_id is None or principal.tenant != parts[3]:
+            return None
+        try:
+            context.limits.admit(parts[3], READS if scope["method"] == "GET" else WRITES)
+        except RateLimited as e:
+            return error_response(e)
+        scope.setdefault("state", {})["admitted"] = True
+        return None
 
     async def _account(self, scope: Scope, raw_tenant: str, raw_address: str) -> Response:
         context: routes.Context = self.app.state.ctx

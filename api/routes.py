@@ -134,7 +134,8 @@ def authorized(request: Request, scope: str) -> tuple[Context, Principal, str | 
     principal, tenant = authorize(context, header(request, b"authorization"), request.path_params.get("tenant"),
                                   scope)
     if tenant is not None and principal.key_id is not None and scope in ADMITTED:
-        context.limits.admit(tenant, ADMITTED[scope])
+        if not getattr(request.state, "admitted", False):  # `api.hot` admits most before routing
+            context.limits.admit(tenant, ADMITTED[scope])
         slot = context.limits.slot(tenant, ADMITTED[scope])
         slot.__enter__()
         request.state.slot = slot  # left by the `params` wrapper once the handler is done

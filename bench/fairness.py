@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,8 @@ def _flood_script(tenant: str, key: str, directory: Path) -> str:
 
 
 def _victim(targets: str, duration_s: int) -> dict[str, Any]:
-    return tools.attack(targets, VICTIM_RATE, duration_s, connections=8)
+    # Connections enough for every request to wait its 5 s: latency is the server's, never a client's queue.
+    return tools.attack(targets, VICTIM_RATE, duration_s, connections=VICTIM_RATE * 6)
 
 
 def _with_http_flood(url: str, targets: str, flood_tenant: str, flood_key: str, directory: Path,
@@ -133,26 +135,34 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def measure(url: str, admin_token: str, bootstrap: str, topic: str, victim: tuple[str, str],
-                  flood: tuple[str, str], duration_s: int, logs: Path) -> dict[str, Any]:
-    """Every figure of the step; `victim` and `flood` are (tenant, key), the flood's on the victim's partition."""
+                  flood: tuple[str, str], duration_s: int, logs: Path,
+                  settle: Callable[[], Awaitable[float]]) -> dict[str, Any]:
+    """Every figure of the step; `victim` and `flood` are (tenant, key), the flood's on the victim's partition.
+    `settle` waits for the projector to apply the whole log: each scenario starts with no backlog."""
     directory = Path(tempfile.mkdtemp(dir=logs))
     targets = _victim_targets(url, victim[0], victim[1], directory)
+    await settle()
+    await asyncio.to_thread(_victim, targets, 2)  # warm: projectors joined their group, connections open
     alone = await asyncio.to_thread(_victim, targets, duration_s)
+    await settle()
     http_victim, http_flood, http_cpu = await asyncio.to_thread(
         _with_http_flood, url, targets, flood[0], flood[1], directory, duration_s)
     # What a refusal costs against serving: the same flood with a limit it never reaches.
     await _set_limits(url, admin_token, flood[0], 10_000_000)
+    await settle()
     served_victim, served_flood, served_cpu = await asyncio.to_thread(
         _with_http_flood, url, targets, flood[0], flood[1], directory, duration_s)
     await _set_limits(url, admin_token, flood[0], 1000)
-    kafka_victim, kafka_flood = await asyncio.to_thread(_with_kafka_flood, bootstrap, topic, targets, flood[0],
-                                                        duration_s)
     await asyncio.to_thread(set_quota, bootstrap, FLOOD_CLIENT_ID, QUOTA_BYTES_PER_S)
     try:
+        await settle()
         quota_victim, quota_flood = await asyncio.to_thread(_with_kafka_flood, bootstrap, topic, targets, flood[0],
                                                             duration_s)
     finally:
         await asyncio.to_thread(set_quota, bootstrap, FLOOD_CLIENT_ID, None)
+    await settle()  # last: the unquoted flood leaves the largest backlog
+    kafka_victim, kafka_flood = await asyncio.to_thread(_with_kafka_flood, bootstrap, topic, targets, flood[0],
+                                                        duration_s)
 
     def per_request_us(cpu: dict[str, Any], run: dict[str, Any]) -> float | None:
         total = run["rps"] * duration_s
