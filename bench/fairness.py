@@ -31,6 +31,7 @@ KAFKA_IN_FLIGHT_MAX = 5_000
 
 
 def _victim_targets(url: str, tenant: str, key: str, bodies: Path) -> str:
+    bodies.mkdir(exist_ok=True)
     body = bodies / "victim.json"
     body.write_text('{"postings":[{"source":"@world","destination":"victim","amount":1,"asset":"USD/2"}]}')
     return (f"POST {url}/v1/tenants/{tenant}/transactions?wait=true\nAuthorization: Bearer {key}\n"
@@ -135,12 +136,14 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def measure(url: str, admin_token: str, bootstrap: str, topic: str, victim: tuple[str, str],
-                  flood: tuple[str, str], duration_s: int, logs: Path,
+                  neighbour: tuple[str, str], flood: tuple[str, str], duration_s: int, logs: Path,
                   settle: Callable[[], Awaitable[float]]) -> dict[str, Any]:
-    """Every figure of the step; `victim` and `flood` are (tenant, key), the flood's on the victim's partition.
-    `settle` waits for the projector to apply the whole log: each scenario starts with no backlog."""
+    """Every figure of the step; each party is (tenant, key): `victim` on a partition of its own, `neighbour` on
+    the flood's (the topic's floods delay that partition: the log is ordered). `settle` waits for the projector
+    to apply the whole log, so each scenario starts with no backlog."""
     directory = Path(tempfile.mkdtemp(dir=logs))
     targets = _victim_targets(url, victim[0], victim[1], directory)
+    beside = _victim_targets(url, neighbour[0], neighbour[1], directory / "beside")
     await settle()
     await asyncio.to_thread(_victim, targets, 2)  # warm: projectors joined their group, connections open
     alone = await asyncio.to_thread(_victim, targets, duration_s)
@@ -156,12 +159,12 @@ async def measure(url: str, admin_token: str, bootstrap: str, topic: str, victim
     await asyncio.to_thread(set_quota, bootstrap, FLOOD_CLIENT_ID, QUOTA_BYTES_PER_S)
     try:
         await settle()
-        quota_victim, quota_flood = await asyncio.to_thread(_with_kafka_flood, bootstrap, topic, targets, flood[0],
+        quota_victim, quota_flood = await asyncio.to_thread(_with_kafka_flood, bootstrap, topic, beside, flood[0],
                                                             duration_s)
     finally:
         await asyncio.to_thread(set_quota, bootstrap, FLOOD_CLIENT_ID, None)
     await settle()  # last: the unquoted flood leaves the largest backlog
-    kafka_victim, kafka_flood = await asyncio.to_thread(_with_kafka_flood, bootstrap, topic, targets, flood[0],
+    kafka_victim, kafka_flood = await asyncio.to_thread(_with_kafka_flood, bootstrap, topic, beside, flood[0],
                                                         duration_s)
 
     def per_request_us(cpu: dict[str, Any], run: dict[str, Any]) -> float | None:
