@@ -1,30 +1,6 @@
 """Positions: where a request sits in the log, and the opaque tokens that API clients get for them.
 
-A client hands a token back (`min_position`) and must learn nothing else from it: a raw offset would let a
-tenant watch the volume of every other tenant on its partition. So a token is the (partition, offset) pair
-sealed for one tenant by SIV, Rogaway and Shrimpton's deterministic authenticated encryption, built from
-keyed BLAKE2b (a PRF, from the standard library; its uses are kept apart by BLAKE2's personalization):
-
-    plain = partition (2 bytes) || offset (8 bytes), big-endian
-    siv   = BLAKE2b[key, "ledger-pos-siv"](plain || tenant), 14 bytes: the tag, and the nonce of
-    body  = plain XOR BLAKE2b[key, "ledger-pos-pad"](siv), 10 bytes
-    token = base64url(siv || body): 24 bytes, 32 characters, no padding, so each token has one spelling
-
-Deterministic on purpose: one position gives one token for a tenant, in every process and on every replay
-(an outcome is published byte for byte as a replay of the fold makes it, and two answers about one write
-compare equal); equality is all a token shows. The tenant is authenticated data, so another tenant's token,
-a token made under another key, and any changed character fail the tag (a guess passes with 2^-112).
-Without a database round trip: a token costs about a microsecond to make or to open.
-
-The same key seals other short values a client must hand back without reading (`PositionKey.seal`): the
-API's pagination cursors, which hold log offsets. The same construction with a 16-byte tag, keyed apart by
-BLAKE2b's personalization so that no sealed value opens as a token or the other way round; the purpose (a
-label such as a listing's name) is authenticated data next to the tenant, so one use's value is refused by
-another (a guess passes with 2^-128; sealing or opening a cursor costs about 3 microseconds):
-
-    siv    = BLAKE2b[key, "ledger-seal-siv"](len(purpose) || purpose || len(plain) || plain || tenant), 16 bytes
-    body   = plain XOR (BLAKE2b[key, "ledger-seal-pad"](siv || 0) || ... || (siv || 3)), as long as plain
-    sealed = base64url(siv || body), no padding; up to 255 plain bytes, so lengths take a byte each
+See docs/architecture.md ("Position tokens and cursors") for the construction, SIV from keyed BLAKE2b, and why.
 """
 
 from __future__ import annotations
