@@ -1,5 +1,5 @@
 """The wire formats: records of `ledger.transactions` and of `ledger.outcomes` (CONTRACT.md, "Producing
-straight to Kafka"; the README documents each record kind's fields)."""
+straight to Kafka"; docs/wire-format.md documents each record kind's fields)."""
 
 from __future__ import annotations
 
