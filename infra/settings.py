@@ -141,13 +141,11 @@ def _postgres_url(env: Mapping[str, str], name: str, default: str) -> str:
 
 
 def with_user(url: str, user: str) -> str:
-    """The same PostgreSQL URL, connecting as `user` (keeping any password given for it)."""
+    """The same PostgreSQL URL, connecting as `user` without the owner's password. The hosts are kept as
+    written: a multi-host URL (`@h1:5432,h2:5432/db?target_session_attrs=read-write`) stays one."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit((parts.scheme, f"{user}@{host}{port}", parts.path, parts.query, parts.fragment))
+    hosts = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{user}@{hosts}", parts.path, parts.query, parts.fragment))
 
 
 def with_database(url: str, database: str) -> str:

@@ -8,7 +8,7 @@ import secrets
 import pytest
 
 from infra import local, processes
-from infra.settings import SettingsError, load, require_position_key
+from infra.settings import SettingsError, load, require_position_key, with_database, with_user
 
 BAD_VALUES = {
     "LEDGER_API_PORT": ["x", "0", "70000"],
@@ -85,3 +85,12 @@ def test_a_local_run_makes_its_position_key_once_and_keeps_it(tmp_path, monkeypa
     given = base64.urlsafe_b64encode(bytes(range(32))).decode().rstrip("=")
     assert processes.position_key(load({"LEDGER_POSITION_KEY": given})) == given
 
+
+
+def test_a_multi_host_url_keeps_every_host_for_the_roles_and_other_databases() -> None:
+    hosts = "127.0.0.1:15431,127.0.0.1:15432"
+    cfg = load({"LEDGER_DATABASE_URL": f"postgresql://postgres@{hosts}/ledger?target_session_attrs=read-write"})
+    assert cfg.api_database_url == f"postgresql://ledger_api@{hosts}/ledger?target_session_attrs=read-write"
+    assert with_database(cfg.database_url, "postgres") == \
+        f"postgresql://postgres@{hosts}/postgres?target_session_attrs=read-write"
+    assert with_user("postgresql://o:p@[::1]:5432/ledger", "r") == "postgresql://r@[::1]:5432/ledger"
