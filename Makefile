@@ -4,7 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: compiled run test soak test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps
+# `make cluster`: three Kafka nodes, PostgreSQL with a standby under pg_auto_failover, two projectors and two
+# APIs, in the foreground (docs/cluster.md).
+.PHONY: cluster compiled run test soak test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +25,9 @@ kafka-jars: $(STAMP)
 
 run: deps
 	$(PY) -m infra.run
+
+cluster: deps
+	$(PY) -m tools.cluster
 
 test: deps lint
 	$(PY) -m infra.testing
