@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import logging
 import subprocess
 import time
 import uuid
@@ -150,12 +152,17 @@ def wait_for_brokers(bootstrap_servers: str, count: int, alive: Callable[[], Non
     """Until the cluster's metadata lists `count` brokers (topics with 3 replicas need all of them); `alive`
     raises if a node died meanwhile."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            if asyncio.run(_brokers(bootstrap_servers)) >= count:
-                return
-        except Exception:  # not up yet: any of connection refused, timeouts, no controller
-            pass
-        alive()
-        time.sleep(1)
+    aiokafka_log = logging.getLogger("aiokafka")
+    level = aiokafka_log.level
+    # aiokafka logs each refused connection as an error: a screenful while the JVMs start.
+    aiokafka_log.setLevel(logging.CRITICAL)
+    try:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):  # not up yet: connection refused, timeouts, no controller
+                if asyncio.run(_brokers(bootstrap_servers)) >= count:
+                    return
+            alive()
+            time.sleep(1)
+    finally:
+        aiokafka_log.setLevel(level)
     raise SystemExit(f"Kafka did not list {count} brokers within {READY_TIMEOUT_S} s; see .data/cluster/kafka-*/")
