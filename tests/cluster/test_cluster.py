@@ -208,13 +208,15 @@ async def test_losing_a_kafka_node_and_the_primary_loses_no_acknowledged_write(
     await until(lambda: primary() not in (None, old_primary), REJOIN_TIMEOUT_S, "a standby promoted")
     await until(lambda: any(p["name"] == old_primary and p["role"] == "postgres" and not p["primary"]
                             for p in state()["processes"]), REJOIN_TIMEOUT_S, f"{old_primary} back as a standby")
+    rejoined_s = time.time() - killed_at
     await asyncio.sleep(3)
     load.stop.set()
 
     missing = await unresolved(load.api[1], load.tenant, load.key, load.acked)
     failed_reads = sum(1 for status in load.reads if status != 200)
     print(f"\nKafka leader {leader} lost: writes back in {kafka_back_s:.1f} s; primary {old_primary} lost: "
-          f"wait=true writes back in {primary_back_s:.1f} s; {len(load.acked)} writes acknowledged, "
+          f"wait=true writes back in {primary_back_s:.1f} s, it was back as a standby after {rejoined_s:.0f} s; "
+          f"{len(load.acked)} writes acknowledged, "
           f"{len(missing)} unresolved; reads failed {failed_reads} of {len(load.reads)} "
           f"({sum(1 for s in load.reads if s >= 500)} 5xx)")
     assert missing == []
