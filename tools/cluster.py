@@ -103,7 +103,7 @@ class Cluster:
             postgres_nodes.create_monitor(self.monitor, self.pg_autoctl)
         self.pg_child(self.monitor)
         local.wait_for_port(self.monitor.port, "the pg_auto_failover monitor")
-        postgres_nodes.tune_monitor(self.monitor)
+        postgres_nodes.tune_monitor(self.monitor, self.alive)
         for number, node in enumerate(self.data_nodes):
             if not node.created:
                 if number > 0:  # cloned from the primary, which must be up and registered first

@@ -216,8 +216,19 @@ async def _tune(port: int) -> None:
         await conn.close()
 
 
-def tune_monitor(node: PgNode) -> None:
-    asyncio.run(_tune(node.port))
+def tune_monitor(node: PgNode, alive: Callable[[], None]) -> None:
+    """Apply MONITOR_SETTINGS, once the monitor takes connections (its port opens while it is still starting
+    up, and a restarted one may be recovering); `alive` raises if a process of the cluster died meanwhile."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        try:
+            asyncio.run(_tune(node.port))
+            return
+        except (OSError, TimeoutError, asyncpg.CannotConnectNowError):
+            if time.monotonic() > deadline:
+                raise
+        alive()
+        time.sleep(0.5)
 
 
 def states(node: PgNode, pg_autoctl: str) -> dict[str, tuple[str, str]]:
