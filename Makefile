@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 # `make cluster`: three Kafka nodes, PostgreSQL with a standby under pg_auto_failover, two projectors and two
 # APIs, in the foreground (docs/cluster.md).
-.PHONY: cluster test-cluster compiled run test soak test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps
+.PHONY: cluster cluster-down test-cluster compiled run test soak test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ run: deps
 
 cluster: deps
 	$(PY) -m tools.cluster
+
+cluster-down: $(STAMP)
+	$(PY) -m tools.cluster down
 
 # Kills a Kafka node and the PostgreSQL primary under load (tests/cluster); reuses a running `make cluster`.
 test-cluster: deps

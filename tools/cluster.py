@@ -4,11 +4,15 @@ Three Kafka nodes, PostgreSQL as a primary and a synchronous standby under pg_au
 included), two projectors in one consumer group and two API processes on :8000 and :8001. It stays in the
 foreground, restarts whatever exits, keeps `.data/cluster.json` current, and on Ctrl-C (SIGINT) or SIGTERM
 stops everything it started. A second run reuses `.data/cluster/`.
+
+`python -m tools.cluster down` (`make cluster-down`) stops a running cluster from another terminal, or, when
+its supervisor was killed, the processes `.data/cluster.json` still lists.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -24,10 +28,11 @@ from infra.local import DATA, say
 from infra.run import admin_token, wait_ready
 from tools import kafka_nodes, postgres_nodes
 from tools.postgres_nodes import PgNode
-from tools.supervisor import Child, stop_all
+from tools.supervisor import STOP_TIMEOUT_S, Child, command_line, stop_all
 
 BASE = DATA / "cluster"
 STATE_FILE = DATA / "cluster.json"
+PID_FILE = BASE / "supervisor.pid"
 API_PORTS = (8000, 8001)
 PROJECTOR_METRICS_PORTS = (19464, 19465)
 STATE_EVERY_S = 1.0
@@ -212,7 +217,50 @@ class Cluster:
         say("cluster stopped")
 
 
+def _running(pid: int, marker: str) -> bool:
+    """Whether `pid` is still the process we started (its command line names `marker`), not a reused pid."""
+    return marker in command_line(pid)
+
+
+def down() -> None:
+    """SIGTERM to the supervisor, which stops the rest; with none, to what `.data/cluster.json` lists, in the
+    order the supervisor would stop them (a pg node through its pg_autoctl), then SIGKILL to what lingers."""
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        pid = int(PID_FILE.read_text())
+        if _running(pid, "tools.cluster"):
+            say(f"stopping make cluster (pid {pid})")
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 4 * STOP_TIMEOUT_S
+            while _running(pid, "tools.cluster") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            return
+    if not STATE_FILE.exists():
+        say("no cluster is running")
+        return
+    listed = json.loads(STATE_FILE.read_text())["processes"]
+    # What each role's command line names, so that a pid the system has since given to another is left alone.
+    markers = {"api": "-m api", "projector": "-m projections.app", "ha": str(BASE), "postgres": str(BASE),
+               "kafka": str(BASE)}
+    for roles in (("api", "projector"), ("ha", "postgres"), ("kafka",)):
+        alive = [p["pid"] for p in listed if p["role"] in roles and _running(p["pid"], markers[p["role"]])]
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while any(command_line(pid) for pid in alive) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in alive:
+            if command_line(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    STATE_FILE.unlink(missing_ok=True)
+    say("cluster stopped")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["down"]:
+        down()
+        return
     started = time.monotonic()
     BASE.mkdir(parents=True, exist_ok=True)
     (BASE / "logs").mkdir(exist_ok=True)
@@ -221,7 +269,7 @@ def main() -> None:
     taken = [port for port in cluster.ports() if port_taken(port)]
     if taken:
         raise SystemExit(f"ports {taken} are in use on 127.0.0.1: is another `make cluster` running? "
-                         f"(see {STATE_FILE})")
+                         f"(see {STATE_FILE}; `make cluster-down` stops it)")
 
     def on_signal(signum: int, frame: object) -> None:
         cluster.stopping = True
@@ -231,6 +279,7 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    PID_FILE.write_text(str(os.getpid()))
     try:
         bootstrap = cluster.start_kafka()
         cluster.start_postgres()
@@ -251,6 +300,7 @@ def main() -> None:
     finally:
         cluster.starting = False
         cluster.stop()
+        PID_FILE.unlink(missing_ok=True)
     sys.exit(0)
 
 
