@@ -254,6 +254,7 @@ def down() -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
     STATE_FILE.unlink(missing_ok=True)
+    PID_FILE.unlink(missing_ok=True)
     say("cluster stopped")
 
 
