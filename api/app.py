@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import os
+import socket
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -26,18 +29,22 @@ from api.auth import KeyStore
 from api.cache import BalanceCache
 from api.errors import error_response, internal_error
 from api.hot import HEALTHY, HotRoutes
+from api.limits import Limits, TenantLimits
 from api.metrics import WAITERS, CacheMetrics, MetricsMiddleware
 from api.openapi import document
 from api.progress import Listener, Progress, WaitLimits
 from api.projector_group import ProjectorGroup
 from api.responses import JSON, error
-from api.store import Store
+from api.store import ALL_LIMITS, LIMITS_OF, Store
 from infra import settings as settings_mod
 from infra.settings import Settings
 from ledger.errors import LedgerError
 from ledger.positions import PositionKey
 
+log = logging.getLogger("ledger.api")
+
 READY_TIMEOUT_S = 1.0
+HEARTBEAT_S = 1.0
 POOL_APPLICATION = "ledger-api"  # in pg_stat_activity, with the process id: which backends serve which API
 GC_THRESHOLDS = (20_000, 20, 100)
 
@@ -58,10 +65,12 @@ def unexpected_error(request: Request, exc: Exception) -> Response:
     return internal_error(getattr(request.state, "request_id", None), request.method, request.url.path)
 
 
+@routes.params()
 async def healthz(request: Request) -> Response:
     return Response(HEALTHY, media_type="application/json")
 
 
+@routes.params()
 async def readyz(request: Request) -> Response:
     """Ready when every check passes; `problems` says why one does not."""
     context: routes.Context = request.app.state.ctx
@@ -97,10 +106,12 @@ async def _projector_problem(group: ProjectorGroup, lag: int | None, cfg: Settin
     return await group.problem()
 
 
+@routes.params()
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+@routes.params()
 async def openapi(request: Request) -> Response:
     return JSON(document(request.app.state.settings.wait_timeout_ms_max))
 
@@ -143,10 +154,17 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     store = Store(pool, cfg.db_acquire_timeout_ms / 1000)
     lock = asyncio.Lock()
 
+    limits = TenantLimits(Limits(cfg.tenant_writes_per_s, cfg.tenant_reads_per_s, cfg.tenant_burst_s),
+                          cfg.api_inflight_fair, cfg.metrics_tenant_labels)
+
     async def on_keys(payload: str | None) -> None:
         async with lock, store.connection() as conn:
             if payload is None:
                 await keys.load_all(conn)
+                limits.replace_all({r["tenant"]: limits_of(r) for r in await conn.fetch(ALL_LIMITS)})
+            elif payload.startswith("limits:"):
+                row = await conn.fetchrow(LIMITS_OF, payload.partition(":")[2])
+                limits.set(payload.partition(":")[2], None if row is None else limits_of(row))
             else:
                 await keys.load_change(conn, payload)
 
@@ -158,7 +176,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     await listener.start()
     appender = Appender(cfg.kafka_bootstrap, cfg.transactions_topic)
     appender.start()
-    app.state.ctx = routes.Context(cfg, keys, store, appender, progress, app.state.positions, cache)
+    app.state.ctx = routes.Context(cfg, keys, store, appender, progress, app.state.positions, cache, limits)
+    heartbeat = asyncio.create_task(_heartbeat(store, limits))
     app.state.listener = listener
     app.state.projector_group = ProjectorGroup(cfg.kafka_bootstrap, cfg.projector_group)
     # Everything allocated so far lives as long as the process: keep the collector from re-scanning it,
@@ -169,11 +188,29 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
         REGISTRY.unregister(cache_metrics)
         await app.state.projector_group.stop()
         await appender.stop()
         await listener.stop()
         await pool.close()
+
+
+async def _heartbeat(store: Store, limits: TenantLimits) -> None:
+    """Once a second: this process is alive, and enforces 1/n of every tenant's limit, n the live processes."""
+    process = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    while True:
+        try:
+            limits.set_processes(await store.heartbeat(process))
+        except LedgerError as e:  # the database is away: the share stays what it was
+            log.warning("API heartbeat failed: %s", e.message)
+        await asyncio.sleep(HEARTBEAT_S)
+
+
+def limits_of(row: asyncpg.Record) -> Limits:
+    return Limits(row["writes_per_s"], row["reads_per_s"], row["burst_s"])
 
 
 def create_app(cfg: Settings | None = None) -> MetricsMiddleware:
@@ -191,6 +228,8 @@ def create_app(cfg: Settings | None = None) -> MetricsMiddleware:
             Route("/v1/tenants", routes.create_tenant, methods=["POST"]),
             Route(f"{tenant}/keys", routes.create_key, methods=["POST"]),
             Route(f"{tenant}/keys/{{key_id}}", routes.revoke_key, methods=["DELETE"]),
+            Route(f"{tenant}/limits", routes.get_limits, methods=["GET"]),
+            Route(f"{tenant}/limits", routes.put_limits, methods=["PUT"]),
             Route(f"{tenant}/transactions", routes.post_transaction, methods=["POST"]),
             Route(f"{tenant}/transactions", routes.list_transactions, methods=["GET"]),
             Route(f"{tenant}/accounts", routes.list_accounts, methods=["GET"]),

@@ -1,17 +1,17 @@
-"""Appending requests to `ledger.transactions`: an idempotent producer, key = tenant, bounded waits."""
+"""Appending requests to `ledger.transactions`: an idempotent librdkafka producer, key = tenant, bounded waits."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import time
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from api.log_ends import LogEnds
 from infra.kafka import end_offsets
+from infra.producer import LogProducer, ProduceFailed, producer_config
 from ledger.codec import encode_request
 from ledger.errors import Unavailable
 from ledger.positions import Position
@@ -20,11 +20,10 @@ from ledger.requests import Request
 log = logging.getLogger("ledger.api")
 
 APPEND_TIMEOUT_S = 3.0
-START_RETRY_S = 1.0
-# No append acknowledged for this long, every attempt failing: the producer is replaced. aiokafka's producer can
-# stay wedged after a broker restart under load (the nemesis found appends failing two minutes after the
-# broker was back), and a fresh one connects at once.
-RENEW_AFTER_S = 10.0
+# librdkafka gives up on a record after this long (message.timeout.ms); the wait here is a little longer, so
+# the producer's own verdict is the one a request gets.
+DELIVERY_TIMEOUT_MS = int(APPEND_TIMEOUT_S * 1000)
+WAIT_MARGIN_S = 0.5
 
 
 class AppendUnconfirmed(Unavailable):
@@ -40,107 +39,79 @@ class AppendUnconfirmed(Unavailable):
 
 
 class Appender:
-    """The API's producer. Starts in the background, so the API serves reads while Kafka is away."""
+    """The API's producer: librdkafka connects (and reconnects) in the background, so the API serves reads while
+    Kafka is away, and appends answer 503 `append_unconfirmed` until it is back."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
-        self.producer: AIOKafkaProducer | None = None
-        self._starting: asyncio.Task[None] | None = None
+        self.producer: LogProducer | None = None
         self._watch: AIOKafkaConsumer | None = None  # only for end offsets
         self._watch_lock = asyncio.Lock()
         self.ends = LogEnds(self.log_end)
-        self._failing_since: float | None = None
-        self._renewing: asyncio.Task[None] | None = None
+        self._retired: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
-        self._starting = asyncio.create_task(self._start())
-
-    async def _start(self) -> None:
-        while True:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all", linger_ms=1,
-                request_timeout_ms=int(APPEND_TIMEOUT_S * 1000), retry_backoff_ms=100,
-                metadata_max_age_ms=30_000,
-            )
-            try:
-                await producer.start()
-                self.producer = producer
-                return
-            except KafkaError as e:
-                log.warning("Kafka not reachable yet (%s); retrying", e)
-                await producer.stop()
-                await asyncio.sleep(START_RETRY_S)
+        self.producer = LogProducer(producer_config(self.bootstrap, delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
+                                                    client_id="ledger-api"))
 
     async def stop(self) -> None:
-        for task in (self._starting, self._renewing):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
         if self.producer is not None:
             await self.producer.stop()
+        for task in list(self._retired):
+            with contextlib.suppress(Exception):
+                await task
         if self._watch is not None:
             await self._watch.stop()
 
-    async def append(self, request: Request) -> Position:
-        """The position of the appended request; `Unavailable` if Kafka did not acknowledge it in time."""
-        if self.producer is None:
+    def _producer(self) -> LogProducer:
+        """The producer, replaced first if librdkafka declared it unusable (a fatal error, such as an
+        idempotence sequence it cannot recover): the only case where a new one is needed."""
+        producer = self.producer
+        if producer is None:
             raise Unavailable("the log (Kafka) is not reachable")
+        if producer.fatal is not None:
+            log.error("the Kafka producer failed for good (%s); replacing it", producer.fatal)
+            self.start()
+            task = asyncio.create_task(producer.stop(APPEND_TIMEOUT_S))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+            assert self.producer is not None
+            producer = self.producer
+        return producer
+
+    async def append(self, request: Request) -> Position:
+        """The position of the appended request; `AppendUnconfirmed` if Kafka did not acknowledge it in time."""
+        producer = self._producer()
         try:
-            async with asyncio.timeout(APPEND_TIMEOUT_S):
-                sent = await self.producer.send(self.topic, encode_request(request),
-                                                key=request.tenant.encode())
-                metadata = await sent
-        except (KafkaError, TimeoutError) as e:
-            self._failed()
+            async with asyncio.timeout(APPEND_TIMEOUT_S + WAIT_MARGIN_S):
+                partition, offset = await producer.send(self.topic, encode_request(request), request.tenant.encode())
+        except (ProduceFailed, TimeoutError) as e:
             raise AppendUnconfirmed(request.id) from e
-        self._failing_since = None
-        position = Position(metadata.partition, metadata.offset)
+        position = Position(partition, offset)
         self.ends.advance(position)
         return position
 
     async def append_many(self, requests: list[Request]) -> list[Position]:
         """Append `requests` in their order in one round trip (all sent, then all awaited); the positions, or
         `AppendUnconfirmed` naming every id when any one was not acknowledged in time."""
-        if self.producer is None:
-            raise Unavailable("the log (Kafka) is not reachable")
+        producer = self._producer()
+        sent: list[asyncio.Future[tuple[int, int]]] = []
         try:
-            async with asyncio.timeout(APPEND_TIMEOUT_S):
-                sent = [await self.producer.send(self.topic, encode_request(r), key=r.tenant.encode())
-                        for r in requests]
+            async with asyncio.timeout(APPEND_TIMEOUT_S + WAIT_MARGIN_S):
+                sent = [producer.send(self.topic, encode_request(r), r.tenant.encode()) for r in requests]
                 acknowledged = await asyncio.gather(*sent)
-        except (KafkaError, TimeoutError) as e:
-            self._failed()
+        except (ProduceFailed, TimeoutError) as e:
+            for future in sent:  # their reports are still served; nobody reads them
+                future.cancel()
             raise AppendUnconfirmed(",".join(r.id for r in requests)) from e
-        self._failing_since = None
-        positions = [Position(m.partition, m.offset) for m in acknowledged]
+        positions = [Position(p, o) for p, o in acknowledged]
         for position in positions:
             self.ends.advance(position)
         return positions
 
-    def _failed(self) -> None:
-        """An append was not acknowledged; past `RENEW_AFTER_S` of nothing but failures, a new producer."""
-        now = time.monotonic()
-        if self._failing_since is None:
-            self._failing_since = now
-        elif now - self._failing_since > RENEW_AFTER_S and self.producer is not None \
-                and (self._renewing is None or self._renewing.done()):
-            log.warning("no append acknowledged for %.0f s; replacing the Kafka producer", now - self._failing_since)
-            self._renewing = asyncio.create_task(self._renew(self.producer))
-
-    async def _renew(self, old: AIOKafkaProducer) -> None:
-        self.producer = None  # appends answer 503 at once meanwhile
-        self._failing_since = None
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(APPEND_TIMEOUT_S):
-                await old.stop()
-        await self._start()
-
     async def log_end(self) -> dict[int, int] | None:
         """The next offset of each partition of the log, or None if Kafka does not answer within a second."""
-        if self.producer is None:
-            return None
         try:
             async with asyncio.timeout(1.0):
                 ends = await end_offsets(await self._watching(), self.topic)

@@ -7,6 +7,7 @@ import logging
 from starlette.responses import Response
 
 from api.auth import Forbidden, Unauthorized
+from api.limits import RateLimited
 from api.progress import TooManyWaiting
 from api.requests import PayloadTooLarge
 from api.responses import error
@@ -32,6 +33,7 @@ STATUS_BY_ERROR: list[tuple[type[LedgerError], int]] = [
     (TransactionRejected, 409),
     (PayloadTooLarge, 413),
     (TooManyWaiting, 429),
+    (RateLimited, 429),
     (Unavailable, 503),
 ]
 
@@ -40,7 +42,9 @@ def error_response(exc: LedgerError) -> Response:
     """The contract's error for `exc`, with the status its kind maps to."""
     status = next((s for cls, s in STATUS_BY_ERROR if isinstance(exc, cls)), 400)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    if status in (429, 503):
+    if isinstance(exc, RateLimited):
+        headers = exc.headers()
+    elif status in (429, 503):
         headers = {"Retry-After": "1"}
     return error(status, exc.code, exc.message, headers=headers)
 

@@ -16,8 +16,9 @@ from starlette.types import Receive, Scope, Send
 
 from api import routes
 from api.errors import error_response, internal_error
+from api.limits import READS
 from api.responses import JSON
-from ledger.errors import LedgerError
+from ledger.errors import InvalidRequest, LedgerError
 from ledger.validation import check_address
 
 HEALTHY = b'{"status":"ok"}'
@@ -54,8 +55,10 @@ class HotRoutes:
     async def _account(self, scope: Scope, raw_tenant: str, raw_address: str) -> Response:
         context: routes.Context = self.app.state.ctx
         try:
-            _, tenant = routes.authorize(context, _header(scope, b"authorization"), raw_tenant, "read")
+            principal, tenant = routes.authorize(context, _header(scope, b"authorization"), raw_tenant, "read")
             assert tenant is not None
+            if principal.key_id is not None:  # a tenant key's read counts against its tenant's limit
+                context.limits.admit(tenant, READS)
             return Response(await routes.account(context, tenant, check_address(raw_address)),
                             media_type=JSON.media_type)
         except LedgerError as e:
@@ -65,7 +68,11 @@ class HotRoutes:
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+    """A header given at most once (as `api.requests.header`); a repeated one is refused, never resolved."""
+    found = [value for key, value in scope["headers"] if key == name]
+    if len(found) > 1:
+        raise InvalidRequest(f"the {name.decode()} header is given more than once", name.decode())
+    try:
+        return found[0].decode("utf-8") if found else None
+    except UnicodeDecodeError:
+        raise InvalidRequest("must be UTF-8", name.decode()) from None

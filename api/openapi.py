@@ -34,7 +34,8 @@ COMMON_ERRORS = {
     "401": _err("Missing or unknown key"),
     "403": _err("Key used outside its tenant or scope"),
     "404": _err("Unknown tenant or resource"),
-    "422": _err("Invalid input"),
+    "422": _err("Invalid input: a bad field, a JSON object that repeats a key, an unknown or repeated query "
+                "parameter, a repeated Authorization or Idempotency-Key header"),
     "429": _err("Too many requests of this tenant or key are waiting for the projection (see Retry-After)"),
     "503": _err("A dependency or the projection is not ready in time"),
 }
@@ -103,8 +104,10 @@ SCHEMAS: dict[str, Any] = {
             "replay_of": {"type": "string", "description": "This id repeated an idempotency key: the original's id"},
             "kind": {"enum": ["hold", "capture", "void", "reverse"]},
             "captures": {"type": "string"}, "voids": {"type": "string"}, "reverses": {"type": "string"},
-            "reversed": {"type": "integer", "description": "How much of this transaction is reversed: the amount, "
-                                                             "for one posting; 1 once reversed, for several"},
+            "reversed": {"oneOf": [{"type": "integer"},
+                                   {"type": "object", "additionalProperties": {"type": "integer"}}],
+                         "description": "The amount reversed so far: an integer in the transaction's asset, or per "
+                                        "asset when it moved several"},
         },
     },
     "HoldRequest": {
@@ -281,27 +284,41 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
              _timeout(wait_timeout_ms_max)],
             body=_ref("TransactionRequest"))},
         "/v1/tenants/{tenant}/accounts": {"get": _operation(
-            "Accounts by address prefix, with balances, held, available and policy (keyset pages by address)",
-            {"200": _ok("A page of accounts", {"type": "object", "properties": {
-                "accounts": {"type": "array", "items": _ref("Account")}, "next_cursor": {"type": ["string", "null"]}}}),
+            "Accounts by address prefix, with balances, held, available and policy (keyset pages by address); "
+            "or, with `address` (1 to 100, repeated), those accounts in the order asked, all read at one position "
+            "of the log (a snapshot read, not paged)",
+            {"200": _ok("A page of accounts, or a snapshot", {"type": "object", "properties": {
+                "accounts": {"type": "array", "items": _ref("Account")}, "next_cursor": {"type": ["string", "null"]},
+                "position": {"type": ["string", "null"],
+                             "description": "Snapshot reads: the position every balance is as of"}}}),
              **COMMON_ERRORS},
             [TENANT, _query("prefix", {"type": "string", "pattern": "^[A-Za-z0-9_:.@-]{0,128}$"}, "Address prefix"),
+             {"name": "address", "in": "query", "required": False, "style": "form", "explode": True,
+              "description": "A snapshot read of these accounts (1 to 100; not with prefix, limit or cursor)",
+              "schema": {"type": "array", "minItems": 1, "maxItems": 100,
+                         "items": {"type": "string", "pattern": f"^(?:{ADDRESS_RE.pattern})$"}}},
              *page_params, *read_params])},
         "/v1/tenants/{tenant}/balances": {"get": _operation(
             "Sums per asset over the accounts whose address starts with the prefix (reads the matching rows)",
             {"200": _ok("Sums", {"type": "object", "properties": {"prefix": {"type": "string"}, "balances": {
                 "type": "object", "additionalProperties": {"type": "integer"}}, "accounts": {"type": "integer"}}}),
-             **COMMON_ERRORS},
+             **COMMON_ERRORS,
+             "422": _err("A bad parameter, or sum_out_of_range: an asset's sum leaves int64 (ask a narrower prefix)")},
             [TENANT, _query("prefix", {"type": "string", "pattern": "^[A-Za-z0-9_:.@-]{0,128}$"}, "Address prefix"),
              *read_params])},
         "/v1/tenants/{tenant}/transactions/batch": {"post": _operation(
             "Append up to 1,000 transfers in order (atomic: one record, all committed or all rejected)",
-            {"200": _ok("Every decision (wait=true)", {"type": "object", "properties": {
-                "transactions": {"type": "array", "items": _ref("Transaction")}}}),
+            {"200": _ok("Every decision (wait=true), or a replay of the batch's Idempotency-Key (header "
+                        "Idempotent-Replayed: the original transactions)", {"type": "object", "properties": {
+                            "transactions": {"type": "array", "items": _ref("Transaction")}}}),
              "202": _ok("Appended, not yet decided", {"type": "object", "properties": {
                  "transactions": {"type": "array", "items": _ref("Pending")}}}),
+             "409": _err("idempotency_conflict: the Idempotency-Key was used with another body"),
              "413": _err("Body over 1 MiB"), **COMMON_ERRORS},
-            [TENANT, _query("wait", {"type": "boolean"}, "Wait for every decision"), _timeout(wait_timeout_ms_max)],
+            [TENANT, {"name": "Idempotency-Key", "in": "header", "required": False,
+                      "description": "Binds the whole batch: one record, whose repeat replays every transaction",
+                      "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+             _query("wait", {"type": "boolean"}, "Wait for every decision"), _timeout(wait_timeout_ms_max)],
             body=_ref("BatchRequest"))},
         "/v1/tenants/{tenant}/holds": {"post": _money("Place a hold: reserve the postings on their sources",
                                                       "Held (wait=true)", "Hold", [TENANT], _ref("HoldRequest"),
@@ -346,7 +363,8 @@ def _money(summary: str, decided: str, shown: str, params: list[dict[str, Any]],
            wait_timeout_ms_max: int, optional: bool = False) -> dict[str, Any]:
     """A request appended to the log, answered like a transfer: 202, 201, 409 (404: its target is unknown)."""
     op = _operation(summary, {
-        "200": _ok("A replay of an already decided Idempotency-Key", _ref(shown)),
+        "200": _ok("A replay of an already decided Idempotency-Key (a rejected original answers as it did: 409, "
+                   "or 404)", _ref(shown)),
         "201": _ok(decided, _ref(shown)), "202": _ok("Appended, not yet decided", _ref("Pending")),
         "409": _err("Rejected by the ledger; the error code is the reason"), **COMMON_ERRORS},
         [*params, {"name": "Idempotency-Key", "in": "header", "required": False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import struct
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from ledger.errors import InvalidRequest, LedgerError
 from ledger.positions import OFFSET_MAX, Position, PositionKey
 
 BODY_BYTES_MAX = 1024 * 1024
+DECODE_INLINE_BYTES_MAX = 64 * 1024
 
 
 class PayloadTooLarge(LedgerError):
@@ -36,7 +38,37 @@ async def json_body(request: Request, optional: bool = False) -> Any:
     raw = b"".join(chunks)
     if optional and not raw.strip():
         return None
+    if len(raw) > DECODE_INLINE_BYTES_MAX:
+        # A large body's parse and duplicate-key check take milliseconds: beside the event loop, not in it.
+        return await asyncio.to_thread(decode_json, raw)
     return decode_json(raw)
+
+
+def check_params(request: Request, allowed: frozenset[str], prefixes: tuple[str, ...] = (),
+                 repeatable: frozenset[str] = frozenset()) -> None:
+    """Refuse a query parameter the route does not take (a typo such as `wiat` would silently drop a
+    guarantee) and one given twice (which value counts would be a guess), but those in `repeatable`."""
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name not in allowed and not name.startswith(prefixes):
+            raise InvalidRequest(f"unknown parameter {name!r}", "query")
+        if name in seen and name not in repeatable:
+            raise InvalidRequest(f"parameter {name!r} is given more than once", "query")
+        seen.add(name)
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """A header that must be given at most once, decoded as UTF-8 (an HTTP header is bytes: Starlette's
+    Latin-1 reading would store a non-ASCII key garbled)."""
+    found = [value for key, value in request.scope["headers"] if key == name]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise InvalidRequest(f"the {name.decode()} header is given more than once", name.decode())
+    try:
+        return found[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("must be UTF-8", name.decode()) from None
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -57,14 +89,27 @@ def bool_param(request: Request, name: str) -> bool:
 
 def time_param(request: Request, name: str) -> datetime | None:
     raw = request.query_params.get(name)
-    if raw is None:
-        return None
+    return None if raw is None else parse_time(raw, name)
+
+
+# RFC 3339's date-time (section 5.6), its "T" and "Z" in either case; nothing of ISO 8601's other forms.
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
+
+
+def parse_time(raw: str, name: str) -> datetime:
+    """An RFC 3339 time, in UTC; `InvalidRequest` for anything else."""
+    match = _RFC3339.fullmatch(raw)
+    if match is None:
+        raise InvalidRequest("must be an RFC 3339 time, such as 2026-01-31T12:00:00Z", name)
+    date, time, fraction, offset = match.groups()
+    # Python's datetime keeps microseconds: further digits are cut, never rounded into the next second.
+    text = f"{date}T{time}{(fraction or '')[:7]}{'+00:00' if offset in ('Z', 'z') else offset}"
+    if time.endswith(":60"):
+        raise InvalidRequest("a leap second (:60) is a time this ledger cannot hold; give :59.999999", name)
     try:
-        value = datetime.fromisoformat(raw)
+        value = datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidRequest("must be an RFC 3339 time, such as 2026-01-31T12:00:00Z", name) from None
-    if value.tzinfo is None:
-        raise InvalidRequest("must carry a time zone offset (RFC 3339)", name)
+        raise InvalidRequest("is not a date and time that exists (years 0001 to 9999)", name) from None
     # PostgreSQL's timestamptz reaches further than Python's datetime (years 1 to 9999), so the bound is
     # Python's, in UTC: 0001-01-01T00:00:00+14:00 is a year-0 instant, which asyncpg cannot convert.
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -17,14 +18,17 @@ from api import views
 from api.appender import Appender, AppendUnconfirmed
 from api.auth import SCOPES, KeyStore, Principal, new_secret_key
 from api.cache import BalanceCache
+from api.limits import READS, WRITES, Limits, TenantLimits, parse_limits
 from api.progress import Progress, TooManyWaiting
 from api.requests import (
     account_cursor_param,
     bool_param,
+    check_params,
     cursor_param,
     encode_account_cursor,
     encode_cursor,
     encode_transactions_cursor,
+    header,
     int_param,
     json_body,
     position_param,
@@ -35,7 +39,7 @@ from api.requests import (
 from api.responses import JSON, error
 from api.store import Store
 from infra.settings import Settings
-from ledger.decisions import NOT_FOUND
+from ledger.decisions import AMOUNT_NEEDS_ONE_POSTING, IDEMPOTENCY_CONFLICT, NOT_FOUND, OVERDRAFT_IN_USE
 from ledger.errors import AlreadyExists, InvalidRequest, NotFound, Unavailable
 from ledger.positions import Position, PositionKey
 from ledger.requests import (
@@ -50,18 +54,25 @@ from ledger.requests import (
     TransactionRequest,
 )
 from ledger.validation import (
+    BALANCE_MAX,
+    BALANCE_MIN,
     check_address,
     check_asset,
     check_id,
     check_tenant,
     check_tenant_name,
     parse_body,
+    parse_idempotency_key,
     parse_items,
     parse_metadata,
     parse_reference,
 )
 
 log = logging.getLogger("ledger.api")
+
+
+class SumOutOfRange(InvalidRequest):
+    code = "sum_out_of_range"
 
 WAIT_TIMEOUT_MS_DEFAULT = 5000
 ENTRIES_LIMIT_DEFAULT = 50
@@ -81,6 +92,34 @@ class Context:
     progress: Progress
     positions: PositionKey  # seals the positions clients see into tenant-bound tokens, and opens theirs
     cache: BalanceCache
+    limits: TenantLimits  # fair shares: each tenant's limits and its requests in progress
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def params(*names: str, prefixes: tuple[str, ...] = (),
+           repeatable: frozenset[str] = frozenset()) -> Callable[[Handler], Handler]:
+    """The query parameters a route takes: any other, and any given twice (but a list parameter, in
+    `repeatable`), is refused with 422."""
+    allowed = frozenset(names)
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def checked(request: Request) -> Response:
+            check_params(request, allowed, prefixes, repeatable)
+            try:
+                return await handler(request)
+            finally:
+                slot = getattr(request.state, "slot", None)  # taken by `authorized` for a tenant's request
+                if slot is not None:
+                    slot.__exit__(None, None, None)
+        return checked
+    return wrap
+
+
+WRITE_PARAMS = ("wait", "timeout_ms")
+READ_PARAMS = ("min_position", "timeout_ms")
 
 
 def ctx(request: Request) -> Context:
@@ -89,11 +128,21 @@ def ctx(request: Request) -> Context:
 
 
 def authorized(request: Request, scope: str) -> tuple[Context, Principal, str | None]:
-    """Authenticate, then check the path's tenant (if any) against the key's tenant and scopes."""
+    """Authenticate, then check the path's tenant (if any) against the key's tenant and scopes; then admit a
+    tenant key's read or write by its tenant's limits and share of the requests in progress (429 if not)."""
     context = ctx(request)
-    principal, tenant = authorize(context, request.headers.get("authorization"), request.path_params.get("tenant"),
+    principal, tenant = authorize(context, header(request, b"authorization"), request.path_params.get("tenant"),
                                   scope)
+    if tenant is not None and principal.key_id is not None and scope in ADMITTED:
+        context.limits.admit(tenant, ADMITTED[scope])
+        slot = context.limits.slot(tenant, ADMITTED[scope])
+        slot.__enter__()
+        request.state.slot = slot  # left by the `params` wrapper once the handler is done
     return context, principal, tenant
+
+
+# What a tenant key's request counts against; the operator's token (key_id None) counts against nothing.
+ADMITTED = {"read": READS, "write": WRITES}
 
 
 def authorize(context: Context, authorization: str | None, raw_tenant: str | None,
@@ -138,6 +187,7 @@ def waiter_key(principal: Principal) -> str:
 
 # --- operators -----------------------------------------------------------------------------------------
 
+@params("timeout_ms")
 async def create_tenant(request: Request) -> Response:
     """Append the tenant's creation to the log and answer once it is decided: 201 if this request created
     it, 409 if the log already had it (contract v2: tenants are on the log)."""
@@ -169,6 +219,7 @@ async def create_tenant(request: Request) -> Response:
                 status_code=201)
 
 
+@params()
 async def create_key(request: Request) -> Response:
     context, _, tenant = authorized(request, "admin")
     assert tenant is not None
@@ -186,6 +237,7 @@ async def create_key(request: Request) -> Response:
     return JSON({"id": key_id, "key": key, "scopes": ordered}, status_code=201)
 
 
+@params()
 async def revoke_key(request: Request) -> Response:
     context, _, tenant = authorized(request, "admin")
     assert tenant is not None
@@ -198,20 +250,35 @@ async def revoke_key(request: Request) -> Response:
 
 # --- transactions --------------------------------------------------------------------------------------
 
+REPLAYED = {"Idempotent-Replayed": "true"}
+CONFLICT_MESSAGE = "this Idempotency-Key was used with a different body"
+# Rejections that are the request's own fault, answered 422 as a malformed request would be.
+REQUEST_ERRORS = frozenset({AMOUNT_NEEDS_ONE_POSTING})
+REJECTION_MESSAGES = {
+    AMOUNT_NEEDS_ONE_POSTING: "amount makes a capture or reversal partial, which only a hold or transaction of "
+                              "one posting can be; omit it to capture or reverse the whole",
+    OVERDRAFT_IN_USE: "a PUT replaces the account's whole policy, and an asset its overdraft_limit does not name "
+                      "gets a limit of 0: this account uses its overdraft in one; name its current limits to "
+                      "keep them, or pay the overdraft back first",
+}
+
+
 def _replayed(original: dict[str, object], request: TransactionRequest, fingerprint: bytes) -> Response:
+    """A repeat of a decided Idempotency-Key: the original decision, with the status it had (contract v3: 200
+    committed, 409 rejected, 404 for a target that did not exist), or 409 for another body."""
     if fingerprint != request.fingerprint():
-        return error(409, "idempotency_conflict",
-                     "this Idempotency-Key was used with a different body", transaction=original)
-    return JSON(original, status_code=200, headers={"Idempotent-Replayed": "true"})
+        return error(409, IDEMPOTENCY_CONFLICT, CONFLICT_MESSAGE, transaction=original)
+    return _decided(original, 200, REPLAYED)
 
 
-def _decided(row_view: dict[str, object]) -> Response:
+def _decided(row_view: dict[str, object], status: int = 201, headers: dict[str, str] | None = None) -> Response:
     if row_view.get("status") != "rejected":  # committed, a hold's state, or an account its policy set
-        return JSON(row_view, status_code=201)
+        return JSON(row_view, status_code=status, headers=headers)
     reason = str(row_view.get("reason"))
     # A capture, void or reversal naming a hold or transaction this tenant does not have: as if it did not exist.
-    status = 404 if reason == NOT_FOUND else 409
-    return error(status, reason, f"the ledger rejected the request: {reason}", transaction=row_view)
+    status = 404 if reason == NOT_FOUND else 422 if reason in REQUEST_ERRORS else 409
+    message = REJECTION_MESSAGES.get(reason, f"the ledger rejected the request: {reason}")
+    return error(status, reason, message, headers=headers, transaction=row_view)
 
 
 async def _view(context: Context, tenant: str, row: asyncpg.Record) -> dict[str, object]:
@@ -227,37 +294,72 @@ async def _view(context: Context, tenant: str, row: asyncpg.Record) -> dict[str,
         else views.transaction(row, context.positions, tenant)
 
 
+@params(*WRITE_PARAMS)
 async def post_transaction(request: Request) -> Response:
     return await _submit(request, TRANSFER)
 
 
+@params(*WRITE_PARAMS)
 async def post_hold(request: Request) -> Response:
     return await _submit(request, HOLD)
 
 
+@params(*WRITE_PARAMS)
 async def capture_hold(request: Request) -> Response:
     return await _submit(request, CAPTURE)
 
 
+@params(*WRITE_PARAMS)
 async def void_hold(request: Request) -> Response:
     return await _submit(request, VOID)
 
 
+@params(*WRITE_PARAMS)
 async def reverse_transaction(request: Request) -> Response:
     return await _submit(request, REVERSE)
+
+
+@params()
+async def get_limits(request: Request) -> Response:
+    """A tenant's limits in force: the operator's, or the defaults (contract v3, admin)."""
+    context, _, tenant = authorized(request, "admin")
+    assert tenant is not None
+    return JSON({"tenant": tenant, **(await _limits(context, tenant)).as_json()})
+
+
+@params()
+async def put_limits(request: Request) -> Response:
+    """Set any of a tenant's limits (the others kept); every API process applies them within a second."""
+    context, _, tenant = authorized(request, "admin")
+    assert tenant is not None
+    limits = parse_limits(await json_body(request), await _limits(context, tenant))
+    await context.store.set_limits(tenant, limits.writes_per_s, limits.reads_per_s, limits.burst_s)
+    context.limits.set(tenant, limits)  # this process at once; the others on the notification
+    return JSON({"tenant": tenant, **limits.as_json()})
+
+
+async def _limits(context: Context, tenant: str) -> Limits:
+    if tenant not in context.keys.tenants:
+        raise NotFound(f"no tenant {tenant!r}")
+    row = await context.store.limits_of(tenant)
+    return context.limits.defaults if row is None else Limits(row["writes_per_s"], row["reads_per_s"],
+                                                              row["burst_s"])
 
 
 BATCH_FIELDS = frozenset({"transactions", "atomic"})
 
 
+@params(*WRITE_PARAMS)
 async def post_batch(request: Request) -> Response:
     """Up to 1,000 transfers in one request, appended in order in one round trip: each decided on its own,
     or with `"atomic": true` as one record, all committed or all rejected. With `wait=true`, once the last
-    is decided, every decision."""
+    is decided, every decision. An `Idempotency-Key` binds the whole batch: one record, whose repeat answers
+    with the original transactions (contract v3)."""
     context, principal, tenant = authorized(request, "write")
     assert tenant is not None
     wait = bool_param(request, "wait")
     timeout_ms = int_param(request, "timeout_ms", WAIT_TIMEOUT_MS_DEFAULT, 1, context.settings.wait_timeout_ms_max)
+    key = parse_idempotency_key(header(request, b"idempotency-key"))
     body = await json_body(request)
     if not isinstance(body, dict):
         raise InvalidRequest("must be an object", "body")
@@ -268,23 +370,62 @@ async def post_batch(request: Request) -> Response:
     if not isinstance(atomic, bool):
         raise InvalidRequest("must be true or false", "atomic")
     raw = body.get("transactions")
-    items = parse_items(raw, tenant, [uuid.uuid4().hex for _ in raw] if isinstance(raw, list) else None)
+    items = parse_items(raw, tenant, [uuid.uuid4().hex for _ in raw] if isinstance(raw, list) else None, key)
+    if len(items) > 1 and principal.key_id is not None:  # a batch counts each of its transactions
+        context.limits.admit(tenant, WRITES, len(items) - 1)
+    batch = BatchRequest(uuid.uuid4().hex, tenant, items, key, atomic)
+    prior = await _batch_prior(context, tenant, key) if key is not None else None
     try:
-        if atomic:
-            positions = [await context.appender.append(BatchRequest(uuid.uuid4().hex, tenant, items))] * len(items)
+        if atomic or key is not None:
+            positions = [await context.appender.append(batch)] * len(items)
         else:
             positions = await context.appender.append_many(list(items))
     except AppendUnconfirmed as e:
         return error(503, e.code, e.message, headers={"Retry-After": "1"}, ids=[i.id for i in items])
+    if prior is not None:
+        return await _batch_replayed(context, tenant, batch, prior)
     tokens = [context.positions.token(tenant, p) for p in positions]
     pending = [{"id": i.id, "status": "pending", "position": t} for i, t in zip(items, tokens, strict=True)]
     if not wait or not await waited(context, max(positions), timeout_ms, tenant, waiter_key(principal)):
         return JSON({"transactions": pending}, status_code=202)
     rows = [await context.store.transaction(tenant, i.id) for i in items]
+    if key is not None and any(r is not None and r["replay_of"] is not None for r in rows):
+        # Another request with this key was decided while this one was in flight: answer with it.
+        prior = await _batch_prior(context, tenant, key)
+        if prior is not None:
+            return await _batch_replayed(context, tenant, batch, prior)
+    if key is not None and all(r is not None and r["reason"] == IDEMPOTENCY_CONFLICT for r in rows):
+        bound = await context.store.batch_by_key(tenant, key)
+        if bound is None or bound["id"] != batch.id:  # the batch's key, not one of its items', was taken
+            return error(409, IDEMPOTENCY_CONFLICT, CONFLICT_MESSAGE, transactions=[
+                views.transaction(r, context.positions, tenant) for r in rows if r is not None])
     return JSON({"transactions": [views.transaction(r, context.positions, tenant) if r is not None else p
                                   for r, p in zip(rows, pending, strict=True)]})
 
 
+async def _batch_prior(context: Context, tenant: str, key: str) -> asyncpg.Record | dict[str, object] | None:
+    """What `key` is bound to: a batch (its row: fingerprint and items), another request (its view), or None."""
+    batch = await context.store.batch_by_key(tenant, key)
+    if batch is not None:
+        return batch
+    single = await context.store.transaction_by_key(tenant, key)
+    return None if single is None else await _view(context, tenant, single)
+
+
+async def _batch_replayed(context: Context, tenant: str, batch: BatchRequest,
+                          prior: asyncpg.Record | dict[str, object]) -> Response:
+    """A repeat of a batch's key: 200 with the original batch's transactions, or 409 for another body (or a
+    key that a single request bound)."""
+    if isinstance(prior, dict):
+        return error(409, IDEMPOTENCY_CONFLICT, CONFLICT_MESSAGE, transaction=prior)
+    if bytes(prior["fingerprint"]) != batch.fingerprint():
+        return error(409, IDEMPOTENCY_CONFLICT, CONFLICT_MESSAGE)
+    rows = [await context.store.transaction(tenant, i) for i in prior["items"]]
+    return JSON({"transactions": [views.transaction(r, context.positions, tenant) for r in rows if r is not None]},
+                headers=REPLAYED)
+
+
+@params(*WRITE_PARAMS)
 async def put_account(request: Request) -> Response:
     return await _submit(request, POLICY)
 
@@ -297,10 +438,12 @@ async def _submit(request: Request, kind: str) -> Response:
     assert tenant is not None
     wait = bool_param(request, "wait")
     timeout_ms = int_param(request, "timeout_ms", WAIT_TIMEOUT_MS_DEFAULT, 1, context.settings.wait_timeout_ms_max)
+    key = header(request, b"idempotency-key")
     body = await json_body(request, optional=kind not in (TRANSFER, HOLD))
-    key = request.headers.get("idempotency-key")
     tx = parse_body(body, id=uuid.uuid4().hex, tenant=tenant, idempotency_key=key, kind=kind,
                     target=request.path_params.get("address" if kind == POLICY else "id"))
+    if tx.amount is not None:
+        await _partial_of_one_posting(context, tenant, tx)
     prior = await context.store.transaction_by_key(tenant, key) if key is not None else None
     # Appended even when the key was decided already: the log then records the repeat the same way whether
     # or not the projection had caught up (a replay of the original, or a rejected idempotency_conflict),
@@ -329,10 +472,23 @@ async def _submit(request: Request, kind: str) -> Response:
     return _replayed(await _view(context, tenant, original), tx, bytes(original["fingerprint"]))
 
 
+async def _partial_of_one_posting(context: Context, tenant: str, tx: TransactionRequest) -> None:
+    """A partial capture or reversal of a hold or transaction of several postings is the request's fault: 422
+    before it is appended, when the projection knows the target already (else the fold rejects it so)."""
+    assert tx.target is not None
+    target = await (context.store.hold if tx.kind == CAPTURE else context.store.transaction)(tenant, tx.target)
+    postings = target["postings"] if target is not None else None
+    if isinstance(postings, list) and len(postings) > 1:
+        raise InvalidRequest(f"applies only to a hold or transaction of one posting; this one has {len(postings)}: "
+                             "omit it to capture or reverse the whole", "amount")
+
+
+@params(*READ_PARAMS)
 async def get_hold(request: Request) -> Response:
     return await _read_by_id(request, "hold", Store.hold, views.hold)
 
 
+@params(*READ_PARAMS)
 async def get_transaction(request: Request) -> Response:
     return await _read_by_id(request, "transaction", Store.transaction, views.transaction)
 
@@ -358,10 +514,8 @@ LIST_PARAMS = frozenset({"account", "reference", "status", "since", "until", "li
 
 def transaction_filters(request: Request) -> dict[str, Any]:
     """The filters of `GET .../transactions`, checked; an unknown parameter is refused, never ignored."""
+    check_params(request, LIST_PARAMS, ("metadata.",))
     params = request.query_params
-    unknown = sorted(k for k in params if k not in LIST_PARAMS and not k.startswith("metadata."))
-    if unknown:
-        raise InvalidRequest(f"unknown parameter {unknown[0]!r}", "query")
     filters: dict[str, Any] = {}
     if "account" in params:
         filters["account"] = check_address(params["account"], "account")
@@ -393,9 +547,15 @@ async def list_transactions(request: Request) -> Response:
                  "next_cursor": next_cursor})
 
 
+SNAPSHOT_ADDRESSES_MAX = 100
+
+
+@params("prefix", "limit", "cursor", "address", *READ_PARAMS, repeatable=frozenset({"address"}))
 async def list_accounts(request: Request) -> Response:
     context, principal, tenant = authorized(request, "read")
     assert tenant is not None
+    if "address" in request.query_params:
+        return await _snapshot(request, context, principal, tenant)
     low, high = prefix_param(request)
     limit = int_param(request, "limit", ENTRIES_LIMIT_DEFAULT, 1, ENTRIES_LIMIT_MAX)
     after = account_cursor_param(request, context.positions, tenant)
@@ -410,18 +570,50 @@ async def list_accounts(request: Request) -> Response:
                  "next_cursor": next_cursor})
 
 
+async def _snapshot(request: Request, context: Context, principal: Principal, tenant: str) -> Response:
+    """Contract v3's snapshot read: the accounts asked, in their order, all as of one position of the log
+    (one statement: one snapshot of rows the projector commits with their offsets)."""
+    mixed = sorted({"prefix", "limit", "cursor"} & set(request.query_params))
+    if mixed:
+        raise InvalidRequest(f"{mixed[0]!r} does not go with address (a snapshot read is not paged)", "query")
+    raw = request.query_params.getlist("address")
+    if not 1 <= len(raw) <= SNAPSHOT_ADDRESSES_MAX:
+        raise InvalidRequest(f"give 1 to {SNAPSHOT_ADDRESSES_MAX} addresses", "address")
+    addresses = [check_address(a, "address") for a in raw]
+    await caught_up(request, context, principal, tenant)
+    rows = await context.store.snapshot(tenant, list(dict.fromkeys(addresses)))
+    by_account: dict[str, list[asyncpg.Record]] = {}
+    position = None
+    for row in rows:
+        if row["account"] is not None:
+            by_account.setdefault(row["account"], []).append(row)
+        elif row["log_offset"] >= 0:
+            position = context.positions.token(tenant, Position(row["log_partition"], row["log_offset"]))
+    return JSON({"accounts": [views.account(a, by_account.get(a, []), context.positions, tenant) for a in addresses],
+                 "position": position})
+
+
+@params("prefix", *READ_PARAMS)
 async def balance_sums(request: Request) -> Response:
+    """Per asset, the sum of the matching accounts' balances: an int64, like every amount the API shows, or
+    422 `sum_out_of_range` naming the asset (a narrower prefix sums fewer accounts)."""
     context, principal, tenant = authorized(request, "read")
     assert tenant is not None
     low, high = prefix_param(request)
     await caught_up(request, context, principal, tenant)
     rows = await context.store.balance_sums(tenant, low, high)
-    return JSON({"prefix": low, "balances": {r["asset"]: int(r["balance"]) for r in rows if r["asset"] is not None},
+    sums = {r["asset"]: int(r["balance"]) for r in rows if r["asset"] is not None}
+    for asset, total in sums.items():
+        if not BALANCE_MIN <= total <= BALANCE_MAX:
+            raise SumOutOfRange(f"the balances of {asset} sum past the 64-bit range; ask for a narrower prefix",
+                                "prefix")
+    return JSON({"prefix": low, "balances": sums,
                  "accounts": next((r["accounts"] for r in rows if r["asset"] is None), 0)})
 
 
 # --- accounts ------------------------------------------------------------------------------------------
 
+@params("at", *READ_PARAMS)
 async def get_account(request: Request) -> Response:
     context, principal, tenant = authorized(request, "read")
     assert tenant is not None
@@ -453,6 +645,7 @@ async def account(context: Context, tenant: str, address: str) -> bytes:
     return body
 
 
+@params("asset", "limit", "cursor", *READ_PARAMS)
 async def get_entries(request: Request) -> Response:
     context, principal, tenant = authorized(request, "read")
     assert tenant is not None

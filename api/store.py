@@ -25,6 +25,8 @@ TRANSACTION_BY_KEY = "SELECT * FROM api_transaction_by_key($1, $2)"
 ENTRIES = "SELECT * FROM api_entries($1, $2, $3, $4, $5, $6)"
 HOLD = "SELECT * FROM api_hold($1, $2)"
 TRANSACTIONS = "SELECT * FROM api_transactions($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+ALL_LIMITS = "SELECT tenant, writes_per_s, reads_per_s, burst_s FROM tenant_limits"
+LIMITS_OF = f"{ALL_LIMITS} WHERE tenant = $1"
 CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                      asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, TimeoutError,
                      asyncpg.QueryCanceledError)
@@ -82,6 +84,11 @@ class Store:
         rows = await self._fetch(TRANSACTION, tenant, id)
         return rows[0] if rows else None
 
+    async def batch_by_key(self, tenant: str, key: str) -> asyncpg.Record | None:
+        """The batch that `key` binds: its id, fingerprint, decision and items' ids in order."""
+        rows = await self._fetch("SELECT * FROM api_batch_by_key($1, $2)", tenant, key)
+        return rows[0] if rows else None
+
     async def transaction_by_key(self, tenant: str, key: str) -> asyncpg.Record | None:
         rows = await self._fetch(TRANSACTION_BY_KEY, tenant, key)
         return rows[0] if rows else None
@@ -109,8 +116,37 @@ class Store:
     async def accounts(self, tenant: str, low: str, high: str, after: str | None, limit: int) -> list[asyncpg.Record]:
         return await self._fetch("SELECT * FROM api_accounts($1, $2, $3, $4, $5)", tenant, low, high, after, limit)
 
+    async def snapshot(self, tenant: str, accounts: list[str]) -> list[asyncpg.Record]:
+        """The accounts' balance and policy rows and the tenant's applied position, in one snapshot."""
+        return await self._fetch("SELECT * FROM api_snapshot($1, $2)", tenant, accounts)
+
     async def balance_sums(self, tenant: str, low: str, high: str) -> list[asyncpg.Record]:
         return await self._fetch("SELECT * FROM api_balance_sums($1, $2, $3)", tenant, low, high)
+
+    async def limits_of(self, tenant: str) -> asyncpg.Record | None:
+        rows = await self._fetch(LIMITS_OF, tenant)
+        return rows[0] if rows else None
+
+    async def set_limits(self, tenant: str, writes_per_s: int, reads_per_s: int, burst_s: int) -> None:
+        """Store a tenant's limits and tell every API process (`limits:<tenant>` on the keys channel)."""
+        async with self.connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO tenant_limits (tenant, writes_per_s, reads_per_s, burst_s) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (tenant) DO UPDATE SET writes_per_s = excluded.writes_per_s,"
+                " reads_per_s = excluded.reads_per_s, burst_s = excluded.burst_s, updated_at = now()",
+                tenant, writes_per_s, reads_per_s, burst_s)
+            await self._notify_change(conn, f"limits:{tenant}")
+
+    async def heartbeat(self, process: str) -> int:
+        """Say this API process is alive; how many are (it included), by their heartbeats of the last 3 s."""
+        async with self.connection() as conn, conn.transaction():
+            await conn.execute("INSERT INTO api_processes (id, seen_at) VALUES ($1, now())"
+                               " ON CONFLICT (id) DO UPDATE SET seen_at = now()", process)
+            await conn.execute("DELETE FROM api_processes WHERE seen_at < now() - interval '1 minute'")
+            others: int = await conn.fetchval(
+                "SELECT count(*) FROM api_processes WHERE id <> $1 AND seen_at > now() - interval '3 seconds'",
+                process)
+            return others + 1
 
     async def tenant(self, id: str) -> asyncpg.Record | None:
         """The tenant as its creation record on the log made it, with that record's position."""

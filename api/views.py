@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 
 from ledger.positions import Position, PositionKey
+from ledger.validation import AMOUNT_MAX
 
 
 def timestamp(value: datetime | None) -> str | None:
@@ -41,8 +42,21 @@ def transaction(row: asyncpg.Record, positions: PositionKey, tenant: str) -> dic
     if kind in TARGET_NAMES:
         body[TARGET_NAMES[kind]] = row["target"]
     if kind in REVERSIBLE and row["status"] == "committed":
-        body["reversed"] = row["reversed"]
+        body["reversed"] = reversed_amount(row["postings"], row["reversed"])
     return body
+
+
+def reversed_amount(postings: list[dict[str, Any]], reversed: int) -> int | str | dict[str, int | str]:
+    """The amount reversed so far: in the transaction's asset, or per asset when it moved several. Several
+    postings are reversed only whole (`reversed` is then 1 once they are), so an asset's amount is all its
+    postings moved, or nothing. A sum past int64 (postings may add up past it) is a decimal string."""
+    if len(postings) == 1:
+        return reversed
+    sums: dict[str, int] = {}
+    for p in postings:
+        sums[p["asset"]] = sums.get(p["asset"], 0) + (p["amount"] if reversed else 0)
+    shown = {asset: total if total <= AMOUNT_MAX else str(total) for asset, total in sorted(sums.items())}
+    return next(iter(shown.values())) if len(shown) == 1 else shown
 
 
 def account(address: str, rows: list[asyncpg.Record], positions: PositionKey, tenant: str) -> dict[str, Any]:

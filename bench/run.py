@@ -26,7 +26,7 @@ import httpx
 from aiokafka.errors import KafkaError
 
 from api.requests import encode_cursor
-from bench import ceiling, data, isolation, postmortem, queries, tools
+from bench import ceiling, data, fairness, isolation, postmortem, queries, tools
 from client import LedgerProducer
 from infra import local, processes
 from infra import settings as settings_mod
@@ -35,6 +35,7 @@ from infra.local import DATA, ROOT, say
 from infra.migrate import migrate
 from infra.run import wait_ready
 from infra.testing import remove_world, session_env
+from ledger.placement import partition_for
 from ledger.positions import PositionKey
 from ledger.requests import Posting
 from projections.replay import replay
@@ -441,6 +442,20 @@ class Bench:
         for rate in rates:
             self.ingest_http(rate)
 
+    async def fairness(self) -> None:
+        """A victim's waited writes alone and during another tenant's flood on the victim's own partition."""
+        by_partition: dict[int, list[str]] = {}
+        for tenant in data.TENANTS:
+            by_partition.setdefault(partition_for(tenant.encode(), self.cfg.topic_partitions), []).append(tenant)
+        victim, flood = next(ts for ts in by_partition.values() if len(ts) >= 2)[:2]
+        result = await fairness.measure(self.url, self.env["LEDGER_ADMIN_TOKEN"], self.bootstrap, self.topic,
+                                        (victim, self.keys[victim]), (flood, self.keys[flood]), self.duration_s,
+                                        self.logs)
+        self.results["fairness"] = result
+        say(f"fairness: victim p99 alone {result['alone']['p99_ms']:.1f} ms; HTTP flood "
+            f"{result['http_flood']['ratio_p99']}x; Kafka flood {result['kafka_flood']['ratio_p99']}x, with a quota "
+            f"{result['kafka_flood_quota']['ratio_p99']}x")
+
     async def isolation(self) -> None:
         self.results["isolation"] = await isolation.measure(self.db_url)
 
@@ -482,6 +497,7 @@ class Bench:
                 ("http", lambda: self.ingest_https([500] if self.quick else [100, 500])),
                 ("replay", self.replay_rate),
                 ("isolation", self.isolation),
+                ("fairness", self.fairness),
                 ("batches", self.batches_vs_singles),
                 ("queries", lambda: self.queries(owner)),
                 ("postmortem", lambda: self.postmortem(owner)),
@@ -543,6 +559,25 @@ def _cpu(row: dict[str, Any]) -> str:
     return f"; {tools.cpu_text(row['cpu'])}" if "cpu" in row else ""
 
 
+def fairness_lines(f: dict[str, Any]) -> list[str]:
+    alone = f["alone"]
+    lines = [f"fair shares: a victim's POST ?wait=true at {f['victim_rate']}/s, p99 alone {alone['p99_ms']:.1f} ms "
+             "(target: within 2x, or under 50 ms, during any other tenant's flood)"]
+    for label, key in (("another tenant's HTTP flood (64 connections), default limits", "http_flood"),
+                       ("the same flood with a limit it never reaches", "http_flood_unlimited")):
+        row = f[key]
+        lines.append(f"  {label}: victim p99 {row['victim']['p99_ms']:.1f} ms ({row['ratio_p99']}x); flood "
+                     f"{row['flood_rps']:.0f} req/s, {row['flood_refused']} refused; API "
+                     f"{row['api_cpu_us_per_request']} CPU-us per flood request" + _cpu(row))
+    for label, key in (("a flood straight to Kafka on the victim's partition", "kafka_flood"),
+                       (f"the same with a quota of {f['kafka_flood_quota']['quota_bytes_per_s']} B/s on its client.id",
+                        "kafka_flood_quota")):
+        row = f[key]
+        lines.append(f"  {label}: victim p99 {row['victim']['p99_ms']:.1f} ms ({row['ratio_p99']}x); flood "
+                     f"{row['rps']} records/s acknowledged")
+    return lines
+
+
 def report(results: dict[str, Any]) -> str:
     lines = ["", "| measurement | rate | p50 ms | p95 ms | p99 ms | max ms | achieved | errors |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -596,6 +631,8 @@ def report(results: dict[str, Any]) -> str:
         lines += [f"  {name}: {row['p50_ms']:.2f} / {row['p99_ms']:.2f}" + (f" ({row['errors']} errors)"
                                                                               if row["errors"] else "")
                   for name, row in info["timings"].items()]
+    if "fairness" in results:
+        lines += ["", *fairness_lines(results["fairness"])]
     if "postmortem" in results:
         pm = results["postmortem"]
         lines += ["", f"post-mortem scenario: {pm['tenants']} tenants x {pm['wallets_per_tenant']:,} wallets x "

@@ -11,10 +11,10 @@ from types import TracebackType
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer
 
 from infra.kafka import topic_partitions
+from infra.producer import LogProducer, ProduceFailed, producer_config
 from infra.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from ledger.codec import encode_request
 from ledger.positions import Position, PositionKey
@@ -74,7 +74,8 @@ class Submitted:
 
 
 class LedgerProducer:
-    """An idempotent Kafka producer for ledger requests, with an outcomes listener started on demand.
+    """An idempotent Kafka producer for ledger requests (librdkafka: `infra.producer`), with an outcomes listener
+    started on demand.
 
     Outcomes are followed from the moment `start()` runs: submit after starting, then await. They are matched
     by the record they answer (`record`, in the clear), so no key is needed for that; with `position_key`
@@ -83,13 +84,14 @@ class LedgerProducer:
 
     def __init__(self, bootstrap: str, *, follow_outcomes: bool = True, topic: str = TRANSACTIONS_TOPIC,
                  outcomes_topic: str = OUTCOMES_TOPIC, request_timeout_ms: int = 40_000,
-                 position_key: bytes | None = None) -> None:
+                 position_key: bytes | None = None, client_id: str = "ledger-client") -> None:
         self.topic = topic
         self.outcomes_topic = outcomes_topic
         self.positions = None if position_key is None else PositionKey(position_key)
         # An append not acknowledged within `request_timeout_ms` raises `AppendUnconfirmed`.
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
-                                          linger_ms=2, request_timeout_ms=request_timeout_ms)
+        self._config = producer_config(bootstrap, delivery_timeout_ms=request_timeout_ms, linger_ms=2,
+                                       client_id=client_id)  # what Kafka's client quotas name
+        self._producer: LogProducer | None = None  # made in start(): it serves the running event loop
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False) \
             if follow_outcomes else None
         # By the record an outcome answers and the id it decides (an atomic batch's record decides several).
@@ -106,7 +108,7 @@ class LedgerProducer:
         await self.stop()
 
     async def start(self) -> None:
-        await self._producer.start()
+        self._producer = LogProducer(self._config)
         if self._consumer is None:
             return
         await self._consumer.start()
@@ -122,7 +124,8 @@ class LedgerProducer:
                 await self._reader
         if self._consumer is not None:
             await self._consumer.stop()
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
 
     async def submit(self, tenant: str, postings: list[Posting], *, idempotency_key: str | None = None,
                      metadata: dict[str, str] | None = None, reference: str | None = None,
@@ -178,14 +181,17 @@ class LedgerProducer:
         return await self._append(request)
 
     async def submit_batch(self, tenant: str, transfers: list[list[Posting]], *, atomic: bool = False,
-                           idempotency_keys: list[str | None] | None = None) -> list[Submitted]:
-        """Transfers appended in order; with `atomic`, as one record: all committed or all rejected."""
+                           idempotency_keys: list[str | None] | None = None,
+                           idempotency_key: str | None = None) -> list[Submitted]:
+        """Transfers appended in order; with `atomic`, as one record: all committed or all rejected. The
+        batch's own `idempotency_key` binds it whole (one record too): a repeat replays every item."""
         keys = idempotency_keys or [None] * len(transfers)
         raw = [{"postings": [p.as_json() for p in postings], **({"idempotency_key": k} if k else {})}
                for postings, k in zip(transfers, keys, strict=True)]
-        items = parse_items(raw, check_tenant(tenant), [uuid.uuid4().hex for _ in raw])
-        if atomic:
-            first = await self._append(BatchRequest(uuid.uuid4().hex, items[0].tenant, items))
+        batch_key = parse_idempotency_key(idempotency_key)
+        items = parse_items(raw, check_tenant(tenant), [uuid.uuid4().hex for _ in raw], batch_key)
+        if atomic or batch_key is not None:
+            first = await self._append(BatchRequest(uuid.uuid4().hex, items[0].tenant, items, batch_key, atomic))
             return [Submitted(first.tenant, item.id, first.position, first.token) for item in items]
         return [await self._append(item) for item in items]
 
@@ -197,18 +203,19 @@ class LedgerProducer:
     async def _append(self, request: Request) -> Submitted:
         if self._consumer is not None and len(self._waiters) >= PENDING_MAX:
             raise RuntimeError(f"over {PENDING_MAX} outcomes not collected; await outcome() for them")
+        assert self._producer is not None, "start() the producer first"
         self._sending[request.tenant] = self._sending.get(request.tenant, 0) + 1
         try:
-            # The default partitioner (murmur2 of the key), as the contract's placement rule requires.
-            metadata_ = await self._producer.send_and_wait(self.topic, encode_request(request),
-                                                           key=request.tenant.encode())
-        except (KafkaError, TimeoutError) as e:
+            # murmur2 of the key (`murmur2_random`), Kafka's default, as the contract's placement rule requires.
+            partition, offset = await self._producer.send(self.topic, encode_request(request),
+                                                          request.tenant.encode())
+        except ProduceFailed as e:
             raise AppendUnconfirmed(request.tenant, request.id, e) from e
         finally:
             self._sending[request.tenant] -= 1
             if not self._sending[request.tenant]:
                 del self._sending[request.tenant]
-        position = Position(metadata_.partition, metadata_.offset)
+        position = Position(partition, offset)
         ids = [i.id for i in request.items] if isinstance(request, BatchRequest) else [request.id]
         for id in ids:
             self._expect(position, id)

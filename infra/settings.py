@@ -74,6 +74,13 @@ class Settings:
     database_external: bool  # LEDGER_DATABASE_URL was set: they start no cluster
     kafka_home: str | None  # an unpacked Kafka distribution to run instead of fetching its jars
     kafka_heap: str
+    # Fair shares (contract v3): every tenant's default limits, and the requests in progress past which an API
+    # process admits each tenant only its equal share.
+    tenant_writes_per_s: int = 1000
+    tenant_reads_per_s: int = 5000
+    tenant_burst_s: int = 2
+    api_inflight_fair: int = 256
+    metrics_tenant_labels: bool = False  # a tenant label on the 429 counter (one series per tenant refused)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -195,4 +202,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         database_external=bool(env.get("LEDGER_DATABASE_URL")),
         kafka_home=env.get("KAFKA_HOME") or None,
         kafka_heap=_heap(env),
+        tenant_writes_per_s=_int(env, "LEDGER_TENANT_WRITES_PER_S", 1000, 1, 10_000_000),
+        tenant_reads_per_s=_int(env, "LEDGER_TENANT_READS_PER_S", 5000, 1, 10_000_000),
+        tenant_burst_s=_int(env, "LEDGER_TENANT_BURST_S", 2, 1, 3600),
+        api_inflight_fair=_int(env, "LEDGER_API_INFLIGHT_FAIR", 256, 1, 1_000_000),
+        metrics_tenant_labels=_int(env, "LEDGER_METRICS_TENANT_LABELS", 0, 0, 1) == 1,
     )

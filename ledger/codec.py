@@ -3,6 +3,7 @@ straight to Kafka"; the README documents each record kind's fields)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -53,17 +54,46 @@ FIELDS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
     POLICY: (COMMON | {"account", "overdraft_limit", "frozen"}, ("v", "kind", "id", "tenant", "account")),
     TENANT: (frozenset({"v", "kind", "id", "tenant", "name"}), ("v", "kind", "id", "tenant", "name")),
     TICK: (frozenset({"v", "kind"}), ("v", "kind")),
-    BATCH: (frozenset({"v", "kind", "id", "tenant", "transactions"}), ("v", "kind", "id", "tenant", "transactions")),
+    BATCH: (frozenset({"v", "kind", "id", "tenant", "transactions", "atomic", "idempotency_key"}),
+            ("v", "kind", "id", "tenant", "transactions")),
 }
 TARGET_FIELD = {CAPTURE: "hold", VOID: "hold", REVERSE: "transaction", POLICY: "account"}
 
 
-def decode_json(raw: bytes | str) -> Any:
-    """Parse JSON, or raise `MalformedJson` (never another exception) for anything that is not JSON."""
+# A JSON string, escapes included: what to blank out before counting the colons that separate members.
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _members(value: Any) -> int:
+    """How many members the objects in `value` hold, at every level."""
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def decode_json(raw: bytes | str, field: str = "body") -> Any:
+    """Parse JSON, or raise `MalformedJson` for anything that is not JSON and `InvalidRequest` for an object
+    that repeats a key: a parser that keeps the first value (a gateway, an audit log) would read another
+    request than the ledger, which would keep the last."""
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise MalformedJson(f"not valid JSON: {e}") from None
+    text = raw.encode() if isinstance(raw, str) else bytes(raw)
+    # Outside strings a colon only separates a member's name from its value: as many as the members parsed,
+    # unless a name was repeated (the parser kept one member of several).
+    colons = text.count(b":")
+    if colons:
+        members = _members(value)
+        if colons != members and _STRING.sub(b'""', text).count(b":") != members:
+            raise InvalidRequest("an object repeats a key", field)
+    return value
 
 
 def _item(request: TransactionRequest) -> dict[str, object]:
@@ -74,14 +104,20 @@ def _item(request: TransactionRequest) -> dict[str, object]:
 def encode_request(request: Request) -> bytes:
     """The value a producer appends for `request`; `decode_request` reads it back unchanged."""
     if isinstance(request, BatchRequest):
-        return orjson.dumps({"v": WIRE_VERSION, "kind": BATCH, "id": request.id, "tenant": request.tenant,
-                             "transactions": [_item(i) for i in request.items]})
+        body: dict[str, object] = {"v": WIRE_VERSION, "kind": BATCH, "id": request.id, "tenant": request.tenant,
+                                   "transactions": [_item(i) for i in request.items]}
+        # Only when they differ from an atomic batch without a key, so such a batch's bytes are as before.
+        if not request.atomic:
+            body["atomic"] = False
+        if request.idempotency_key is not None:
+            body["idempotency_key"] = request.idempotency_key
+        return orjson.dumps(body)
     if isinstance(request, Tick):
         return orjson.dumps({"v": WIRE_VERSION, "kind": TICK})
     if isinstance(request, TenantRequest):
         return orjson.dumps({"v": WIRE_VERSION, "kind": TENANT, "id": request.id, "tenant": request.tenant,
                              "name": request.name})
-    body: dict[str, object] = {"v": WIRE_VERSION, "id": request.id, "tenant": request.tenant}
+    body = {"v": WIRE_VERSION, "id": request.id, "tenant": request.tenant}
     if request.kind != TRANSFER:
         body["kind"] = request.kind
     if request.kind in (TRANSFER, HOLD):
@@ -112,7 +148,7 @@ def decode_request(key: bytes | None, value: bytes | None) -> Request:
     """Validate one record of `ledger.transactions`; any flaw raises `InvalidRequest`."""
     if value is None:
         raise InvalidRequest("the record has no value", "value")
-    obj = decode_json(value)
+    obj = decode_json(value, "value")
     if not isinstance(obj, dict):
         raise InvalidRequest("must be a JSON object", "value")
     kind = obj.get("kind", TRANSFER)
@@ -129,7 +165,13 @@ def decode_request(key: bytes | None, value: bytes | None) -> Request:
     if kind == TENANT:
         return TenantRequest(id=check_id(obj["id"]), tenant=tenant, name=check_tenant_name(obj["name"]))
     if kind == BATCH:
-        return BatchRequest(id=check_id(obj["id"]), tenant=tenant, items=parse_items(obj["transactions"], tenant))
+        atomic = obj.get("atomic", True)
+        if not isinstance(atomic, bool):
+            raise InvalidRequest("must be true or false", "atomic")
+        batch_key = parse_idempotency_key(obj.get("idempotency_key"))
+        return BatchRequest(id=check_id(obj["id"]), tenant=tenant,
+                            items=parse_items(obj["transactions"], tenant, batch_key=batch_key),
+                            idempotency_key=batch_key, atomic=atomic)
     target = obj.get(TARGET_FIELD.get(kind, ""))
     return TransactionRequest(
         id=check_id(obj["id"]),

@@ -20,6 +20,7 @@ from ledger.requests import (
     REVERSE,
     TRANSFER,
     VOID,
+    BatchRequest,
     Posting,
     TenantRequest,
     TransactionRequest,
@@ -44,9 +45,13 @@ NOT_REVERSIBLE = "not_reversible"
 AMOUNT_EXCEEDS_REMAINING = "amount_exceeds_remaining"
 ACCOUNT_FROZEN = "account_frozen"
 OVERDRAFT_IN_USE = "overdraft_in_use"
+# `amount` names the one posting a partial capture or reversal moves: with several, the request is at fault
+# (the API answers 422, not 409, for it).
+AMOUNT_NEEDS_ONE_POSTING = "amount_needs_one_posting"
 # A key binds the first request that used it, whatever its outcome, except these: a conflict is the key's
-# misuse, and a tenant that does not exist has no keys to bind.
-KEY_UNBOUND = frozenset({IDEMPOTENCY_CONFLICT, UNKNOWN_TENANT})
+# misuse, a tenant that does not exist has no keys to bind, and a malformed request binds nothing (the API
+# refuses a partial amount on several postings with 422 before the log whenever it knows the target).
+KEY_UNBOUND = frozenset({IDEMPOTENCY_CONFLICT, UNKNOWN_TENANT, AMOUNT_NEEDS_ONE_POSTING})
 
 HELD, CAPTURED, VOIDED, EXPIRED = "held", "captured", "voided", "expired"
 # What can be reversed: requests that moved money.
@@ -93,8 +98,9 @@ class Hold:
 
 @dataclass(slots=True)
 class Original:
-    """What a reversal needs of the transaction it names: what it moved, and how much is reversed: for one
-    posting, the amount reversed so far; for several (reversed only whole), 1 once reversed."""
+    """What a reversal needs of the transaction it names: what it moved, and `reversed`: for one posting, the
+    amount reversed so far; for several, reversed only whole and once, 1 once reversed. (Their amounts, per
+    asset, are what the API shows as reversed; a sum of several could pass int64, which no column holds.)"""
 
     kind: str
     status: str
@@ -217,12 +223,22 @@ def _move(state: LedgerState, tenant: str, postings: tuple[Posting, ...], held: 
         return Outcome("rejected", ACCOUNT_FROZEN)
     entries, finals = _legs(state, tenant, postings)
     # Any running balance must fit int64: entries store balance_after as a bigint.
-    if any(not BALANCE_MIN <= e.balance_after <= BALANCE_MAX for e in entries):
+    if any(not BALANCE_MIN <= e.balance_after <= BALANCE_MAX for e in entries) or _unbounded(state, finals, held):
         return Outcome("rejected", OVERFLOW)
     if check_funds and _short(state, finals, held):
         return Outcome("rejected", INSUFFICIENT_FUNDS)
     return Outcome("committed", entries=tuple(entries), moved=postings, held=tuple(held.items()),
                    reversed=reversed_amount)
+
+
+def _unbounded(state: LedgerState, balances: dict[BalanceKey, int], held: dict[BalanceKey, int]) -> bool:
+    """Whether a held amount or an available balance (posted minus held: what reads show) leaves int64."""
+    for key in balances.keys() | held.keys():
+        after_held = held.get(key, state.held_of(key))
+        available = balances.get(key, state.balance(key)) - after_held
+        if not 0 <= after_held <= BALANCE_MAX or not BALANCE_MIN <= available <= BALANCE_MAX:
+            return True
+    return False
 
 
 def _reserved(state: LedgerState, tenant: str, postings: tuple[Posting, ...], sign: int) -> dict[BalanceKey, int]:
@@ -238,7 +254,7 @@ def _hold(state: LedgerState, request: TransactionRequest) -> Outcome:
     if _frozen(state, request.tenant, request.postings):
         return Outcome("rejected", ACCOUNT_FROZEN)
     held = _reserved(state, request.tenant, request.postings, 1)
-    if any(v > BALANCE_MAX for v in held.values()):
+    if _unbounded(state, {}, held):
         return Outcome("rejected", OVERFLOW)
     if _short(state, {}, held):
         return Outcome("rejected", INSUFFICIENT_FUNDS)
@@ -269,7 +285,7 @@ def _capture(state: LedgerState, request: TransactionRequest, now_ms: int) -> Ou
     postings = hold.postings
     if request.amount is not None:
         if len(postings) != 1:
-            return Outcome("rejected", INVALID)  # a partial capture names one posting's amount
+            return Outcome("rejected", AMOUNT_NEEDS_ONE_POSTING)
         if request.amount > postings[0].amount:
             return Outcome("rejected", AMOUNT_EXCEEDS_HOLD)
         postings = (postings[0]._replace(amount=request.amount),)
@@ -297,7 +313,7 @@ def _reverse(state: LedgerState, request: TransactionRequest) -> Outcome:
     if request.amount is None:
         amount = remaining
     elif len(original.postings) != 1:
-        return Outcome("rejected", INVALID)  # a partial reversal names one posting's amount
+        return Outcome("rejected", AMOUNT_NEEDS_ONE_POSTING)
     elif request.amount > remaining:
         return Outcome("rejected", AMOUNT_EXCEEDS_REMAINING)
     else:
@@ -372,6 +388,8 @@ class Ledger:
     restricting: int = 0  # how many of them limit or freeze
     # Per partition, the open holds by expiry: (expires_at_ms, tenant, id); closed ones are skipped on pop.
     expiring: dict[int, list[tuple[int, str, str]]] = field(default_factory=dict)
+    # Batches that bound an idempotency key: (tenant, batch id) -> their items' ids, in order.
+    batches: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     def balance(self, key: BalanceKey) -> int:
         return self.balances.get(key, 0)
@@ -468,6 +486,34 @@ class Ledger:
                 assert self.held[key] >= 0
             expired.append(hold)
         return expired
+
+    def bind_batch(self, batch: BatchRequest, status: Status, reason: str | None, position: Position) -> Decided:
+        """A decided batch takes its idempotency key: a later request with the key repeats the whole batch."""
+        assert batch.idempotency_key is not None
+        assert (batch.tenant, batch.idempotency_key) not in self.by_key
+        decided = Decided(batch.id, status, reason, batch.fingerprint(), position)
+        self.by_key[(batch.tenant, batch.idempotency_key)] = decided
+        self.batches[(batch.tenant, batch.id)] = tuple(i.id for i in batch.items)
+        return decided
+
+    def repeated_items(self, batch: BatchRequest, prior: Decided) -> tuple[str, ...] | None:
+        """The ids of the items of the batch that `prior` (what the batch's key bound) decided, when `batch`
+        repeats it exactly; None when the key was bound to another body (or to a single request)."""
+        originals = self.batches.get((batch.tenant, prior.transaction_id))
+        if originals is None or len(originals) != len(batch.items) or prior.fingerprint != batch.fingerprint():
+            return None
+        return originals
+
+    def batch_replay(self, item: TransactionRequest, original_id: str | None) -> Outcome:
+        """The outcome of an item of a batch whose key was bound already: a replay of the original batch's item
+        at its place (`original_id`), or a conflict when the batch is not the same (the key stays bound)."""
+        taken = self.decided_id(item.tenant, item.id)
+        if taken is not None:
+            return _replay(taken, item, id_taken=True)
+        original = None if original_id is None else self.decided_id(item.tenant, original_id)
+        if original is not None:
+            return Outcome(original.status, original.reason, replay_of=original)
+        return Outcome("rejected", IDEMPOTENCY_CONFLICT)
 
     def remember_replay(self, request: TransactionRequest, original: Decided) -> bool:
         """A repeat under an id of its own: from now on that id resolves to the original and is taken.

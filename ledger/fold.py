@@ -19,6 +19,7 @@ from ledger.decisions import (
     EXPIRED,
     HELD,
     INVALID,
+    KEY_UNBOUND,
     WRONG_PARTITION,
     BalanceKey,
     Hold,
@@ -100,6 +101,7 @@ class BatchRows:
     invalid_events: list[tuple[object, ...]] = field(default_factory=list)
     replays: list[tuple[object, ...]] = field(default_factory=list)
     tenants: list[tuple[object, ...]] = field(default_factory=list)
+    batches: list[tuple[object, ...]] = field(default_factory=list)  # those that bound an idempotency key
     # Holds created by this batch (their row as it ends the batch), and changes to holds created before.
     holds: dict[tuple[str, str], list[object]] = field(default_factory=dict)
     hold_changes: dict[tuple[str, str], tuple[str, str | None, datetime]] = field(default_factory=dict)
@@ -124,6 +126,8 @@ IDEMPOTENCY_COLUMNS = ("tenant", "key", "transaction_id")
 INVALID_EVENT_COLUMNS = ("log_partition", "log_offset", "record_key", "record_value", "error", "logged_at")
 REPLAY_COLUMNS = ("tenant", "id", "original_id", "log_partition", "log_offset")
 TENANT_COLUMNS = ("id", "name", "log_partition", "log_offset", "created_at")
+BATCH_COLUMNS = ("tenant", "id", "idempotency_key", "fingerprint", "status", "reason", "atomic", "items",
+                 "log_partition", "log_offset", "created_at")
 HOLD_COLUMNS = ("tenant", "id", "state", "postings", "expires_at", "log_partition", "log_offset", "created_at",
                 "closed_by", "closed_at")
 HOLD_STATE = 2  # index of `state` in a hold's row, then closed_by and closed_at at 8 and 9
@@ -266,8 +270,33 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
 def _fold_batch_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
                         batch: BatchRequest) -> None:
     """All of an atomic batch's transfers commit, each as it would alone; or none does, and each is recorded
-    rejected with the reason of the first that failed (a repeat of an earlier request stays a repeat)."""
-    reason = first_failure(ledger, batch.items, record.timestamp_ms, record.position)
+    rejected with the reason of the first that failed (a repeat of an earlier request stays a repeat). A
+    batch that is not atomic decides each on its own, in order. A batch's idempotency key binds it whole:
+    a repeat replays each item, or with another body is refused (`idempotency_conflict`) item by item."""
+    key = batch.idempotency_key
+    if key is not None and (batch.tenant, batch.id) in ledger.batches:
+        # Its id is a batch's already: the record cannot be kept under it (nothing of it is applied).
+        _fold_invalid(ledger, rows, record, at, Invalid(f"batch id {batch.id!r} is taken", None))
+        return
+    prior = ledger.decided_key(batch.tenant, key) if key is not None else None
+    if prior is not None:
+        originals = ledger.repeated_items(batch, prior)  # once per record: a fingerprint reads every item
+        for index, item in enumerate(batch.items):
+            outcome = ledger.batch_replay(item, None if originals is None else originals[index])
+            _fold_request(ledger, rows, record, at, item, forced=outcome, leg_base=index * LEGS_PER_ITEM)
+        return
+    reason = first_failure(ledger, batch.items, record.timestamp_ms, record.position) if batch.atomic else None
+    _fold_batch_items(ledger, rows, record, at, batch, reason)
+    # Bound as a request's key would be: not by a batch that misused a key of its own items, nor by a tenant
+    # that does not exist.
+    if key is not None and ledger.tenant_exists(batch.tenant) and reason not in KEY_UNBOUND:
+        decided = ledger.bind_batch(batch, "committed" if reason is None else "rejected", reason, record.position)
+        rows.batches.append((batch.tenant, batch.id, key, decided.fingerprint, decided.status, reason, batch.atomic,
+                             [i.id for i in batch.items], record.partition, record.offset, at))
+
+
+def _fold_batch_items(ledger: Ledger, rows: BatchRows, record: Record, at: datetime, batch: BatchRequest,
+                      reason: str | None) -> None:
     for index, item in enumerate(batch.items):
         # The items share the record's offset: their entries' legs are kept apart by the item's place.
         legs = index * LEGS_PER_ITEM

@@ -101,12 +101,28 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class BatchRequest:
-    """Transfers decided as one (`"atomic": true`): all committed, or all rejected with the reason of the
-    first that failed. Each keeps its own id and idempotency key."""
+    """Transfers in one record. Atomic (the default, and all a record without `"atomic"` can be): all
+    committed, or all rejected with the reason of the first that failed; otherwise each decided on its own,
+    in order. Each item keeps its own id and idempotency key; the batch's own `idempotency_key` binds the
+    whole batch, so a repeat of it replays every item (contract v3)."""
 
     id: str
     tenant: str
     items: tuple[TransactionRequest, ...]
+    idempotency_key: str | None = None
+    atomic: bool = True
+    _fingerprint: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def fingerprint(self) -> bytes:
+        """A digest of what the batch's key binds: every item's body and key, in order, and `atomic` (not
+        the ids, which each attempt makes anew). Computed once (it reads every item)."""
+        if self._fingerprint is None:
+            body = {"atomic": self.atomic,
+                    "items": [[i.fingerprint().hex(), i.idempotency_key] for i in self.items]}
+            digest = hashlib.sha256(b"batch\n" + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+            object.__setattr__(self, "_fingerprint", digest)
+        assert self._fingerprint is not None
+        return self._fingerprint
 
 
 Request = TransactionRequest | TenantRequest | Tick | BatchRequest

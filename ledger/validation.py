@@ -35,10 +35,12 @@ LIMITS_MAX = 64  # assets with an overdraft limit, per account
 BATCH_ITEMS_MAX = 1000
 
 TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}", re.ASCII)
-ADDRESS_RE = re.compile(r"@[A-Za-z0-9_:.-]{1,127}|[A-Za-z0-9_:.-]{1,128}", re.ASCII)
+# An address or id made only of dots ("." and ".." above all) is refused: HTTP clients normalise such path
+# segments away, so it could be written and never read.
+ADDRESS_RE = re.compile(r"@[A-Za-z0-9_:.-]{1,127}|(?!\.+$)[A-Za-z0-9_:.-]{1,128}", re.ASCII)
 ASSET_RE = re.compile(r"[A-Z][A-Z0-9]{0,15}(/([0-9]|1[0-8]))?", re.ASCII)
 # Ids travel in URL paths, so they keep to characters that need no escaping.
-ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}", re.ASCII)
+ID_RE = re.compile(r"(?!\.+$)[A-Za-z0-9_.:-]{1,64}", re.ASCII)
 # What PostgreSQL's text and jsonb refuse (NUL), and what UTF-8 cannot encode (lone surrogates, which a
 # Python caller can build even though no JSON parser here lets them through).
 UNSTORABLE_RE = re.compile(r"[\x00\ud800-\udfff]")
@@ -250,9 +252,11 @@ def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | Non
 ITEM_FIELDS = BODY_FIELDS | {"idempotency_key"}
 
 
-def parse_items(value: object, tenant: str, ids: list[str] | None = None) -> tuple[TransactionRequest, ...]:
+def parse_items(value: object, tenant: str, ids: list[str] | None = None,
+                batch_key: str | None = None) -> tuple[TransactionRequest, ...]:
     """A batch's transfers: 1 to `BATCH_ITEMS_MAX` bodies, each with its own optional `idempotency_key`, and
-    its `id` (given by the API in `ids`, else each item's own `id`: a record on the log). Ids must differ."""
+    its `id` (given by the API in `ids`, else each item's own `id`: a record on the log). Ids must differ, and
+    so must idempotency keys, the batch's own (`batch_key`) included."""
     if not isinstance(value, list) or not 1 <= len(value) <= BATCH_ITEMS_MAX:
         raise InvalidRequest(f"must be a list of 1 to {BATCH_ITEMS_MAX} transfers", "transactions")
     items = []
@@ -267,4 +271,10 @@ def parse_items(value: object, tenant: str, ids: list[str] | None = None) -> tup
             metadata=parse_metadata(obj.get("metadata")), reference=parse_reference(obj.get("reference"))))
     if len({i.id for i in items}) != len(items):
         raise InvalidRequest("ids must differ", "transactions")
+    keys = [i.idempotency_key for i in items if i.idempotency_key is not None]
+    if batch_key is not None:
+        keys.append(batch_key)
+    if len(set(keys)) != len(keys):
+        # Decided in one record, both would be refused and the key bound to neither.
+        raise InvalidRequest("idempotency keys must differ within a batch", "transactions")
     return tuple(items)

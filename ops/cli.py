@@ -75,8 +75,12 @@ async def _status(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
     parts = await status.partitions(cfg.database_url, cfg.kafka_bootstrap, cfg.transactions_topic)
     group = args.group or cfg.projector_group
     members = await status.group_members(cfg.kafka_bootstrap, group)
+    limits = await status.limits(cfg.database_url)
+    defaults = {"writes_per_s": cfg.tenant_writes_per_s, "reads_per_s": cfg.tenant_reads_per_s,
+                "burst_s": cfg.tenant_burst_s}
     if args.json:
-        print(json.dumps({"partitions": [dataclasses.asdict(p) for p in parts], "members": members}))
+        print(json.dumps({"partitions": [dataclasses.asdict(p) for p in parts], "members": members,
+                          "limits": {"defaults": defaults, **limits}}))
         return 0
     print(f"{'partition':>9} {'log end':>10} {'projected':>10} {'lag':>8} {'lag s':>7}")
     for p in parts:
@@ -85,6 +89,12 @@ async def _status(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
     print(f"\nprojector group {group!r}: {len(members)} member(s)")
     for m in members:
         print(f"  {m['client_id']} {m['host']} {m['member_id']} ({m['state']})")
+    print(f"\nlimits per tenant (each of {limits['api_processes']} live API process(es) enforces its share): "
+          f"default {defaults['writes_per_s']} writes/s, {defaults['reads_per_s']} reads/s, burst "
+          f"{defaults['burst_s']} s")
+    for row in limits["custom"]:
+        print(f"  {row['tenant']}: {row['writes_per_s']} writes/s, {row['reads_per_s']} reads/s, "
+              f"burst {row['burst_s']} s")
     return 0
 
 

@@ -65,6 +65,19 @@ async def partitions(url: str, bootstrap: str, topic: str) -> list[PartitionStat
             for p, e in sorted(end.items())]
 
 
+async def limits(url: str) -> dict[str, Any]:
+    """The tenants' limits in force: the operator's (`tenant_limits`), and the live API processes that share
+    them (each enforces 1/n)."""
+    conn = await asyncpg.connect(url)
+    try:
+        custom = [dict(r) for r in await conn.fetch(
+            "SELECT tenant, writes_per_s, reads_per_s, burst_s FROM tenant_limits ORDER BY tenant")]
+        live = await conn.fetchval("SELECT count(*) FROM api_processes WHERE seen_at > now() - interval '3 seconds'")
+    finally:
+        await conn.close()
+    return {"custom": custom, "api_processes": live}
+
+
 async def group_members(bootstrap: str, group: str) -> list[dict[str, Any]]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()

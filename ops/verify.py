@@ -42,6 +42,10 @@ CHECKS = {
     "idempotency_keys": ("SELECT tenant, key, transaction_id FROM {src}",
                          "(SELECT k.* FROM {live}.idempotency_keys k JOIN lt ON lt.tenant = k.tenant"
                          " AND lt.id = k.transaction_id) AS lk", "{shadow}.idempotency_keys"),
+    "batches": ("SELECT tenant, id, idempotency_key, fingerprint, status, reason, atomic, items, log_partition,"
+                " log_offset, created_at FROM {src}",
+                "(SELECT b.* FROM {live}.batches b JOIN s ON b.log_partition = s.p AND b.log_offset < s.o"
+                " WHERE $3::text[] IS NULL OR b.tenant = ANY($3)) AS lbt", "{shadow}.batches"),
     "replays": ("SELECT tenant, id, original_id, log_partition, log_offset FROM {src}",
                 "(SELECT r.* FROM {live}.replays r JOIN s ON r.log_partition = s.p AND r.log_offset < s.o"
                 " WHERE $3::text[] IS NULL OR r.tenant = ANY($3)) AS lr", "{shadow}.replays"),
@@ -85,13 +89,17 @@ SELF_CHECKS = {
                    FROM {live}.holds h, jsonb_array_elements(h.postings) AS p WHERE h.state = 'held'
                    GROUP BY 1, 2, 3) o ON o.tenant = b.tenant AND o.account = b.account AND o.asset = b.asset
         WHERE b.held IS DISTINCT FROM coalesce(o.held, 0) AND ($1::text[] IS NULL OR b.tenant = ANY($1))""",
-    "transactions whose reversed is not the sum of their reversals": """
-        SELECT t.tenant, t.id, t.reversed, coalesce(r.reversed, 0) FROM {live}.transactions t
-        LEFT JOIN (SELECT x.tenant, x.target, sum((p->>'amount')::numeric) AS reversed
+    # `reversed` counts, for one posting, the amount its reversals moved; for several (reversed only whole),
+    # its reversals (1 once reversed): a sum of several postings' amounts could pass int64.
+    "transactions whose reversed disagrees with their reversals": """
+        SELECT t.tenant, t.id, t.reversed, coalesce(r.amount, 0), coalesce(r.times, 0) FROM {live}.transactions t
+        LEFT JOIN (SELECT x.tenant, x.target, sum((p->>'amount')::numeric) AS amount, count(DISTINCT x.id) AS times
                    FROM {live}.transactions x, jsonb_array_elements(x.postings) AS p
                    WHERE x.kind = 'reverse' AND x.status = 'committed' GROUP BY 1, 2) r
           ON r.tenant = t.tenant AND r.target = t.id
-        WHERE t.reversed IS DISTINCT FROM coalesce(r.reversed, 0) AND ($1::text[] IS NULL OR t.tenant = ANY($1))""",
+        WHERE t.reversed IS DISTINCT FROM CASE WHEN jsonb_array_length(t.postings) = 1 THEN coalesce(r.amount, 0)
+                                               ELSE coalesce(r.times, 0) END
+          AND ($1::text[] IS NULL OR t.tenant = ANY($1))""",
     "tenants and assets whose balances do not sum to zero": """
         SELECT tenant, asset, sum(balance) FROM {live}.balances WHERE $1::text[] IS NULL OR tenant = ANY($1)
         GROUP BY tenant, asset HAVING sum(balance) <> 0""",

@@ -285,7 +285,9 @@ class Pipeline:
         ids = {(d.tenant, d.id) for d in requests}
         ids |= {d.identity for d in decoded if isinstance(d, Invalid) and d.identity is not None}
         tenants = {d.tenant for d in decoded if isinstance(d, TransactionRequest | TenantRequest | BatchRequest)}
-        await preload(conn, requests, ids, tenants, due, self.ledger)
+        keyed = {(d.tenant, d.id, d.idempotency_key) for d in decoded
+                 if isinstance(d, BatchRequest) and d.idempotency_key is not None}
+        await preload(conn, requests, ids, tenants, due, self.ledger, keyed)
 
     async def _write_after(self, before: asyncio.Task[BatchResult] | None, batch: Prepared) -> BatchResult:
         """Write `batch` once the write queued before it has committed; not at all if that one failed."""

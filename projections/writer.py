@@ -16,6 +16,7 @@ from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
 from ledger.changes import account_key, payloads
 from ledger.decisions import NO_POLICY, BalanceKey, Decided, Hold, Ledger, Original, Policy, resolved, touched
 from ledger.fold import (
+    BATCH_COLUMNS,
     ENTRY_COLUMNS,
     EPOCH,
     HOLD_COLUMNS,
@@ -51,13 +52,22 @@ FROM replays r
 JOIN unnest($1::text[], $2::text[]) AS k(tenant, id) ON r.tenant = k.tenant AND r.id = k.id
 JOIN transactions t ON t.tenant = r.tenant AND t.id = r.original_id
 """
+# A key is bound by a request (`idempotency_keys`) or by a whole batch (`batches`, with its items' ids).
 SELECT_BY_KEY = """
-SELECT i.key, t.tenant, t.id, t.status, t.reason, t.fingerprint, t.log_partition, t.log_offset
+SELECT i.key, t.tenant, t.id, t.status, t.reason, t.fingerprint, t.log_partition, t.log_offset, NULL::text[] AS items
 FROM idempotency_keys i
 JOIN unnest($1::text[], $2::text[]) AS k(tenant, key) ON i.tenant = k.tenant AND i.key = k.key
 JOIN transactions t ON t.tenant = i.tenant AND t.id = i.transaction_id
+UNION ALL
+SELECT b.idempotency_key, b.tenant, b.id, b.status, b.reason, b.fingerprint, b.log_partition, b.log_offset, b.items
+FROM batches b
+JOIN unnest($1::text[], $2::text[]) AS k(tenant, key) ON b.tenant = k.tenant AND b.idempotency_key = k.key
 """
 SELECT_TENANTS = "SELECT id FROM tenants WHERE id = ANY($1::text[])"
+SELECT_BATCHES = """
+SELECT b.tenant, b.id, b.items FROM batches b
+JOIN unnest($1::text[], $2::text[]) AS k(tenant, id) ON b.tenant = k.tenant AND b.id = k.id
+"""
 HOLD_FIELDS = ("h.tenant, h.id, h.state, h.postings, h.expires_at, h.log_partition, h.log_offset, h.closed_by,"
                " h.closed_at")
 SELECT_HOLDS = f"""
@@ -189,10 +199,16 @@ def _track(ledger: Ledger, row: asyncpg.Record, keys: set[BalanceKey]) -> None:
 
 
 async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], ids: set[tuple[str, str]],
-                  tenants: set[str], due: dict[int, int], ledger: Ledger) -> None:
+                  tenants: set[str], due: dict[int, int], ledger: Ledger,
+                  keyed_batches: Iterable[tuple[str, str, str]] = ()) -> None:
     """Load into `ledger` everything the batch touches that it lacks: the holds and transactions its
     requests name, the open holds of its partitions due by `due` (ms), then every balance, id, idempotency
-    key and tenant."""
+    key and tenant; of each keyed batch (tenant, id, key), whether its id is taken and what its key binds."""
+    keyed = list(keyed_batches)
+    batch_ids = {(t, i) for t, i, _ in keyed if (t, i) not in ledger.batches}
+    if batch_ids:
+        for row in await conn.fetch(SELECT_BATCHES, *_columns(batch_ids, 2)):
+            ledger.batches[(row["tenant"], row["id"])] = tuple(row["items"])
     # Ids first, the targets' included: a target may be a repeat's id, which stands for its original.
     targets = {(r.tenant, r.target) for r in requests if r.target is not None}
     wanted = {i for i in ids | targets if i not in ledger.by_id}
@@ -239,11 +255,18 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
             ledger.held[key] = row["held"]
         for key in keys:  # no row yet: nothing posted, nothing held
             ledger.balances.setdefault(key, 0)
-    idem = {(r.tenant, r.idempotency_key) for r in requests
-            if r.idempotency_key is not None and (r.tenant, r.idempotency_key) not in ledger.by_key}
+    idem = {(r.tenant, r.idempotency_key) for r in requests if r.idempotency_key is not None}
+    idem = {k for k in idem | {(t, k) for t, _, k in keyed} if k not in ledger.by_key}
     if idem:
-        for row in await conn.fetch(SELECT_BY_KEY, *_columns(idem, 2)):  # type: ignore[arg-type]
+        items: set[tuple[str, str]] = set()
+        for row in await conn.fetch(SELECT_BY_KEY, *_columns(idem, 2)):
             ledger.by_key[(row["tenant"], row["key"])] = decided_from_row(row)
+            if row["items"] is not None:  # a batch's key: a repeat replays its items, which must be known
+                ledger.batches[(row["tenant"], row["id"])] = tuple(row["items"])
+                items.update((row["tenant"], i) for i in row["items"] if (row["tenant"], i) not in ledger.by_id)
+        if items:
+            for row in await conn.fetch(SELECT_BY_ID, *_columns(items, 2)):
+                ledger.by_id[(row["tenant"], row["asked"])] = decided_from_row(row)
     unknown = [t for t in tenants if t not in ledger.tenants]
     if unknown:
         found = {row["id"] for row in await conn.fetch(SELECT_TENANTS, unknown)}
@@ -273,6 +296,7 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
     await _copy(conn, "transactions", rows.transactions, TRANSACTION_COLUMNS)
     await _copy(conn, "entries", rows.entries, ENTRY_COLUMNS)
     await _copy(conn, "idempotency_keys", rows.idempotency_keys, IDEMPOTENCY_COLUMNS)
+    await _copy(conn, "batches", rows.batches, BATCH_COLUMNS)
     await _copy(conn, "replays", rows.replays, REPLAY_COLUMNS)
     await _copy(conn, "invalid_events", rows.invalid_events, INVALID_EVENT_COLUMNS)
     await _copy(conn, "holds", [tuple(h) for h in rows.holds.values()], HOLD_COLUMNS)

@@ -118,7 +118,7 @@ class Model:
         held = dict(self.held)
         for source, _, amount, asset in body[1]:
             held[(tenant, source, asset)] = held.get((tenant, source, asset), 0) + amount
-        if any(v > INT64_MAX for v in held.values()):
+        if any(v > INT64_MAX for v in held.values()) or self._unbounded(self.balances, held):
             return "rejected", "overflow", []
         if self._short(held=held):
             return "rejected", "insufficient_funds", []
@@ -147,11 +147,14 @@ class Model:
         amount = body[3]
         if amount is not None:
             if len(postings) != 1:
-                return "rejected", "invalid", []
+                return "rejected", "amount_needs_one_posting", []
             if amount > postings[0][2]:
                 return "rejected", "amount_exceeds_hold", []
             postings = [(postings[0][0], postings[0][1], amount, postings[0][3])]
-        status, reason, moved = self._move(tenant, postings, check_funds=False)
+        released = dict(self.held)
+        for source, _, amount_held, asset in hold["postings"]:
+            released[(tenant, source, asset)] -= amount_held
+        status, reason, moved = self._move(tenant, postings, check_funds=False, held=released)
         if status == "committed":
             self._release(tenant, hold, "captured")
         return status, reason, moved
@@ -175,7 +178,7 @@ class Model:
             return "rejected", "not_reversible", []
         amount = body[3]
         if amount is not None and not single:
-            return "rejected", "invalid", []
+            return "rejected", "amount_needs_one_posting", []
         if amount is not None and amount > remaining:
             return "rejected", "amount_exceeds_remaining", []
         amount = remaining if amount is None else amount
@@ -185,7 +188,13 @@ class Model:
             original["reversed"] += amount
         return status, reason, moved
 
-    def _move(self, tenant: str, postings: list[Posting], check_funds: bool) -> tuple[str, str | None, list[Posting]]:
+    def _unbounded(self, balances: dict[tuple[str, str, str], int], held: dict[tuple[str, str, str], int]) -> bool:
+        """An available balance (posted minus held) past int64: what reads show must fit it."""
+        return any(not INT64_MIN <= balances.get(k, 0) - held.get(k, 0) <= INT64_MAX
+                   for k in balances.keys() | held.keys())
+
+    def _move(self, tenant: str, postings: list[Posting], check_funds: bool,
+              held: dict[tuple[str, str, str], int] | None = None) -> tuple[str, str | None, list[Posting]]:
         if self._frozen(tenant, postings):
             return "rejected", "account_frozen", []
         after = dict(self.balances)
@@ -195,6 +204,8 @@ class Model:
                 after[k] = after.get(k, 0) + change
                 if not INT64_MIN <= after[k] <= INT64_MAX:
                     return "rejected", "overflow", []
+        if self._unbounded(after, self.held if held is None else held):
+            return "rejected", "overflow", []
         if check_funds and self._short(balances=after):
             return "rejected", "insufficient_funds", []
         self.balances = after

@@ -37,6 +37,7 @@ class Hostile:
         self.partitions = partitions
         self.ids: list[tuple[str, str]] = []
         self.holds: list[tuple[str, str]] = []
+        self.keyed: list[dict[str, Any]] = []  # keyed batches made, to repeat
         self.kinds: dict[str, int] = {}
 
     def transfer(self, tenant: str, **overrides: Any) -> dict[str, Any]:
@@ -60,7 +61,8 @@ class Hostile:
         kind = rng.choice(["valid"] * 8 + ["taken_id", "bytes", "json", "nul", "surrogate", "numbers",
                                             "wrong_partition", "unknown_tenant", "tenant_record", "bad_key",
                                             "no_value", "kind"]
-                          + ["hold", "close_hold", "reverse", "policy", "batch"] * 2 + ["tick"])
+                          + ["hold", "close_hold", "reverse", "policy", "batch"] * 2 + ["tick"]
+                          + ["repeated_key", "dots", "keyed_batch"])
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         key: bytes | None = tenant.encode()
         partition = None
@@ -148,6 +150,27 @@ class Hostile:
             value = orjson.dumps({"v": 1, "kind": "batch", "id": unique("b"), "tenant": tenant, "transactions": items})
             for item in items:
                 self.ids.append((tenant, str(item["id"])))
+        elif kind == "repeated_key":  # a JSON object naming a field twice: which one counts is ambiguous
+            raw = orjson.dumps(self.transfer(tenant))
+            value = raw.replace(b'"amount":', b'"amount":1,"amount":', 1)
+        elif kind == "dots":
+            body = self.transfer(tenant)
+            body["postings"][0][rng.choice(["source", "destination"])] = rng.choice([".", "..", "..."])
+            value = orjson.dumps(body)
+        elif kind == "keyed_batch":  # true repeats (new ids, same body), conflicts under a few keys, taken ids
+            if self.keyed and rng.random() < 0.5:
+                body = dict(rng.choice(self.keyed))
+                items = [{**item, "id": unique("h")} for item in body["transactions"]]
+                body.update(transactions=items, id=body["id"] if rng.random() < 0.1 else unique("kb"))
+            else:
+                items = [{k: v for k, v in self.transfer(tenant).items() if k in ("id", "postings")}
+                         for _ in range(rng.randint(1, 3))]
+                body = {"v": 1, "kind": "batch", "id": unique("kb"), "tenant": tenant, "transactions": items,
+                        "idempotency_key": f"bk{rng.randint(0, 3)}", "atomic": rng.random() < 0.5}
+                self.keyed.append(body)
+            value = orjson.dumps(body)
+            for item in items:
+                self.ids.append((tenant, str(item["id"])))
         elif kind == "tick":
             key, value, partition = None, TICK, rng.randrange(self.partitions)
         else:
@@ -194,7 +217,7 @@ async def test_a_hostile_log_stops_nothing_and_every_record_is_decided(admin: ht
           f"{len(positions & seen)} outcomes, {time.monotonic() - started:.1f} s")
     assert stack.projector is not None and stack.projector.poll() is None, "the projector stopped"
     assert positions <= seen, f"{len(positions - seen)} records without an outcome"
-    assert min(hostile.kinds.values()) > 0 and len(hostile.kinds) == 19
+    assert min(hostile.kinds.values()) > 0 and len(hostile.kinds) == 22
     verdict = await verify(SETTINGS.database_url, SETTINGS.kafka_bootstrap, TRANSACTIONS_TOPIC)
     assert verdict.identical, "\n".join(f"{check}: {rows}" for check, rows in verdict.differences.items())
     assert verdict.replayed >= RECORDS

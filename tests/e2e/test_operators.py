@@ -33,6 +33,15 @@ def test_status_reports_every_partition_and_the_group(stack: Stack) -> None:
     assert "partition" in ledger(stack, "status").stdout
 
 
+async def test_status_shows_the_limits_in_force(stack: Stack, admin: httpx.AsyncClient, tenant: Tenant) -> None:
+    assert (await admin.put(tenant.path("/limits"), json={"writes_per_s": 7})).status_code == 200
+    report = json.loads(ledger(stack, "status", "--json").stdout)["limits"]
+    assert report["defaults"] == {"writes_per_s": 1000, "reads_per_s": 5000, "burst_s": 2}
+    assert {"tenant": tenant.id, "writes_per_s": 7, "reads_per_s": 5000, "burst_s": 2} in report["custom"]
+    assert report["api_processes"] >= 1
+    assert f"{tenant.id}: 7 writes/s" in ledger(stack, "status").stdout
+
+
 async def test_tenants_and_keys_from_the_command_line(stack: Stack) -> None:
     tenant = unique("cli")
     assert ledger(stack, "tenants", "create", tenant, "--name", "CLI").returncode == 0

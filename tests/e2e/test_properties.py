@@ -198,6 +198,9 @@ async def _produce(w: World, history: list[dict[str, Any]], tenants: list[str]) 
         sent.append((key, value, await w.producer.send(TRANSACTIONS_TOPIC, value, key=key)))
         if event["kind"] == "bad":
             model.malformed(tenant, tx_id, readable=event["shape"] not in ("not_json", "foreign_key"))
+        elif event["kind"] == "batch" and len({k for _, k in event["items"] if k is not None}) \
+                < len([k for _, k in event["items"] if k is not None]):
+            model.malformed(tenant, tx_id, readable=True)  # items sharing a key: the record is invalid
         elif event["kind"] == "batch":
             model.atomic(tenant, [(f"{tx_id}-{i}", [tuple(x) for x in p], k)
                                   for i, (p, k) in enumerate(event["items"])])

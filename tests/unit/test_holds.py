@@ -5,11 +5,13 @@ from __future__ import annotations
 from ledger.decisions import (
     AMOUNT_EXCEEDS_HOLD,
     AMOUNT_EXCEEDS_REMAINING,
+    AMOUNT_NEEDS_ONE_POSTING,
     HOLD_CLOSED,
     HOLD_EXPIRED,
     INSUFFICIENT_FUNDS,
     NOT_FOUND,
     NOT_REVERSIBLE,
+    OVERFLOW,
     Ledger,
     Outcome,
     decide,
@@ -175,3 +177,25 @@ def test_several_postings_reverse_whole_once_however_large() -> None:
     assert (reversal.status, reversal.reversed) == ("committed", 1)
     assert ledger.originals[(T, "t1")].reversed == 1
     assert run(ledger, act("r2", REVERSE, "t1")).reason == NOT_REVERSIBLE
+
+
+def test_a_partial_amount_on_several_postings_names_its_reason() -> None:
+    # Issue 21 (9): it was rejected `invalid`, with no reason.
+    ledger = book()
+    run(ledger, TransactionRequest("t1", T, (Posting("alice", "bob", 10, USD), Posting("alice", "carol", 15, USD))))
+    run(ledger, hold("h1", ("alice", "bob", 5), ("alice", "carol", 5)))
+    assert run(ledger, act("r1", REVERSE, "t1", 5)).reason == AMOUNT_NEEDS_ONE_POSTING
+    assert run(ledger, act("c1", CAPTURE, "h1", 5)).reason == AMOUNT_NEEDS_ONE_POSTING
+
+
+def test_a_hold_on_a_system_account_never_puts_available_past_int64() -> None:
+    # Issue 21 (3): balance and held were checked, available = balance - held was not, and reads failed.
+    ledger = Ledger(tenants={T: True})
+    low = -(2**63) + 10
+    run(ledger, TransactionRequest("t1", T, (Posting("@world", "alice", -low, USD),)))
+    assert ledger.balance((T, "@world", USD)) == low
+    assert run(ledger, hold("h1", ("@world", "bob", 11))).reason == OVERFLOW
+    assert run(ledger, hold("h2", ("@world", "bob", 10))).status == "committed"
+    # A transfer that keeps the balance in range but would take available past it is refused too.
+    assert run(ledger, transfer("t2", "@world", "bob", 1)).reason == OVERFLOW
+    assert ledger.balance((T, "@world", USD)) - ledger.held_of((T, "@world", USD)) == -(2**63)

@@ -1,0 +1,183 @@
+"""Fair shares between tenants (contract v3): per-tenant rate limits, and fair admission when the API is full.
+
+**Limits.** Each tenant has `writes_per_s` and `reads_per_s`, each a token bucket holding `burst_s` seconds of
+its rate: the environment's defaults, or what an operator set (`PUT /v1/tenants/{t}/limits`, kept in
+PostgreSQL and announced by NOTIFY, so every API process applies a change within a second). A request past
+its bucket is refused with 429 `rate_limited` before anything else is done: a refused write is never appended.
+
+**One limit per deployment.** Every API process registers itself in PostgreSQL once a second and counts the
+live ones; each enforces `1/n` of every limit (`share`). Nothing is asked of the database per request, and a
+process that dies gives its share back within `PROCESS_TTL_S`. A tenant whose traffic reaches only some of the
+processes gets less than its limit: spread it (round robin, as `make cluster`'s clients do).
+
+**Fair admission.** A limit alone does not protect a tenant when another's limit is more than the machine can
+serve. Past `inflight_fair` requests in progress in this process, a tenant already holding its equal share of
+them (of the tenants with requests in progress) is refused at once, so those within their share keep their
+latency while the heaviest is shed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from prometheus_client import Counter
+
+from ledger.errors import InvalidRequest, LedgerError
+
+WRITES = "writes"
+READS = "reads"
+PROCESS_TTL_S = 3.0
+ALL_TENANTS = "*"
+REFUSED = Counter("ledger_api_rate_limited_total", "Requests refused 429 rate_limited, by tenant (a label only "
+                  "with LEDGER_METRICS_TENANT_LABELS=1, else '*'), kind (reads, writes) and why (limit, shed)",
+                  ["tenant", "kind", "reason"])
+BURST_S_MAX = 3600
+RATE_MAX = 10_000_000
+
+
+class RateLimited(LedgerError):
+    """429: past the tenant's limit (`retry_after_s` until the bucket holds enough), or shed as the heaviest
+    tenant of a full API."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float, policy: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, math.ceil(retry_after_s))  # Retry-After: whole seconds, at least 1
+        self.policy = policy  # the IETF RateLimit-Policy of the limit passed, if a limit was
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Retry-After": str(self.retry_after_s)}
+        if self.policy is not None:
+            headers["RateLimit-Policy"] = self.policy
+            name = self.policy.split(";", 1)[0]
+            headers["RateLimit"] = f"{name};r=0;t={self.retry_after_s}"
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A tenant's limits, as the contract names them."""
+
+    writes_per_s: int
+    reads_per_s: int
+    burst_s: int
+
+    def as_json(self) -> dict[str, int]:
+        return {"writes_per_s": self.writes_per_s, "reads_per_s": self.reads_per_s, "burst_s": self.burst_s}
+
+
+class Bucket:
+    """A token bucket: `rate` tokens a second, holding at most `rate * burst_s`. A request of more tokens
+    than the bucket can hold (a large batch) passes when the bucket is full and leaves it in debt, so the rate
+    holds on average without refusing it for ever."""
+
+    __slots__ = ("capacity", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst_s: float, now: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate * burst_s)
+        self.tokens = self.capacity
+        self.stamp = now
+
+    def take(self, n: int, now: float) -> float:
+        """Take `n` tokens and return 0, or return the seconds until they could be taken (taking none)."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        needed = min(float(n), self.capacity)
+        if self.tokens >= needed:
+            self.tokens -= n
+            return 0.0
+        return (needed - self.tokens) / self.rate if self.rate > 0 else float(BURST_S_MAX)
+
+
+class TenantLimits:
+    """The limits in force in this process, its share of them, and the tenants' requests in progress."""
+
+    def __init__(self, defaults: Limits, inflight_fair: int, tenant_labels: bool = False) -> None:
+        self.defaults = defaults
+        self.tenant_labels = tenant_labels
+        self.custom: dict[str, Limits] = {}
+        self.share = 1.0  # 1 / the live API processes
+        self.buckets: dict[tuple[str, str], Bucket] = {}
+        self.inflight_fair = inflight_fair
+        self.inflight: dict[str, int] = {}
+        self.total_inflight = 0
+
+    def of(self, tenant: str) -> Limits:
+        return self.custom.get(tenant, self.defaults)
+
+    def set(self, tenant: str, limits: Limits | None) -> None:
+        """The operator's limits for `tenant` (None: back to the defaults); its buckets start anew."""
+        if limits is None:
+            self.custom.pop(tenant, None)
+        else:
+            self.custom[tenant] = limits
+        for kind in (WRITES, READS):
+            self.buckets.pop((tenant, kind), None)
+
+    def replace_all(self, custom: dict[str, Limits]) -> None:
+        self.custom = custom
+        self.buckets.clear()
+
+    def set_processes(self, live: int) -> None:
+        share = 1.0 / max(1, live)
+        if share != self.share:
+            self.share = share
+            self.buckets.clear()  # refilled at the new rate; a tenant briefly gets a full burst again
+
+    def admit(self, tenant: str, kind: str, n: int = 1, now: float | None = None) -> None:
+        """Take `n` of the tenant's `kind` tokens, or raise `RateLimited`."""
+        now = time.monotonic() if now is None else now
+        bucket = self.buckets.get((tenant, kind))
+        limits = self.of(tenant)
+        rate = limits.writes_per_s if kind == WRITES else limits.reads_per_s
+        if bucket is None:
+            bucket = self.buckets[(tenant, kind)] = Bucket(rate * self.share, limits.burst_s, now)
+        wait = bucket.take(n, now)
+        if wait:
+            REFUSED.labels(tenant if self.tenant_labels else ALL_TENANTS, kind, "limit").inc()
+            raise RateLimited(f"tenant {tenant!r} is past its limit of {rate} {kind} a second; retry later",
+                              wait, f'"{kind}";q={rate};w=1')
+
+    @contextlib.contextmanager
+    def slot(self, tenant: str, kind: str = WRITES) -> Iterator[None]:
+        """A request of `tenant` in progress. Refused at once while the process is full and the tenant holds
+        its equal share of the requests in progress already."""
+        mine = self.inflight.get(tenant, 0)
+        if self.total_inflight >= self.inflight_fair and mine >= max(1, self.inflight_fair // max(1, len(
+                self.inflight))):
+            REFUSED.labels(tenant if self.tenant_labels else ALL_TENANTS, kind, "shed").inc()
+            raise RateLimited("the ledger is busy and this tenant has its share of it in progress; retry", 1)
+        self.inflight[tenant] = mine + 1
+        self.total_inflight += 1
+        try:
+            yield
+        finally:
+            self.total_inflight -= 1
+            left = self.inflight[tenant] - 1
+            if left:
+                self.inflight[tenant] = left
+            else:
+                del self.inflight[tenant]
+
+
+def parse_limits(body: object, current: Limits) -> Limits:
+    """A `PUT .../limits` body: any of the three fields, each a positive integer; the others kept."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("must be an object", "body")
+    unknown = sorted(set(body) - {"writes_per_s", "reads_per_s", "burst_s"})
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}", "body")
+    values = current.as_json()
+    for name, high in (("writes_per_s", RATE_MAX), ("reads_per_s", RATE_MAX), ("burst_s", BURST_S_MAX)):
+        if name in body:
+            value = body[name]
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+                raise InvalidRequest(f"must be an integer from 1 to {high}", name)
+            values[name] = value
+    return Limits(**values)

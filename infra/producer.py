@@ -1,0 +1,120 @@
+"""Appending to Kafka with librdkafka (confluent-kafka) from asyncio: an idempotent producer (`acks=all`),
+Kafka's default placement (`murmur2_random`: murmur2 of the key, as the contract's placement rule says), and
+a future per record that resolves to its (partition, offset).
+
+librdkafka does the protocol in C threads of its own; its delivery reports are served by `poll()`, which a
+thread of ours calls in a loop (it releases the GIL while it waits). Reports are handed to the event loop in
+bursts: one wake-up of the loop per `poll()` that served any, however many records it acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from typing import Any
+
+import confluent_kafka
+
+POLL_INTERVAL_S = 0.05
+QUEUE_MESSAGES_MAX = 100_000  # librdkafka's own bound on records produced and not yet acknowledged
+
+
+class ProduceFailed(Exception):
+    """Kafka did not acknowledge a record: `retriable` says whether the same record may be tried again, and
+    `fatal` that this producer can no longer be used (a new one must replace it)."""
+
+    def __init__(self, message: str, retriable: bool = True, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+        self.fatal = fatal
+
+
+def producer_config(bootstrap: str, *, delivery_timeout_ms: int, linger_ms: int = 1, client_id: str = "ledger",
+                    **extra: Any) -> dict[str, Any]:
+    """The settings every producer of the project uses: idempotent, every in-sync replica acknowledges."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "client.id": client_id,
+        "enable.idempotence": True,  # implies acks=all, retries, and at most 5 requests in flight, in order
+        "acks": "all",
+        "partitioner": "murmur2_random",
+        "linger.ms": linger_ms,
+        "message.timeout.ms": delivery_timeout_ms,
+        "request.timeout.ms": min(delivery_timeout_ms, 30_000),
+        "queue.buffering.max.messages": QUEUE_MESSAGES_MAX,
+        "socket.keepalive.enable": True,
+        "reconnect.backoff.ms": 50,
+        "reconnect.backoff.max.ms": 1000,
+        "topic.metadata.refresh.interval.ms": 30_000,
+        **extra,
+    }
+
+
+class LogProducer:
+    """One librdkafka producer and the thread that serves its delivery reports to the running event loop."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._producer = confluent_kafka.Producer({**config, "error_cb": self._on_error})
+        self._reports: collections.deque[tuple[asyncio.Future[tuple[int, int]], Any, Any]] = collections.deque()
+        self._stopping = threading.Event()
+        self.fatal: str | None = None  # set once librdkafka says the producer is unusable
+        self._thread = threading.Thread(target=self._serve, name="kafka-producer-poll", daemon=True)
+        self._thread.start()
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None,
+             partition: int | None = None) -> asyncio.Future[tuple[int, int]]:
+        """Hand `value` to librdkafka; the future resolves to (partition, offset) once the broker has it, or
+        raises `ProduceFailed`. Raises `ProduceFailed` at once when librdkafka's queue is full."""
+        if self.fatal is not None:
+            raise ProduceFailed(f"the producer failed for good: {self.fatal}", fatal=True)
+        future: asyncio.Future[tuple[int, int]] = self._loop.create_future()
+
+        def delivered(error: Any, message: Any) -> None:  # in the poll thread
+            self._reports.append((future, error, message))
+
+        try:
+            if partition is None:
+                self._producer.produce(topic, value, key, on_delivery=delivered)
+            else:
+                self._producer.produce(topic, value, key, partition=partition, on_delivery=delivered)
+        except BufferError:
+            raise ProduceFailed(f"over {QUEUE_MESSAGES_MAX} records wait for Kafka's acknowledgement") from None
+        except confluent_kafka.KafkaException as e:
+            raise _failure(e.args[0]) from e
+        return future
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            self._producer.poll(POLL_INTERVAL_S)
+            if self._reports:
+                try:
+                    self._loop.call_soon_threadsafe(self._resolve)
+                except RuntimeError:  # the loop is closed: nobody waits any more
+                    return
+
+    def _resolve(self) -> None:
+        while self._reports:
+            future, error, message = self._reports.popleft()
+            if future.done():  # its waiter gave up (a timeout, a cancelled request)
+                continue
+            if error is not None:
+                future.set_exception(_failure(error))
+            else:
+                future.set_result((message.partition(), message.offset()))
+
+    def _on_error(self, error: Any) -> None:  # in the poll thread
+        if error.fatal():
+            self.fatal = error.str()
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Wait up to `timeout_s` for what is in flight, then stop serving reports."""
+        await asyncio.to_thread(self._producer.flush, timeout_s)
+        self._stopping.set()
+        await asyncio.to_thread(self._thread.join, timeout_s)
+        self._resolve()
+
+
+def _failure(error: Any) -> ProduceFailed:
+    return ProduceFailed(error.str(), retriable=not error.fatal(), fatal=error.fatal())

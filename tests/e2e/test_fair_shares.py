@@ -1,0 +1,93 @@
+"""Fair shares between tenants (contract v3) through the API: limits per tenant set by the operator, 429
+`rate_limited` with Retry-After, a refused write never appended, and one limit for two API processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+from tests.conftest import Tenant
+from tests.e2e.helpers import posting, transfer
+from tests.e2e.test_holds import code
+from tests.stack import Stack
+
+
+async def set_limits(admin: httpx.AsyncClient, tenant: Tenant, **limits: int) -> dict[str, Any]:
+    answer = await admin.put(tenant.path("/limits"), json=limits)
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+async def test_the_operator_reads_and_sets_a_tenants_limits(admin: httpx.AsyncClient, tenant: Tenant) -> None:
+    shown = (await admin.get(tenant.path("/limits"))).json()
+    assert shown == {"tenant": tenant.id, "writes_per_s": 1000, "reads_per_s": 5000, "burst_s": 2}
+    assert await set_limits(admin, tenant, reads_per_s=50) == {**shown, "reads_per_s": 50}
+    assert (await admin.get(tenant.path("/limits"))).json()["reads_per_s"] == 50
+    assert code(await tenant.client.get(tenant.path("/limits"))) == (403, "forbidden")
+    assert code(await admin.put(tenant.path("/limits"), json={"writes_per_s": -1})) == (422, "invalid_request")
+    assert code(await admin.get("/v1/tenants/no-such-tenant/limits")) == (404, "not_found")
+
+
+async def test_a_write_past_the_limit_is_429_never_appended_and_its_key_stays_free(admin: httpx.AsyncClient,
+                                                                                  tenant: Tenant) -> None:
+    await set_limits(admin, tenant, writes_per_s=1, burst_s=1)
+    assert (await transfer(tenant.client, tenant.id, posting("@world", "alice", 1))).status_code == 201
+    refused = await transfer(tenant.client, tenant.id, posting("@world", "alice", 5), key="later")
+    assert code(refused) == (429, "rate_limited")
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.headers["RateLimit-Policy"] == '"writes";q=1;w=1'
+    await asyncio.sleep(int(refused.headers["Retry-After"]))
+    again = await transfer(tenant.client, tenant.id, posting("@world", "alice", 7), key="later")
+    assert again.status_code == 201, again.text  # the key was free: this is its first request
+    assert (await tenant.client.get(tenant.path("/accounts/alice"))).json()["balances"] == {"USD/2": 8}
+
+
+async def test_reads_have_a_limit_of_their_own_on_every_route(admin: httpx.AsyncClient, tenant: Tenant) -> None:
+    await set_limits(admin, tenant, reads_per_s=2, burst_s=1)
+    statuses = [(await tenant.client.get(tenant.path(path))).status_code
+                for path in ("/accounts/alice", "/accounts/alice", "/accounts/alice", "/accounts/alice/entries")]
+    assert statuses[:2] == [200, 200] and statuses[2:] == [429, 429], statuses
+    assert (await transfer(tenant.client, tenant.id, posting("@world", "alice", 1))).status_code == 201
+
+
+async def test_another_tenant_is_not_limited_by_one_past_its_limit(admin: httpx.AsyncClient, tenant: Tenant,
+                                                                   stack: Stack) -> None:
+    from tests.conftest import create_tenant
+
+    await set_limits(admin, tenant, writes_per_s=1, burst_s=1)
+    other = await create_tenant(admin, stack)
+    try:
+        flood = await asyncio.gather(*(transfer(tenant.client, tenant.id, posting("@world", "a", 1), wait=False)
+                                       for _ in range(30)))
+        assert sum(r.status_code == 429 for r in flood) >= 28
+        assert (await transfer(other.client, other.id, posting("@world", "a", 1))).status_code == 201
+    finally:
+        await other.client.aclose()
+
+
+async def test_two_api_processes_share_one_limit_and_a_change_holds_on_both(admin: httpx.AsyncClient,
+                                                                           tenant: Tenant, stack: Stack) -> None:
+    with stack.extra_api() as (url, _):
+        async with httpx.AsyncClient(base_url=url, timeout=30,
+                                     headers={"Authorization": f"Bearer {tenant.key}"}) as second:
+            # Both processes heard each other (heartbeats each second), and the change reached the second.
+            await set_limits(admin, tenant, writes_per_s=10, burst_s=1)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                body = {"postings": [posting("@world", "probe", 1)]}
+                answers = [await c.post(tenant.path("/transactions"), json=body) for c in (tenant.client, second)
+                           for _ in range(10)]
+                if any(a.status_code == 429 for a in answers[10:]):
+                    break
+                await asyncio.sleep(1.1)
+            await asyncio.sleep(1.1)  # both buckets full again: 5 tokens each, 10 for the deployment
+            body = {"postings": [posting("@world", "alice", 1)]}
+            answers = [await c.post(tenant.path("/transactions"), json=body) for c in (tenant.client, second)
+                       for _ in range(10)]
+    accepted = sum(a.status_code == 202 for a in answers)
+    assert sum(a.status_code == 429 for a in answers) == 20 - accepted
+    assert accepted <= 12, accepted  # the deployment's 10 (and a token or two refilled meanwhile), not 20

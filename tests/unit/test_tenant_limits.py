@@ -1,0 +1,87 @@
+"""Fair shares between tenants, the pure parts (api/limits.py): token buckets, a process's share, fair
+admission when the process is full, the limits body, and the 429's headers."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.limits import READS, WRITES, Bucket, Limits, RateLimited, TenantLimits, parse_limits
+from ledger.errors import InvalidRequest
+
+DEFAULTS = Limits(writes_per_s=10, reads_per_s=100, burst_s=2)
+
+
+def test_a_bucket_holds_its_burst_then_refills_at_its_rate() -> None:
+    bucket = Bucket(rate=10, burst_s=2, now=0.0)
+    assert [bucket.take(1, 0.0) for _ in range(20)] == [0.0] * 20
+    assert bucket.take(1, 0.0) == pytest.approx(0.1)  # empty: one token comes in 0.1 s
+    assert bucket.take(1, 0.1) == 0.0
+    assert bucket.take(5, 0.2) == pytest.approx(0.4)  # 1 token there, 4 more needed
+
+
+def test_a_request_larger_than_the_bucket_passes_when_it_is_full_and_leaves_a_debt() -> None:
+    bucket = Bucket(rate=10, burst_s=2, now=0.0)
+    assert bucket.take(1000, 0.0) == 0.0
+    assert bucket.take(1, 1.0) > 0  # 980 tokens owed: refused until they are paid back
+    assert bucket.take(1, 99.0) == 0.0
+
+
+def test_limits_refuse_with_429_and_the_ietf_headers_and_each_kind_apart() -> None:
+    limits = TenantLimits(DEFAULTS, inflight_fair=64)
+    for _ in range(20):
+        limits.admit("acme", WRITES, now=0.0)
+    with pytest.raises(RateLimited) as refused:
+        limits.admit("acme", WRITES, now=0.0)
+    assert refused.value.headers() == {"Retry-After": "1", "RateLimit-Policy": '"writes";q=10;w=1',
+                                       "RateLimit": '"writes";r=0;t=1'}
+    limits.admit("acme", READS, now=0.0)  # reads have their own bucket
+    limits.admit("other", WRITES, now=0.0)  # and every tenant its own
+
+
+def test_two_processes_enforce_half_each() -> None:
+    limits = TenantLimits(DEFAULTS, inflight_fair=64)
+    limits.set_processes(2)
+    admitted = 0
+    for _ in range(40):
+        try:
+            limits.admit("acme", WRITES, now=0.0)
+            admitted += 1
+        except RateLimited:
+            pass
+    assert admitted == 10  # half of the 2 s burst of 10/s
+
+
+def test_an_operators_limits_replace_the_defaults_and_start_anew() -> None:
+    limits = TenantLimits(DEFAULTS, inflight_fair=64)
+    limits.set("acme", Limits(1, 1, 1))
+    limits.admit("acme", WRITES, now=0.0)
+    with pytest.raises(RateLimited):
+        limits.admit("acme", WRITES, now=0.0)
+    limits.set("acme", None)
+    limits.admit("acme", WRITES, now=0.0)
+
+
+def test_a_full_process_sheds_the_tenant_past_its_share_and_admits_the_others() -> None:
+    limits = TenantLimits(DEFAULTS, inflight_fair=4)
+    held = [limits.slot("flood") for _ in range(4)]
+    for slot in held:
+        slot.__enter__()
+    with pytest.raises(RateLimited):  # full, and the flood holds every place
+        limits.slot("flood").__enter__()
+    victim = limits.slot("victim")
+    victim.__enter__()  # the victim holds none: admitted
+    victim.__exit__(None, None, None)
+    for slot in held:
+        slot.__exit__(None, None, None)
+    assert limits.total_inflight == 0 and limits.inflight == {}
+
+
+@pytest.mark.parametrize("body", [[], {"writes_per_s": 0}, {"reads_per_s": "5"}, {"burst_s": True},
+                                  {"burst_s": 3601}, {"writes": 5}, {"writes_per_s": 10**8}])
+def test_bad_limits_are_refused(body: object) -> None:
+    with pytest.raises(InvalidRequest):
+        parse_limits(body, DEFAULTS)
+
+
+def test_a_limits_body_changes_only_what_it_names() -> None:
+    assert parse_limits({"reads_per_s": 7}, DEFAULTS) == Limits(10, 7, 2)
