@@ -102,7 +102,7 @@ SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "string", "format": "date-time"},
             "committed_at": {"type": ["string", "null"], "format": "date-time"},
             "replay_of": {"type": "string", "description": "This id repeated an idempotency key: the original's id"},
-            "kind": {"enum": ["hold", "capture", "void", "reverse"]},
+            "kind": {"enum": ["hold", "capture", "void", "reverse", "policy"]},
             "captures": {"type": "string"}, "voids": {"type": "string"}, "reverses": {"type": "string"},
             "reversed": {"oneOf": [{"type": "integer"},
                                    {"type": "object", "additionalProperties": {"type": "integer"}}],

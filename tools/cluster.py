@@ -127,7 +127,9 @@ class Cluster:
                                   LEDGER_DATABASE_URL=postgres_nodes.database_url(),
                                   LEDGER_TOPIC_REPLICATION="3",
                                   LEDGER_ADMIN_TOKEN=admin_token(base.admin_token),
-                                  LEDGER_POSITION_KEY=processes.position_key(base))
+                                  LEDGER_POSITION_KEY=processes.position_key(base),
+                                  # Reads wait out a failover (about 10 s here) rather than answer 503.
+                                  LEDGER_DB_FAILOVER_WAIT_MS="20000")
         for inherited in ("LEDGER_API_DATABASE_URL", "LEDGER_PROJECTOR_DATABASE_URL", "LEDGER_API_PORT"):
             env.pop(inherited, None)  # derived from the cluster's URL and ports, never from the caller's shell
         return env
