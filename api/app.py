@@ -244,6 +244,7 @@ def create_app(cfg: Settings | None = None) -> MetricsMiddleware:
             Route(f"{tenant}/accounts/{{address}}", routes.get_account, methods=["GET"]),
             Route(f"{tenant}/accounts/{{address}}", routes.put_account, methods=["PUT"]),
             Route(f"{tenant}/accounts/{{address}}/entries", routes.get_entries, methods=["GET"]),
+            Route(f"{tenant}/accounts/{{address}}/statement", routes.get_statement, methods=["GET"]),
         ],
         exception_handlers={LedgerError: ledger_error, HTTPException: http_error, Exception: unexpected_error},
         lifespan=lifespan,

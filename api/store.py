@@ -133,6 +133,12 @@ class Store:
     async def accounts(self, tenant: str, low: str, high: str, after: str | None, limit: int) -> list[asyncpg.Record]:
         return await self._fetch("SELECT * FROM api_accounts($1, $2, $3, $4, $5)", tenant, low, high, after, limit)
 
+    async def statement(self, tenant: str, account: str, asset: str, since: datetime | None,
+                        until: datetime | None) -> list[asyncpg.Record]:
+        """The account's last entry before each bound (`from`, `until`), with its running totals."""
+        return await self._fetch("SELECT * FROM api_statement($1, $2, $3, $4, $5)", tenant, account, asset, since,
+                                 until)
+
     async def snapshot(self, tenant: str, accounts: list[str]) -> list[asyncpg.Record]:
         """The accounts' balance and policy rows and the tenant's applied position, in one snapshot."""
         return await self._fetch("SELECT * FROM api_snapshot($1, $2)", tenant, accounts)
