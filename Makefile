@@ -4,7 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: compiled run test soak test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps
+# `make cluster`: three Kafka nodes, PostgreSQL with a standby under pg_auto_failover, two projectors and two
+# APIs, in the foreground (docs/cluster.md).
+.PHONY: cluster cluster-down test-cluster compiled run test soak test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +25,16 @@ kafka-jars: $(STAMP)
 
 run: deps
 	$(PY) -m infra.run
+
+cluster: deps
+	$(PY) -m tools.cluster
+
+cluster-down: $(STAMP)
+	$(PY) -m tools.cluster down
+
+# Kills a Kafka node and the PostgreSQL primary under load (tests/cluster); reuses a running `make cluster`.
+test-cluster: deps
+	$(PY) -m pytest tests/cluster -m cluster -q -s
 
 test: deps lint
 	$(PY) -m infra.testing

@@ -151,7 +151,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     keys = KeyStore(cfg.admin_token)
     progress = Progress(WaitLimits(cfg.waiters_max, cfg.waiters_tenant_max, cfg.waiters_key_max))
     WAITERS.set_function(lambda: progress.waiting)
-    store = Store(pool, cfg.db_acquire_timeout_ms / 1000)
+    store = Store(pool, cfg.db_acquire_timeout_ms / 1000, cfg.db_failover_wait_ms / 1000)
     lock = asyncio.Lock()
 
     limits = TenantLimits(Limits(cfg.tenant_writes_per_s, cfg.tenant_reads_per_s, cfg.tenant_burst_s),
@@ -244,6 +244,7 @@ def create_app(cfg: Settings | None = None) -> MetricsMiddleware:
             Route(f"{tenant}/accounts/{{address}}", routes.get_account, methods=["GET"]),
             Route(f"{tenant}/accounts/{{address}}", routes.put_account, methods=["PUT"]),
             Route(f"{tenant}/accounts/{{address}}/entries", routes.get_entries, methods=["GET"]),
+            Route(f"{tenant}/accounts/{{address}}/statement", routes.get_statement, methods=["GET"]),
         ],
         exception_handlers={LedgerError: ledger_error, HTTPException: http_error, Exception: unexpected_error},
         lifespan=lifespan,

@@ -36,7 +36,8 @@ COMMON_ERRORS = {
     "404": _err("Unknown tenant or resource"),
     "422": _err("Invalid input: a bad field, a JSON object that repeats a key, an unknown or repeated query "
                 "parameter, a repeated Authorization or Idempotency-Key header"),
-    "429": _err("Too many requests of this tenant or key are waiting for the projection (see Retry-After)"),
+    "429": _err("rate_limited: past the tenant's limits, or shed as the heaviest tenant of a full API; or too "
+                "many requests of this tenant or key wait for the projection (see Retry-After)"),
     "503": _err("A dependency or the projection is not ready in time"),
 }
 
@@ -102,7 +103,7 @@ SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "string", "format": "date-time"},
             "committed_at": {"type": ["string", "null"], "format": "date-time"},
             "replay_of": {"type": "string", "description": "This id repeated an idempotency key: the original's id"},
-            "kind": {"enum": ["hold", "capture", "void", "reverse"]},
+            "kind": {"enum": ["hold", "capture", "void", "reverse", "policy"]},
             "captures": {"type": "string"}, "voids": {"type": "string"}, "reverses": {"type": "string"},
             "reversed": {"oneOf": [{"type": "integer"},
                                    {"type": "object", "additionalProperties": {"type": "integer"}}],
@@ -194,6 +195,9 @@ SCHEMAS: dict[str, Any] = {
             "at": {"type": "string", "format": "date-time"},
         },
     },
+    "Limits": {"type": "object", "properties": {
+        "tenant": {"type": "string"}, "writes_per_s": {"type": "integer"}, "reads_per_s": {"type": "integer"},
+        "burst_s": {"type": "integer"}}},
     "Entries": {
         "type": "object", "required": ["entries", "next_cursor"],
         "properties": {
@@ -350,12 +354,36 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
                           "Set: the account (wait=true)", "Account", [TENANT, ADDRESS], _ref("PolicyRequest"),
                           wait_timeout_ms_max, optional=True)},
         "/v1/tenants/{tenant}/accounts/{address}/entries": {"get": _operation(
-            "An account's history, newest first (keyset pages)",
-            {"200": _ok("A page of entries", _ref("Entries")), **COMMON_ERRORS},
+            "An account's history, newest first (keyset pages); with `Accept: text/csv`, every entry of the "
+            "filters as CSV (transaction_id,asset,amount,balance_after,committed_at), streamed, no page limit",
+            {"200": {"description": "A page of entries, or the CSV export",
+                     "content": {"application/json": {"schema": _ref("Entries")},
+                                 "text/csv": {"schema": {"type": "string"}}}}, **COMMON_ERRORS},
             [TENANT, ADDRESS, _query("asset", {"type": "string"}, "Only this asset"),
              _query("limit", {"type": "integer", "minimum": 1, "maximum": ENTRIES_LIMIT_MAX},
-                    f"Page size (default {ENTRIES_LIMIT_DEFAULT})"),
-             _query("cursor", {"type": "string"}, "next_cursor of the previous page"), *read_params])},
+                    f"Page size (default {ENTRIES_LIMIT_DEFAULT}; not with CSV)"),
+             _query("cursor", {"type": "string"}, "next_cursor of the previous page (not with CSV)"), *read_params])},
+        "/v1/tenants/{tenant}/accounts/{address}/statement": {"get": _operation(
+            "A statement of a period (`until` exclusive; default the first entry to now): opening + credits - "
+            "debits = closing, in a constant number of indexed lookups",
+            {"200": _ok("The statement", {"type": "object", "properties": {
+                "address": {"type": "string"}, "asset": {"type": "string"},
+                "from": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"},
+                "opening": {"type": "integer"}, "closing": {"type": "integer"},
+                "debits": {"type": ["integer", "string"]}, "credits": {"type": ["integer", "string"]},
+                "count": {"type": "integer"}}}), **COMMON_ERRORS},
+            [TENANT, ADDRESS, {**_query("asset", {"type": "string"}, "The asset (required)"), "required": True},
+             _query("from", {"type": "string", "format": "date-time"}, "From (inclusive)"),
+             _query("until", {"type": "string", "format": "date-time"}, "Until (exclusive)"), *read_params])},
+        "/v1/tenants/{tenant}/limits": {
+            "get": _operation("A tenant's limits in force (admin)", {"200": _ok("The limits", _ref("Limits")),
+                                                                     **COMMON_ERRORS}, [TENANT]),
+            "put": _operation("Set any of a tenant's limits, the others kept (admin); in force on every API "
+                              "process within 1 s", {"200": _ok("The limits", _ref("Limits")), **COMMON_ERRORS},
+                              [TENANT], body={"type": "object", "additionalProperties": False, "properties": {
+                                  "writes_per_s": {"type": "integer", "minimum": 1},
+                                  "reads_per_s": {"type": "integer", "minimum": 1},
+                                  "burst_s": {"type": "integer", "minimum": 1, "maximum": 3600}}})},
     }
 
 

@@ -6,7 +6,9 @@ returns the rows: one round trip, and row-level security on. asyncpg errors beco
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -27,9 +29,12 @@ HOLD = "SELECT * FROM api_hold($1, $2)"
 TRANSACTIONS = "SELECT * FROM api_transactions($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 ALL_LIMITS = "SELECT tenant, writes_per_s, reads_per_s, burst_s FROM tenant_limits"
 LIMITS_OF = f"{ALL_LIMITS} WHERE tenant = $1"
+# InternalClientError: asyncpg's own, among them no server of a multi-host URL being read-write yet (a failover);
+# ReadOnlySQLTransaction: a former primary still answering as it is demoted.
 CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                      asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, TimeoutError,
-                     asyncpg.QueryCanceledError)
+                     asyncpg.QueryCanceledError, asyncpg.InternalClientError, asyncpg.ReadOnlySQLTransactionError)
+FAILOVER_RETRY_S = 0.2
 
 
 @contextlib.asynccontextmanager
@@ -44,9 +49,12 @@ class Store:
     """Every use of the pool waits at most `acquire_timeout_s` for a connection, then answers 503: with all
     connections busy (slow queries, a stuck backend) requests fail fast instead of queueing without end."""
 
-    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float = ACQUIRE_TIMEOUT_S_DEFAULT) -> None:
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float = ACQUIRE_TIMEOUT_S_DEFAULT,
+                 failover_wait_s: float = 0.0) -> None:
         self.pool = pool
         self.acquire_timeout_s = acquire_timeout_s
+        # How long a read waits for the database to be back (a failover: the standby promoted) before 503.
+        self.failover_wait_s = failover_wait_s
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -62,9 +70,18 @@ class Store:
                 await self.pool.release(conn)
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        async with self.connection() as conn:
-            rows: list[asyncpg.Record] = await conn.fetch(query, *args, timeout=QUERY_TIMEOUT_S)
-            return rows
+        """Every read: retried on the database's absence for up to `failover_wait_s` (a read may wait for a
+        failover, never fail for it sooner), then `Unavailable`."""
+        deadline = time.monotonic() + self.failover_wait_s
+        while True:
+            try:
+                async with self.connection() as conn:
+                    rows: list[asyncpg.Record] = await conn.fetch(query, *args, timeout=QUERY_TIMEOUT_S)
+                    return rows
+            except Unavailable:
+                if time.monotonic() + FAILOVER_RETRY_S > deadline:
+                    raise
+                await asyncio.sleep(FAILOVER_RETRY_S)
 
     @staticmethod
     async def warm(conn: asyncpg.Connection) -> None:
@@ -115,6 +132,12 @@ class Store:
 
     async def accounts(self, tenant: str, low: str, high: str, after: str | None, limit: int) -> list[asyncpg.Record]:
         return await self._fetch("SELECT * FROM api_accounts($1, $2, $3, $4, $5)", tenant, low, high, after, limit)
+
+    async def statement(self, tenant: str, account: str, asset: str, since: datetime | None,
+                        until: datetime | None) -> list[asyncpg.Record]:
+        """The account's last entry before each bound (`from`, `until`), with its running totals."""
+        return await self._fetch("SELECT * FROM api_statement($1, $2, $3, $4, $5)", tenant, account, asset, since,
+                                 until)
 
     async def snapshot(self, tenant: str, accounts: list[str]) -> list[asyncpg.Record]:
         """The accounts' balance and policy rows and the tenant's applied position, in one snapshot."""

@@ -46,6 +46,12 @@ def transaction(row: asyncpg.Record, positions: PositionKey, tenant: str) -> dic
     return body
 
 
+def amount(total: int) -> int | str:
+    """A sum the API shows: an int64 as a JSON number, past it a decimal string (int64 clients cannot read
+    a larger number)."""
+    return total if -AMOUNT_MAX - 1 <= total <= AMOUNT_MAX else str(total)
+
+
 def reversed_amount(postings: list[dict[str, Any]], reversed: int) -> int | str | dict[str, int | str]:
     """The amount reversed so far: in the transaction's asset, or per asset when it moved several. Several
     postings are reversed only whole (`reversed` is then 1 once they are), so an asset's amount is all its

@@ -15,12 +15,11 @@ from typing import Any
 import asyncpg
 
 from bench import tools
-from ledger.fold import ENTRY_COLUMNS, TRANSACTION_COLUMNS
+from ledger.fold import BALANCE_COLUMNS, ENTRY_COLUMNS, TRANSACTION_COLUMNS
 from projections.writer import UPSERT_BALANCES
 
 BATCH = 5000
 TABLES = ("transactions", "entries", "balances")
-BALANCE_COLUMNS = ("tenant", "account", "asset", "balance", "held", "overdraft_limit", "log_partition", "log_offset")
 
 
 async def applied(conn: asyncpg.Connection) -> dict[int, int]:

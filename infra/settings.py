@@ -80,7 +80,9 @@ class Settings:
     tenant_reads_per_s: int = 5000
     tenant_burst_s: int = 2
     api_inflight_fair: int = 256
-    metrics_tenant_labels: bool = False  # a tenant label on the 429 counter (one series per tenant refused)
+    metrics_tenant_labels: bool = False
+    # How long an API read waits for the database to come back (a failover) before 503: 0 answers at once.
+    db_failover_wait_ms: int = 0  # a tenant label on the 429 counter (one series per tenant refused)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -207,4 +209,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         tenant_burst_s=_int(env, "LEDGER_TENANT_BURST_S", 2, 1, 3600),
         api_inflight_fair=_int(env, "LEDGER_API_INFLIGHT_FAIR", 256, 1, 1_000_000),
         metrics_tenant_labels=_int(env, "LEDGER_METRICS_TENANT_LABELS", 0, 0, 1) == 1,
+        db_failover_wait_ms=_int(env, "LEDGER_DB_FAILOVER_WAIT_MS", 0, 0, 120_000),
     )

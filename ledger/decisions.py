@@ -388,6 +388,8 @@ class Ledger:
     restricting: int = 0  # how many of them limit or freeze
     # Per partition, the open holds by expiry: (expires_at_ms, tenant, id); closed ones are skipped on pop.
     expiring: dict[int, list[tuple[int, str, str]]] = field(default_factory=dict)
+    # Per balance, for statements: (the sum of its credit entries, how many entries it has), so far.
+    turnover: dict[BalanceKey, tuple[int, int]] = field(default_factory=dict)
     # Batches that bound an idempotency key: (tenant, batch id) -> their items' ids, in order.
     batches: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
@@ -486,6 +488,13 @@ class Ledger:
                 assert self.held[key] >= 0
             expired.append(hold)
         return expired
+
+    def count_entry(self, key: BalanceKey, amount: int) -> tuple[int, int]:
+        """One more entry on `key`: its running credit total and number after it (what a statement reads)."""
+        credits, count = self.turnover.get(key, (0, 0))
+        after = (credits + amount if amount > 0 else credits, count + 1)
+        self.turnover[key] = after
+        return after
 
     def bind_batch(self, batch: BatchRequest, status: Status, reason: str | None, position: Position) -> Decided:
         """A decided batch takes its idempotency key: a later request with the key repeats the whole batch."""

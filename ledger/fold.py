@@ -108,8 +108,9 @@ class BatchRows:
     # How much of a transaction written before this batch is reversed now (one created here is patched).
     reversed: dict[tuple[str, str], int] = field(default_factory=dict)
     transaction_at: dict[tuple[str, str], int] = field(default_factory=dict)  # index in `transactions`
-    # Per balance: (balance, held, overdraft limit, position of the last request that changed it).
-    balances: dict[BalanceKey, tuple[int, int, int, Position]] = field(default_factory=dict)
+    # Per balance: (balance, held, overdraft limit, position of the last request that changed it, credit total,
+    # entries so far).
+    balances: dict[BalanceKey, tuple[int, int, int, Position, int, int]] = field(default_factory=dict)
     accounts: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)  # policies set
     # (partition, key, value): outcomes go to the partition of ledger.outcomes that matches the request's.
     outcomes: list[tuple[int, bytes, bytes]] = field(default_factory=list)
@@ -120,8 +121,12 @@ class BatchRows:
 TRANSACTION_COLUMNS = ("tenant", "id", "status", "reason", "postings", "metadata", "reference",
                        "idempotency_key", "fingerprint", "log_partition", "log_offset", "created_at",
                        "committed_at", "error", "kind", "target", "reversed")
+# An entry carries its account's running credit total and entry number (per asset), so a statement of any
+# period is two lookups a side: debits follow from credits and the balances (opening + credits - debits = closing).
 ENTRY_COLUMNS = ("tenant", "account", "asset", "log_offset", "leg", "transaction_id", "amount",
-                 "balance_after", "committed_at")
+                 "balance_after", "committed_at", "credits_total", "entry_number")
+BALANCE_COLUMNS = ("tenant", "account", "asset", "balance", "held", "overdraft_limit", "log_partition", "log_offset",
+                   "credits_total", "entries_count")
 IDEMPOTENCY_COLUMNS = ("tenant", "key", "transaction_id")
 INVALID_EVENT_COLUMNS = ("log_partition", "log_offset", "record_key", "record_value", "error", "logged_at")
 REPLAY_COLUMNS = ("tenant", "id", "original_id", "log_partition", "log_offset")
@@ -175,7 +180,8 @@ def _publish(rows: BatchRows, record: Record, tenant: str | None, id: str | None
 
 def _balance(ledger: Ledger, rows: BatchRows, key: BalanceKey, position: Position) -> None:
     limit = ledger.policy(key[0], key[1]).limits.get(key[2], 0)
-    rows.balances[key] = (ledger.balance(key), ledger.held_of(key), limit, position)
+    credits, count = ledger.turnover.get(key, (0, 0))
+    rows.balances[key] = (ledger.balance(key), ledger.held_of(key), limit, position, credits, count)
 
 
 def _close_hold(rows: BatchRows, hold: Hold, at: datetime) -> None:
@@ -257,9 +263,11 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
         rows.idempotency_keys.append((request.tenant, request.idempotency_key, request.id))
     changed: dict[BalanceKey, None] = {}  # each balance row once, however many legs moved it
     for entry in outcome.entries:
+        key = (request.tenant, entry.account, entry.asset)
+        credits, number = ledger.count_entry(key, entry.amount)
         rows.entries.append((request.tenant, entry.account, entry.asset, position.offset, leg_base + entry.leg,
-                             request.id, entry.amount, entry.balance_after, at))
-        changed[(request.tenant, entry.account, entry.asset)] = None
+                             request.id, entry.amount, entry.balance_after, at, credits, number))
+        changed[key] = None
     for key, _ in outcome.held:
         changed[key] = None
     for key in changed:

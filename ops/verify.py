@@ -31,8 +31,8 @@ CHECKS = {
         "SELECT tenant, id, status, reason, postings, metadata, reference, idempotency_key, fingerprint,"
         " log_partition, log_offset, created_at, committed_at, error, kind, target FROM {src}",
         "lt", "{shadow}.transactions"),
-    "entries": ("SELECT tenant, account, asset, log_offset, leg, transaction_id, amount, balance_after, committed_at"
-                " FROM {src}", "le", "{shadow}.entries"),
+    "entries": ("SELECT tenant, account, asset, log_offset, leg, transaction_id, amount, balance_after, committed_at,"
+                " credits_total, entry_number FROM {src}", "le", "{shadow}.entries"),
     "balances": ("SELECT tenant, account, asset, balance FROM {src}",
                  "(SELECT DISTINCT ON (tenant, account, asset) tenant, account, asset, balance_after AS balance"
                  " FROM le ORDER BY tenant, account, asset, log_offset DESC, leg DESC) AS asof",

@@ -16,6 +16,7 @@ from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
 from ledger.changes import account_key, payloads
 from ledger.decisions import NO_POLICY, BalanceKey, Decided, Hold, Ledger, Original, Policy, resolved, touched
 from ledger.fold import (
+    BALANCE_COLUMNS,
     BATCH_COLUMNS,
     ENTRY_COLUMNS,
     EPOCH,
@@ -37,7 +38,7 @@ OFFSETS_LOG = "ledger.transactions"
 
 OPEN_BATCH = "SELECT log_partition, next_offset, projection FROM projector_open_batch($1, $2::int[], $3)"
 SELECT_BALANCES = """
-SELECT b.tenant, b.account, b.asset, b.balance, b.held FROM balances b
+SELECT b.tenant, b.account, b.asset, b.balance, b.held, b.credits_total, b.entries_count FROM balances b
 JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(tenant, account, asset)
   ON b.tenant = k.tenant AND b.account = k.account AND b.asset = k.asset
 """
@@ -95,13 +96,14 @@ SELECT_ORIGINALS = """
 SELECT t.tenant, t.id, t.kind, t.status, t.postings, t.reversed FROM transactions t
 JOIN unnest($1::text[], $2::text[]) AS k(tenant, id) ON t.tenant = k.tenant AND t.id = k.id
 """
-UPSERT_BALANCES = """
-INSERT INTO balances (tenant, account, asset, balance, held, overdraft_limit, log_partition, log_offset)
+UPSERT_BALANCES = f"""
+INSERT INTO balances ({", ".join(BALANCE_COLUMNS)})
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::int[],
-                     $8::bigint[])
+                     $8::bigint[], $9::numeric[], $10::bigint[])
 ON CONFLICT (tenant, account, asset) DO UPDATE
 SET balance = excluded.balance, held = excluded.held, overdraft_limit = excluded.overdraft_limit,
-    log_partition = excluded.log_partition, log_offset = excluded.log_offset
+    log_partition = excluded.log_partition, log_offset = excluded.log_offset,
+    credits_total = excluded.credits_total, entries_count = excluded.entries_count
 """
 UPDATE_HOLDS = """
 UPDATE holds h SET state = c.state, closed_by = c.closed_by, closed_at = c.closed_at
@@ -119,9 +121,9 @@ WHERE t.tenant = c.tenant AND t.id = c.id
 WRITE_TAIL = f"""
 WITH moved AS ({UPSERT_BALANCES} RETURNING 1),
      advanced AS (UPDATE projection_offsets o SET next_offset = n.next_offset, updated_at = now()
-                  FROM unnest($10::int[], $11::bigint[]) AS n(log_partition, next_offset)
-                  WHERE o.topic = $9 AND o.log_partition = n.log_partition RETURNING 1)
-SELECT pg_notify($12, p) FROM unnest($13::text[]) AS p
+                  FROM unnest($12::int[], $13::bigint[]) AS n(log_partition, next_offset)
+                  WHERE o.topic = $11 AND o.log_partition = n.log_partition RETURNING 1)
+SELECT pg_notify($14, p) FROM unnest($15::text[]) AS p
 """  # unnest yields the array in order, and notifications are delivered in the order they were sent
 NOTIFY_TENANTS = "SELECT pg_notify($1, 'tenant:' || t) FROM unnest($2::text[]) AS t"
 
@@ -253,6 +255,7 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
             key = (row["tenant"], row["account"], row["asset"])
             ledger.balances[key] = row["balance"]
             ledger.held[key] = row["held"]
+            ledger.turnover[key] = (int(row["credits_total"]), row["entries_count"])
         for key in keys:  # no row yet: nothing posted, nothing held
             ledger.balances.setdefault(key, 0)
     idem = {(r.tenant, r.idempotency_key) for r in requests if r.idempotency_key is not None}
@@ -324,6 +327,7 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
         [k[0] for k, _ in items], [k[1] for k, _ in items], [k[2] for k, _ in items],
         [v[0] for _, v in items], [v[1] for _, v in items], [v[2] for _, v in items],
         [v[3].partition for _, v in items], [v[3].offset for _, v in items],
+        [v[4] for _, v in items], [v[5] for _, v in items],
         OFFSETS_LOG, parts, [rows.next_offsets[p] for p in parts], PROGRESS_CHANNEL, notices)
 
 

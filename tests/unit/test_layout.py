@@ -30,3 +30,11 @@ def test_ledger_never_uses_floats_or_decimals_for_money() -> None:
     for path in LEDGER.glob("*.py"):
         text = path.read_text()
         assert "float(" not in text and "Decimal" not in text, path.name
+
+
+def test_no_service_imports_the_developer_tooling() -> None:
+    root = LEDGER.parent
+    files = [path for folder in ("ledger", "api", "projections", "infra", "client", "ops")
+             for path in sorted((root / folder).glob("*.py"))]
+    offenders = sorted(str(f.relative_to(root)) for f in files if "tools" in imported_roots(f))
+    assert offenders == []
