@@ -319,7 +319,7 @@ async def _check_history(w: World, history: list[dict[str, Any]]) -> None:
 
         # Double entry, and no customer's available balance below minus its overdraft limit (0 unless set).
         sums: dict[tuple[str, str], int] = defaultdict(int)
-        for (tenant, account, asset), (balance, held, limit, _) in rows.balances.items():
+        for (tenant, account, asset), (balance, held, limit, *_) in rows.balances.items():
             sums[(tenant, asset)] += balance
             assert balance - held >= -limit or is_system(account)
         assert all(total == 0 for total in sums.values())
