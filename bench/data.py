@@ -17,17 +17,18 @@ async def load_accounts(conn: asyncpg.Connection, first: int, last: int, entries
     """Accounts `acct-first..acct-last` spread over the tenants, each with its entries and balance."""
     await conn.execute(
         """
-        INSERT INTO balances (tenant, account, asset, balance, log_partition, log_offset)
-        SELECT 'bench-' || lpad((i % 10)::text, 2, '0'), 'acct-' || i, 'USD/2', 100 * $3, 0, $3
+        INSERT INTO balances (tenant, account, asset, balance, log_partition, log_offset, credits_total,
+                              entries_count)
+        SELECT 'bench-' || lpad((i % 10)::text, 2, '0'), 'acct-' || i, 'USD/2', 100 * $3, 0, $3, 100 * $3, $3
         FROM generate_series($1::bigint, $2::bigint) AS i
         ON CONFLICT DO NOTHING
         """, first, last, entries_per_account)
     await conn.execute(
         """
         INSERT INTO entries (tenant, account, asset, log_offset, leg, transaction_id, amount, balance_after,
-                             committed_at)
+                             committed_at, credits_total, entry_number)
         SELECT 'bench-' || lpad((i % 10)::text, 2, '0'), 'acct-' || i, 'USD/2', j, 1, 'b-' || i || '-' || j,
-               100, 100 * j, timestamptz '2026-01-01' + j * interval '1 second'
+               100, 100 * j, timestamptz '2026-01-01' + j * interval '1 second', 100 * j, j
         FROM generate_series($1::bigint, $2::bigint) AS i, generate_series(1, $3) AS j
         ON CONFLICT DO NOTHING
         """, first, last, entries_per_account)
@@ -38,8 +39,8 @@ async def load_deep_history(conn: asyncpg.Connection, depth: int) -> None:
     await conn.execute(
         """
         INSERT INTO entries (tenant, account, asset, log_offset, leg, transaction_id, amount, balance_after,
-                             committed_at)
-        SELECT 'bench-00', $2, 'USD/2', j, 1, 'd-' || j, 1, j, timestamptz '2026-01-01' + j * interval '1 ms'
+                             committed_at, credits_total, entry_number)
+        SELECT 'bench-00', $2, 'USD/2', j, 1, 'd-' || j, 1, j, timestamptz '2026-01-01' + j * interval '1 ms', j, j
         FROM generate_series(1, $1) AS j
         ON CONFLICT DO NOTHING
         """, depth, DEEP_ACCOUNT)

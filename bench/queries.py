@@ -42,9 +42,9 @@ async def load(conn: asyncpg.Connection, tenant: str, transactions: int, account
     await conn.execute(
         """
         INSERT INTO entries (tenant, account, asset, log_offset, leg, transaction_id, amount, balance_after,
-                             committed_at)
+                             committed_at, credits_total, entry_number)
         SELECT $1, 'acct-' || ((i + side) % $3), 'USD/2', $4 + i, side, 'q-' || i, CASE side WHEN 0 THEN -1 ELSE 1 END,
-               0, timestamptz '2026-01-01' + i * interval '1 second'
+               0, timestamptz '2026-01-01' + i * interval '1 second', 0, i
         FROM generate_series(1, $2) AS i, generate_series(0, 1) AS side WHERE i % 10 <> 0
         """, tenant, transactions, accounts, OFFSET_BASE)
     await conn.execute(

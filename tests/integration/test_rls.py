@@ -25,7 +25,7 @@ async def two_tenants(db: asyncpg.Pool) -> AsyncIterator[tuple[str, str]]:
             "INSERT INTO transactions (tenant, id, status, postings, metadata, fingerprint, log_partition, log_offset,"
             " created_at, committed_at) VALUES ($1, 'tx', 'committed', '[]', '{}', '', 0, 0, now(), now())", t)
         await db.execute("INSERT INTO balances VALUES ($1, 'alice', 'USD/2', 5, 0, 0)", t)
-        await db.execute("INSERT INTO entries VALUES ($1, 'alice', 'USD/2', 0, 0, 'tx', 5, 5, now())", t)
+        await db.execute("INSERT INTO entries VALUES ($1, 'alice', 'USD/2', 0, 0, 'tx', 5, 5, now(), 5, 1)", t)
         await db.execute("INSERT INTO idempotency_keys VALUES ($1, 'k', 'tx')", t)
     yield a, b
     for table in TENANT_TABLES:
