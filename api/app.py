@@ -45,6 +45,7 @@ log = logging.getLogger("ledger.api")
 
 READY_TIMEOUT_S = 1.0
 HEARTBEAT_S = 1.0
+SATURATION_CHECK_S = 0.05
 POOL_APPLICATION = "ledger-api"  # in pg_stat_activity, with the process id: which backends serve which API
 GC_THRESHOLDS = (20_000, 20, 100)
 
@@ -178,6 +179,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     appender.start()
     app.state.ctx = routes.Context(cfg, keys, store, appender, progress, app.state.positions, cache, limits)
     heartbeat = asyncio.create_task(_heartbeat(store, limits))
+    saturation = asyncio.create_task(_saturation(appender, progress, limits, cfg.api_shed_lag_records))
     app.state.listener = listener
     app.state.projector_group = ProjectorGroup(cfg.kafka_bootstrap, cfg.projector_group)
     # Everything allocated so far lives as long as the process: keep the collector from re-scanning it,
@@ -188,14 +190,25 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
+        for task in (heartbeat, saturation):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         REGISTRY.unregister(cache_metrics)
         await app.state.projector_group.stop()
         await appender.stop()
         await listener.stop()
         await pool.close()
+
+
+async def _saturation(appender: Appender, progress: Progress, limits: TenantLimits, lag_records_max: int) -> None:
+    """Every 50 ms: whether the projection lags behind what this process appended (then the heaviest writers
+    are shed, `TenantLimits.admit`)."""
+    while True:
+        ends, applied = appender.ends.ends, progress.applied
+        lag = sum(max(0, end - applied.get(partition, 0)) for partition, end in ends.items())
+        limits.saturated = lag > lag_records_max
+        await asyncio.sleep(SATURATION_CHECK_S)
 
 
 async def _heartbeat(store: Store, limits: TenantLimits) -> None:

@@ -10,6 +10,10 @@ live ones; each enforces `1/n` of every limit (`share`). Nothing is asked of the
 process that dies gives its share back within `PROCESS_TTL_S`. A tenant whose traffic reaches only some of the
 processes gets less than its limit: spread it (round robin, as `make cluster`'s clients do).
 
+**Shedding the heaviest.** While the projection lags (`saturated`, from the app's monitor: records this process
+appended and the projection has not applied), a write of a tenant that wrote more than its equal share of the
+last second's writes is refused first: the flood, not the tenants within their share, waits for the backlog.
+
 **Fair admission.** A limit alone does not protect a tenant when another's limit is more than the machine can
 serve. Past `inflight_fair` requests in progress in this process, a tenant already holding its equal share of
 them (of the tenants with requests in progress) is refused at once, so those within their share keep their
@@ -31,6 +35,7 @@ from ledger.errors import InvalidRequest, LedgerError
 WRITES = "writes"
 READS = "reads"
 PROCESS_TTL_S = 3.0
+SHED_WRITES_MIN = 50  # writes in the last second below which a tenant is never shed
 ALL_TENANTS = "*"
 REFUSED = Counter("ledger_api_rate_limited_total", "Requests refused 429 rate_limited, by tenant (a label only "
                   "with LEDGER_METRICS_TENANT_LABELS=1, else '*'), kind (reads, writes) and why (limit, shed)",
@@ -101,6 +106,11 @@ class TenantLimits:
     def __init__(self, defaults: Limits, inflight_fair: int, tenant_labels: bool = False) -> None:
         self.defaults = defaults
         self.tenant_labels = tenant_labels
+        # Writes admitted per tenant in this second and the one before: who is heaviest when the ledger is full.
+        self.window_start = 0.0
+        self.writes_now: dict[str, int] = {}
+        self.writes_before: dict[str, int] = {}
+        self.saturated = False  # the projection lags (set by the app's monitor): shed the heaviest writers
         self.custom: dict[str, Limits] = {}
         self.share = 1.0  # 1 / the live API processes
         self.buckets: dict[tuple[str, str], Bucket] = {}
@@ -131,8 +141,11 @@ class TenantLimits:
             self.buckets.clear()  # refilled at the new rate; a tenant briefly gets a full burst again
 
     def admit(self, tenant: str, kind: str, n: int = 1, now: float | None = None) -> None:
-        """Take `n` of the tenant's `kind` tokens, or raise `RateLimited`."""
+        """Take `n` of the tenant's `kind` tokens, or raise `RateLimited`; while the ledger is saturated, a write
+        of a tenant writing more than its equal share of what is written is refused first (shed)."""
         now = time.monotonic() if now is None else now
+        if kind == WRITES:
+            self._shed(tenant, now)
         bucket = self.buckets.get((tenant, kind))
         limits = self.of(tenant)
         rate = limits.writes_per_s if kind == WRITES else limits.reads_per_s
@@ -143,6 +156,24 @@ class TenantLimits:
             REFUSED.labels(tenant if self.tenant_labels else ALL_TENANTS, kind, "limit").inc()
             raise RateLimited(f"tenant {tenant!r} is past its limit of {rate} {kind} a second; retry later",
                               wait, f'"{kind}";q={rate};w=1')
+        if kind == WRITES:
+            self.writes_now[tenant] = self.writes_now.get(tenant, 0) + n
+
+    def _shed(self, tenant: str, now: float) -> None:
+        """Refuse a write of a tenant writing more than its equal share, while the ledger is saturated."""
+        if now - self.window_start >= 1.0:
+            self.writes_before = self.writes_now if now - self.window_start < 2.0 else {}
+            self.writes_now = {}
+            self.window_start = now
+        if not self.saturated:
+            return
+        mine = self.writes_now.get(tenant, 0) + self.writes_before.get(tenant, 0)
+        if mine > SHED_WRITES_MIN:
+            writers = self.writes_now.keys() | self.writes_before.keys()
+            total = sum(self.writes_now.values()) + sum(self.writes_before.values())
+            if mine * len(writers) > total:  # more than its equal share of the writes of the last second
+                REFUSED.labels(tenant if self.tenant_labels else ALL_TENANTS, WRITES, "shed").inc()
+                raise RateLimited("the ledger is behind and this tenant writes more than its share; retry", 1)
 
     @contextlib.contextmanager
     def slot(self, tenant: str, kind: str = WRITES) -> Iterator[None]:

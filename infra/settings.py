@@ -82,7 +82,9 @@ class Settings:
     api_inflight_fair: int = 256
     metrics_tenant_labels: bool = False
     # How long an API read waits for the database to come back (a failover) before 503: 0 answers at once.
-    db_failover_wait_ms: int = 0  # a tenant label on the 429 counter (one series per tenant refused)
+    db_failover_wait_ms: int = 0
+    # Records this API process appended and the projection has not applied, past which the heaviest writers shed.
+    api_shed_lag_records: int = 500  # a tenant label on the 429 counter (one series per tenant refused)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -210,4 +212,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         api_inflight_fair=_int(env, "LEDGER_API_INFLIGHT_FAIR", 256, 1, 1_000_000),
         metrics_tenant_labels=_int(env, "LEDGER_METRICS_TENANT_LABELS", 0, 0, 1) == 1,
         db_failover_wait_ms=_int(env, "LEDGER_DB_FAILOVER_WAIT_MS", 0, 0, 120_000),
+        api_shed_lag_records=_int(env, "LEDGER_API_SHED_LAG_RECORDS", 500, 1, 10_000_000),
     )

@@ -374,7 +374,13 @@ class Pipeline:
             try:
                 conn = self.connections[name]
                 if conn is None or conn.is_closed():
-                    conn = self.connections[name] = await self.connect()
+                    conn = await self.connect()
+                    # A plan per execution: asyncpg prepares the batch's statements, and PostgreSQL's generic plan,
+                    # made while a projection's tables were nearly empty, joined a batch's 5,000 ids to
+                    # `transactions` by scanning it for each (21 s for one batch, past the watchdog, measured
+                    # during the fairness bench on a fresh database); a custom plan sees the table as it is.
+                    await conn.execute("SET plan_cache_mode = force_custom_plan")
+                    self.connections[name] = conn
                 return await call(conn)
             except Exception as e:
                 current = asyncio.current_task()

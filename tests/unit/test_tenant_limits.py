@@ -85,3 +85,20 @@ def test_bad_limits_are_refused(body: object) -> None:
 
 def test_a_limits_body_changes_only_what_it_names() -> None:
     assert parse_limits({"reads_per_s": 7}, DEFAULTS) == Limits(10, 7, 2)
+
+
+def test_while_saturated_the_tenant_writing_past_its_share_is_shed_first() -> None:
+    limits = TenantLimits(Limits(10_000, 10_000, 2), inflight_fair=64)
+    for n in range(200):
+        limits.admit("flood", WRITES, now=0.5 + n / 1000)
+    for _ in range(5):
+        limits.admit("victim", WRITES, now=0.8)
+    limits.saturated = True
+    with pytest.raises(RateLimited):
+        limits.admit("flood", WRITES, now=0.9)
+    limits.admit("victim", WRITES, now=0.9)  # within its share: admitted
+    limits.saturated = False
+    limits.admit("flood", WRITES, now=0.95)  # the backlog gone: admitted again
+    limits.saturated = True
+    assert limits.writes_now["flood"] == 201
+    limits.admit("flood", WRITES, now=3.5)  # two seconds on, nothing counts against it any more
