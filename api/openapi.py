@@ -105,6 +105,9 @@ SCHEMAS: dict[str, Any] = {
             "replay_of": {"type": "string", "description": "This id repeated an idempotency key: the original's id"},
             "kind": {"enum": ["hold", "capture", "void", "reverse", "policy"]},
             "captures": {"type": "string"}, "voids": {"type": "string"}, "reverses": {"type": "string"},
+            "balances_after": {"type": "object", "description": "A committed movement: every touched account's "
+                               "posted balance right after it", "additionalProperties": {
+                                   "type": "object", "additionalProperties": {"type": "integer"}}},
             "reversed": {"oneOf": [{"type": "integer"},
                                    {"type": "object", "additionalProperties": {"type": "integer"}}],
                          "description": "The amount reversed so far: an integer in the transaction's asset, or per "

@@ -291,7 +291,7 @@ async def _view(context: Context, tenant: str, row: asyncpg.Record) -> dict[str,
         return dict(orjson.loads(await account(context, tenant, row["target"])))
     hold_id = row["id"] if row["kind"] == HOLD else row["target"] if row["kind"] == VOID else None
     if hold_id is None or (row["kind"] == VOID and row["status"] != "committed"):
-        return views.transaction(row, context.positions, tenant)
+        return await _transaction(context, tenant, row)
     hold = await context.store.hold(tenant, hold_id)
     return views.hold(hold, context.positions, tenant) if hold is not None \
         else views.transaction(row, context.positions, tenant)
@@ -493,7 +493,30 @@ async def get_hold(request: Request) -> Response:
 
 @params(*READ_PARAMS)
 async def get_transaction(request: Request) -> Response:
-    return await _read_by_id(request, "transaction", Store.transaction, views.transaction)
+    context, principal, tenant = authorized(request, "read")
+    assert tenant is not None
+    row_id = check_id(request.path_params["id"])
+    await caught_up(request, context, principal, tenant)
+    row = await context.store.transaction(tenant, row_id)
+    if row is None:
+        raise NotFound(f"no transaction {row_id!r}")
+    return JSON(await _transaction(context, tenant, row))
+
+
+async def _transaction(context: Context, tenant: str, row: asyncpg.Record) -> dict[str, Any]:
+    """A transaction as shown, with `balances_after` (contract v3) when it committed and moved money: every
+    touched account's posted balance right after it, from its entries (one indexed lookup)."""
+    body = views.transaction(row, context.positions, tenant)
+    postings = row["postings"]
+    if row["status"] == "committed" and isinstance(postings, list) and postings:
+        accounts = sorted({p[side] for p in postings for side in ("source", "destination")})
+        original = row["replay_of"] or row["id"]
+        after: dict[str, dict[str, int]] = {}
+        for r in await context.store.balances_after(tenant, original, accounts, row["log_offset"]):
+            after.setdefault(r["account"], {})[r["asset"]] = r["balance_after"]
+        if after:
+            body["balances_after"] = after
+    return body
 
 
 async def _read_by_id(request: Request, what: str,

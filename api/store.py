@@ -139,6 +139,9 @@ class Store:
         return await self._fetch("SELECT * FROM api_statement($1, $2, $3, $4, $5)", tenant, account, asset, since,
                                  until)
 
+    async def balances_after(self, tenant: str, id: str, accounts: list[str], offset: int) -> list[asyncpg.Record]:
+        return await self._fetch("SELECT * FROM api_balances_after($1, $2, $3, $4)", tenant, id, accounts, offset)
+
     async def snapshot(self, tenant: str, accounts: list[str]) -> list[asyncpg.Record]:
         """The accounts' balance and policy rows and the tenant's applied position, in one snapshot."""
         return await self._fetch("SELECT * FROM api_snapshot($1, $2)", tenant, accounts)
