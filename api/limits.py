@@ -36,6 +36,7 @@ WRITES = "writes"
 READS = "reads"
 PROCESS_TTL_S = 3.0
 SHED_WRITES_MIN = 50  # writes in the last second below which a tenant is never shed
+LIMIT_FIELDS = frozenset({"writes_per_s", "reads_per_s", "burst_s"})
 ALL_TENANTS = "*"
 REFUSED = Counter("ledger_api_rate_limited_total", "Requests refused 429 rate_limited, by tenant (a label only "
                   "with LEDGER_METRICS_TENANT_LABELS=1, else '*'), kind (reads, writes) and why (limit, shed)",
@@ -201,7 +202,7 @@ def parse_limits(body: object, current: Limits) -> Limits:
     """A `PUT .../limits` body: any of the three fields, each a positive integer; the others kept."""
     if not isinstance(body, dict):
         raise InvalidRequest("must be an object", "body")
-    unknown = sorted(set(body) - {"writes_per_s", "reads_per_s", "burst_s"})
+    unknown = sorted(set(body) - LIMIT_FIELDS)
     if unknown:
         raise InvalidRequest(f"unknown field {unknown[0]!r}", "body")
     values = current.as_json()

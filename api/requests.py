@@ -44,6 +44,21 @@ async def json_body(request: Request, optional: bool = False) -> Any:
     return decode_json(raw)
 
 
+async def json_object(request: Request, fields: frozenset[str]) -> dict[str, Any]:
+    """A JSON body that must be an object of these `fields` at most (an unknown one is refused, never ignored)."""
+    body = await json_body(request)
+    return object_of(body, fields)
+
+
+def object_of(body: object, fields: frozenset[str]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("must be an object", "body")
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}", "body")
+    return body
+
+
 def check_params(request: Request, allowed: frozenset[str], prefixes: tuple[str, ...] = (),
                  repeatable: frozenset[str] = frozenset()) -> None:
     """Refuse a query parameter the route does not take (a typo such as `wiat` would silently drop a

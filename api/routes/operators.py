@@ -14,6 +14,7 @@ from api.limits import Limits, parse_limits
 from api.requests import (
     int_param,
     json_body,
+    json_object,
 )
 from api.responses import JSON, error
 from api.routes.common import (
@@ -43,12 +44,7 @@ async def create_tenant(request: Request) -> Response:
     it, 409 if the log already had it (contract v2: tenants are on the log)."""
     context, principal, _ = authorized(request, "admin")
     timeout_ms = int_param(request, "timeout_ms", WAIT_TIMEOUT_MS_DEFAULT, 1, context.settings.wait_timeout_ms_max)
-    body = await json_body(request)
-    if not isinstance(body, dict):
-        raise InvalidRequest("must be an object", "body")
-    unknown = sorted(set(body) - TENANT_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r}", "body")
+    body = await json_object(request, TENANT_FIELDS)
     tenant = check_tenant(body.get("id"), "id")
     name = check_tenant_name(body.get("name", tenant))
     if tenant in context.keys.tenants:

@@ -22,6 +22,7 @@ from api.requests import (
     header,
     int_param,
     json_body,
+    json_object,
     time_param,
     transactions_cursor_param,
 )
@@ -114,12 +115,7 @@ async def post_batch(request: Request) -> Response:
     wait = bool_param(request, "wait")
     timeout_ms = int_param(request, "timeout_ms", WAIT_TIMEOUT_MS_DEFAULT, 1, context.settings.wait_timeout_ms_max)
     key = parse_idempotency_key(header(request, b"idempotency-key"))
-    body = await json_body(request)
-    if not isinstance(body, dict):
-        raise InvalidRequest("must be an object", "body")
-    unknown = sorted(set(body) - BATCH_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r}", "body")
+    body = await json_object(request, BATCH_FIELDS)
     atomic = body.get("atomic", False)
     if not isinstance(atomic, bool):
         raise InvalidRequest("must be true or false", "atomic")
