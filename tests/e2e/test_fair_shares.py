@@ -35,22 +35,26 @@ async def test_the_operator_reads_and_sets_a_tenants_limits(admin: httpx.AsyncCl
 async def test_a_write_past_the_limit_is_429_never_appended_and_its_key_stays_free(admin: httpx.AsyncClient,
                                                                                   tenant: Tenant) -> None:
     await set_limits(admin, tenant, writes_per_s=1, burst_s=1)
-    assert (await transfer(tenant.client, tenant.id, posting("@world", "alice", 1))).status_code == 201
-    refused = await transfer(tenant.client, tenant.id, posting("@world", "alice", 5), key="later")
-    assert code(refused) == (429, "rate_limited")
-    assert int(refused.headers["Retry-After"]) >= 1
-    assert refused.headers["RateLimit-Policy"] == '"writes";q=1;w=1'
-    await asyncio.sleep(int(refused.headers["Retry-After"]))
-    again = await transfer(tenant.client, tenant.id, posting("@world", "alice", 7), key="later")
+    # At once, so that no token comes back in between, however loaded the machine: one of them passes.
+    answers = await asyncio.gather(*(transfer(tenant.client, tenant.id, posting("@world", "alice", 1), wait=False,
+                                              key=f"k{n}") for n in range(8)))
+    refused = [(n, a) for n, a in enumerate(answers) if a.status_code == 429]
+    assert len(refused) >= 6, [a.status_code for a in answers]
+    n, first = refused[0]
+    assert code(first) == (429, "rate_limited") and int(first.headers["Retry-After"]) >= 1
+    assert first.headers["RateLimit-Policy"] == '"writes";q=1;w=1'
+    await asyncio.sleep(int(first.headers["Retry-After"]))
+    again = await transfer(tenant.client, tenant.id, posting("@world", "alice", 7), key=f"k{n}")
     assert again.status_code == 201, again.text  # the key was free: this is its first request
-    assert (await tenant.client.get(tenant.path("/accounts/alice"))).json()["balances"] == {"USD/2": 8}
+    accepted = sum(a.status_code == 202 for a in answers)
+    assert (await tenant.client.get(tenant.path("/accounts/alice"))).json()["balances"] == {"USD/2": accepted + 7}
 
 
 async def test_reads_have_a_limit_of_their_own_on_every_route(admin: httpx.AsyncClient, tenant: Tenant) -> None:
     await set_limits(admin, tenant, reads_per_s=2, burst_s=1)
-    statuses = [(await tenant.client.get(tenant.path(path))).status_code
-                for path in ("/accounts/alice", "/accounts/alice", "/accounts/alice", "/accounts/alice/entries")]
-    assert statuses[:2] == [200, 200] and statuses[2:] == [429, 429], statuses
+    paths = ["/accounts/alice"] * 6 + ["/accounts/alice/entries"] * 6  # the fast path and a routed one
+    statuses = [a.status_code for a in await asyncio.gather(*(tenant.client.get(tenant.path(p)) for p in paths))]
+    assert statuses.count(200) <= 4 and set(statuses) == {200, 429}, statuses
     assert (await transfer(tenant.client, tenant.id, posting("@world", "alice", 1))).status_code == 201
 
 
@@ -63,7 +67,7 @@ async def test_another_tenant_is_not_limited_by_one_past_its_limit(admin: httpx.
     try:
         flood = await asyncio.gather(*(transfer(tenant.client, tenant.id, posting("@world", "a", 1), wait=False)
                                        for _ in range(30)))
-        assert sum(r.status_code == 429 for r in flood) >= 28
+        assert sum(r.status_code == 429 for r in flood) >= 20  # 1 a second, and what refills meanwhile
         assert (await transfer(other.client, other.id, posting("@world", "a", 1))).status_code == 201
     finally:
         await other.client.aclose()
@@ -75,7 +79,8 @@ async def test_two_api_processes_share_one_limit_and_a_change_holds_on_both(admi
         async with httpx.AsyncClient(base_url=url, timeout=30,
                                      headers={"Authorization": f"Bearer {tenant.key}"}) as second:
             # Both processes heard each other (heartbeats each second), and the change reached the second.
-            await set_limits(admin, tenant, writes_per_s=10, burst_s=1)
+            # 2 a second for 5 s: 10 tokens for the deployment, 5 each, refilled at 1 a second each.
+            await set_limits(admin, tenant, writes_per_s=2, burst_s=5)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 body = {"postings": [posting("@world", "probe", 1)]}
@@ -84,10 +89,10 @@ async def test_two_api_processes_share_one_limit_and_a_change_holds_on_both(admi
                 if any(a.status_code == 429 for a in answers[10:]):
                     break
                 await asyncio.sleep(1.1)
-            await asyncio.sleep(1.1)  # both buckets full again: 5 tokens each, 10 for the deployment
+            await asyncio.sleep(5.5)  # both buckets full again: 5 tokens each, 10 for the deployment
             body = {"postings": [posting("@world", "alice", 1)]}
-            answers = [await c.post(tenant.path("/transactions"), json=body) for c in (tenant.client, second)
-                       for _ in range(10)]
+            answers = await asyncio.gather(*(c.post(tenant.path("/transactions"), json=body)
+                                             for c in (tenant.client, second) for _ in range(10)))
     accepted = sum(a.status_code == 202 for a in answers)
     assert sum(a.status_code == 429 for a in answers) == 20 - accepted
     assert accepted <= 12, accepted  # the deployment's 10 (and a token or two refilled meanwhile), not 20
