@@ -249,6 +249,7 @@ def create_app(cfg: Settings | None = None) -> MetricsMiddleware:
             Route(f"{tenant}/balances", routes.balance_sums, methods=["GET"]),
             Route(f"{tenant}/transactions/batch", routes.post_batch, methods=["POST"]),
             Route(f"{tenant}/transactions/{{id}}", routes.get_transaction, methods=["GET"]),
+            Route(f"{tenant}/chain", routes.get_chain, methods=["GET"]),
             Route(f"{tenant}/transactions/{{id}}/reverse", routes.reverse_transaction, methods=["POST"]),
             Route(f"{tenant}/holds", routes.post_hold, methods=["POST"]),
             Route(f"{tenant}/holds/{{id}}", routes.get_hold, methods=["GET"]),

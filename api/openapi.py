@@ -105,6 +105,9 @@ SCHEMAS: dict[str, Any] = {
             "replay_of": {"type": "string", "description": "This id repeated an idempotency key: the original's id"},
             "kind": {"enum": ["hold", "capture", "void", "reverse", "policy"]},
             "captures": {"type": "string"}, "voids": {"type": "string"}, "reverses": {"type": "string"},
+            "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "A committed movement's link "
+                     "in its tenant's chain: SHA-256(previous_hash + newline + canonical JSON)"},
+            "previous_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
             "balances_after": {"type": "object", "description": "A committed movement: every touched account's "
                                "posted balance right after it", "additionalProperties": {
                                    "type": "object", "additionalProperties": {"type": "integer"}}},
@@ -378,6 +381,11 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
             [TENANT, ADDRESS, {**_query("asset", {"type": "string"}, "The asset (required)"), "required": True},
              _query("from", {"type": "string", "format": "date-time"}, "From (inclusive)"),
              _query("until", {"type": "string", "format": "date-time"}, "Until (exclusive)"), *read_params])},
+        "/v1/tenants/{tenant}/chain": {"get": _operation(
+            "The tenant's tamper-evident chain: how many committed movements it links, and the last one's hash",
+            {"200": _ok("The chain", {"type": "object", "properties": {
+                "count": {"type": "integer"}, "head": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "position": {"type": ["string", "null"]}}}), **COMMON_ERRORS}, [TENANT, *read_params])},
         "/v1/tenants/{tenant}/limits": {
             "get": _operation("A tenant's limits in force (admin)", {"200": _ok("The limits", _ref("Limits")),
                                                                      **COMMON_ERRORS}, [TENANT]),

@@ -142,6 +142,14 @@ class Store:
     async def balances_after(self, tenant: str, id: str, accounts: list[str], offset: int) -> list[asyncpg.Record]:
         return await self._fetch("SELECT * FROM api_balances_after($1, $2, $3, $4)", tenant, id, accounts, offset)
 
+    async def chain(self, tenant: str) -> asyncpg.Record | None:
+        rows = await self._fetch("SELECT * FROM api_chain($1)", tenant)
+        return rows[0] if rows else None
+
+    async def chain_link(self, tenant: str, id: str) -> asyncpg.Record | None:
+        rows = await self._fetch("SELECT * FROM api_chain_link($1, $2)", tenant, id)
+        return rows[0] if rows else None
+
     async def snapshot(self, tenant: str, accounts: list[str]) -> list[asyncpg.Record]:
         """The accounts' balance and policy rows and the tenant's applied position, in one snapshot."""
         return await self._fetch("SELECT * FROM api_snapshot($1, $2)", tenant, accounts)

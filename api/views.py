@@ -7,12 +7,13 @@ from typing import Any
 
 import asyncpg
 
+from ledger.chain import timestamp_text
 from ledger.positions import Position, PositionKey
 from ledger.validation import AMOUNT_MAX
 
 
 def timestamp(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if value is None else timestamp_text(value)  # as the chain hashes it
 
 
 # How a transaction names what it acted on; and which kinds can be reversed (they show `reversed`).

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
+from ledger.chain import GENESIS, link
 from ledger.positions import Position
 from ledger.requests import (
     CAPTURE,
@@ -388,6 +389,8 @@ class Ledger:
     restricting: int = 0  # how many of them limit or freeze
     # Per partition, the open holds by expiry: (expires_at_ms, tenant, id); closed ones are skipped on pop.
     expiring: dict[int, list[tuple[int, str, str]]] = field(default_factory=dict)
+    # Per tenant, its chain so far: (how many transactions it links, the last one's hash); absent: none yet.
+    chains: dict[str, tuple[int, str]] = field(default_factory=dict)
     # Per balance, for statements: (the sum of its credit entries, how many entries it has), so far.
     turnover: dict[BalanceKey, tuple[int, int]] = field(default_factory=dict)
     # Batches that bound an idempotency key: (tenant, batch id) -> their items' ids, in order.
@@ -488,6 +491,13 @@ class Ledger:
                 assert self.held[key] >= 0
             expired.append(hold)
         return expired
+
+    def extend_chain(self, tenant: str, body: bytes) -> tuple[int, str, str]:
+        """Link one more committed transaction of `tenant`: (its index from 1, its hash, the previous hash)."""
+        count, head = self.chains.get(tenant, (0, GENESIS))
+        hashed = link(head, body)
+        self.chains[tenant] = (count + 1, hashed)
+        return count + 1, hashed, head
 
     def count_entry(self, key: BalanceKey, amount: int) -> tuple[int, int]:
         """One more entry on `key`: its running credit total and number after it (what a statement reads)."""

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import orjson
 
+from ledger.chain import CHAINED_KINDS, canonical, timestamp_text
 from ledger.codec import decode_request, encode_outcome, salvage_identity
 from ledger.decisions import (
     EXPIRED,
@@ -102,6 +103,8 @@ class BatchRows:
     replays: list[tuple[object, ...]] = field(default_factory=list)
     tenants: list[tuple[object, ...]] = field(default_factory=list)
     batches: list[tuple[object, ...]] = field(default_factory=list)  # those that bound an idempotency key
+    # Per tenant whose chain grew: (its count, its head, the position of its last link).
+    chains: dict[str, tuple[int, str, Position]] = field(default_factory=dict)
     # Holds created by this batch (their row as it ends the batch), and changes to holds created before.
     holds: dict[tuple[str, str], list[object]] = field(default_factory=dict)
     hold_changes: dict[tuple[str, str], tuple[str, str | None, datetime]] = field(default_factory=dict)
@@ -120,7 +123,8 @@ class BatchRows:
 
 TRANSACTION_COLUMNS = ("tenant", "id", "status", "reason", "postings", "metadata", "reference",
                        "idempotency_key", "fingerprint", "log_partition", "log_offset", "created_at",
-                       "committed_at", "error", "kind", "target", "reversed")
+                       "committed_at", "error", "kind", "target", "chain_index", "hash", "previous_hash",
+                       "reversed")
 # An entry carries its account's running credit total and entry number (per asset), so a statement of any
 # period is two lookups a side: debits follow from credits and the balances (opening + credits - debits = closing).
 ENTRY_COLUMNS = ("tenant", "account", "asset", "log_offset", "leg", "transaction_id", "amount",
@@ -138,6 +142,11 @@ HOLD_COLUMNS = ("tenant", "id", "state", "postings", "expires_at", "log_partitio
 HOLD_STATE = 2  # index of `state` in a hold's row, then closed_by and closed_at at 8 and 9
 ACCOUNT_COLUMNS = ("tenant", "account", "metadata", "overdraft_limit", "frozen", "log_partition", "log_offset",
                    "updated_at")
+
+
+def _hex(digest: str | None) -> bytes | None:
+    """A hash as stored: its 32 bytes."""
+    return None if digest is None else bytes.fromhex(digest)
 
 
 def error_text(message: str) -> str:
@@ -250,12 +259,17 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
     # What a capture or reversal moved is derived from its target; a hold shows what it reserves.
     shown = outcome.moved if request.kind in (CAPTURE, REVERSE) else request.postings
     rows.transaction_at[(request.tenant, request.id)] = len(rows.transactions)
+    postings = [p.as_json() for p in shown]
+    index, hashed, previous = None, None, None
+    if committed and request.kind in CHAINED_KINDS:
+        index, hashed, previous = ledger.extend_chain(request.tenant, canonical(
+            request.id, postings, request.metadata, request.reference, timestamp_text(at)))
+        rows.chains[request.tenant] = (index, hashed, position)
     rows.transactions.append((
-        request.tenant, request.id, outcome.status, outcome.reason,
-        orjson.dumps([p.as_json() for p in shown]).decode(),
+        request.tenant, request.id, outcome.status, outcome.reason, orjson.dumps(postings).decode(),
         orjson.dumps(request.metadata).decode(), request.reference, request.idempotency_key,
         request.fingerprint(), position.partition, position.offset, at, at if committed else None, None,
-        request.kind, outcome.target or request.target, 0,
+        request.kind, outcome.target or request.target, index, _hex(hashed), _hex(previous), 0,
     ))
     if committed:
         _effects(ledger, rows, request, outcome, position, at, limited)
@@ -330,7 +344,8 @@ def _fold_invalid(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
         owner, id = invalid.identity
         ledger.record_invalid(owner, id, record.position)
         rows.transactions.append((owner, id, "rejected", invalid.reason, "[]", "{}", None, None, b"",
-                                  record.partition, record.offset, at, None, message, TRANSFER, None, 0))
+                                  record.partition, record.offset, at, None, message, TRANSFER, None, None, None,
+                                  None, 0))
         _publish(rows, record, owner, id, "rejected", invalid.reason)
         return
     rows.invalid_events.append((record.partition, record.offset, record.key,

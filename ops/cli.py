@@ -1,7 +1,7 @@
 """The `ledger` command line for operators.
 
     ledger replay [--until PARTITION-OFFSET[,...] | --until-time RFC3339] [--no-progress]
-    ledger verify [--tenant T ...]
+    ledger verify [--tenant T ...] [--chain]
     ledger status [--json]
     ledger position TENANT TOKEN
     ledger tenants create ID [--name NAME]
@@ -27,7 +27,7 @@ from ledger.positions import PositionKey, parse_raw
 from ledger.validation import check_tenant
 from ops import registry, status
 from ops.rebuild import rebuild
-from ops.verify import verify
+from ops.verify import chain_disagreements, verify
 from projections.pipeline import GC_THRESHOLDS
 
 
@@ -59,10 +59,13 @@ async def _replay(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
 
 
 async def _verify(args: argparse.Namespace, cfg: settings_mod.Settings) -> int:
+    chain_problems = await chain_disagreements(cfg.database_url, args.tenant) if args.chain else []
+    for problem in chain_problems:
+        print(f"CHAIN BROKEN — {problem}")
     verdict = await verify(cfg.database_url, cfg.kafka_bootstrap, cfg.transactions_topic, args.tenant)
     print(f"replayed {verdict.replayed} events up to {verdict.snapshot}")
-    if verdict.identical:
-        print("identical: the projection is exactly what the log says")
+    if verdict.identical and not chain_problems:
+        print("identical: the projection is exactly what the log says" + ("; every chain whole" if args.chain else ""))
         return 0
     for check, rows in verdict.differences.items():
         print(f"\nDIFFERENT — {check}:")
@@ -137,6 +140,8 @@ def parser() -> argparse.ArgumentParser:
     check = commands.add_parser("verify", help="recompute the projections from the log and compare; exit 1 "
                                                "with a diff unless identical")
     check.add_argument("--tenant", action="append", help="only these tenants (repeatable)")
+    check.add_argument("--chain", action="store_true", help="also recompute every tenant's hash chain from the "
+                       "projection's rows and name the first link that disagrees (the replay compares it with the log)")
     check.set_defaults(run=_verify)
     state = commands.add_parser("status", help="log end, projected position and lag per partition")
     state.add_argument("--group", help="the projectors' consumer group (default: LEDGER_PROJECTOR_GROUP)")

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
+import orjson
 
+from ledger.chain import CHAINED_KINDS, GENESIS, canonical, link, timestamp_text
 from ledger.fold import Record
 from projections.replay import replay
 from projections.writer import committed_offsets, schema_path
@@ -29,7 +31,8 @@ le AS (SELECT e.* FROM {live}.entries e JOIN lt ON lt.tenant = e.tenant AND lt.i
 CHECKS = {
     "transactions": (
         "SELECT tenant, id, status, reason, postings, metadata, reference, idempotency_key, fingerprint,"
-        " log_partition, log_offset, created_at, committed_at, error, kind, target FROM {src}",
+        " log_partition, log_offset, created_at, committed_at, error, kind, target, chain_index, hash, previous_hash"
+        " FROM {src}",
         "lt", "{shadow}.transactions"),
     "entries": ("SELECT tenant, account, asset, log_offset, leg, transaction_id, amount, balance_after, committed_at,"
                 " credits_total, entry_number FROM {src}", "le", "{shadow}.entries"),
@@ -104,6 +107,61 @@ SELF_CHECKS = {
         SELECT tenant, asset, sum(balance) FROM {live}.balances WHERE $1::text[] IS NULL OR tenant = ANY($1)
         GROUP BY tenant, asset HAVING sum(balance) <> 0""",
 }
+
+
+CHAIN_ROWS = """
+SELECT id, postings::text, metadata::text, reference, committed_at, chain_index, hash, previous_hash
+FROM {live}.transactions WHERE tenant = $1 AND chain_index IS NOT NULL ORDER BY chain_index
+"""
+UNLINKED = """
+SELECT id FROM {live}.transactions
+WHERE tenant = $1 AND status = 'committed' AND kind = ANY($2) AND chain_index IS NULL ORDER BY log_offset LIMIT 1
+"""
+
+
+async def chain_disagreements(url: str, tenants: list[str] | None = None) -> list[str]:
+    """Every tenant's chain recomputed from the live projection's rows, as an auditor would from the API: for
+    each tenant, the first transaction whose stored link (place, previous hash, hash) disagrees, a committed one
+    without a link, or a head that is not the last link's."""
+    conn = await asyncpg.connect(url)
+    try:
+        live = str(await conn.fetchval("SELECT active_schema FROM ledger_meta"))
+        schema_path(live)
+        names = tenants if tenants is not None else [r["tenant"] for r in await conn.fetch(
+            f"SELECT DISTINCT tenant FROM {live}.transactions WHERE status = 'committed' AND kind = ANY($1)"
+            " ORDER BY tenant", sorted(CHAINED_KINDS))]
+        found = []
+        for tenant in names:
+            problem = await _chain_problem(conn, live, tenant)
+            if problem is not None:
+                found.append(f"tenant {tenant!r}: {problem}")
+        return found
+    finally:
+        await conn.close()
+
+
+async def _chain_problem(conn: asyncpg.Connection, live: str, tenant: str) -> str | None:
+    previous, count = GENESIS, 0
+    for row in await conn.fetch(CHAIN_ROWS.format(live=live), tenant):
+        count += 1
+        body = canonical(row["id"], orjson.loads(row["postings"]), orjson.loads(row["metadata"]), row["reference"],
+                         timestamp_text(row["committed_at"]))
+        expected = link(previous, body)
+        if row["chain_index"] != count:
+            return f"transaction {row['id']!r} is link {row['chain_index']}, where link {count} was due"
+        if bytes(row["previous_hash"]).hex() != previous:
+            return f"transaction {row['id']!r}: its previous_hash is not the hash of the link before it"
+        if bytes(row["hash"]).hex() != expected:
+            return f"transaction {row['id']!r}: its hash is not that of its rows (changed behind the ledger's back)"
+        previous = expected
+    unlinked = await conn.fetchval(UNLINKED.format(live=live), tenant, sorted(CHAINED_KINDS))
+    if unlinked is not None:
+        return f"transaction {unlinked!r} is committed and has no link (a projection from before the chain: replay it)"
+    head = await conn.fetchrow(f"SELECT count, head FROM {live}.chains WHERE tenant = $1", tenant)
+    stored = (0, GENESIS) if head is None else (head["count"], bytes(head["head"]).hex())
+    if stored != (count, previous):
+        return "its head (count, hash) is not its last link's"
+    return None
 
 
 @dataclass(slots=True)

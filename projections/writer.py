@@ -65,6 +65,13 @@ FROM batches b
 JOIN unnest($1::text[], $2::text[]) AS k(tenant, key) ON b.tenant = k.tenant AND b.idempotency_key = k.key
 """
 SELECT_TENANTS = "SELECT id FROM tenants WHERE id = ANY($1::text[])"
+SELECT_CHAINS = "SELECT tenant, count, head FROM chains WHERE tenant = ANY($1::text[])"
+UPSERT_CHAINS = """
+INSERT INTO chains (tenant, count, head, log_partition, log_offset)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::int[], $5::bigint[])
+ON CONFLICT (tenant) DO UPDATE SET count = excluded.count, head = excluded.head,
+    log_partition = excluded.log_partition, log_offset = excluded.log_offset
+"""
 SELECT_BATCHES = """
 SELECT b.tenant, b.id, b.items FROM batches b
 JOIN unnest($1::text[], $2::text[]) AS k(tenant, id) ON b.tenant = k.tenant AND b.id = k.id
@@ -270,6 +277,10 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
         if items:
             for row in await conn.fetch(SELECT_BY_ID, *_columns(items, 2)):
                 ledger.by_id[(row["tenant"], row["asked"])] = decided_from_row(row)
+    unchained = [t for t in tenants if t not in ledger.chains]
+    if unchained:
+        for row in await conn.fetch(SELECT_CHAINS, unchained):
+            ledger.chains[row["tenant"]] = (row["count"], bytes(row["head"]).hex())
     unknown = [t for t in tenants if t not in ledger.tenants]
     if unknown:
         found = {row["id"] for row in await conn.fetch(SELECT_TENANTS, unknown)}
@@ -300,6 +311,11 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
     await _copy(conn, "entries", rows.entries, ENTRY_COLUMNS)
     await _copy(conn, "idempotency_keys", rows.idempotency_keys, IDEMPOTENCY_COLUMNS)
     await _copy(conn, "batches", rows.batches, BATCH_COLUMNS)
+    if rows.chains:
+        chains = list(rows.chains.items())
+        await conn.execute(UPSERT_CHAINS, [t for t, _ in chains], [c[0] for _, c in chains],
+                           [bytes.fromhex(c[1]) for _, c in chains], [c[2].partition for _, c in chains],
+                           [c[2].offset for _, c in chains])
     await _copy(conn, "replays", rows.replays, REPLAY_COLUMNS)
     await _copy(conn, "invalid_events", rows.invalid_events, INVALID_EVENT_COLUMNS)
     await _copy(conn, "holds", [tuple(h) for h in rows.holds.values()], HOLD_COLUMNS)

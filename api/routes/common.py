@@ -29,6 +29,7 @@ from api.requests import (
 from api.responses import JSON, error
 from api.store import Store
 from infra.settings import Settings
+from ledger.chain import CHAINED_KINDS
 from ledger.decisions import AMOUNT_NEEDS_ONE_POSTING, IDEMPOTENCY_CONFLICT, NOT_FOUND, OVERDRAFT_IN_USE
 from ledger.errors import InvalidRequest, NotFound, Unavailable
 from ledger.positions import Position, PositionKey
@@ -216,6 +217,10 @@ async def _transaction(context: Context, tenant: str, row: asyncpg.Record) -> di
             after.setdefault(r["account"], {})[r["asset"]] = r["balance_after"]
         if after:
             body["balances_after"] = after
+        if row["kind"] in CHAINED_KINDS:
+            link = await context.store.chain_link(tenant, original)
+            if link is not None:  # none: written before the chain existed (a replay rebuilds it)
+                body["hash"], body["previous_hash"] = bytes(link["hash"]).hex(), bytes(link["previous_hash"]).hex()
     return body
 
 

@@ -47,9 +47,10 @@ from api.routes.common import (
     waiter_key,
 )
 from api.store import Store
+from ledger.chain import GENESIS
 from ledger.decisions import IDEMPOTENCY_CONFLICT
 from ledger.errors import InvalidRequest, NotFound
-from ledger.positions import PositionKey
+from ledger.positions import Position, PositionKey
 from ledger.requests import (
     CAPTURE,
     HOLD,
@@ -237,6 +238,19 @@ async def _partial_of_one_posting(context: Context, tenant: str, tx: Transaction
 @params(*READ_PARAMS)
 async def get_hold(request: Request) -> Response:
     return await _read_by_id(request, "hold", Store.hold, views.hold)
+
+
+@params(*READ_PARAMS)
+async def get_chain(request: Request) -> Response:
+    """Contract v3: the tenant's chain, `{"count", "head", "position"}` (an empty one: 0, 64 zeros, null)."""
+    context, principal, tenant = authorized(request, "read")
+    assert tenant is not None
+    await caught_up(request, context, principal, tenant)
+    row = await context.store.chain(tenant)
+    if row is None:
+        return JSON({"count": 0, "head": GENESIS, "position": None})
+    return JSON({"count": row["count"], "head": bytes(row["head"]).hex(),
+                 "position": context.positions.token(tenant, Position(row["log_partition"], row["log_offset"]))})
 
 
 @params(*READ_PARAMS)
