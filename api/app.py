@@ -202,12 +202,13 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 async def _saturation(appender: Appender, progress: Progress, limits: TenantLimits, lag_records_max: int) -> None:
-    """Every 50 ms: whether the projection lags behind what this process appended (then the heaviest writers
-    are shed, `TenantLimits.admit`)."""
+    """Every 50 ms: the partitions where more than `lag_records_max` of this process's own appends are not
+    applied yet (their heaviest writers are shed, `TenantLimits.admit`); records others wrote (a flood straight
+    to Kafka) do not count."""
     while True:
-        ends, applied = appender.ends.ends, progress.applied
-        lag = sum(max(0, end - applied.get(partition, 0)) for partition, end in ends.items())
-        limits.saturated = lag > lag_records_max
+        limits.lagging = frozenset(p for p, pending in appender.unapplied(progress.applied).items()
+                                   if pending > lag_records_max)
+        limits.partition_of.update(appender.partitions)
         await asyncio.sleep(SATURATION_CHECK_S)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 
@@ -24,6 +25,8 @@ APPEND_TIMEOUT_S = 3.0
 # the producer's own verdict is the one a request gets.
 DELIVERY_TIMEOUT_MS = int(APPEND_TIMEOUT_S * 1000)
 WAIT_MARGIN_S = 0.5
+OWN_PENDING_MAX = 100_000  # own appends remembered per partition (past it the oldest are forgotten)
+TENANTS_KNOWN_MAX = 1_000_000
 
 
 class AppendUnconfirmed(Unavailable):
@@ -50,6 +53,9 @@ class Appender:
         self._watch_lock = asyncio.Lock()
         self.ends = LogEnds(self.log_end)
         self._retired: set[asyncio.Task[None]] = set()
+        # This process's own appends, per partition, oldest first (bounded): what the projection owes it.
+        self.own: dict[int, collections.deque[int]] = {}
+        self.partitions: dict[str, int] = {}  # each tenant's partition, as its appends showed it
 
     def start(self) -> None:
         self.producer = LogProducer(producer_config(self.bootstrap, delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
@@ -90,6 +96,7 @@ class Appender:
             raise AppendUnconfirmed(request.id) from e
         position = Position(partition, offset)
         self.ends.advance(position)
+        self._own(request.tenant, position)
         return position
 
     async def append_many(self, requests: list[Request]) -> list[Position]:
@@ -106,9 +113,26 @@ class Appender:
                 future.cancel()
             raise AppendUnconfirmed(",".join(r.id for r in requests)) from e
         positions = [Position(p, o) for p, o in acknowledged]
-        for position in positions:
+        for request, position in zip(requests, positions, strict=True):
             self.ends.advance(position)
+            self._own(request.tenant, position)
         return positions
+
+    def _own(self, tenant: str, position: Position) -> None:
+        self.own.setdefault(position.partition, collections.deque(maxlen=OWN_PENDING_MAX)).append(position.offset)
+        if tenant not in self.partitions and len(self.partitions) < TENANTS_KNOWN_MAX:
+            self.partitions[tenant] = position.partition
+
+    def unapplied(self, applied: dict[int, int]) -> dict[int, int]:
+        """Per partition, how many of this process's appends the projection has not applied (`applied`: the
+        next offset it applies), forgetting those it has."""
+        pending = {}
+        for partition, offsets in self.own.items():
+            done = applied.get(partition, 0)
+            while offsets and offsets[0] < done:
+                offsets.popleft()
+            pending[partition] = len(offsets)
+        return pending
 
     async def log_end(self) -> dict[int, int] | None:
         """The next offset of each partition of the log, or None if Kafka does not answer within a second."""

@@ -23,7 +23,10 @@ from ledger.validation import check_address
 
 HEALTHY = b'{"status":"ok"}'
 ACCOUNT_PATH = "/v1/tenants/{tenant}/accounts/{address}"
-ADMIN_SEGMENTS = frozenset({"keys", "limits"})  # a tenant's routes that only the operator calls
+# A tenant's resources its keys reach (the operator's are keys and limits); GET and HEAD read.
+TENANT_SEGMENTS = frozenset({"transactions", "accounts", "balances", "holds", "chain"})
+READ_METHODS = frozenset({"GET", "HEAD"})
+BATCH_SUFFIX = "/transactions/batch"
 
 
 class HotRoutes:
@@ -63,17 +66,20 @@ class HotRoutes:
         and exception handling (a refusal must cost a small part of serving); None to go on. A request
         admitted here is marked, so the route does not count it again."""
         parts = path.split("/", 5)
-        if len(parts) < 5 or parts[1] != "v1" or parts[2] != "tenants" or parts[4] in ADMIN_SEGMENTS:
+        if len(parts) < 5 or parts[1] != "v1" or parts[2] != "tenants" or parts[4] not in TENANT_SEGMENTS \
+                or path.endswith(BATCH_SUFFIX):  # a batch takes its transactions' tokens at once, in its route
             return None
+        kind = READS if scope["method"] in READ_METHODS else WRITES
         context: routes.Context = self.app.state.ctx
         try:
             principal = context.keys.authenticate(_header(scope, b"authorization"))
         except LedgerError:
             return None  # the route answers it: 401, 422
-        if principal.key_id is None or principal.tenant != parts[3]:
-            return None
+        if principal.key_id is None or principal.tenant != parts[3] or \
+                ("read" if kind == READS else "write") not in principal.scopes:
+            return None  # the route answers it (403), charging nobody's budget
         try:
-            context.limits.admit(parts[3], READS if scope["method"] == "GET" else WRITES)
+            context.limits.admit(parts[3], kind)
         except RateLimited as e:
             return error_response(e)
         scope.setdefault("state", {})["admitted"] = True

@@ -10,9 +10,9 @@ live ones; each enforces `1/n` of every limit (`share`). Nothing is asked of the
 process that dies gives its share back within `PROCESS_TTL_S`. A tenant whose traffic reaches only some of the
 processes gets less than its limit: spread it (round robin, as `make cluster`'s clients do).
 
-**Shedding the heaviest.** While the projection lags (`saturated`, from the app's monitor: records this process
-appended and the projection has not applied), a write of a tenant that wrote more than its equal share of the
-last second's writes is refused first: the flood, not the tenants within their share, waits for the backlog.
+**Shedding the heaviest.** While the projection lags on a partition behind this process's own appends (from the
+app's monitor), a write of a tenant of that partition that wrote more than its equal share of the partition's
+last second of writes is refused first: the flood, not the tenants within their share, waits for the backlog.
 
 **Fair admission.** A limit alone does not protect a tenant when another's limit is more than the machine can
 serve. Past `inflight_fair` requests in progress in this process, a tenant already holding its equal share of
@@ -111,7 +111,11 @@ class TenantLimits:
         self.window_start = 0.0
         self.writes_now: dict[str, int] = {}
         self.writes_before: dict[str, int] = {}
-        self.saturated = False  # the projection lags (set by the app's monitor): shed the heaviest writers
+        # Partitions where the projection has not applied many of this process's own appends (the app's monitor),
+        # and the partition of each tenant that wrote here: only the heaviest writers of a lagging partition
+        # are shed (a flood straight to Kafka is capped by Kafka's quotas, never by refusing others here).
+        self.lagging: frozenset[int] = frozenset()
+        self.partition_of: dict[str, int] = {}
         self.custom: dict[str, Limits] = {}
         self.share = 1.0  # 1 / the live API processes
         self.buckets: dict[tuple[str, str], Bucket] = {}
@@ -161,18 +165,21 @@ class TenantLimits:
             self.writes_now[tenant] = self.writes_now.get(tenant, 0) + n
 
     def _shed(self, tenant: str, now: float) -> None:
-        """Refuse a write of a tenant writing more than its equal share, while the ledger is saturated."""
+        """Refuse a write of a tenant writing more than its equal share of the writes on its partition, while
+        the projection lags on that partition behind this process's own appends."""
         if now - self.window_start >= 1.0:
             self.writes_before = self.writes_now if now - self.window_start < 2.0 else {}
             self.writes_now = {}
             self.window_start = now
-        if not self.saturated:
+        partition = self.partition_of.get(tenant)
+        if partition is None or partition not in self.lagging:
             return
         mine = self.writes_now.get(tenant, 0) + self.writes_before.get(tenant, 0)
         if mine > SHED_WRITES_MIN:
-            writers = self.writes_now.keys() | self.writes_before.keys()
-            total = sum(self.writes_now.values()) + sum(self.writes_before.values())
-            if mine * len(writers) > total:  # more than its equal share of the writes of the last second
+            writers = {t for t in self.writes_now.keys() | self.writes_before.keys()
+                       if self.partition_of.get(t) == partition}
+            total = sum(self.writes_now.get(t, 0) + self.writes_before.get(t, 0) for t in writers)
+            if mine * len(writers) > total:  # more than its equal share of the partition's last second
                 REFUSED.labels(tenant if self.tenant_labels else ALL_TENANTS, WRITES, "shed").inc()
                 raise RateLimited("the ledger is behind and this tenant writes more than its share; retry", 1)
 

@@ -35,6 +35,11 @@ CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.Interface
                      asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, TimeoutError,
                      asyncpg.QueryCanceledError, asyncpg.InternalClientError, asyncpg.ReadOnlySQLTransactionError)
 FAILOVER_RETRY_S = 0.2
+# What a failover looks like from here: no server to connect to, or none read-write yet, or a connection cut.
+# Not a query timeout, a lock wait or an exhausted pool: retrying those would only add load.
+FAILOVER_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                   asyncpg.AdminShutdownError, asyncpg.InternalClientError, asyncpg.ReadOnlySQLTransactionError,
+                   asyncpg.ConnectionDoesNotExistError)
 
 
 @contextlib.asynccontextmanager
@@ -78,8 +83,9 @@ class Store:
                 async with self.connection() as conn:
                     rows: list[asyncpg.Record] = await conn.fetch(query, *args, timeout=QUERY_TIMEOUT_S)
                     return rows
-            except Unavailable:
-                if time.monotonic() + FAILOVER_RETRY_S > deadline:
+            except Unavailable as e:
+                failover = isinstance(e.__cause__, FAILOVER_ERRORS) and not isinstance(e.__cause__, TimeoutError)
+                if not failover or time.monotonic() + FAILOVER_RETRY_S > deadline:
                     raise
                 await asyncio.sleep(FAILOVER_RETRY_S)
 
@@ -161,15 +167,21 @@ class Store:
         rows = await self._fetch(LIMITS_OF, tenant)
         return rows[0] if rows else None
 
-    async def set_limits(self, tenant: str, writes_per_s: int, reads_per_s: int, burst_s: int) -> None:
-        """Store a tenant's limits and tell every API process (`limits:<tenant>` on the keys channel)."""
+    async def set_limits(self, tenant: str, writes_per_s: int | None, reads_per_s: int | None, burst_s: int | None,
+                         *defaults: int) -> asyncpg.Record:
+        """Set the limits given (None: kept, or the default for a tenant without its own) in one statement, and
+        tell every API process (`limits:<tenant>` on the keys channel); the limits now stored."""
         async with self.connection() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO tenant_limits (tenant, writes_per_s, reads_per_s, burst_s) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (tenant) DO UPDATE SET writes_per_s = excluded.writes_per_s,"
-                " reads_per_s = excluded.reads_per_s, burst_s = excluded.burst_s, updated_at = now()",
-                tenant, writes_per_s, reads_per_s, burst_s)
+            row: asyncpg.Record = await conn.fetchrow(
+                "INSERT INTO tenant_limits (tenant, writes_per_s, reads_per_s, burst_s)"
+                " VALUES ($1, coalesce($2::int, $5::int), coalesce($3::int, $6::int), coalesce($4::int, $7::int))"
+                " ON CONFLICT (tenant) DO UPDATE SET writes_per_s = coalesce($2::int, tenant_limits.writes_per_s),"
+                " reads_per_s = coalesce($3::int, tenant_limits.reads_per_s),"
+                " burst_s = coalesce($4::int, tenant_limits.burst_s), updated_at = now()"
+                " RETURNING writes_per_s, reads_per_s, burst_s",
+                tenant, writes_per_s, reads_per_s, burst_s, *defaults)
             await self._notify_change(conn, f"limits:{tenant}")
+            return row
 
     async def heartbeat(self, process: str) -> int:
         """Say this API process is alive; how many are (it included), by their heartbeats of the last 3 s."""

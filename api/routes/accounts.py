@@ -124,6 +124,25 @@ async def get_account(request: Request) -> Response:
 
 
 
+def wants_csv(accept: str | None) -> bool:
+    """Whether `Accept` asks for CSV: a `text/csv` range with a quality above 0."""
+    for item in (accept or "").split(","):
+        media, *options = (part.strip() for part in item.split(";"))
+        if media.lower() == "text/csv":
+            quality = next((o.split("=", 1)[1] for o in options if o.replace(" ", "").startswith("q=")), "1")
+            try:
+                return float(quality) > 0
+            except ValueError:
+                return False
+    return False
+
+
+def _cell(text: str) -> str:
+    """A text cell a spreadsheet will not read as a formula (an id a producer chose may start with `-`)."""
+    return f"'{text}" if text[:1] in FORMULA_STARTS else text
+
+
+FORMULA_STARTS = frozenset("=+-@\t\r")
 CSV_PAGE = 500
 CSV_HEADER = b"transaction_id,asset,amount,balance_after,committed_at\r\n"
 
@@ -143,7 +162,7 @@ async def _entries_csv(request: Request, context: Context, principal: Principal,
         before = (OFFSET_MAX, LEG_MAX)
         while True:
             rows = await context.store.entries(tenant, address, asset, before, CSV_PAGE)
-            yield "".join(f"{r['transaction_id']},{r['asset']},{r['amount']},{r['balance_after']},"
+            yield "".join(f"{_cell(r['transaction_id'])},{r['asset']},{r['amount']},{r['balance_after']},"
                           f"{views.timestamp(r['committed_at'])}\r\n" for r in rows).encode()
             if len(rows) < CSV_PAGE:
                 return
@@ -172,12 +191,14 @@ async def get_statement(request: Request) -> Response:
     asked_at = datetime.now(UTC)
     rows = {r["side"]: r for r in await context.store.statement(tenant, address, asset, since, until)}
     opening_row, closing_row = rows["from"], rows["until"]
+    # The defaults never cross the bound given: `until` in the past, or `from` in the future.
+    shown_until = until if until is not None else max(asked_at, since or asked_at)
+    shown_from = since if since is not None else min(opening_row["first_at"] or shown_until, shown_until)
     opening, closing = opening_row["balance_after"] or 0, closing_row["balance_after"] or 0
     credits = int(closing_row["credits_total"] or 0) - int(opening_row["credits_total"] or 0)
     count = (closing_row["entry_number"] or 0) - (opening_row["entry_number"] or 0)
     return JSON({"address": address, "asset": asset,
-                 "from": views.timestamp(since if since is not None else opening_row["first_at"] or asked_at),
-                 "until": views.timestamp(until if until is not None else asked_at),
+                 "from": views.timestamp(shown_from), "until": views.timestamp(shown_until),
                  "opening": opening, "closing": closing, "debits": views.amount(credits - (closing - opening)),
                  "credits": views.amount(credits), "count": count})
 
@@ -189,7 +210,7 @@ async def get_entries(request: Request) -> Response:
     address = check_address(request.path_params["address"])
     raw_asset = request.query_params.get("asset")
     asset = None if raw_asset is None else check_asset(raw_asset)
-    if "text/csv" in (request.headers.get("accept") or ""):
+    if wants_csv(request.headers.get("accept")):
         return await _entries_csv(request, context, principal, tenant, address, asset)
     limit = int_param(request, "limit", ENTRIES_LIMIT_DEFAULT, 1, ENTRIES_LIMIT_MAX)
     before = cursor_param(request, context.positions, tenant)

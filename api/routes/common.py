@@ -100,14 +100,14 @@ def ctx(request: Request) -> Context:
     return context
 
 
-def authorized(request: Request, scope: str) -> tuple[Context, Principal, str | None]:
+def authorized(request: Request, scope: str, admit: bool = True) -> tuple[Context, Principal, str | None]:
     """Authenticate, then check the path's tenant (if any) against the key's tenant and scopes; then admit a
     tenant key's read or write by its tenant's limits and share of the requests in progress (429 if not)."""
     context = ctx(request)
     principal, tenant = authorize(context, header(request, b"authorization"), request.path_params.get("tenant"),
                                   scope)
     if tenant is not None and principal.key_id is not None and scope in ADMITTED:
-        if not getattr(request.state, "admitted", False):  # `api.hot` admits most before routing
+        if admit and not getattr(request.state, "admitted", False):  # `api.hot` admits most before routing
             context.limits.admit(tenant, ADMITTED[scope])
         slot = context.limits.slot(tenant, ADMITTED[scope])
         slot.__enter__()

@@ -110,10 +110,18 @@ async def put_limits(request: Request) -> Response:
     """Set any of a tenant's limits (the others kept); every API process applies them within a second."""
     context, _, tenant = authorized(request, "admin")
     assert tenant is not None
-    limits = parse_limits(await json_body(request), await _limits(context, tenant))
-    await context.store.set_limits(tenant, limits.writes_per_s, limits.reads_per_s, limits.burst_s)
+    await _limits(context, tenant)  # 404 for a tenant that does not exist
+    body = await json_body(request)
+    given = parse_limits(body, context.limits.defaults)  # checked; what it omits is kept
+    # Merged in one statement: concurrent PUTs naming different fields keep each other's.
+    row = await context.store.set_limits(tenant, *(given.as_json()[f] if f in body else None for f in LIMIT_ORDER),
+                                         *(context.limits.defaults.as_json()[f] for f in LIMIT_ORDER))
+    limits = Limits(row["writes_per_s"], row["reads_per_s"], row["burst_s"])
     context.limits.set(tenant, limits)  # this process at once; the others on the notification
     return JSON({"tenant": tenant, **limits.as_json()})
+
+
+LIMIT_ORDER = ("writes_per_s", "reads_per_s", "burst_s")
 
 
 async def _limits(context: Context, tenant: str) -> Limits:

@@ -111,7 +111,7 @@ async def post_batch(request: Request) -> Response:
     or with `"atomic": true` as one record, all committed or all rejected. With `wait=true`, once the last
     is decided, every decision. An `Idempotency-Key` binds the whole batch: one record, whose repeat answers
     with the original transactions (contract v3)."""
-    context, principal, tenant = authorized(request, "write")
+    context, principal, tenant = authorized(request, "write", admit=False)  # its transactions' tokens, below
     assert tenant is not None
     wait = bool_param(request, "wait")
     timeout_ms = int_param(request, "timeout_ms", WAIT_TIMEOUT_MS_DEFAULT, 1, context.settings.wait_timeout_ms_max)
@@ -122,8 +122,8 @@ async def post_batch(request: Request) -> Response:
         raise InvalidRequest("must be true or false", "atomic")
     raw = body.get("transactions")
     items = parse_items(raw, tenant, [uuid.uuid4().hex for _ in raw] if isinstance(raw, list) else None, key)
-    if len(items) > 1 and principal.key_id is not None:  # a batch counts each of its transactions
-        context.limits.admit(tenant, WRITES, len(items) - 1)
+    if principal.key_id is not None:  # a batch counts each of its transactions, taken at once
+        context.limits.admit(tenant, WRITES, len(items))
     batch = BatchRequest(uuid.uuid4().hex, tenant, items, key, atomic)
     prior = await _batch_prior(context, tenant, key) if key is not None else None
     try:
@@ -150,7 +150,7 @@ async def post_batch(request: Request) -> Response:
         if bound is None or bound["id"] != batch.id:  # the batch's key, not one of its items', was taken
             return error(409, IDEMPOTENCY_CONFLICT, CONFLICT_MESSAGE, transactions=[
                 views.transaction(r, context.positions, tenant) for r in rows if r is not None])
-    return JSON({"transactions": [views.transaction(r, context.positions, tenant) if r is not None else p
+    return JSON({"transactions": [await _transaction(context, tenant, r) if r is not None else p
                                   for r, p in zip(rows, pending, strict=True)]})
 
 
@@ -172,7 +172,7 @@ async def _batch_replayed(context: Context, tenant: str, batch: BatchRequest,
     if bytes(prior["fingerprint"]) != batch.fingerprint():
         return error(409, IDEMPOTENCY_CONFLICT, CONFLICT_MESSAGE)
     rows = [await context.store.transaction(tenant, i) for i in prior["items"]]
-    return JSON({"transactions": [views.transaction(r, context.positions, tenant) for r in rows if r is not None]},
+    return JSON({"transactions": [await _transaction(context, tenant, r) for r in rows if r is not None]},
                 headers=REPLAYED)
 
 
@@ -305,6 +305,7 @@ def transaction_filters(request: Request) -> dict[str, Any]:
     return filters
 
 
+@params(*LIST_PARAMS, prefixes=("metadata.",))
 async def list_transactions(request: Request) -> Response:
     context, principal, tenant = authorized(request, "read")
     assert tenant is not None

@@ -32,3 +32,13 @@ async def test_a_rejected_write_and_a_hold_show_none(tenant: Tenant) -> None:
     await funded(tenant, 10)
     held = await post(tenant, "/holds", {"postings": [posting("alice", "bob", 5)]})
     assert held.status_code == 201 and "balances_after" not in held.json()
+
+
+async def test_a_batchs_answer_shows_each_members_balances_after(tenant: Tenant) -> None:
+    # Found by review: the batch answers were built without them.
+    await funded(tenant, 100)
+    answer = await tenant.client.post(tenant.path("/transactions/batch"), params={"wait": "true"}, json={
+        "atomic": True, "transactions": [{"postings": [posting("alice", "bob", 10)]},
+                                         {"postings": [posting("alice", "bob", 5)]}]})
+    assert [t["balances_after"] for t in answer.json()["transactions"]] == [
+        {"alice": {"USD/2": 90}, "bob": {"USD/2": 10}}, {"alice": {"USD/2": 85}, "bob": {"USD/2": 15}}]

@@ -96,3 +96,36 @@ async def test_two_api_processes_share_one_limit_and_a_change_holds_on_both(admi
     accepted = sum(a.status_code == 202 for a in answers)
     assert sum(a.status_code == 429 for a in answers) == 20 - accepted
     assert accepted <= 12, accepted  # the deployment's 10 (and a token or two refilled meanwhile), not 20
+
+
+async def test_a_batch_larger_than_the_bucket_passes_once_it_is_full(admin: httpx.AsyncClient,
+                                                                     tenant: Tenant) -> None:
+    # Found by review: the route took 1 token, then asked for the rest, which the bucket could never hold.
+    await set_limits(admin, tenant, writes_per_s=5, burst_s=1)
+    body = {"transactions": [{"postings": [posting("@world", "alice", 1)]}] * 10}
+    answer = await tenant.client.post(tenant.path("/transactions/batch"), json=body)
+    assert answer.status_code == 202, answer.text
+    assert code(await transfer(tenant.client, tenant.id, posting("@world", "a", 1))) == (429, "rate_limited")
+
+
+async def test_a_key_without_the_scope_spends_nothing_and_head_is_a_read(admin: httpx.AsyncClient,
+                                                                         tenant: Tenant, stack: Stack) -> None:
+    await set_limits(admin, tenant, writes_per_s=1, burst_s=1, reads_per_s=1)
+    key = await admin.post(tenant.path("/keys"), json={"scopes": ["read"]})
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30,
+                                 headers={"Authorization": f"Bearer {key.json()['key']}"}) as reader:
+        for _ in range(3):
+            refused = await reader.post(tenant.path("/transactions"), json={"postings": [posting("@world", "a", 1)]})
+            assert code(refused) == (403, "forbidden")
+    # The read-only key's refused writes took none of the write key's one token.
+    assert (await transfer(tenant.client, tenant.id, posting("@world", "a", 1), wait=False)).status_code == 202
+    assert (await tenant.client.head(tenant.path("/accounts/a/entries"))).status_code in (200, 405)
+    assert (await tenant.client.head(tenant.path("/accounts/a/entries"))).status_code == 429  # a read, limited
+
+
+async def test_concurrent_puts_of_different_fields_keep_each_other(admin: httpx.AsyncClient, tenant: Tenant) -> None:
+    await asyncio.gather(admin.put(tenant.path("/limits"), json={"writes_per_s": 11}),
+                         admin.put(tenant.path("/limits"), json={"reads_per_s": 22}),
+                         admin.put(tenant.path("/limits"), json={"burst_s": 3}))
+    shown = (await admin.get(tenant.path("/limits"))).json()
+    assert (shown["writes_per_s"], shown["reads_per_s"], shown["burst_s"]) == (11, 22, 3)

@@ -75,3 +75,13 @@ async def test_every_entry_exports_as_csv_past_any_page_limit(tenant: Tenant) ->
     assert other.text.splitlines() == ["transaction_id,asset,amount,balance_after,committed_at"]
     verdict = await verify(SETTINGS.database_url, SETTINGS.kafka_bootstrap, TRANSACTIONS_TOPIC, [tenant.id])
     assert verdict.identical, verdict.differences
+
+
+async def test_a_statements_defaults_never_cross_the_bound_given(tenant: Tenant) -> None:
+    # Found by review: `from` in the future answered an `until` before it, and the other way round.
+    assert (await transfer(tenant.client, tenant.id, posting("@world", "alice", 5))).status_code == 201
+    future = await statement(tenant, "alice", asset="USD/2", **{"from": "2999-01-01T00:00:00Z"})
+    past = await statement(tenant, "alice", asset="USD/2", until="2000-01-01T00:00:00Z")
+    for body in (future, past):
+        assert stamp(body["from"]) <= stamp(body["until"]), body
+        assert (body["count"], body["credits"]) == (0, 0)

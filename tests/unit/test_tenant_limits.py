@@ -87,18 +87,29 @@ def test_a_limits_body_changes_only_what_it_names() -> None:
     assert parse_limits({"reads_per_s": 7}, DEFAULTS) == Limits(10, 7, 2)
 
 
-def test_while_saturated_the_tenant_writing_past_its_share_is_shed_first() -> None:
+def test_while_its_partition_lags_the_tenant_writing_past_its_share_is_shed_first() -> None:
     limits = TenantLimits(Limits(10_000, 10_000, 2), inflight_fair=64)
+    limits.partition_of.update({"flood": 0, "victim": 0, "elsewhere": 1})
     for n in range(200):
         limits.admit("flood", WRITES, now=0.5 + n / 1000)
+        limits.admit("elsewhere", WRITES, now=0.5 + n / 1000)
     for _ in range(5):
         limits.admit("victim", WRITES, now=0.8)
-    limits.saturated = True
+    limits.lagging = frozenset({0})
     with pytest.raises(RateLimited):
         limits.admit("flood", WRITES, now=0.9)
-    limits.admit("victim", WRITES, now=0.9)  # within its share: admitted
-    limits.saturated = False
+    limits.admit("victim", WRITES, now=0.9)  # within its share of partition 0: admitted
+    limits.admit("elsewhere", WRITES, now=0.9)  # heavy, but its partition does not lag
+    limits.lagging = frozenset()
     limits.admit("flood", WRITES, now=0.95)  # the backlog gone: admitted again
-    limits.saturated = True
+    limits.lagging = frozenset({0})
     assert limits.writes_now["flood"] == 201
     limits.admit("flood", WRITES, now=3.5)  # two seconds on, nothing counts against it any more
+
+
+def test_csv_is_asked_by_a_media_range_of_quality_above_zero_and_cells_are_not_formulas() -> None:
+    from api.routes.accounts import _cell, wants_csv
+
+    assert wants_csv("text/csv") and wants_csv("application/json, text/csv;q=0.5") and wants_csv("TEXT/CSV")
+    assert not wants_csv(None) and not wants_csv("application/json, text/csv;q=0") and not wants_csv("text/csvx")
+    assert [_cell(x) for x in ("-2-3", "=A1", "@x", "ok-1", "+1")] == ["'-2-3", "'=A1", "'@x", "ok-1", "'+1"]
