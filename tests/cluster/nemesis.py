@@ -34,8 +34,9 @@ Per kind of fault the report gives: count; `refused_s` (per fault, the longest o
 sending the first write refused after the fault, i.e. answered neither 2xx nor 409, to the answer of the first
 write accepted again that was sent after the last refused one; 0 when none was refused) and `back_s` (from the
 fault to that acceptance); `commit_again_s` (from the fault to the first 201 of a `wait=true` write sent after
-it), each as p50/max; reads that failed, by status (0 = no answer: the connection failed or timed out), counted
-from the fault until it was healed; anomalies.
+it), each as p50/max; reads that failed, by API and status (0 = no answer: the connection failed or timed out),
+counted from the fault until it was healed (a killed API's own readers lose their connection: the contract's
+promise is the other API's reads); anomalies.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ class ClusterNemesis:
         """An anomaly, counted against the fault in progress (if any) when it was seen."""
         kind = self.current.kind if self.current is not None else "between or after faults"
         self.anomaly_kinds[kind] += 1
-        self.anomaly(f"[{kind}] {text}")
+        self.anomalies.append(f"[{kind}] {text}")
 
     # --- where things are ------------------------------------------------------------------------------
 
@@ -629,12 +630,12 @@ class ClusterNemesis:
             if commit_again is not None:
                 entry["commit"].append(commit_again)
             entry["healed"].append(fault.healed - fault.at)
-            for sent, _, status in reads:
+            for sent, api, status in reads:
                 if fault.at <= sent <= fault.healed and status != 200:
-                    reads_in[fault.kind][str(status)] += 1
-        for sent, _, status in reads:
+                    reads_in[fault.kind][f"api-{api + 1} {status}"] += 1
+        for sent, api, status in reads:
             if status != 200 and not any(f.at <= sent <= f.healed for f in self.faults):
-                reads_in["between faults"][str(status)] += 1
+                reads_in["between faults"][f"api-{api + 1} {status}"] += 1
         kinds = {kind: {"count": e["count"],
                         "refused_s": spread(e["refused"]),
                         "faults_with_refusals": e["refusing_faults"],
@@ -720,6 +721,7 @@ def main() -> None:
             proc.wait(180)
     out = DATA / "logs" / f"soak-cluster-{seed}.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
+    out.with_suffix(".anomalies.txt").write_text("".join(f"{a}\n" for a in nemesis.anomalies))
     print(f"\nsoak-cluster report ({out}):\n{json.dumps(summary, indent=2)}", flush=True)
     if summary["anomalies"]:
         raise SystemExit(f"seed {seed}: {summary['anomalies']} anomalies")
