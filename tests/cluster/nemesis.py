@@ -75,7 +75,7 @@ DATA = ROOT / ".data"
 STATE_FILE = DATA / "cluster.json"
 BASE = DATA / "cluster"
 START_TIMEOUT_S = 240
-HEAL_TIMEOUT_S = 240.0
+HEAL_TIMEOUT_S = 120.0  # a primary's machine back as a standby took 16-20 s in docs/cluster.md
 CATCH_UP_TIMEOUT_S = 300.0
 PAUSE_S = (3.0, 8.0)  # of calm between a fault's healing and the next fault
 STOP_S = (6.0, 12.0)  # a SIGSTOPped Kafka node hangs this long: past its 4 s session timeout
@@ -115,6 +115,13 @@ def ready(url: str) -> bool:
     with contextlib.suppress(httpx.HTTPError):
         return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
     return False
+
+
+def readiness(url: str) -> str:
+    with contextlib.suppress(httpx.HTTPError):
+        answer = httpx.get(f"{url}/readyz", timeout=2)
+        return f"{answer.status_code} {answer.text[:400]}"
+    return "no answer"
 
 
 def cluster_up() -> bool:
@@ -173,6 +180,7 @@ class ClusterNemesis:
         self.killed: set[int] = set()
         self.started = time.time()
         self.heal_failed = False
+        self.repairs: list[str] = []
 
     def anomaly(self, text: str) -> None:
         """An anomaly, counted against the fault in progress (if any) when it was seen."""
@@ -236,7 +244,7 @@ class ClusterNemesis:
                 return f"{len(running)} of {count} {role} processes running"
         for n, url in enumerate(self.api):
             if not await asyncio.to_thread(ready, url):
-                return f"api-{n + 1} not ready"
+                return f"api-{n + 1} not ready: {await asyncio.to_thread(readiness, url)}"
         try:
             for topic in await self.topics():
                 for p in topic["partitions"]:
@@ -258,16 +266,33 @@ class ClusterNemesis:
         return None
 
     async def heal(self) -> float:
+        """Until the cluster is whole again. An API that stays unready is an anomaly; it is then repaired
+        (SIGKILLed, so that the supervisor starts it afresh) and the soak goes on; anything else ends the faults."""
         started = time.monotonic()
-        missing: str | None = "?"
-        while time.monotonic() - started < HEAL_TIMEOUT_S:
-            missing = await self.whole()
+        repaired = False
+        while True:
+            missing = await self._whole_within(HEAL_TIMEOUT_S)
             if missing is None:
                 return time.monotonic() - started
+            self.anomaly(f"the cluster was not whole again within {HEAL_TIMEOUT_S:.0f} s: {missing}")
+            stuck = missing.split(" ")[0]
+            if repaired or not (stuck.startswith("api-") and " not ready" in missing):
+                self.heal_failed = True
+                return time.monotonic() - started
+            say(f"repair: {stuck} stayed unready ({missing}); SIGKILL, for the supervisor to start it afresh")
+            self.repairs.append(f"{_clock(time.time())} {stuck}: {missing}")
+            self.kill_machine(stuck)
+            repaired = True
+
+    async def _whole_within(self, timeout_s: float) -> str | None:
+        started = time.monotonic()
+        missing: str | None = "?"
+        while time.monotonic() - started < timeout_s:
+            missing = await self.whole()
+            if missing is None:
+                return None
             await asyncio.sleep(0.5)
-        self.anomaly(f"the cluster was not whole again within {HEAL_TIMEOUT_S:.0f} s: {missing}")
-        self.heal_failed = True
-        return HEAL_TIMEOUT_S
+        return missing
 
     # --- the faults ------------------------------------------------------------------------------------
 
@@ -662,6 +687,7 @@ class ClusterNemesis:
             "anomalies": len(self.anomalies),
             "anomalies_by_fault": dict(self.anomaly_kinds),
             "anomaly_examples": self.anomalies[:50],
+            "repairs": self.repairs,
             "fault_log": [{"kind": f.kind, "target": f.target, "at": _clock(f.at),
                            "whole_again_s": round(f.healed - f.at, 1)} for f in self.faults],
         }
@@ -721,6 +747,12 @@ def main() -> None:
             proc.wait(180)
     out = DATA / "logs" / f"soak-cluster-{seed}.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
+    with open(out.with_suffix(".records.jsonl"), "w") as records:
+        for w in nemesis.books.writes:
+            records.write(json.dumps({"write": _clock(w.sent), "answered": _clock(w.answered), "api": w.api + 1,
+                                      "wait": w.wait, "status": w.status}) + "\n")
+        for sent, api, status in nemesis.books.reads:
+            records.write(json.dumps({"read": _clock(sent), "api": api + 1, "status": status}) + "\n")
     out.with_suffix(".anomalies.txt").write_text("".join(f"{a}\n" for a in nemesis.anomalies))
     print(f"\nsoak-cluster report ({out}):\n{json.dumps(summary, indent=2)}", flush=True)
     if summary["anomalies"]:
