@@ -181,6 +181,7 @@ class ClusterNemesis:
         self.started = time.time()
         self.heal_failed = False
         self.repairs: list[str] = []
+        self.copies: dict[tuple[str, str], list[tuple[int, int, float]]] = defaultdict(list)
 
     def anomaly(self, text: str) -> None:
         """An anomaly, counted against the fault in progress (if any) when it was seen."""
@@ -539,13 +540,17 @@ class ClusterNemesis:
                 " ON t.tenant = r.tenant AND t.id = r.original_id WHERE r.tenant = ANY($1)", tenants)}
             for ident, how in books.acknowledged.items():
                 if on_log.get(ident, 0) != 1:
-                    self.anomaly(f"{how} {ident} acknowledged, on the log {on_log.get(ident, 0)} times")
+                    where = self.on_log(ident)
+                    self.anomaly(f"{how} {ident} acknowledged, on the log {on_log.get(ident, 0)} times: {where}")
+                    self.current = None
                 elif ident not in decided:
                     self.anomaly(f"{how} {ident} acknowledged and on the log, not decided")
             for ident in books.unconfirmed:
                 if on_log.get(ident, 0) > 1 or (on_log.get(ident, 0) == 1) != (ident in decided):
+                    where = self.on_log(ident)
                     self.anomaly(f"unconfirmed {ident}: on the log {on_log.get(ident, 0)} times, "
-                                     f"decided {ident in decided}")
+                                 f"decided {ident in decided}: {where}")
+                    self.current = None
             for ident, status in books.answered.items():
                 if decided.get(ident) not in (status, None):
                     self.anomaly(f"{ident} answered {status}, decided {decided.get(ident)}")
@@ -579,15 +584,28 @@ class ClusterNemesis:
         return [(r.key, r.value) async for batch in read_log(self.bootstrap, topic, 10_000, end) for r in batch]
 
     async def _log_ids(self, tenants: list[str]) -> Counter[tuple[str, str]]:
+        """How many times each id is on the log; where each copy is (partition-offset@time) in `self.copies`."""
         wanted = {t.encode() for t in tenants}
         ids: Counter[tuple[str, str]] = Counter()
-        for key, value in await self._read_topic(TRANSACTIONS_TOPIC):
-            if key not in wanted or value is None:
-                continue
-            body = orjson.loads(value)
-            if isinstance(body, dict) and isinstance(body.get("id"), str):
-                ids[(body["tenant"], body["id"])] += 1
+        end = await log_end(self.bootstrap, TRANSACTIONS_TOPIC)
+        async for batch in read_log(self.bootstrap, TRANSACTIONS_TOPIC, 10_000, end):
+            for r in batch:
+                if r.key not in wanted or r.value is None:
+                    continue
+                body = orjson.loads(r.value)
+                if isinstance(body, dict) and isinstance(body.get("id"), str):
+                    ident = (body["tenant"], body["id"])
+                    ids[ident] += 1
+                    self.copies[ident].append((r.partition, r.offset, r.timestamp_ms / 1000))
         return ids
+
+    def on_log(self, ident: tuple[str, str]) -> str:
+        """Where an id's copies are on the log, and (for the anomaly's count) the fault in progress then."""
+        copies = self.copies.get(ident, [])
+        if copies:
+            at = copies[0][2]
+            self.current = next((f for f in self.faults if f.at <= at <= f.healed), None)
+        return ", ".join(f"{p}-{o} at {_clock(t)}" for p, o, t in copies)
 
     async def _outcome_ids(self, tenants: list[str]) -> set[tuple[str, str]]:
         wanted = set(tenants)
