@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 # `make cluster`: three Kafka nodes, PostgreSQL with a standby under pg_auto_failover, two projectors and two
 # APIs, in the foreground (docs/cluster.md).
-.PHONY: cluster cluster-down test-cluster compiled run test soak test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps
+.PHONY: cluster cluster-down test-cluster soak-cluster compiled run test soak test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,3 +67,9 @@ bench: bench-deps
 
 bench-quick: bench-deps
 	$(PY) -m bench.run --quick
+
+# The nemesis over `make cluster` (tests/cluster/nemesis.py): a Kafka node, the primary's or the standby's machine,
+# an API or a projector lost one at a time under load, with a bank-style checker; LEDGER_SOAK_SECONDS (1800),
+# LEDGER_SOAK_SEED; reuses a running `make cluster` or starts one (and stops it after); report in .data/logs.
+soak-cluster: deps
+	LEDGER_SOAK_SECONDS=$${LEDGER_SOAK_SECONDS:-1800} $(PY) -m tests.cluster.nemesis
