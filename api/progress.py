@@ -241,7 +241,10 @@ class Listener:
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             if self.conn is not None and not self.conn.is_closed():
-                if time.monotonic() - self._last_ok >= HEARTBEAT_INTERVAL_S:
+                # A new connection is pinged at once, however busy: notifications refresh `_last_ok`, and
+                # under a steady stream of them a "ping when quiet" never came, so it stayed unconfirmed
+                # (and the API unready) for as long as writes flowed (found by `make soak-cluster`).
+                if not self._confirmed or time.monotonic() - self._last_ok >= HEARTBEAT_INTERVAL_S:
                     await self._ping(self.conn)
                 continue
             await self._reconnect()

@@ -1,0 +1,57 @@
+"""The API's notification listener against a real PostgreSQL: it recovers from a dropped connection while
+the projector's notifications keep coming (found by `make soak-cluster`: an API stayed unready for minutes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+
+import asyncpg
+
+from api.progress import Listener, Progress, application_name
+from infra.settings import PROGRESS_CHANNEL
+from ledger import changes
+
+RECOVER_S = 10.0
+
+
+async def _no_keys(payload: str | None) -> None:
+    return None
+
+
+async def test_a_reconnected_listener_is_healthy_again_while_notifications_stream() -> None:
+    url = os.environ["LEDGER_DATABASE_URL"]
+    listener = Listener(url, Progress(), _no_keys)
+    await listener.start()
+    admin = await asyncpg.connect(url)
+    stop = asyncio.Event()
+    # An empty advance: heard (and harmless) for every API listening in this test session.
+    payload = changes.payloads({}, [])[-1]
+
+    async def stream() -> None:  # notifications more often than the listener's heartbeat interval
+        while not stop.is_set():
+            await admin.execute("SELECT pg_notify($1, $2)", PROGRESS_CHANNEL, payload)
+            await asyncio.sleep(0.02)
+
+    streaming = asyncio.create_task(stream())
+    try:
+        await asyncio.sleep(0.5)
+        assert listener.healthy, listener.status()
+        first = listener.conn
+        killed = await admin.fetchval(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = $1) t", application_name())
+        assert killed == 1
+        deadline = time.monotonic() + RECOVER_S
+        while time.monotonic() < deadline and (listener.conn is first or not listener.healthy):
+            await asyncio.sleep(0.05)
+        assert listener.conn is not first, "the listener did not notice its connection was gone"
+        assert listener.healthy, f"still unhealthy {RECOVER_S} s after the drop: {listener.status()}"
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await streaming
+        await listener.stop()
+        await admin.close()
