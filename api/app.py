@@ -62,8 +62,8 @@ def http_error(request: Request, exc: Exception) -> Response:
                  headers=dict(exc.headers) if exc.headers else None)
 
 
-def unexpected_error(request: Request, exc: Exception) -> Response:
-    return internal_error(getattr(request.state, "request_id", None), request.method, request.url.path)
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    return internal_error(exc, getattr(request.state, "request_id", None), request.method, request.url.path)
 
 
 @routes.params()

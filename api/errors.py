@@ -49,7 +49,8 @@ def error_response(exc: LedgerError) -> Response:
     return error(status, exc.code, exc.message, headers=headers)
 
 
-def internal_error(request_id: str | None, method: str, path: str) -> Response:
-    """Log the exception being handled and answer 500 without its details."""
-    log.exception("unexpected error", extra={"request_id": request_id, "method": method, "path": path})
+def internal_error(exc: BaseException, request_id: str | None, method: str, path: str) -> Response:
+    """Log `exc` with its traceback and answer 500 without its details. The exception is passed, not taken from
+    the handling context: Starlette runs a sync handler in a worker thread, where there is none."""
+    log.error("unexpected error", exc_info=exc, extra={"request_id": request_id, "method": method, "path": path})
     return error(500, "internal", "an unexpected error occurred; it has been logged")

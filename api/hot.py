@@ -96,8 +96,8 @@ class HotRoutes:
                             media_type=JSON.media_type)
         except LedgerError as e:
             return error_response(e)
-        except Exception:
-            return internal_error(scope.get("state", {}).get("request_id"), "GET", scope["path"])
+        except Exception as e:
+            return internal_error(e, scope.get("state", {}).get("request_id"), "GET", scope["path"])
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
