@@ -91,10 +91,10 @@ class Appender:
         producer = self._producer()
         try:
             async with asyncio.timeout(APPEND_TIMEOUT_S + WAIT_MARGIN_S):
-                partition, offset = await producer.send(self.topic, encode_request(request), request.tenant.encode())
+                acknowledged = await producer.send(self.topic, encode_request(request), request.tenant.encode())
         except (ProduceFailed, TimeoutError) as e:
             raise AppendUnconfirmed(request.id) from e
-        position = Position(partition, offset)
+        (position,) = await self._placed([acknowledged], request.id)
         self.ends.advance(position)
         self._own(request.tenant, position)
         return position
@@ -103,7 +103,7 @@ class Appender:
         """Append `requests` in their order in one round trip (all sent, then all awaited); the positions, or
         `AppendUnconfirmed` naming every id when any one was not acknowledged in time."""
         producer = self._producer()
-        sent: list[asyncio.Future[tuple[int, int]]] = []
+        sent: list[asyncio.Future[tuple[int, int | None]]] = []
         try:
             async with asyncio.timeout(APPEND_TIMEOUT_S + WAIT_MARGIN_S):
                 sent = [producer.send(self.topic, encode_request(r), r.tenant.encode()) for r in requests]
@@ -112,11 +112,24 @@ class Appender:
             for future in sent:  # their reports are still served; nobody reads them
                 future.cancel()
             raise AppendUnconfirmed(",".join(r.id for r in requests)) from e
-        positions = [Position(p, o) for p, o in acknowledged]
+        positions = await self._placed(acknowledged, ",".join(r.id for r in requests))
         for request, position in zip(requests, positions, strict=True):
             self.ends.advance(position)
             self._own(request.tenant, position)
         return positions
+
+    async def _placed(self, acknowledged: list[tuple[int, int | None]], ids: str) -> list[Position]:
+        """The positions of acknowledged records. One acknowledged without an offset (a retry the broker already
+        had) is on the log below the partition's end, read now: that end less one is a position at or past it,
+        so a client that waits for it (or reads with it as `min_position`) sees the request decided."""
+        if all(offset is not None for _, offset in acknowledged):
+            return [Position(p, o) for p, o in acknowledged if o is not None]
+        ends = await self.log_end()
+        if ends is None:
+            raise AppendUnconfirmed(ids)
+        log.warning("Kafka acknowledged %s without an offset (a retried batch it already had); placed at the "
+                    "log's end", ids)
+        return [Position(p, o if o is not None else ends[p] - 1) for p, o in acknowledged]
 
     def _own(self, tenant: str, position: Position) -> None:
         self.own.setdefault(position.partition, collections.deque(maxlen=OWN_PENDING_MAX)).append(position.offset)

@@ -215,6 +215,10 @@ class LedgerProducer:
             self._sending[request.tenant] -= 1
             if not self._sending[request.tenant]:
                 del self._sending[request.tenant]
+        if offset is None:  # acknowledged, but not where (a retry Kafka already had): outcomes are matched by
+            # their record's position, so this one is unconfirmed; submitting the same id again is safe
+            raise AppendUnconfirmed(request.tenant, request.id,
+                                    ProduceFailed("acknowledged without an offset (a retry Kafka already had)"))
         position = Position(partition, offset)
         ids = [i.id for i in request.items] if isinstance(request, BatchRequest) else [request.id]
         for id in ids:

@@ -57,19 +57,20 @@ class LogProducer:
     def __init__(self, config: dict[str, Any]) -> None:
         self._loop = asyncio.get_running_loop()
         self._producer = confluent_kafka.Producer({**config, "error_cb": self._on_error})
-        self._reports: collections.deque[tuple[asyncio.Future[tuple[int, int]], Any, Any]] = collections.deque()
+        self._reports: collections.deque[tuple[asyncio.Future[tuple[int, int | None]], Any, Any]] = collections.deque()
         self._stopping = threading.Event()
         self.fatal: str | None = None  # set once librdkafka says the producer is unusable
         self._thread = threading.Thread(target=self._serve, name="kafka-producer-poll", daemon=True)
         self._thread.start()
 
     def send(self, topic: str, value: bytes, key: bytes | None = None,
-             partition: int | None = None) -> asyncio.Future[tuple[int, int]]:
-        """Hand `value` to librdkafka; the future resolves to (partition, offset) once the broker has it, or
+             partition: int | None = None) -> asyncio.Future[tuple[int, int | None]]:
+        """Hand `value` to librdkafka; the future resolves to (partition, offset) once the broker has it (offset
+        None when the broker acknowledged a retry of a record it already had, without saying where), or
         raises `ProduceFailed`. Raises `ProduceFailed` at once when librdkafka's queue is full."""
         if self.fatal is not None:
             raise ProduceFailed(f"the producer failed for good: {self.fatal}", fatal=True)
-        future: asyncio.Future[tuple[int, int]] = self._loop.create_future()
+        future: asyncio.Future[tuple[int, int | None]] = self._loop.create_future()
 
         def delivered(error: Any, message: Any) -> None:  # in the poll thread
             self._reports.append((future, error, message))
@@ -102,7 +103,10 @@ class LogProducer:
             if error is not None:
                 future.set_exception(_failure(error))
             else:
-                future.set_result((message.partition(), message.offset()))
+                offset = message.offset()
+                # Acknowledged without an offset: librdkafka's answer to a retried batch the broker already has
+                # (DUPLICATE_SEQUENCE_NUMBER after a leader change). The record is on the log; where is unknown.
+                future.set_result((message.partition(), offset if offset is not None and offset >= 0 else None))
 
     def _on_error(self, error: Any) -> None:  # in the poll thread
         if error.fatal():
