@@ -35,6 +35,9 @@ HEARTBEAT_TIMEOUT_S = 1.5
 # A ping is answered in milliseconds; two seconds of silence is a connection in trouble.
 HEARTBEAT_STALE_S = 2.0
 CONNECT_TIMEOUT_S = 5.0
+# The whole of a (re)connection: connect, LISTEN, read the offsets and reload the keys. Every step talks to a
+# server that may stop answering mid-failover; one unbounded step left an API unready for good (make soak-cluster).
+RECONNECT_TIMEOUT_S = 15.0
 LISTENER_APPLICATION = "ledger-api-listener"
 
 
@@ -220,6 +223,10 @@ class Listener:
         return None
 
     async def _connect(self) -> None:
+        async with asyncio.timeout(RECONNECT_TIMEOUT_S):
+            await self._connect_unbounded()
+
+    async def _connect_unbounded(self) -> None:
         conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT_S,
                                      server_settings={"application_name": application_name()})
         try:
@@ -262,6 +269,7 @@ class Listener:
 
     async def _reconnect(self) -> None:
         self.conn = None
+        self.problem = "the listening connection was lost; reconnecting"
         try:
             await self._connect()
             # Healthy again once a ping has gone through the new connection too.
@@ -289,9 +297,20 @@ class Listener:
             self.progress.advance(notified.offsets)
 
     def _on_key(self, conn: object, pid: int, channel: str, payload: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.on_keys(payload))
+        task = asyncio.get_running_loop().create_task(self._key_changed(payload))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    async def _key_changed(self, payload: str) -> None:
+        try:
+            async with asyncio.timeout(RECONNECT_TIMEOUT_S):
+                await self.on_keys(payload)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, LedgerError) as e:
+            # Not lost: the listener's next reconnection reloads every key and tenant.
+            log.warning("key change %.100r not applied (%s); dropping the connection to reload all", payload,
+                        type(e).__name__)
+            if self.conn is not None:
+                self.conn.terminate()
 
 
 def application_name() -> str:

@@ -72,7 +72,8 @@ class Store:
             try:
                 yield conn
             finally:
-                await self.pool.release(conn)
+                # Bounded: a connection whose server stopped answering must not hold its caller for ever.
+                await self.pool.release(conn, timeout=QUERY_TIMEOUT_S)
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         """Every read: retried on the database's absence for up to `failover_wait_s` (a read may wait for a

@@ -55,3 +55,30 @@ async def test_a_reconnected_listener_is_healthy_again_while_notifications_strea
             await streaming
         await listener.stop()
         await admin.close()
+
+
+async def test_a_key_change_that_hangs_is_given_up_and_the_connection_dropped(monkeypatch: object) -> None:
+    import api.progress as progress_module
+
+    monkeypatch.setattr(progress_module, "RECONNECT_TIMEOUT_S", 0.2)  # type: ignore[attr-defined]
+    hung = asyncio.Event()
+
+    async def hangs(payload: str | None) -> None:
+        if payload is not None:  # the reload at (re)connection answers; a single change never does
+            hung.set()
+            await asyncio.Event().wait()
+
+    listener = Listener(os.environ["LEDGER_DATABASE_URL"], Progress(), hangs)
+    await listener.start()
+    try:
+        first = listener.conn
+        assert first is not None
+        await asyncio.wait_for(listener._key_changed("key:nothing"), 5)
+        assert hung.is_set()
+        assert first.is_closed(), "a key change not applied must force a reload through a new connection"
+        deadline = time.monotonic() + RECOVER_S
+        while time.monotonic() < deadline and (listener.conn is first or not listener.healthy):
+            await asyncio.sleep(0.05)
+        assert listener.healthy, listener.status()
+    finally:
+        await listener.stop()
