@@ -11,6 +11,7 @@ from ledger.validation import (
     ADDRESS_RE,
     ASSET_RE,
     BATCH_ITEMS_MAX,
+    CONDITIONS_MAX,
     HOLD_EXPIRES_IN_S_MAX,
     ID_RE,
     LIMITS_MAX,
@@ -80,13 +81,44 @@ SCHEMAS: dict[str, Any] = {
             "asset": {"type": "string", "pattern": f"^(?:{ASSET_RE.pattern})$"},
         },
     },
+    "PostingAtMost": {
+        "type": "object", "additionalProperties": False,
+        "description": "Moves min(amount_max, what the source has available), 0 if nothing is; the committed "
+                       "transaction shows the amount moved. The source must be a customer account.",
+        "required": ["source", "destination", "amount_max", "asset"],
+        "properties": {
+            "source": {"type": "string", "pattern": f"^(?:{ADDRESS_RE.pattern})$"},
+            "destination": {"type": "string", "pattern": f"^(?:{ADDRESS_RE.pattern})$"},
+            "amount_max": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807},
+            "asset": {"type": "string", "pattern": f"^(?:{ASSET_RE.pattern})$"},
+        },
+    },
+    "IfVersion": {
+        "type": "object", "minProperties": 1, "maxProperties": CONDITIONS_MAX,
+        "description": "Rejected (version_conflict) unless each named account's version is exactly this",
+        "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 9223372036854775807},
+    },
+    "Assertions": {
+        "type": "array", "minItems": 1, "maxItems": CONDITIONS_MAX,
+        "description": "Rejected (assertion_failed) unless each account's posted balance after the request lies "
+                       "within [min, max]; at most 128 conditions with if_version",
+        "items": {"type": "object", "additionalProperties": False, "required": ["account", "asset"],
+                  "properties": {
+                      "account": {"type": "string", "pattern": f"^(?:{ADDRESS_RE.pattern})$"},
+                      "asset": {"type": "string", "pattern": f"^(?:{ASSET_RE.pattern})$"},
+                      "min": {"type": "integer", "minimum": -9223372036854775808, "maximum": 9223372036854775807},
+                      "max": {"type": "integer", "minimum": -9223372036854775808, "maximum": 9223372036854775807},
+                  }},
+    },
     "TransactionRequest": {
         "type": "object", "additionalProperties": False, "required": ["postings"],
         "properties": {
-            "postings": {"type": "array", "minItems": 1, "maxItems": 128,
-                         "items": {"$ref": "#/components/schemas/Posting"}},
+            "postings": {"type": "array", "minItems": 1, "maxItems": 128, "items": {"oneOf": [
+                {"$ref": "#/components/schemas/Posting"}, {"$ref": "#/components/schemas/PostingAtMost"}]}},
             "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
             "reference": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+            "if_version": {"$ref": "#/components/schemas/IfVersion"},
+            "assert": {"$ref": "#/components/schemas/Assertions"},
         },
     },
     "Transaction": {
@@ -120,9 +152,11 @@ SCHEMAS: dict[str, Any] = {
     "HoldRequest": {
         "type": "object", "additionalProperties": False, "required": ["postings"],
         "properties": {
-            "postings": {"type": "array", "minItems": 1, "maxItems": 128,
-                         "items": {"$ref": "#/components/schemas/Posting"}},
+            "postings": {"type": "array", "minItems": 1, "maxItems": 128, "items": {"oneOf": [
+                {"$ref": "#/components/schemas/Posting"}, {"$ref": "#/components/schemas/PostingAtMost"}]}},
             "expires_in_s": {"type": "integer", "minimum": 1, "maximum": HOLD_EXPIRES_IN_S_MAX},
+            "if_version": {"$ref": "#/components/schemas/IfVersion"},
+            "assert": {"$ref": "#/components/schemas/Assertions"},
             "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
             "reference": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
         },
@@ -167,9 +201,12 @@ SCHEMAS: dict[str, Any] = {
             "transactions": {"type": "array", "minItems": 1, "maxItems": BATCH_ITEMS_MAX, "items": {
                 "type": "object", "additionalProperties": False, "required": ["postings"],
                 "properties": {
-                    "postings": {"type": "array", "minItems": 1, "maxItems": 128,
-                                 "items": {"$ref": "#/components/schemas/Posting"}},
+                    "postings": {"type": "array", "minItems": 1, "maxItems": 128, "items": {"oneOf": [
+                        {"$ref": "#/components/schemas/Posting"},
+                        {"$ref": "#/components/schemas/PostingAtMost"}]}},
                     "idempotency_key": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+                    "if_version": {"$ref": "#/components/schemas/IfVersion"},
+                    "assert": {"$ref": "#/components/schemas/Assertions"},
                     "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
                     "reference": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
                 }}},
@@ -197,6 +234,8 @@ SCHEMAS: dict[str, Any] = {
             "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
             "overdraft_limit": {"type": "object", "additionalProperties": {"type": "integer"}},
             "frozen": {"type": "boolean"},
+            "version": {"type": "integer", "minimum": 0,
+                        "description": "How many committed records changed the account (if_version compares it)"},
             "position": {"type": ["string", "null"]},
             "at": {"type": "string", "format": "date-time"},
         },

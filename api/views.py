@@ -78,7 +78,9 @@ def account(address: str, rows: list[asyncpg.Record], positions: PositionKey, te
             "position": positions.token(tenant, latest) if latest else None,
             "metadata": policy["metadata"] if policy is not None and policy["metadata"] is not None else {},
             "overdraft_limit": {r["asset"]: r["overdraft_limit"] for r in rows if r["overdraft_limit"]},
-            "frozen": bool(policy is not None and policy["frozen"])}
+            "frozen": bool(policy is not None and policy["frozen"]),
+            # How many committed records changed the account (contract v3; `if_version` compares with it).
+            "version": policy["version"] if policy is not None and policy["version"] is not None else 0}
 
 
 def hold(row: asyncpg.Record, positions: PositionKey, tenant: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from ledger.validation import (
     check_id,
     check_tenant,
     check_tenant_name,
+    parse_conditions,
     parse_expires_in_s,
     parse_frozen,
     parse_idempotency_key,
@@ -39,15 +40,15 @@ from ledger.validation import (
     parse_limits,
     parse_metadata,
     parse_partial_amount,
-    parse_postings,
+    parse_postings_with_max,
     parse_reference,
 )
 
 COMMON = frozenset({"v", "kind", "id", "tenant", "idempotency_key", "metadata", "reference"})
 # Per kind: the fields it may carry, and those it must.
 FIELDS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
-    TRANSFER: (COMMON | {"postings"}, ("v", "id", "tenant", "postings")),
-    HOLD: (COMMON | {"postings", "expires_in_s"}, ("v", "id", "tenant", "postings")),
+    TRANSFER: (COMMON | {"postings", "if_version", "assert"}, ("v", "id", "tenant", "postings")),
+    HOLD: (COMMON | {"postings", "expires_in_s", "if_version", "assert"}, ("v", "id", "tenant", "postings")),
     CAPTURE: (COMMON | {"hold", "amount"}, ("v", "id", "tenant", "hold")),
     VOID: (COMMON | {"hold"}, ("v", "id", "tenant", "hold")),
     REVERSE: (COMMON | {"transaction", "amount"}, ("v", "id", "tenant", "transaction")),
@@ -97,8 +98,8 @@ def decode_json(raw: bytes | str, field: str = "body") -> Any:
 
 
 def _item(request: TransactionRequest) -> dict[str, object]:
-    return {"id": request.id, "postings": [p.as_json() for p in request.postings],
-            "idempotency_key": request.idempotency_key, "metadata": request.metadata, "reference": request.reference}
+    return {"id": request.id, "postings": request.postings_json(), "idempotency_key": request.idempotency_key,
+            "metadata": request.metadata, "reference": request.reference, **request.conditions_json()}
 
 
 def encode_request(request: Request) -> bytes:
@@ -121,7 +122,8 @@ def encode_request(request: Request) -> bytes:
     if request.kind != TRANSFER:
         body["kind"] = request.kind
     if request.kind in (TRANSFER, HOLD):
-        body["postings"] = [p.as_json() for p in request.postings]
+        body["postings"] = request.postings_json()
+        body |= request.conditions_json()  # only when given: a request without conditions encodes as before
     else:
         body[TARGET_FIELD[request.kind]] = request.target
     if request.amount is not None:
@@ -173,10 +175,15 @@ def decode_request(key: bytes | None, value: bytes | None) -> Request:
                             items=parse_items(obj["transactions"], tenant, batch_key=batch_key),
                             idempotency_key=batch_key, atomic=atomic)
     target = obj.get(TARGET_FIELD.get(kind, ""))
+    postings, maxed = parse_postings_with_max(obj["postings"]) if kind in (TRANSFER, HOLD) else ((), frozenset[int]())
+    if_version, asserts = parse_conditions(obj)
     return TransactionRequest(
         id=check_id(obj["id"]),
         tenant=tenant,
-        postings=parse_postings(obj["postings"]) if kind in (TRANSFER, HOLD) else (),
+        postings=postings,
+        if_version=if_version,
+        asserts=asserts,
+        amount_max=maxed,
         idempotency_key=parse_idempotency_key(obj.get("idempotency_key")),
         metadata=parse_metadata(obj.get("metadata")),
         reference=parse_reference(obj.get("reference")),

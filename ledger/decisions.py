@@ -46,6 +46,8 @@ NOT_REVERSIBLE = "not_reversible"
 AMOUNT_EXCEEDS_REMAINING = "amount_exceeds_remaining"
 ACCOUNT_FROZEN = "account_frozen"
 OVERDRAFT_IN_USE = "overdraft_in_use"
+VERSION_CONFLICT = "version_conflict"
+ASSERTION_FAILED = "assertion_failed"
 # `amount` names the one posting a partial capture or reversal moves: with several, the request is at fault
 # (the API answers 422, not 409, for it).
 AMOUNT_NEEDS_ONE_POSTING = "amount_needs_one_posting"
@@ -173,6 +175,8 @@ class LedgerState(Protocol):
 
     def restricted(self) -> bool: ...
 
+    def version(self, tenant: str, account: str) -> int: ...
+
 
 def _replay(prior: Decided, request: TransactionRequest, id_taken: bool) -> Outcome:
     if prior.fingerprint == request.fingerprint():
@@ -188,6 +192,8 @@ def _legs(state: LedgerState, tenant: str, postings: tuple[Posting, ...]) -> tup
     running: dict[BalanceKey, int] = {}
     entries: list[Entry] = []
     for index, posting in enumerate(postings):
+        if not posting.amount:  # an `amount_max` posting that found nothing available moves nothing
+            continue
         for side, account, amount in ((0, posting.source, -posting.amount), (1, posting.destination, posting.amount)):
             key = (tenant, account, posting.asset)
             after = (running[key] if key in running else state.balance(key)) + amount
@@ -251,15 +257,66 @@ def _reserved(state: LedgerState, tenant: str, postings: tuple[Posting, ...], si
     return held
 
 
-def _hold(state: LedgerState, request: TransactionRequest) -> Outcome:
-    if _frozen(state, request.tenant, request.postings):
+def _hold(state: LedgerState, request: TransactionRequest, postings: tuple[Posting, ...]) -> Outcome:
+    if _frozen(state, request.tenant, postings):
         return Outcome("rejected", ACCOUNT_FROZEN)
-    held = _reserved(state, request.tenant, request.postings, 1)
+    held = _reserved(state, request.tenant, postings, 1)
     if _unbounded(state, {}, held):
         return Outcome("rejected", OVERFLOW)
     if _short(state, {}, held):
         return Outcome("rejected", INSUFFICIENT_FUNDS)
-    return Outcome("committed", held=tuple(held.items()))
+    return Outcome("committed", held=tuple(held.items()), moved=postings)
+
+
+def _at_most(state: LedgerState, request: TransactionRequest) -> tuple[Posting, ...]:
+    """The postings with each `amount_max` resolved, in order: min(n, what its source has available then:
+    posted less held, after the postings before it), never below 0."""
+    if not request.amount_max:
+        return request.postings
+    moved: dict[BalanceKey, int] = {}  # what the postings before this one took from (or brought to) a balance
+    out = []
+    for index, p in enumerate(request.postings):
+        source = (request.tenant, p.source, p.asset)
+        if index in request.amount_max:
+            available = state.balance(source) - state.held_of(source) + moved.get(source, 0)
+            p = p._replace(amount=max(0, min(p.amount, available)))
+        out.append(p)
+        moved[source] = moved.get(source, 0) - p.amount
+        if request.kind == TRANSFER:  # a hold reserves on its source; nothing reaches the destination yet
+            destination = (request.tenant, p.destination, p.asset)
+            moved[destination] = moved.get(destination, 0) + p.amount
+    return tuple(out)
+
+
+def _version_conflict(state: LedgerState, request: TransactionRequest) -> bool:
+    return any(state.version(request.tenant, account) != version for account, version in request.if_version)
+
+
+def _asserted(state: LedgerState, request: TransactionRequest, outcome: Outcome) -> Outcome:
+    """`outcome`, or `assertion_failed` when a posted balance after it lies outside an `assert`'s bounds."""
+    if outcome.status != "committed" or not request.asserts:
+        return outcome
+    after = {(request.tenant, e.account, e.asset): e.balance_after for e in outcome.entries}
+    for a in request.asserts:
+        key = (request.tenant, a.account, a.asset)
+        balance = after[key] if key in after else state.balance(key)
+        if (a.min is not None and balance < a.min) or (a.max is not None and balance > a.max):
+            return Outcome("rejected", ASSERTION_FAILED)
+    return outcome
+
+
+def changed_accounts(state: LedgerState, request: TransactionRequest, outcome: Outcome) -> set[str]:
+    """The accounts whose `version` a decided request moves on (contract v3): those its postings, or its
+    hold's, name, when it committed; a policy's account."""
+    if outcome.status != "committed":
+        return set()
+    if request.kind == POLICY:
+        return {request.target or ""}
+    postings = outcome.moved
+    if request.kind in (CAPTURE, VOID):
+        hold = state.hold(request.tenant, outcome.target or "")
+        postings = hold.postings if hold is not None else postings
+    return {account for p in postings for account in (p.source, p.destination)}
 
 
 def resolved(state: LedgerState, tenant: str, target: str) -> str:
@@ -349,8 +406,15 @@ def decide(state: LedgerState, request: TransactionRequest, now_ms: int = 0) -> 
             return _replay(prior, request, id_taken=False)
     if not state.tenant_exists(request.tenant):
         return Outcome("rejected", UNKNOWN_TENANT)
+    if request.kind in (TRANSFER, HOLD) and request.conditional:
+        if _version_conflict(state, request):
+            return Outcome("rejected", VERSION_CONFLICT)
+        postings = _at_most(state, request)
+        moved = _hold(state, request, postings) if request.kind == HOLD else _move(state, request.tenant, postings,
+                                                                                    {}, True)
+        return _asserted(state, request, moved)
     if request.kind == HOLD:
-        return _hold(state, request)
+        return _hold(state, request, request.postings)
     if request.kind == CAPTURE:
         return _capture(state, request, now_ms)
     if request.kind == VOID:
@@ -395,6 +459,8 @@ class Ledger:
     turnover: dict[BalanceKey, tuple[int, int]] = field(default_factory=dict)
     # Batches that bound an idempotency key: (tenant, batch id) -> their items' ids, in order.
     batches: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    # Per account: how many committed records changed it (contract v3's `version`); absent: 0, or not loaded.
+    versions: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def balance(self, key: BalanceKey) -> int:
         return self.balances.get(key, 0)
@@ -426,6 +492,15 @@ class Ledger:
         """Whether any policy known limits or freezes an account (else `policy` is NO_POLICY for all)."""
         return self.restricting > 0
 
+    def version(self, tenant: str, account: str) -> int:
+        return self.versions.get((tenant, account), 0)
+
+    def bump(self, tenant: str, accounts: Iterable[str]) -> None:
+        """One more change of each of `accounts` (each once per record)."""
+        for account in accounts:
+            key = (tenant, account)
+            self.versions[key] = self.versions.get(key, 0) + 1
+
     def learn_policy(self, key: tuple[str, str], policy: Policy) -> None:
         """Know an account's policy (set by a request, or loaded from PostgreSQL)."""
         old = self.policies.get(key)
@@ -444,6 +519,7 @@ class Ledger:
             self.held[key] = held
         self.originals[(request.tenant, request.id)] = Original(request.kind, outcome.status, outcome.moved)
         if outcome.status == "committed":
+            self.bump(request.tenant, changed_accounts(self, request, outcome))
             self._effect(request, outcome, position, now_ms)
         if request.idempotency_key is None or outcome.reason in KEY_UNBOUND:
             return False
@@ -454,7 +530,9 @@ class Ledger:
     def _effect(self, request: TransactionRequest, outcome: Outcome, position: Position, now_ms: int) -> None:
         if request.kind == HOLD:
             assert request.expires_in_s is not None
-            hold = Hold(request.tenant, request.id, request.postings, now_ms + request.expires_in_s * 1000, position)
+            # What it reserves: its postings, with any `amount_max` resolved.
+            hold = Hold(request.tenant, request.id, outcome.moved or request.postings,
+                        now_ms + request.expires_in_s * 1000, position)
             self.track(hold)
         elif request.kind in (CAPTURE, VOID):
             hold = self.holds[(request.tenant, outcome.target or "")]
@@ -485,6 +563,7 @@ class Ledger:
             if hold is None or hold.state != HELD:
                 continue
             hold.state, hold.closed_at_ms = EXPIRED, hold.expires_at_ms
+            self.bump(tenant, {a for p in hold.postings for a in (p.source, p.destination)})
             for p in hold.postings:
                 key = (tenant, p.source, p.asset)
                 self.held[key] = self.held_of(key) - p.amount
@@ -571,6 +650,7 @@ def touched(requests: Iterable[TransactionRequest], state: LedgerState) -> set[B
             limited = {asset for asset, _ in r.limits} | state.policy(r.tenant, r.target or "").limits.keys()
             keys.update((r.tenant, r.target or "", asset) for asset in limited)
         keys.update((r.tenant, account, p.asset) for p in postings for account in (p.source, p.destination))
+        keys.update((r.tenant, a.account, a.asset) for a in r.asserts)  # read, even where nothing moves
     return keys
 
 
@@ -584,9 +664,14 @@ class Scratch:
         self.balances: dict[BalanceKey, int] = {}
         self.by_id: dict[tuple[str, str], Decided] = {}
         self.by_key: dict[tuple[str, str], Decided] = {}
+        self.versions: dict[tuple[str, str], int] = {}
 
     def balance(self, key: BalanceKey) -> int:
         return self.balances[key] if key in self.balances else self.base.balance(key)
+
+    def version(self, tenant: str, account: str) -> int:
+        key = (tenant, account)
+        return self.versions[key] if key in self.versions else self.base.version(tenant, account)
 
     def held_of(self, key: BalanceKey) -> int:
         return self.base.held_of(key)
@@ -617,6 +702,8 @@ class Scratch:
         self.by_id[(request.tenant, request.id)] = decided
         for entry in outcome.entries:
             self.balances[(request.tenant, entry.account, entry.asset)] = entry.balance_after
+        for account in changed_accounts(self, request, outcome):
+            self.versions[(request.tenant, account)] = self.version(request.tenant, account) + 1
         if request.idempotency_key is not None and outcome.reason not in KEY_UNBOUND:
             self.by_key[(request.tenant, request.idempotency_key)] = decided
 

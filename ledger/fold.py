@@ -26,6 +26,7 @@ from ledger.decisions import (
     Hold,
     Ledger,
     Outcome,
+    changed_accounts,
     decide,
     decide_tenant,
     first_failure,
@@ -115,6 +116,8 @@ class BatchRows:
     # entries so far).
     balances: dict[BalanceKey, tuple[int, int, int, Position, int, int]] = field(default_factory=dict)
     accounts: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)  # policies set
+    # Per account whose version moved: (its version, the position of the last record that moved it, its time).
+    versions: dict[tuple[str, str], tuple[int, Position, datetime]] = field(default_factory=dict)
     # (partition, key, value): outcomes go to the partition of ledger.outcomes that matches the request's.
     outcomes: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)
@@ -207,18 +210,27 @@ def _expire(ledger: Ledger, rows: BatchRows, record: Record) -> None:
     for hold in ledger.expire(record.partition, record.timestamp_ms):
         at = EPOCH + timedelta(milliseconds=hold.expires_at_ms)
         _close_hold(rows, hold, at)
+        _versions(ledger, rows, hold.tenant, {a for p in hold.postings for a in (p.source, p.destination)},
+                  record.position, at)
         for p in hold.postings:
             _balance(ledger, rows, (hold.tenant, p.source, p.asset), record.position)
         # Answers no record of its own: it names the hold's, so no other record's outcome is mistaken for it.
         _publish(rows, record, hold.tenant, hold.id, EXPIRED, None, hold.position, record_position=hold.position)
 
 
+def _versions(ledger: Ledger, rows: BatchRows, tenant: str, accounts: set[str], position: Position,
+              at: datetime) -> None:
+    for account in accounts:
+        rows.versions[(tenant, account)] = (ledger.version(tenant, account), position, at)
+
+
 def _effects(ledger: Ledger, rows: BatchRows, request: TransactionRequest, outcome: Outcome, position: Position,
              at: datetime, limited: set[BalanceKey]) -> None:
     """The rows a committed hold, capture, void or reversal changes besides its own."""
     if request.kind == HOLD:
+        reserved = ledger.holds[(request.tenant, request.id)].postings  # `amount_max` resolved
         rows.holds[(request.tenant, request.id)] = [
-            request.tenant, request.id, HELD, orjson.dumps([p.as_json() for p in request.postings]).decode(),
+            request.tenant, request.id, HELD, orjson.dumps([p.as_json() for p in reserved]).decode(),
             EPOCH + timedelta(milliseconds=ledger.holds[(request.tenant, request.id)].expires_at_ms),
             position.partition, position.offset, at, None, None]
     elif request.kind in (CAPTURE, VOID):
@@ -254,12 +266,16 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
         return
     # A policy's balance rows are those of its new limits and of the ones it replaces: known before it applies.
     limited = touched([request], ledger) if request.kind == POLICY else set()
+    versioned = changed_accounts(ledger, request, outcome)  # before it applies: a capture's hold is still open
     binds_key = ledger.apply(request, outcome, position, record.timestamp_ms)
     committed = outcome.status == "committed"
-    # What a capture or reversal moved is derived from its target; a hold shows what it reserves.
-    shown = outcome.moved if request.kind in (CAPTURE, REVERSE) else request.postings
+    # What a capture or reversal moved is derived from its target; a hold shows what it reserves; a committed
+    # `amount_max` what it moved (rejected, its postings as given).
+    if request.kind in (CAPTURE, REVERSE) or (committed and request.amount_max):
+        postings = [p.as_json() for p in outcome.moved]
+    else:
+        postings = request.postings_json()
     rows.transaction_at[(request.tenant, request.id)] = len(rows.transactions)
-    postings = [p.as_json() for p in shown]
     index, hashed, previous = None, None, None
     if committed and request.kind in CHAINED_KINDS:
         index, hashed, previous = ledger.extend_chain(request.tenant, canonical(
@@ -273,6 +289,7 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
     ))
     if committed:
         _effects(ledger, rows, request, outcome, position, at, limited)
+        _versions(ledger, rows, request.tenant, versioned, position, at)
     if binds_key:
         rows.idempotency_keys.append((request.tenant, request.idempotency_key, request.id))
     changed: dict[BalanceKey, None] = {}  # each balance row once, however many legs moved it

@@ -38,6 +38,24 @@ class Posting(NamedTuple):
         return {"source": self.source, "destination": self.destination, "amount": self.amount, "asset": self.asset}
 
 
+class Assertion(NamedTuple):
+    """A condition on a write (contract v3): after it, `account`'s posted balance in `asset` lies within
+    [`min`, `max`] (inclusive; either bound may be absent)."""
+
+    account: str
+    asset: str
+    min: int | None
+    max: int | None
+
+    def as_json(self) -> dict[str, object]:
+        body: dict[str, object] = {"account": self.account, "asset": self.asset}
+        if self.min is not None:
+            body["min"] = self.min
+        if self.max is not None:
+            body["max"] = self.max
+        return body
+
+
 @dataclass(frozen=True, slots=True)
 class TransactionRequest:
     """One request on `ledger.transactions` that a tenant's ids and idempotency keys cover, already
@@ -59,6 +77,12 @@ class TransactionRequest:
     # limits, sorted by asset, and whether the account is frozen.
     limits: tuple[tuple[str, int], ...] = ()
     frozen: bool = False
+    # Conditions (contract v3, transfers and holds): the exact version each named account must have, sorted by
+    # address; bounds on balances after it; and the postings (by index) whose `amount` is a maximum
+    # (`amount_max`: it moves at most what the source has available).
+    if_version: tuple[tuple[str, int], ...] = ()
+    asserts: tuple[Assertion, ...] = ()
+    amount_max: frozenset[int] = frozenset()
     _fingerprint: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def fingerprint(self) -> bytes:
@@ -80,7 +104,34 @@ class TransactionRequest:
                      "expires_in_s": self.expires_in_s}
         if self.kind == POLICY:
             body |= {"limits": list(self.limits), "frozen": self.frozen}
+        # Only when given, so the digest of a request without conditions is what it was before they existed.
+        if self.if_version:
+            body["if_version"] = [list(v) for v in self.if_version]
+        if self.asserts:
+            body["assert"] = [a.as_json() for a in self.asserts]
+        if self.amount_max:
+            body["amount_max"] = sorted(self.amount_max)
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.if_version or self.asserts or self.amount_max)
+
+    def postings_json(self) -> list[dict[str, object]]:
+        """The postings as the request gives them: `amount_max` for those that move at most that much."""
+        out = [p.as_json() for p in self.postings]
+        for index in self.amount_max:
+            out[index]["amount_max"] = out[index].pop("amount")
+        return out
+
+    def conditions_json(self) -> dict[str, object]:
+        """The request's conditions as its body gives them (none: empty)."""
+        body: dict[str, object] = {}
+        if self.if_version:
+            body["if_version"] = dict(self.if_version)
+        if self.asserts:
+            body["assert"] = [a.as_json() for a in self.asserts]
+        return body
 
 
 @dataclass(frozen=True, slots=True)

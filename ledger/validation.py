@@ -18,6 +18,7 @@ from ledger.requests import (
     REVERSE,
     TRANSFER,
     VOID,
+    Assertion,
     Posting,
     TransactionRequest,
 )
@@ -33,6 +34,8 @@ TENANT_NAME_LEN_MAX = 200
 HOLD_EXPIRES_IN_S_MAX = 2_592_000
 LIMITS_MAX = 64  # assets with an overdraft limit, per account
 BATCH_ITEMS_MAX = 1000
+CONDITIONS_MAX = 128  # `if_version` accounts and `assert` bounds, together, per request
+VERSION_MAX = 2**63 - 1
 
 TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}", re.ASCII)
 # An address or id made only of dots ("." and ".." above all) is refused: HTTP clients normalise such path
@@ -46,7 +49,10 @@ ID_RE = re.compile(r"(?!\.+$)[A-Za-z0-9_.:-]{1,64}", re.ASCII)
 UNSTORABLE_RE = re.compile(r"[\x00\ud800-\udfff]")
 
 POSTING_FIELDS = frozenset({"source", "destination", "amount", "asset"})
+MAX_POSTING_FIELDS = frozenset({"source", "destination", "amount_max", "asset"})
 BODY_FIELDS = frozenset({"postings", "metadata", "reference"})
+CONDITION_FIELDS = frozenset({"if_version", "assert"})
+ASSERT_FIELDS = frozenset({"account", "asset", "min", "max"})
 
 
 def _matching(value: object, pattern: re.Pattern[str], field: str, what: str) -> str:
@@ -96,28 +102,92 @@ def _object(value: object, field: str, allowed: frozenset[str]) -> dict[str, obj
     return value
 
 
-def parse_posting(value: object, field: str) -> Posting:
-    obj = _object(value, field, POSTING_FIELDS)
-    missing = sorted(POSTING_FIELDS - set(obj))
+def parse_posting(value: object, field: str, maximum: bool = False) -> Posting:
+    """A posting; with `maximum`, one that gives `amount_max` (at most that much) instead of `amount`."""
+    fields = MAX_POSTING_FIELDS if maximum else POSTING_FIELDS
+    obj = _object(value, field, fields)
+    missing = sorted(fields - set(obj))
     if missing:
         raise InvalidRequest(f"missing field {missing[0]!r}", field)
+    amount_field = "amount_max" if maximum else "amount"
     posting = Posting(
         source=check_address(obj["source"], f"{field}.source"),
         destination=check_address(obj["destination"], f"{field}.destination"),
-        amount=check_amount(obj["amount"], f"{field}.amount"),
+        amount=check_amount(obj[amount_field], f"{field}.{amount_field}"),
         asset=check_asset(obj["asset"], f"{field}.asset"),
     )
     if posting.source == posting.destination:
         raise InvalidRequest("source and destination must differ", field)
+    if maximum and is_system(posting.source):
+        # "What is available" of a system account is unbounded: amount_max would mean nothing there.
+        raise InvalidRequest("amount_max needs a customer account as source, not a system account", field)
     return posting
 
 
-def parse_postings(value: object) -> tuple[Posting, ...]:
+def parse_postings(value: object, maxima: bool = False) -> tuple[Posting, ...]:
+    return parse_postings_with_max(value, maxima)[0]
+
+
+def parse_postings_with_max(value: object, maxima: bool = True) -> tuple[tuple[Posting, ...], frozenset[int]]:
+    """Postings, and (when `maxima` allows them) the indexes of those that give `amount_max`."""
     if not isinstance(value, list):
         raise InvalidRequest("must be a list", "postings")
     if not 1 <= len(value) <= POSTINGS_MAX:
         raise InvalidRequest(f"must hold 1 to {POSTINGS_MAX} postings", "postings")
-    return tuple(parse_posting(p, f"postings[{i}]") for i, p in enumerate(value))
+    maxed = frozenset(i for i, p in enumerate(value) if maxima and isinstance(p, dict) and "amount_max" in p)
+    postings = tuple(parse_posting(p, f"postings[{i}]", i in maxed) for i, p in enumerate(value))
+    return postings, maxed
+
+
+def _bound(value: object, field: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not BALANCE_MIN <= value <= BALANCE_MAX:
+        raise InvalidRequest(f"must be an integer from {BALANCE_MIN} to {BALANCE_MAX}", field)
+    return value
+
+
+def parse_if_version(value: object) -> tuple[tuple[str, int], ...]:
+    """`{"<address>": version}`: the exact version each account must have when the request is decided."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not 1 <= len(value) <= CONDITIONS_MAX:
+        raise InvalidRequest(f"must be an object of 1 to {CONDITIONS_MAX} accounts", "if_version")
+    pairs = []
+    for address, version in value.items():
+        check_address(address, "if_version")
+        if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= VERSION_MAX:
+            raise InvalidRequest(f"version of {address} must be an integer from 0 to {VERSION_MAX}", "if_version")
+        pairs.append((address, version))
+    return tuple(sorted(pairs))
+
+
+def parse_asserts(value: object) -> tuple[Assertion, ...]:
+    """`[{"account", "asset", "min"?, "max"?}]`: bounds on posted balances after the request."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not 1 <= len(value) <= CONDITIONS_MAX:
+        raise InvalidRequest(f"must be a list of 1 to {CONDITIONS_MAX} assertions", "assert")
+    asserts = []
+    for index, item in enumerate(value):
+        field = f"assert[{index}]"
+        obj = _object(item, field, ASSERT_FIELDS)
+        if "account" not in obj or "asset" not in obj:
+            raise InvalidRequest("must name an account and an asset", field)
+        low, high = _bound(obj.get("min"), f"{field}.min"), _bound(obj.get("max"), f"{field}.max")
+        if low is not None and high is not None and low > high:
+            raise InvalidRequest("min must not exceed max", field)
+        asserts.append(Assertion(check_address(obj["account"], f"{field}.account"),
+                                 check_asset(obj["asset"], f"{field}.asset"), low, high))
+    return tuple(asserts)
+
+
+def parse_conditions(obj: dict[str, object]) -> tuple[tuple[tuple[str, int], ...], tuple[Assertion, ...]]:
+    """A body's `if_version` and `assert`, bounded together by `CONDITIONS_MAX`."""
+    if_version, asserts = parse_if_version(obj.get("if_version")), parse_asserts(obj.get("assert"))
+    if len(if_version) + len(asserts) > CONDITIONS_MAX:
+        raise InvalidRequest(f"at most {CONDITIONS_MAX} conditions (if_version and assert together)", "assert")
+    return if_version, asserts
 
 
 def storable(value: str) -> bool:
@@ -179,8 +249,8 @@ def parse_idempotency_key(value: object) -> str | None:
 
 # The fields of an HTTP body, per kind of request (the API takes the id, tenant, key and target elsewhere).
 BODY_FIELDS_BY_KIND = {
-    TRANSFER: BODY_FIELDS,
-    HOLD: BODY_FIELDS | {"expires_in_s"},
+    TRANSFER: BODY_FIELDS | CONDITION_FIELDS,
+    HOLD: BODY_FIELDS | CONDITION_FIELDS | {"expires_in_s"},
     CAPTURE: frozenset({"amount", "metadata", "reference"}),
     VOID: frozenset({"metadata", "reference"}),
     REVERSE: frozenset({"amount", "metadata", "reference"}),
@@ -233,10 +303,15 @@ def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | Non
     has_postings = kind in (TRANSFER, HOLD)
     if has_postings and "postings" not in obj:
         raise InvalidRequest("missing field 'postings'", "body")
+    postings, maxed = parse_postings_with_max(obj["postings"]) if has_postings else ((), frozenset[int]())
+    if_version, asserts = parse_conditions(obj)
     return TransactionRequest(
         id=check_id(id),
         tenant=check_tenant(tenant),
-        postings=parse_postings(obj["postings"]) if has_postings else (),
+        postings=postings,
+        if_version=if_version,
+        asserts=asserts,
+        amount_max=maxed,
         idempotency_key=parse_idempotency_key(idempotency_key),
         metadata=parse_metadata(obj.get("metadata")),
         reference=parse_reference(obj.get("reference")),
@@ -249,7 +324,7 @@ def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | Non
     )
 
 
-ITEM_FIELDS = BODY_FIELDS | {"idempotency_key"}
+ITEM_FIELDS = BODY_FIELDS | CONDITION_FIELDS | {"idempotency_key"}
 
 
 def parse_items(value: object, tenant: str, ids: list[str] | None = None,
@@ -265,10 +340,13 @@ def parse_items(value: object, tenant: str, ids: list[str] | None = None,
         obj = _object(item, field, ITEM_FIELDS if ids is not None else ITEM_FIELDS | {"id"})
         if "postings" not in obj:
             raise InvalidRequest("missing field 'postings'", field)
+        postings, maxed = parse_postings_with_max(obj["postings"])
+        if_version, asserts = parse_conditions(obj)
         items.append(TransactionRequest(
             id=check_id(ids[index] if ids is not None else obj.get("id"), f"{field}.id"), tenant=tenant,
-            postings=parse_postings(obj["postings"]), idempotency_key=parse_idempotency_key(obj.get("idempotency_key")),
-            metadata=parse_metadata(obj.get("metadata")), reference=parse_reference(obj.get("reference"))))
+            postings=postings, idempotency_key=parse_idempotency_key(obj.get("idempotency_key")),
+            metadata=parse_metadata(obj.get("metadata")), reference=parse_reference(obj.get("reference")),
+            if_version=if_version, asserts=asserts, amount_max=maxed))
     if len({i.id for i in items}) != len(items):
         raise InvalidRequest("ids must differ", "transactions")
     keys = [i.idempotency_key for i in items if i.idempotency_key is not None]

@@ -88,8 +88,21 @@ SELECT {HOLD_FIELDS} FROM holds h
 WHERE h.state = 'held' AND h.log_partition = ANY($1::int[]) AND h.expires_at <= $2
 """
 SELECT_POLICIES = """
-SELECT a.tenant, a.account, a.metadata, a.overdraft_limit, a.frozen FROM accounts a
+SELECT a.tenant, a.account, a.metadata, a.overdraft_limit, a.frozen, a.version FROM accounts a
 JOIN unnest($1::text[], $2::text[]) AS k(tenant, account) ON a.tenant = k.tenant AND a.account = k.account
+"""
+# An account's version (contract v3), and the position and time of the last record that changed it (whatever
+# the batches were: a replay writes the same row); an account with no policy gets a row of its own, with the
+# empty policy (what no row means).
+UPSERT_VERSIONS = """
+INSERT INTO accounts (tenant, account, metadata, overdraft_limit, frozen, log_partition, log_offset, updated_at,
+                      version)
+SELECT k.tenant, k.account, '{}', '{}', false, k.p, k.o, k.at, k.v
+FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::timestamptz[], $6::bigint[])
+    AS k(tenant, account, p, o, at, v)
+ON CONFLICT (tenant, account) DO UPDATE
+SET version = excluded.version, log_partition = excluded.log_partition, log_offset = excluded.log_offset,
+    updated_at = excluded.updated_at
 """
 UPSERT_ACCOUNTS = """
 INSERT INTO accounts (tenant, account, metadata, overdraft_limit, frozen, log_partition, log_offset, updated_at)
@@ -189,7 +202,9 @@ def decided_from_row(row: asyncpg.Record) -> Decided:
 
 
 def _postings(raw: str) -> tuple[Posting, ...]:
-    return tuple(Posting(p["source"], p["destination"], p["amount"], p["asset"]) for p in orjson.loads(raw))
+    # A rejected request's `amount_max` postings are stored as given (no amount was ever moved).
+    return tuple(Posting(p["source"], p["destination"], p["amount"] if "amount" in p else p["amount_max"], p["asset"])
+                 for p in orjson.loads(raw))
 
 
 def _ms(at: datetime) -> int:
@@ -205,6 +220,8 @@ def _track(ledger: Ledger, row: asyncpg.Record, keys: set[BalanceKey]) -> None:
                 None if row["closed_at"] is None else _ms(row["closed_at"]))
     ledger.track(hold)
     keys.update((hold.tenant, p.source, p.asset) for p in hold.postings)
+    # Its destinations too: nothing of theirs is held, but a capture, void or expiry moves their version.
+    keys.update((hold.tenant, p.destination, p.asset) for p in hold.postings)
 
 
 async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], ids: set[tuple[str, str]],
@@ -246,11 +263,14 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
     moved = touched(requests, ledger) | held_keys
     accounts = {(k[0], k[1]) for k in moved}
     accounts |= {(r.tenant, r.target or "") for r in requests if r.kind == POLICY}
+    # Versions are read with policies (one row per account): `if_version` may name an account nothing moves.
+    accounts |= {(r.tenant, account) for r in requests for account, _ in r.if_version}
     accounts = {a for a in accounts if a not in ledger.policies}
     if accounts:
         for row in await conn.fetch(SELECT_POLICIES, *_columns(accounts, 2)):
             ledger.learn_policy((row["tenant"], row["account"]), Policy(
                 orjson.loads(row["overdraft_limit"]), row["frozen"], orjson.loads(row["metadata"])))
+            ledger.versions[(row["tenant"], row["account"])] = row["version"]
         for account in accounts:  # no row: no policy (remembered, so it is not asked again)
             ledger.policies.setdefault(account, NO_POLICY)
     # Comprehensions, not `set - dict.keys()`: that iterates the whole (carried, large) dict every batch.
@@ -321,6 +341,11 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
     await _copy(conn, "holds", [tuple(h) for h in rows.holds.values()], HOLD_COLUMNS)
     if rows.accounts:
         await conn.execute(UPSERT_ACCOUNTS, *_columns(rows.accounts.values(), 8))  # type: ignore[arg-type]
+    if rows.versions:  # after the policies: a policy's row keeps its policy and takes its version
+        versions = list(rows.versions.items())
+        await conn.execute(UPSERT_VERSIONS, [k[0] for k, _ in versions], [k[1] for k, _ in versions],
+                           [v[1].partition for _, v in versions], [v[1].offset for _, v in versions],
+                           [v[2] for _, v in versions], [v[0] for _, v in versions])
     if rows.hold_changes:
         changes = list(rows.hold_changes.items())
         await conn.execute(UPDATE_HOLDS, [k[0] for k, _ in changes], [k[1] for k, _ in changes],
@@ -336,7 +361,7 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
     # The accounts whose balance rows or policy moved, then the offsets: the API's balance cache drops them
     # before its waiters for these offsets wake (a batch's notifications arrive together, in this order).
     # A rebuild's or a verification's schema notifies nothing: the API's progress is the live projection's.
-    changed = {(k[0], k[1]) for k in rows.balances} | rows.accounts.keys()
+    changed = {(k[0], k[1]) for k in rows.balances} | rows.accounts.keys() | rows.versions.keys()
     notices = payloads(rows.next_offsets, {account_key(t, a) for t, a in changed}) if notify else []
     await conn.execute(
         WRITE_TAIL,

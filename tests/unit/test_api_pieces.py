@@ -203,8 +203,9 @@ def test_rows_are_shown_with_the_tenants_tokens() -> None:
            "reason": None, "replay_of": None, "kind": "transfer", "target": None, "reversed": 0}
     assert KEY.parse("acme", views.transaction(row, KEY, "acme")["position"]) == Position(2, 41)
     balances = [{"asset": "USD/2", "balance": 5, "held": 0, "overdraft_limit": 0, "metadata": None, "frozen": False,
-                 "log_partition": 2, "log_offset": offset} for offset in (41, 40)]
+                 "version": 3, "log_partition": 2, "log_offset": offset} for offset in (41, 40)]
     shown = views.account("alice", balances, KEY, "acme")  # type: ignore[arg-type]
     assert KEY.parse("acme", shown["position"]) == Position(2, 41)  # the latest change
+    assert shown["version"] == 3
     with pytest.raises(InvalidRequest):
         KEY.parse("other", shown["position"])
