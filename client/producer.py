@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -23,6 +24,7 @@ from ledger.requests import (
     HOLD,
     POLICY,
     REVERSE,
+    TRANSFER,
     VOID,
     BatchRequest,
     Posting,
@@ -49,6 +51,15 @@ EARLY_MAX = 10_000
 
 class OutcomeTimeout(TimeoutError):
     """The outcome did not arrive in time; the request may still be decided later."""
+
+
+def _postings(postings: list[Posting], amount_max: Iterable[int]) -> list[dict[str, object]]:
+    """Postings as a body gives them: those at `amount_max`'s indexes move at most their amount."""
+    out = [p.as_json() for p in postings]
+    for index in set(amount_max):
+        if 0 <= index < len(out):
+            out[index]["amount_max"] = out[index].pop("amount")
+    return out
 
 
 class AppendUnconfirmed(Exception):
@@ -129,22 +140,31 @@ class LedgerProducer:
 
     async def submit(self, tenant: str, postings: list[Posting], *, idempotency_key: str | None = None,
                      metadata: dict[str, str] | None = None, reference: str | None = None,
-                     id: str | None = None) -> Submitted:
-        """Validate locally, append, and return the request's id and position once Kafka acknowledged it."""
-        request = TransactionRequest(
-            id=check_id(id or uuid.uuid4().hex), tenant=check_tenant(tenant),
-            postings=parse_postings([p.as_json() for p in postings]),
-            idempotency_key=parse_idempotency_key(idempotency_key), metadata=parse_metadata(metadata),
-            reference=parse_reference(reference),
-        )
-        return await self._append(request)
+                     id: str | None = None, if_version: dict[str, int] | None = None,
+                     asserts: list[dict[str, Any]] | None = None, amount_max: Iterable[int] = ()) -> Submitted:
+        """Validate locally, append, and return the request's id and position once Kafka acknowledged it.
+        Conditions (contract v3): `if_version` ({address: version}), `asserts` ([{"account", "asset", "min"?,
+        "max"?}]), and `amount_max`, the indexes of the postings whose amount is a maximum."""
+        if not (if_version or asserts or amount_max):
+            request = TransactionRequest(
+                id=check_id(id or uuid.uuid4().hex), tenant=check_tenant(tenant),
+                postings=parse_postings([p.as_json() for p in postings]),
+                idempotency_key=parse_idempotency_key(idempotency_key), metadata=parse_metadata(metadata),
+                reference=parse_reference(reference),
+            )
+            return await self._append(request)
+        body = {"postings": _postings(postings, amount_max), "metadata": metadata, "reference": reference,
+                "if_version": if_version, "assert": asserts}
+        return await self._operation(TRANSFER, tenant, body, None, idempotency_key, id)
 
     async def hold(self, tenant: str, postings: list[Posting], *, expires_in_s: int | None = None,
                    idempotency_key: str | None = None, metadata: dict[str, str] | None = None,
-                   reference: str | None = None, id: str | None = None) -> Submitted:
-        """Reserve `postings` on their sources; the outcome is `committed` (held) or `rejected`."""
-        body = {"postings": [p.as_json() for p in postings], "expires_in_s": expires_in_s, "metadata": metadata,
-                "reference": reference}
+                   reference: str | None = None, id: str | None = None, if_version: dict[str, int] | None = None,
+                   asserts: list[dict[str, Any]] | None = None, amount_max: Iterable[int] = ()) -> Submitted:
+        """Reserve `postings` on their sources; the outcome is `committed` (held) or `rejected`. Conditions as
+        `submit`'s."""
+        body = {"postings": _postings(postings, amount_max), "expires_in_s": expires_in_s, "metadata": metadata,
+                "reference": reference, "if_version": if_version, "assert": asserts}
         return await self._operation(HOLD, tenant, body, None, idempotency_key, id)
 
     async def capture(self, tenant: str, hold_id: str, *, amount: int | None = None,
@@ -182,12 +202,15 @@ class LedgerProducer:
 
     async def submit_batch(self, tenant: str, transfers: list[list[Posting]], *, atomic: bool = False,
                            idempotency_keys: list[str | None] | None = None,
-                           idempotency_key: str | None = None) -> list[Submitted]:
+                           idempotency_key: str | None = None,
+                           conditions: list[dict[str, Any] | None] | None = None) -> list[Submitted]:
         """Transfers appended in order; with `atomic`, as one record: all committed or all rejected. The
-        batch's own `idempotency_key` binds it whole (one record too): a repeat replays every item."""
+        batch's own `idempotency_key` binds it whole (one record too): a repeat replays every item. Each
+        transfer may have `conditions` (`{"if_version"?, "assert"?}`, as an HTTP batch member's)."""
         keys = idempotency_keys or [None] * len(transfers)
-        raw = [{"postings": [p.as_json() for p in postings], **({"idempotency_key": k} if k else {})}
-               for postings, k in zip(transfers, keys, strict=True)]
+        extra = conditions or [None] * len(transfers)
+        raw = [{"postings": [p.as_json() for p in postings], **({"idempotency_key": k} if k else {}), **(c or {})}
+               for postings, k, c in zip(transfers, keys, extra, strict=True)]
         batch_key = parse_idempotency_key(idempotency_key)
         items = parse_items(raw, check_tenant(tenant), [uuid.uuid4().hex for _ in raw], batch_key)
         if atomic or batch_key is not None:

@@ -37,3 +37,21 @@ async def test_client_validates_before_sending() -> None:
     async with LedgerProducer(SETTINGS.kafka_bootstrap, follow_outcomes=False) as ledger:
         with pytest.raises(InvalidRequest):
             await ledger.submit("Not A Tenant", [Posting("@world", "alice", 1, "USD/2")])
+
+
+async def test_the_client_sends_conditions(tenant: Tenant) -> None:
+    async with LedgerProducer(SETTINGS.kafka_bootstrap, topic=SETTINGS.transactions_topic,
+                              outcomes_topic=SETTINGS.outcomes_topic, position_key=SETTINGS.position_key) as ledger:
+        fund = await ledger.submit(tenant.id, [Posting("@world", "ana", 30, "USD/2")])
+        swept = await ledger.submit(tenant.id, [Posting("ana", "ben", 1_000, "USD/2")], amount_max=[0],
+                                    if_version={"ana": 1}, asserts=[{"account": "ana", "asset": "USD/2", "max": 0}])
+        stale = await ledger.hold(tenant.id, [Posting("ben", "cat", 5, "USD/2")], if_version={"ben": 0})
+        batch = await ledger.submit_batch(tenant.id, [[Posting("ben", "cat", 5, "USD/2")]], atomic=True,
+                                          conditions=[{"assert": [{"account": "ben", "asset": "USD/2", "min": 26}]}])
+        outcomes = [await ledger.outcome(s, timeout_s=30) for s in (fund, swept, stale, *batch)]
+        with pytest.raises(InvalidRequest):
+            await ledger.submit(tenant.id, [Posting("@world", "ana", 1, "USD/2")], amount_max=[0])
+    assert [(o["status"], o["reason"]) for o in outcomes] == [
+        ("committed", None), ("committed", None), ("rejected", "version_conflict"),
+        ("rejected", "assertion_failed")]
+    assert await balances(tenant.client, tenant.id, "ben", min_position=batch[0].token) == {"USD/2": 30}
