@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ops.verify import verify
 from tests.conftest import Tenant
 from tests.e2e.helpers import posting, transfer
 from tests.e2e.test_holds import code
+from tests.stack import SETTINGS, TRANSACTIONS_TOPIC
 
 USD = "USD/2"
 
@@ -135,3 +137,20 @@ async def test_hostile_conditions_are_refused_with_422_and_append_nothing(tenant
     void = await tenant.client.post(tenant.path("/holds/nothing/void"), json={"if_version": {"mo": 0}})
     assert code(void) == (422, "invalid_request")
     assert (await account(tenant, "mo"))["version"] == 0
+
+
+async def test_a_replay_of_the_log_decides_every_condition_alike(tenant: Tenant) -> None:
+    """Versions, amount_max and failed conditions, rebuilt from the log by `ledger verify`, match the projection."""
+    assert (await transfer(tenant.client, tenant.id, posting("@world", "nia", 40))).status_code == 201
+    for body in ({"postings": [at_most("nia", "oz", 25)], "if_version": {"nia": 1}},
+                 {"postings": [posting("nia", "oz", 5)], "if_version": {"nia": 1}},
+                 {"postings": [at_most("nia", "pia", 100)], "assert": [{"account": "nia", "asset": USD, "max": 0}]},
+                 {"postings": [posting("oz", "pia", 1)], "assert": [{"account": "oz", "asset": USD, "min": 30}]}):
+        answer = await tenant.client.post(tenant.path("/transactions"), params={"wait": "true"}, json=body)
+        assert answer.status_code in (201, 409), answer.text
+    hold = await tenant.client.post(tenant.path("/holds"), params={"wait": "true"},
+                                    json={"postings": [at_most("pia", "qi", 100)], "expires_in_s": 1})
+    assert hold.status_code == 201, hold.text
+    verdict = await verify(SETTINGS.database_url, SETTINGS.kafka_bootstrap, TRANSACTIONS_TOPIC, [tenant.id])
+    assert verdict.identical, verdict.differences
+    assert verdict.replayed >= 6

@@ -253,6 +253,29 @@ class Nemesis:
         self.books.reads.append((tenant, account, body["balances"].get("USD/2", 0), at,
                                  opened(tenant, token).offset))
 
+    async def _bank_reader(self) -> None:
+        """The bank check (contract v3 snapshot reads): money only moves among the fixed accounts once they are
+        funded, so every snapshot of all of them, at any position, sees the same total."""
+        rng = random.Random(self.rng.random())
+        params = [("address", a) for a in ACCOUNTS]
+        async with httpx.AsyncClient(base_url=self.stack.api_url, timeout=15) as client:
+            while not self.stop.is_set():
+                await asyncio.sleep(rng.uniform(0.02, 0.08))
+                tenant, key = rng.choice(list(self.tenants.items()))
+                self.books.requests["http snapshot read"] += 1
+                try:
+                    response = await client.get(f"/v1/tenants/{tenant}/accounts", params=params,
+                                                headers={"Authorization": f"Bearer {key}"})
+                except httpx.HTTPError:
+                    continue
+                if response.status_code != 200:
+                    continue
+                body = response.json()
+                total = sum(a["balances"].get("USD/2", 0) for a in body["accounts"])
+                if total != FUND * len(ACCOUNTS):
+                    self.report.anomalies.append(f"snapshot of {tenant} at {body.get('position')}: the accounts "
+                                                 f"hold {total}, not {FUND * len(ACCOUNTS)}")
+
     async def _kafka_writer(self) -> None:
         rng = random.Random(self.rng.random())
         tenants = list(self.tenants)
@@ -297,6 +320,7 @@ class Nemesis:
         self.supervise()
         clients = [asyncio.create_task(self._http_writer(n)) for n in range(6)]
         clients.append(asyncio.create_task(self._kafka_writer()))
+        clients.append(asyncio.create_task(self._bank_reader()))
         supervisor = asyncio.create_task(self._supervisor())
         try:
             await self._nemesis()
