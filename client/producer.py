@@ -18,6 +18,7 @@ from infra.kafka import topic_partitions
 from infra.producer import LogProducer, ProduceFailed, producer_config
 from infra.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from ledger.codec import encode_request
+from ledger.errors import InvalidRequest
 from ledger.positions import Position, PositionKey
 from ledger.requests import (
     CAPTURE,
@@ -57,8 +58,9 @@ def _postings(postings: list[Posting], amount_max: Iterable[int]) -> list[dict[s
     """Postings as a body gives them: those at `amount_max`'s indexes move at most their amount."""
     out = [p.as_json() for p in postings]
     for index in set(amount_max):
-        if 0 <= index < len(out):
-            out[index]["amount_max"] = out[index].pop("amount")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(out):
+            raise InvalidRequest(f"{index!r} is not the index of one of the {len(out)} postings", "amount_max")
+        out[index]["amount_max"] = out[index].pop("amount")
     return out
 
 
@@ -206,10 +208,13 @@ class LedgerProducer:
                            conditions: list[dict[str, Any] | None] | None = None) -> list[Submitted]:
         """Transfers appended in order; with `atomic`, as one record: all committed or all rejected. The
         batch's own `idempotency_key` binds it whole (one record too): a repeat replays every item. Each
-        transfer may have `conditions` (`{"if_version"?, "assert"?}`, as an HTTP batch member's)."""
+        transfer may have `conditions`: `{"if_version"?, "assert"?}` as an HTTP batch member's, and
+        `"amount_max"`, the indexes of its postings whose amount is a maximum."""
         keys = idempotency_keys or [None] * len(transfers)
         extra = conditions or [None] * len(transfers)
-        raw = [{"postings": [p.as_json() for p in postings], **({"idempotency_key": k} if k else {}), **(c or {})}
+        raw = [{"postings": _postings(postings, (c or {}).get("amount_max", ())),
+                **({"idempotency_key": k} if k else {}),
+                **{name: value for name, value in (c or {}).items() if name != "amount_max"}}
                for postings, k, c in zip(transfers, keys, extra, strict=True)]
         batch_key = parse_idempotency_key(idempotency_key)
         items = parse_items(raw, check_tenant(tenant), [uuid.uuid4().hex for _ in raw], batch_key)

@@ -307,7 +307,8 @@ def _asserted(state: LedgerState, request: TransactionRequest, outcome: Outcome)
 
 def changed_accounts(state: LedgerState, request: TransactionRequest, outcome: Outcome) -> set[str]:
     """The accounts whose `version` a decided request moves on (contract v3): those its postings, or its
-    hold's, name, when it committed; a policy's account."""
+    hold's, name with an amount, when it committed (an `amount_max` that found nothing changes nothing); a
+    policy's account."""
     if outcome.status != "committed":
         return set()
     if request.kind == POLICY:
@@ -316,7 +317,12 @@ def changed_accounts(state: LedgerState, request: TransactionRequest, outcome: O
     if request.kind in (CAPTURE, VOID):
         hold = state.hold(request.tenant, outcome.target or "")
         postings = hold.postings if hold is not None else postings
-    return {account for p in postings for account in (p.source, p.destination)}
+    return hold_accounts(postings)
+
+
+def hold_accounts(postings: tuple[Posting, ...]) -> set[str]:
+    """The accounts postings change: those they name with an amount."""
+    return {account for p in postings if p.amount for account in (p.source, p.destination)}
 
 
 def resolved(state: LedgerState, tenant: str, target: str) -> str:
@@ -563,7 +569,7 @@ class Ledger:
             if hold is None or hold.state != HELD:
                 continue
             hold.state, hold.closed_at_ms = EXPIRED, hold.expires_at_ms
-            self.bump(tenant, {a for p in hold.postings for a in (p.source, p.destination)})
+            self.bump(tenant, hold_accounts(hold.postings))
             for p in hold.postings:
                 key = (tenant, p.source, p.asset)
                 self.held[key] = self.held_of(key) - p.amount

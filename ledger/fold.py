@@ -30,6 +30,7 @@ from ledger.decisions import (
     decide,
     decide_tenant,
     first_failure,
+    hold_accounts,
     touched,
 )
 from ledger.errors import InvalidRequest
@@ -210,8 +211,7 @@ def _expire(ledger: Ledger, rows: BatchRows, record: Record) -> None:
     for hold in ledger.expire(record.partition, record.timestamp_ms):
         at = EPOCH + timedelta(milliseconds=hold.expires_at_ms)
         _close_hold(rows, hold, at)
-        _versions(ledger, rows, hold.tenant, {a for p in hold.postings for a in (p.source, p.destination)},
-                  record.position, at)
+        _versions(ledger, rows, hold.tenant, hold_accounts(hold.postings), record.position, at)
         for p in hold.postings:
             _balance(ledger, rows, (hold.tenant, p.source, p.asset), record.position)
         # Answers no record of its own: it names the hold's, so no other record's outcome is mistaken for it.

@@ -2,8 +2,51 @@
 -- changed the account (a transaction or hold naming it, a capture, void or expiry of a hold naming it, a
 -- policy update). Kept in `accounts`, which the projector already reads for every account a batch touches
 -- (its policy): an account with no policy gets a row with the empty policy. `log_partition`, `log_offset` and
--- `updated_at` of a row are now the last record that changed the account. A projection migrated from before counts from here:
--- `ledger replay` rebuilds every version from the log (docs/decisions.md).
+-- `updated_at` of a row are now the last record that changed the account.
+
+-- The versions of the history already projected (in the schema on the search path), counted from its rows as
+-- the fold counts them, so that `if_version` is decided alike by this projection and by a replay of the log: per
+-- committed record, each account its postings name (a capture's and a reversal's as stored; a void's and an
+-- expiry's, its hold's), once; a policy update, its account. The row's position is the last of those records
+-- (for an expiry, the hold's own: the record that expired it is not kept; `ledger verify` compares no positions).
+CREATE FUNCTION ledger_count_versions() RETURNS void
+    LANGUAGE plpgsql AS $fn$
+BEGIN
+    WITH changed AS (
+        SELECT t.tenant, n.account, t.log_partition, t.log_offset, coalesce(t.committed_at, t.created_at) AS at
+        FROM transactions t
+        CROSS JOIN LATERAL (SELECT DISTINCT x.account FROM jsonb_array_elements(t.postings) p,
+                            LATERAL (VALUES (p->>'source'), (p->>'destination')) x(account)
+                            WHERE (p->>'amount')::numeric <> 0) n
+        WHERE t.status = 'committed' AND t.kind IN ('transfer', 'hold', 'capture', 'reverse')
+        UNION ALL
+        SELECT t.tenant, n.account, t.log_partition, t.log_offset, coalesce(t.committed_at, t.created_at)
+        FROM transactions t JOIN holds h ON h.tenant = t.tenant AND h.id = t.target
+        CROSS JOIN LATERAL (SELECT DISTINCT x.account FROM jsonb_array_elements(h.postings) p,
+                            LATERAL (VALUES (p->>'source'), (p->>'destination')) x(account)
+                            WHERE (p->>'amount')::numeric <> 0) n
+        WHERE t.status = 'committed' AND t.kind = 'void'
+        UNION ALL
+        SELECT h.tenant, n.account, h.log_partition, h.log_offset, h.closed_at
+        FROM holds h
+        CROSS JOIN LATERAL (SELECT DISTINCT x.account FROM jsonb_array_elements(h.postings) p,
+                            LATERAL (VALUES (p->>'source'), (p->>'destination')) x(account)
+                            WHERE (p->>'amount')::numeric <> 0) n
+        WHERE h.state = 'expired'
+        UNION ALL
+        SELECT t.tenant, t.target, t.log_partition, t.log_offset, coalesce(t.committed_at, t.created_at)
+        FROM transactions t WHERE t.status = 'committed' AND t.kind = 'policy'),
+    counted AS (
+        SELECT DISTINCT ON (tenant, account) tenant, account, log_partition, log_offset, at,
+               count(*) OVER (PARTITION BY tenant, account) AS version
+        FROM changed ORDER BY tenant, account, log_offset DESC)
+    INSERT INTO accounts (tenant, account, metadata, overdraft_limit, frozen, log_partition, log_offset,
+                          updated_at, version)
+    SELECT tenant, account, '{}', '{}', false, log_partition, log_offset, at, version FROM counted
+    ON CONFLICT (tenant, account) DO UPDATE SET version = excluded.version;
+END
+$fn$;
+
 CREATE FUNCTION ledger_projection_v10(p_schema text) RETURNS void
     LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -12,6 +55,7 @@ BEGIN
     PERFORM set_config('search_path', quote_ident(p_schema), true);
     ALTER TABLE accounts ADD COLUMN version bigint NOT NULL DEFAULT 0;
     ALTER TABLE accounts ADD CONSTRAINT accounts_version_not_negative CHECK (version >= 0);
+    PERFORM public.ledger_count_versions();
     PERFORM set_config('search_path', previous, true);
 END
 $fn$;

@@ -51,7 +51,13 @@ async def test_the_client_sends_conditions(tenant: Tenant) -> None:
         outcomes = [await ledger.outcome(s, timeout_s=30) for s in (fund, swept, stale, *batch)]
         with pytest.raises(InvalidRequest):
             await ledger.submit(tenant.id, [Posting("@world", "ana", 1, "USD/2")], amount_max=[0])
+        with pytest.raises(InvalidRequest):  # no posting 1: refused, never sent as an exact amount
+            await ledger.submit(tenant.id, [Posting("ana", "ben", 1, "USD/2")], amount_max=[1])
+        swept_batch = await ledger.submit_batch(tenant.id, [[Posting("ben", "dot", 500, "USD/2")]],
+                                                conditions=[{"amount_max": [0]}])
+        outcomes.append(await ledger.outcome(swept_batch[0], timeout_s=30))
     assert [(o["status"], o["reason"]) for o in outcomes] == [
         ("committed", None), ("committed", None), ("rejected", "version_conflict"),
-        ("rejected", "assertion_failed")]
-    assert await balances(tenant.client, tenant.id, "ben", min_position=batch[0].token) == {"USD/2": 30}
+        ("rejected", "assertion_failed"), ("committed", None)]
+    assert await balances(tenant.client, tenant.id, "ben", min_position=swept_batch[0].token) == {"USD/2": 0}
+    assert await balances(tenant.client, tenant.id, "dot") == {"USD/2": 30}

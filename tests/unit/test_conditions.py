@@ -106,8 +106,10 @@ def test_amount_max_moves_what_is_available_and_never_more() -> None:
     assert out.status == "committed"
     assert out.moved == (Posting("alice", "bob", 70, USD),)  # 100 posted, 30 held
     assert ledger.balance((T, "alice", USD)) == 30
+    versions = (ledger.version(T, "alice"), ledger.version(T, "bob"))
     nothing = run(ledger, TransactionRequest("m2", T, (Posting("alice", "bob", 5, USD),), amount_max=frozenset({0})))
     assert (nothing.status, nothing.moved[0].amount, nothing.entries) == ("committed", 0, ())
+    assert (ledger.version(T, "alice"), ledger.version(T, "bob")) == versions  # nothing moved: nothing changed
     smaller = run(ledger, TransactionRequest("m3", T, (Posting("bob", "carol", 20, USD),), amount_max=frozenset({0})))
     assert smaller.moved[0].amount == 20
 
