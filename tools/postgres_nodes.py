@@ -51,10 +51,15 @@ MONITOR_SETTINGS = {
 # pg_autoctl sizes shared_buffers at a quarter of the machine's memory, for each instance; three instances
 # and three JVMs share this one. postgresql.auto.conf is read last, so these win over pg_autoctl's
 # postgresql-auto-failover.conf, and a standby inherits them with its base backup.
+# checkpoint_timeout: a former primary that pg_rewind cannot rewind (make soak-cluster saw pg_rewind's own crash
+# recovery refused, "lock file postmaster.pid already exists", as pg_autoctl had started PostgreSQL for it) is
+# rebuilt by pg_basebackup, which waits for a spread checkpoint on the primary: up to 0.9 x checkpoint_timeout,
+# 266 s measured with the default 5 min, during which the primary has no standby. 30 s bounds that wait at
+# about 27 s, for more frequent checkpoints (full-page writes after each) on this write-heavy workload.
 OVERRIDES = {
     "monitor": {"listen_addresses": "'127.0.0.1'", "shared_buffers": "'64MB'", "max_connections": "50"},
     "data": {"listen_addresses": "'127.0.0.1'", "shared_buffers": "'256MB'", "max_connections": "200",
-             "max_wal_size": "'2GB'", "wal_compression": "on"},
+             "max_wal_size": "'2GB'", "wal_compression": "on", "checkpoint_timeout": "'30s'"},
 }
 
 
