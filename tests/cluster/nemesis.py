@@ -34,10 +34,11 @@ again within 10 s of a Kafka node's SIGKILL, `wait=true` writes committing withi
 Per kind of fault the report gives: count; `refused_s` (per fault, the longest over the two APIs of: from
 sending the first write refused after the fault, i.e. answered neither 2xx nor 409, to the answer of the first
 write accepted again that was sent after the last refused one (for a `wait=true` write answered 202, its
-answer less the wait it timed out: it was appended before waiting); 0 when none was refused) and `back_s` (from the fault to that acceptance); `commit_again_s` (from the fault to the first 201 of a `wait=true` write sent after
-it), each as p50/max; reads that failed, by API and status (0 = no answer: the connection failed or timed out),
-counted from the fault until it was healed (a killed API's own readers lose their connection: the contract's
-promise is the other API's reads); anomalies.
+answer less the wait it timed out: it was appended before waiting); 0 when none was refused) and `back_s`
+(from the fault to that acceptance); `commit_again_s` (from the fault to the first 201 of a `wait=true` write
+sent after it), each as p50/max; reads that failed, by API and status (0 = no answer: the connection failed
+or timed out), counted from the fault until it was healed (a killed API's own readers lose their connection:
+the contract's promise is the other API's reads); anomalies.
 """
 
 from __future__ import annotations
