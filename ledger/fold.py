@@ -48,6 +48,17 @@ from ledger.requests import (
     Tick,
     TransactionRequest,
 )
+from ledger.rows import (
+    AccountRow,
+    BatchRow,
+    EntryRow,
+    HoldRow,
+    IdempotencyRow,
+    InvalidEventRow,
+    ReplayRow,
+    TenantRow,
+    TransactionRow,
+)
 from ledger.validation import POSTINGS_MAX, TENANT_RE, UNSTORABLE_RE
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -98,17 +109,17 @@ class BatchRows:
     whose outcomes nobody publishes (replay, verification) needs no key."""
 
     positions: PositionKey | None = None
-    transactions: list[tuple[object, ...]] = field(default_factory=list)
-    entries: list[tuple[object, ...]] = field(default_factory=list)
-    idempotency_keys: list[tuple[object, ...]] = field(default_factory=list)
-    invalid_events: list[tuple[object, ...]] = field(default_factory=list)
-    replays: list[tuple[object, ...]] = field(default_factory=list)
-    tenants: list[tuple[object, ...]] = field(default_factory=list)
-    batches: list[tuple[object, ...]] = field(default_factory=list)  # those that bound an idempotency key
+    transactions: list[TransactionRow] = field(default_factory=list)
+    entries: list[EntryRow] = field(default_factory=list)
+    idempotency_keys: list[IdempotencyRow] = field(default_factory=list)
+    invalid_events: list[InvalidEventRow] = field(default_factory=list)
+    replays: list[ReplayRow] = field(default_factory=list)
+    tenants: list[TenantRow] = field(default_factory=list)
+    batches: list[BatchRow] = field(default_factory=list)  # those that bound an idempotency key
     # Per tenant whose chain grew: (its count, its head, the position of its last link).
     chains: dict[str, tuple[int, str, Position]] = field(default_factory=dict)
     # Holds created by this batch (their row as it ends the batch), and changes to holds created before.
-    holds: dict[tuple[str, str], list[object]] = field(default_factory=dict)
+    holds: dict[tuple[str, str], HoldRow] = field(default_factory=dict)
     hold_changes: dict[tuple[str, str], tuple[str, str | None, datetime]] = field(default_factory=dict)
     # How much of a transaction written before this batch is reversed now (one created here is patched).
     reversed: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -116,7 +127,7 @@ class BatchRows:
     # Per balance: (balance, held, overdraft limit, position of the last request that changed it, credit total,
     # entries so far).
     balances: dict[BalanceKey, tuple[int, int, int, Position, int, int]] = field(default_factory=dict)
-    accounts: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)  # policies set
+    accounts: dict[tuple[str, str], AccountRow] = field(default_factory=dict)  # policies set
     # Per account whose version moved: (its version, the position of the last record that moved it, its time).
     versions: dict[tuple[str, str], tuple[int, Position, datetime]] = field(default_factory=dict)
     # (partition, key, value): outcomes go to the partition of ledger.outcomes that matches the request's.
@@ -125,27 +136,8 @@ class BatchRows:
     counts: dict[tuple[str, str | None], int] = field(default_factory=dict)
 
 
-TRANSACTION_COLUMNS = ("tenant", "id", "status", "reason", "postings", "metadata", "reference",
-                       "idempotency_key", "fingerprint", "log_partition", "log_offset", "created_at",
-                       "committed_at", "error", "kind", "target", "chain_index", "hash", "previous_hash",
-                       "reversed")
-# An entry carries its account's running credit total and entry number (per asset), so a statement of any
-# period is two lookups a side: debits follow from credits and the balances (opening + credits - debits = closing).
-ENTRY_COLUMNS = ("tenant", "account", "asset", "log_offset", "leg", "transaction_id", "amount",
-                 "balance_after", "committed_at", "credits_total", "entry_number")
 BALANCE_COLUMNS = ("tenant", "account", "asset", "balance", "held", "overdraft_limit", "log_partition", "log_offset",
                    "credits_total", "entries_count")
-IDEMPOTENCY_COLUMNS = ("tenant", "key", "transaction_id")
-INVALID_EVENT_COLUMNS = ("log_partition", "log_offset", "record_key", "record_value", "error", "logged_at")
-REPLAY_COLUMNS = ("tenant", "id", "original_id", "log_partition", "log_offset")
-TENANT_COLUMNS = ("id", "name", "log_partition", "log_offset", "created_at")
-BATCH_COLUMNS = ("tenant", "id", "idempotency_key", "fingerprint", "status", "reason", "atomic", "items",
-                 "log_partition", "log_offset", "created_at")
-HOLD_COLUMNS = ("tenant", "id", "state", "postings", "expires_at", "log_partition", "log_offset", "created_at",
-                "closed_by", "closed_at")
-HOLD_STATE = 2  # index of `state` in a hold's row, then closed_by and closed_at at 8 and 9
-ACCOUNT_COLUMNS = ("tenant", "account", "metadata", "overdraft_limit", "frozen", "log_partition", "log_offset",
-                   "updated_at")
 
 
 def _hex(digest: str | None) -> bytes | None:
@@ -200,8 +192,7 @@ def _balance(ledger: Ledger, rows: BatchRows, key: BalanceKey, position: Positio
 def _close_hold(rows: BatchRows, hold: Hold, at: datetime) -> None:
     key = (hold.tenant, hold.id)
     if key in rows.holds:
-        rows.holds[key][HOLD_STATE] = hold.state
-        rows.holds[key][8:10] = [hold.closed_by, at]
+        rows.holds[key] = rows.holds[key]._replace(state=hold.state, closed_by=hold.closed_by, closed_at=at)
     else:
         rows.hold_changes[key] = (hold.state, hold.closed_by, at)
 
@@ -229,25 +220,26 @@ def _effects(ledger: Ledger, rows: BatchRows, request: TransactionRequest, outco
     """The rows a committed hold, capture, void or reversal changes besides its own."""
     if request.kind == HOLD:
         reserved = ledger.holds[(request.tenant, request.id)].postings  # `amount_max` resolved
-        rows.holds[(request.tenant, request.id)] = [
+        rows.holds[(request.tenant, request.id)] = HoldRow(
             request.tenant, request.id, HELD, orjson.dumps([p.as_json() for p in reserved]).decode(),
             EPOCH + timedelta(milliseconds=ledger.holds[(request.tenant, request.id)].expires_at_ms),
-            position.partition, position.offset, at, None, None]
+            position.partition, position.offset, at, None, None)
     elif request.kind in (CAPTURE, VOID):
         _close_hold(rows, ledger.holds[(request.tenant, outcome.target or "")], at)
     elif request.kind == POLICY:
         account = request.target or ""
         limits = orjson.dumps(dict(request.limits)).decode()
-        rows.accounts[(request.tenant, account)] = (request.tenant, account, orjson.dumps(request.metadata).decode(),
-                                                    limits, request.frozen, position.partition, position.offset, at)
+        rows.accounts[(request.tenant, account)] = AccountRow(
+            request.tenant, account, orjson.dumps(request.metadata).decode(), limits, request.frozen,
+            position.partition, position.offset, at)
         for key in limited:  # every balance row that carries one of its limits, before or now
             _balance(ledger, rows, key, position)
     elif request.kind == REVERSE:
         target = (request.tenant, outcome.target or "")
         total = ledger.originals[target].reversed
         if target in rows.transaction_at:
-            row = rows.transactions[rows.transaction_at[target]]
-            rows.transactions[rows.transaction_at[target]] = (*row[:-1], total)
+            at_index = rows.transaction_at[target]
+            rows.transactions[at_index] = rows.transactions[at_index]._replace(reversed=total)
         else:
             rows.reversed[target] = total
 
@@ -259,8 +251,8 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
     if outcome.replay_of is not None:
         original = outcome.replay_of
         if ledger.remember_replay(request, original):
-            rows.replays.append((request.tenant, request.id, original.transaction_id, position.partition,
-                                 position.offset))
+            rows.replays.append(ReplayRow(request.tenant, request.id, original.transaction_id, position.partition,
+                                          position.offset))
         _publish(rows, record, request.tenant, request.id, outcome.status, outcome.reason, original.position,
                  original.transaction_id)
         return
@@ -281,7 +273,7 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
         index, hashed, previous = ledger.extend_chain(request.tenant, canonical(
             request.id, postings, request.metadata, request.reference, timestamp_text(at)))
         rows.chains[request.tenant] = (index, hashed, position)
-    rows.transactions.append((
+    rows.transactions.append(TransactionRow(
         request.tenant, request.id, outcome.status, outcome.reason, orjson.dumps(postings).decode(),
         orjson.dumps(request.metadata).decode(), request.reference, request.idempotency_key,
         request.fingerprint(), position.partition, position.offset, at, at if committed else None, None,
@@ -291,13 +283,15 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
         _effects(ledger, rows, request, outcome, position, at, limited)
         _versions(ledger, rows, request.tenant, versioned, position, at)
     if binds_key:
-        rows.idempotency_keys.append((request.tenant, request.idempotency_key, request.id))
+        assert request.idempotency_key is not None  # only a keyed request binds one
+        rows.idempotency_keys.append(IdempotencyRow(request.tenant, request.idempotency_key, request.id))
     changed: dict[BalanceKey, None] = {}  # each balance row once, however many legs moved it
     for entry in outcome.entries:
         key = (request.tenant, entry.account, entry.asset)
         credits, number = ledger.count_entry(key, entry.amount)
-        rows.entries.append((request.tenant, entry.account, entry.asset, position.offset, leg_base + entry.leg,
-                             request.id, entry.amount, entry.balance_after, at, credits, number))
+        rows.entries.append(EntryRow(request.tenant, entry.account, entry.asset, position.offset,
+                                     leg_base + entry.leg, request.id, entry.amount, entry.balance_after, at,
+                                     credits, number))
         changed[key] = None
     for key, _ in outcome.held:
         changed[key] = None
@@ -330,8 +324,9 @@ def _fold_batch_request(ledger: Ledger, rows: BatchRows, record: Record, at: dat
     # that does not exist.
     if key is not None and ledger.tenant_exists(batch.tenant) and reason not in KEY_UNBOUND:
         decided = ledger.bind_batch(batch, "committed" if reason is None else "rejected", reason, record.position)
-        rows.batches.append((batch.tenant, batch.id, key, decided.fingerprint, decided.status, reason, batch.atomic,
-                             [i.id for i in batch.items], record.partition, record.offset, at))
+        rows.batches.append(BatchRow(batch.tenant, batch.id, key, decided.fingerprint, decided.status, reason,
+                                     batch.atomic, [i.id for i in batch.items], record.partition, record.offset,
+                                     at))
 
 
 def _fold_batch_items(ledger: Ledger, rows: BatchRows, record: Record, at: datetime, batch: BatchRequest,
@@ -350,7 +345,7 @@ def _fold_tenant(ledger: Ledger, rows: BatchRows, record: Record, at: datetime, 
     outcome = decide_tenant(ledger, request)
     ledger.apply_tenant(request, outcome)
     if outcome.status == "committed":
-        rows.tenants.append((request.tenant, request.name, record.partition, record.offset, at))
+        rows.tenants.append(TenantRow(request.tenant, request.name, record.partition, record.offset, at))
     _publish(rows, record, request.tenant, request.id, outcome.status, outcome.reason)
 
 
@@ -360,13 +355,13 @@ def _fold_invalid(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
     if invalid.reason == INVALID and invalid.identity is not None and ledger.decided_id(*invalid.identity) is None:
         owner, id = invalid.identity
         ledger.record_invalid(owner, id, record.position)
-        rows.transactions.append((owner, id, "rejected", invalid.reason, "[]", "{}", None, None, b"",
-                                  record.partition, record.offset, at, None, message, TRANSFER, None, None, None,
-                                  None, 0))
+        rows.transactions.append(TransactionRow(owner, id, "rejected", invalid.reason, "[]", "{}", None, None, b"",
+                                                record.partition, record.offset, at, None, message, TRANSFER, None,
+                                                None, None, None, 0))
         _publish(rows, record, owner, id, "rejected", invalid.reason)
         return
-    rows.invalid_events.append((record.partition, record.offset, record.key,
-                                (record.value or b"")[:RAW_VALUE_BYTES_MAX], message, at))
+    rows.invalid_events.append(InvalidEventRow(record.partition, record.offset, record.key,
+                                               (record.value or b"")[:RAW_VALUE_BYTES_MAX], message, at))
     readable = record.key.decode("utf-8", "replace") if record.key else ""
     tenant = readable if TENANT_RE.fullmatch(readable) else None
     _publish(rows, record, tenant, invalid.identity[1] if invalid.identity else None, "rejected", invalid.reason)

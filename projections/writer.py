@@ -6,7 +6,7 @@ whatever its size. asyncpg's errors are classified here (`transient`, `poison`),
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -15,21 +15,20 @@ import orjson
 from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
 from ledger.changes import account_key, payloads
 from ledger.decisions import NO_POLICY, BalanceKey, Decided, Hold, Ledger, Original, Policy, resolved, touched
-from ledger.fold import (
-    BALANCE_COLUMNS,
+from ledger.fold import BALANCE_COLUMNS, EPOCH, BatchRows
+from ledger.positions import Position
+from ledger.requests import CAPTURE, POLICY, REVERSE, VOID, Posting, TransactionRequest
+from ledger.rows import (
+    ACCOUNT_COLUMNS,
     BATCH_COLUMNS,
     ENTRY_COLUMNS,
-    EPOCH,
     HOLD_COLUMNS,
     IDEMPOTENCY_COLUMNS,
     INVALID_EVENT_COLUMNS,
     REPLAY_COLUMNS,
     TENANT_COLUMNS,
     TRANSACTION_COLUMNS,
-    BatchRows,
 )
-from ledger.positions import Position
-from ledger.requests import CAPTURE, POLICY, REVERSE, VOID, Posting, TransactionRequest
 
 SCHEMA_RE = re.compile(r"(proj|verify)_[a-z0-9_]{1,40}", re.ASCII)
 # The log an offsets row counts in: the contract's name of the transactions topic, whatever the deployment
@@ -319,7 +318,7 @@ async def store(conn: asyncpg.Connection, rows: BatchRows, publish: Publish | No
         await publish(rows.outcomes)
 
 
-async def _copy(conn: asyncpg.Connection, table: str, records: list[tuple[object, ...]],
+async def _copy(conn: asyncpg.Connection, table: str, records: Sequence[tuple[object, ...]],
                 columns: tuple[str, ...]) -> None:
     if records:
         await conn.copy_records_to_table(table, records=records, columns=columns)
@@ -338,9 +337,9 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
                            [c[2].offset for _, c in chains])
     await _copy(conn, "replays", rows.replays, REPLAY_COLUMNS)
     await _copy(conn, "invalid_events", rows.invalid_events, INVALID_EVENT_COLUMNS)
-    await _copy(conn, "holds", [tuple(h) for h in rows.holds.values()], HOLD_COLUMNS)
+    await _copy(conn, "holds", list(rows.holds.values()), HOLD_COLUMNS)
     if rows.accounts:
-        await conn.execute(UPSERT_ACCOUNTS, *_columns(rows.accounts.values(), 8))  # type: ignore[arg-type]
+        await conn.execute(UPSERT_ACCOUNTS, *_columns(rows.accounts.values(), len(ACCOUNT_COLUMNS)))  # type: ignore
     if rows.versions:  # after the policies: a policy's row keeps its policy and takes its version
         versions = list(rows.versions.items())
         await conn.execute(UPSERT_VERSIONS, [k[0] for k, _ in versions], [k[1] for k, _ in versions],

@@ -16,7 +16,7 @@ from ledger.decisions import (
     decide,
 )
 from ledger.errors import InvalidRequest
-from ledger.fold import TRANSACTION_COLUMNS, BatchRows, Record, decode_all, fold_batch
+from ledger.fold import BatchRows, Record, decode_all, fold_batch
 from ledger.placement import partition_for
 from ledger.positions import Position
 from ledger.requests import CAPTURE, HOLD, POLICY, VOID, Assertion, BatchRequest, Posting, TransactionRequest
@@ -141,9 +141,8 @@ def test_conditions_fail_an_atomic_batch_whole() -> None:
     tenant_partition = partition_for(T.encode(), 4)
     record = Record(tenant_partition, 5, T.encode(), encode_request(batch), 1_700_000_000_000)
     rows = fold_batch(ledger, [record], decode_all([record], 4), BatchRows())
-    status, reason = TRANSACTION_COLUMNS.index("status"), TRANSACTION_COLUMNS.index("reason")
     # i1 moves alice to version 2 first, so i2's if_version fails, and with it the batch.
-    assert [(r[status], r[reason]) for r in rows.transactions] == [("rejected", VERSION_CONFLICT)] * 2
+    assert [(r.status, r.reason) for r in rows.transactions] == [("rejected", VERSION_CONFLICT)] * 2
     assert ledger.balance((T, "alice", USD)) == 100
 
 
@@ -152,7 +151,7 @@ def test_the_fold_writes_versions_and_shows_what_amount_max_moved() -> None:
     request = TransactionRequest("m", T, (Posting("alice", "bob", 100, USD),), amount_max=frozenset({0}))
     record = Record(partition_for(T.encode(), 4), 9, T.encode(), encode_request(request), 1_700_000_000_000)
     rows = fold_batch(ledger, [record], decode_all([record], 4), BatchRows())
-    postings = orjson.loads(rows.transactions[0][TRANSACTION_COLUMNS.index("postings")])
+    postings = orjson.loads(rows.transactions[0].postings)
     assert postings == [{"source": "alice", "destination": "bob", "amount": 25, "asset": USD}]
     assert {k: v[0] for k, v in rows.versions.items()} == {(T, "alice"): 2, (T, "bob"): 1}
 

@@ -11,7 +11,6 @@ from ledger.decisions import Ledger
 from ledger.fold import (
     POISON_AS_EVENT,
     POISON_AS_TRANSACTION,
-    TRANSACTION_COLUMNS,
     BatchRows,
     Record,
     decode_all,
@@ -19,6 +18,7 @@ from ledger.fold import (
 )
 from ledger.placement import partition_for
 from ledger.positions import Position, PositionKey
+from ledger.rows import TRANSACTION_COLUMNS
 
 PARTITIONS = 4
 TENANT = "acme"
