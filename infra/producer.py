@@ -86,6 +86,18 @@ class LogProducer:
             raise _failure(e.args[0]) from e
         return future
 
+    async def partition_count(self, topic: str, timeout_s: float = 5.0) -> int:
+        """How many partitions `topic` has, from the cluster's metadata; `ProduceFailed` if it cannot tell."""
+        def ask() -> int:
+            try:
+                found = self._producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            except confluent_kafka.KafkaException as e:
+                raise _failure(e.args[0]) from e
+            if found is None or found.error is not None or not found.partitions:
+                raise ProduceFailed(f"no partitions known for {topic}: {None if found is None else found.error}")
+            return len(found.partitions)
+        return await asyncio.to_thread(ask)
+
     def _serve(self) -> None:
         while not self._stopping.is_set():
             self._producer.poll(POLL_INTERVAL_S)

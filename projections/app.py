@@ -22,7 +22,7 @@ import sys
 import time
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -30,6 +30,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from infra import logs
 from infra import settings as settings_mod
 from infra.kafka import log_end, topic_config, topic_partitions
+from infra.producer import LogProducer, producer_config
 from infra.settings import Settings
 from ledger.codec import encode_request
 from ledger.fold import Record
@@ -77,52 +78,70 @@ LAG = Gauge("ledger_projector_lag_records", "Records in the log not yet applied"
 
 # Under the broker's default message.max.bytes (1 MiB) and the consumers' max_partition_fetch_bytes (1 MiB).
 OUTCOME_BATCH_BYTES = 512 * 1024
+# A batch's write waits for its outcomes' acknowledgement: a Kafka node's loss takes 4-8 s to move leaders, and a
+# failure past this is retried with the write (RETRY_DEADLINE_S), then the worker restarts.
+OUTCOMES_DELIVERY_TIMEOUT_MS = 10_000
 
 
 class Outcomes:
-    """The producer of `ledger.outcomes`, started on first use."""
+    """The projector's producer, for `ledger.outcomes` and the clock's ticks: librdkafka (as the API's and the
+    producer client's), idempotent with acks=all. aiokafka's producer wedged here once, under make soak-cluster:
+    after a Kafka node's loss its start() never returned (InvalidStateError in its pid handshake), the batch it
+    was to publish held its write, and the watchdog restarted the projector after 31 s."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
         self.topic = topic
-        # A batch's outcomes go as one record batch per partition, up to OUTCOME_BATCH_BYTES: with the
-        # idempotent producer's one request in flight, 16 KiB batches (the default) cost ~25 round trips for
-        # 5,000 outcomes, and PostgreSQL holds the batch's transaction open meanwhile.
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
-                                         linger_ms=1, max_batch_size=OUTCOME_BATCH_BYTES)
-        self.started = False
+        self.producer: LogProducer | None = None
+        self.partitions: int | None = None
+        self._retired: set[asyncio.Task[None]] = set()
 
-    async def _start(self) -> None:
-        if not self.started:
-            await self.producer.start()
-            self.started = True
+    def _live(self) -> LogProducer:
+        """The producer, made on first use, and made anew only when librdkafka declared it unusable."""
+        producer = self.producer
+        if producer is not None and producer.fatal is None:
+            return producer
+        if producer is not None:
+            log.error("the outcomes producer failed for good (%s); replacing it", producer.fatal)
+            task = asyncio.create_task(producer.stop(1.0))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+        # One record batch per partition per poll: librdkafka batches up to batch.size on its own.
+        self.producer = LogProducer(producer_config(self.bootstrap, delivery_timeout_ms=OUTCOMES_DELIVERY_TIMEOUT_MS,
+                                                    client_id="ledger-projector",
+                                                    **{"batch.size": OUTCOME_BATCH_BYTES}))
+        return self.producer
+
+    async def _sent(self, sent: list[asyncio.Future[tuple[int, int | None]]]) -> None:
+        """Wait for every acknowledgement (each failure retrieved), then raise the first failure if any."""
+        results = await asyncio.gather(*sent, return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
 
     async def tick(self, topic: str, partitions: list[int]) -> None:
         """Append the clock's tick to `partitions` of the log (no key: it belongs to no tenant)."""
-        await self._start()
-        sent = [await self.producer.send(topic, TICK_VALUE, partition=p) for p in partitions]
-        await asyncio.gather(*sent)
+        producer = self._live()
+        await self._sent([producer.send(topic, TICK_VALUE, None, partition=p) for p in partitions])
 
     async def publish(self, outcomes: list[tuple[int, bytes, bytes]]) -> None:
-        """Send a batch's outcomes and wait for Kafka's acknowledgement: one record batch per partition."""
-        await self._start()
-        partitions = len(await self.producer.partitions_for(self.topic))
-        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-        for partition, key, value in outcomes:
-            by_partition.setdefault(partition % partitions, []).append((key, value))
-        sent = []
-        for partition, items in by_partition.items():
-            batch = self.producer.create_batch()
-            for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    sent.append(await self.producer.send_batch(batch, self.topic, partition=partition))
-                    batch = self.producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
-            sent.append(await self.producer.send_batch(batch, self.topic, partition=partition))
-        await asyncio.gather(*sent)
+        """Send a batch's outcomes, each to the partition with its request's number, and wait for Kafka's
+        acknowledgement of all (a failure is a fault of the surroundings: the batch's write is retried)."""
+        if not outcomes:
+            return
+        producer = self._live()
+        if self.partitions is None:
+            self.partitions = await producer.partition_count(self.topic)
+        partitions = self.partitions
+        await self._sent([producer.send(self.topic, value, key, partition=partition % partitions)
+                          for partition, key, value in outcomes])
 
     async def close(self) -> None:
-        if self.started:
+        if self.producer is not None:
             await self.producer.stop()
+        for task in list(self._retired):
+            with contextlib.suppress(Exception):
+                await task
 
 
 def _observe(result: BatchResult) -> None:

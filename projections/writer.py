@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import orjson
 
+from infra.producer import ProduceFailed
 from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
 from ledger.changes import account_key, payloads
 from ledger.decisions import NO_POLICY, BalanceKey, Decided, Hold, Ledger, Original, Policy, resolved, touched
@@ -173,6 +174,8 @@ def transient(error: BaseException) -> bool:
     an `InterfaceError` but says a value cannot be sent, which no retry changes."""
     if isinstance(error, asyncpg.exceptions._base.DataError):
         return False
+    if isinstance(error, ProduceFailed):  # Kafka did not acknowledge the outcomes: retried, unless for good
+        return error.retriable and not error.fatal
     return isinstance(error, (*TRANSIENT, asyncpg.InterfaceError))
 
 
