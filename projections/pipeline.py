@@ -45,10 +45,12 @@ from ledger.fold import (
     fold_batch,
 )
 from ledger.positions import Position, PositionKey
-from ledger.requests import BatchRequest, TenantRequest, TransactionRequest
+from ledger.requests import BatchRequest, TenantRequest, Tick, TransactionRequest
 from projections.writer import Publish, begin, committed_offsets, open_batch, poison, preload, store, transient
 
 log = logging.getLogger("ledger.projector")
+
+PASSED_OVER = Tick()  # what a record `keep` refuses is folded as: its time only
 
 # For the processes that fold (the projector, `ledger replay`/`verify`): a fold allocates millions of
 # short-lived acyclic tuples while the state it works on holds ~10^5 long-lived objects. With the default
@@ -271,8 +273,13 @@ class Pipeline:
                 due[records[i].partition] = max(due.get(records[i].partition, 0), records[i].timestamp_ms)
             await self._preload(conn, [decoded[i] for i in kept], due)
         rows = BatchRows(positions=self.positions)
-        for i in range(0, len(kept), SLICE_RECORDS):
-            part = kept[i:i + SLICE_RECORDS]
+        # A record passed over (`keep`) still carries its time to the fold, as a tick does: the holds it
+        # expires in the live projection expire here at the same record (a version, `held`, a hold's state).
+        if len(kept) < len(fresh_at):
+            kept_at = set(kept)
+            decoded = [d if j in kept_at else PASSED_OVER for j, d in enumerate(decoded)]
+        for i in range(0, len(fresh_at), SLICE_RECORDS):
+            part = fresh_at[i:i + SLICE_RECORDS]
             fold_batch(self.ledger, [records[j] for j in part], [decoded[j] for j in part], rows, self.poison)
             await asyncio.sleep(0)
         rows.next_offsets.update({r.partition: r.offset + 1 for r in fresh})
