@@ -50,7 +50,7 @@ async def test_post_without_wait_is_pending_then_readable_at_its_position(tenant
 async def test_unknown_account_has_no_balances(tenant: Tenant) -> None:
     body = (await tenant.client.get(tenant.path("/accounts/nobody"))).json()
     assert body == {"address": "nobody", "balances": {}, "held": {}, "available": {}, "position": None,
-                    "metadata": {}, "overdraft_limit": {}, "frozen": False}
+                    "metadata": {}, "overdraft_limit": {}, "frozen": False, "version": 0}
 
 
 async def test_entries_are_newest_first_signed_and_paged(tenant: Tenant) -> None:
@@ -210,7 +210,7 @@ async def test_balance_reads_answer_alike_on_the_fast_path_and_through_the_route
     assert fast.status_code == routed.status_code == 200
     assert fast.json() == routed.json() == {"address": "hot-path", "balances": {"USD/2": 5}, "held": {"USD/2": 0},
                                             "available": {"USD/2": 5}, "position": position, "metadata": {},
-                                            "overdraft_limit": {}, "frozen": False}
+                                            "overdraft_limit": {}, "frozen": False, "version": 1}
     assert (fast.headers["x-request-id"], routed.headers["x-request-id"]) == ("hot-1", "hot-2")
     assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
     for params in ({}, {"timeout_ms": "100"}):
