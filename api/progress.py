@@ -247,14 +247,27 @@ class Listener:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
-            if self.conn is not None and not self.conn.is_closed():
-                # A new connection is pinged at once, however busy: notifications refresh `_last_ok`, and
-                # under a steady stream of them a "ping when quiet" never came, so it stayed unconfirmed
-                # (and the API unready) for as long as writes flowed (found by `make soak-cluster`).
-                if not self._confirmed or time.monotonic() - self._last_ok >= HEARTBEAT_INTERVAL_S:
-                    await self._ping(self.conn)
-                continue
-            await self._reconnect()
+            try:
+                await self._watch_once()
+            except Exception as e:
+                # This task is the listener's only way back: whatever one round met (make soak-cluster saw an
+                # API stay unready after a failover, its watcher gone without a word), it drops the connection,
+                # says so, and goes on.
+                log.error("notification listener: unexpected %s; reconnecting", type(e).__name__, exc_info=e)
+                self.problem = f"the listening connection failed ({type(e).__name__}); reconnecting"
+                if self.conn is not None:
+                    self.conn.terminate()
+                self.conn = None
+
+    async def _watch_once(self) -> None:
+        if self.conn is not None and not self.conn.is_closed():
+            # A new connection is pinged at once, however busy: notifications refresh `_last_ok`, and under a
+            # steady stream of them a "ping when quiet" never came, so it stayed unconfirmed (and the API
+            # unready) for as long as writes flowed (found by `make soak-cluster`).
+            if not self._confirmed or time.monotonic() - self._last_ok >= HEARTBEAT_INTERVAL_S:
+                await self._ping(self.conn)
+            return
+        await self._reconnect()
 
     async def _ping(self, conn: asyncpg.Connection) -> None:
         try:

@@ -82,3 +82,23 @@ async def test_a_key_change_that_hangs_is_given_up_and_the_connection_dropped(mo
         assert listener.healthy, listener.status()
     finally:
         await listener.stop()
+
+
+async def test_an_unexpected_error_of_a_ping_does_not_end_the_watch() -> None:
+    listener = Listener(os.environ["LEDGER_DATABASE_URL"], Progress(), _no_keys)
+    await listener.start()
+    try:
+        first = listener.conn
+        assert first is not None
+
+        async def broken(*args: object, **kwargs: object) -> None:
+            raise asyncpg.InternalClientError("cannot switch to state 11; another operation is in progress")
+
+        first.fetchval = broken  # type: ignore[method-assign]  # the next ping meets what a failover left
+        listener._confirmed = False
+        deadline = time.monotonic() + RECOVER_S
+        while time.monotonic() < deadline and (listener.conn is first or not listener.healthy):
+            await asyncio.sleep(0.05)
+        assert listener.conn is not first and listener.healthy, listener.status()
+    finally:
+        await listener.stop()
