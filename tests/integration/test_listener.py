@@ -26,13 +26,14 @@ async def test_a_reconnected_listener_is_healthy_again_while_notifications_strea
     listener = Listener(url, Progress(), _no_keys)
     await listener.start()
     admin = await asyncpg.connect(url)
+    notifier = await asyncpg.connect(url)  # its own connection: one connection runs one statement at a time
     stop = asyncio.Event()
     # An empty advance: heard (and harmless) for every API listening in this test session.
     payload = changes.payloads({}, [])[-1]
 
     async def stream() -> None:  # notifications more often than the listener's heartbeat interval
         while not stop.is_set():
-            await admin.execute("SELECT pg_notify($1, $2)", PROGRESS_CHANNEL, payload)
+            await notifier.execute("SELECT pg_notify($1, $2)", PROGRESS_CHANNEL, payload)
             await asyncio.sleep(0.02)
 
     streaming = asyncio.create_task(stream())
@@ -55,6 +56,7 @@ async def test_a_reconnected_listener_is_healthy_again_while_notifications_strea
             await streaming
         await listener.stop()
         await admin.close()
+        await notifier.close()
 
 
 async def test_a_key_change_that_hangs_is_given_up_and_the_connection_dropped(monkeypatch: object) -> None:
@@ -91,10 +93,13 @@ async def test_an_unexpected_error_of_a_ping_does_not_end_the_watch() -> None:
         first = listener.conn
         assert first is not None
 
-        async def broken(*args: object, **kwargs: object) -> None:
+        pinged = listener._ping
+
+        async def broken(conn: asyncpg.Connection) -> None:  # the next ping meets what a failover left
+            listener._ping = pinged  # type: ignore[method-assign]
             raise asyncpg.InternalClientError("cannot switch to state 11; another operation is in progress")
 
-        first.fetchval = broken  # type: ignore[method-assign]  # the next ping meets what a failover left
+        listener._ping = broken  # type: ignore[method-assign]
         listener._confirmed = False
         deadline = time.monotonic() + RECOVER_S
         while time.monotonic() < deadline and (listener.conn is first or not listener.healthy):
