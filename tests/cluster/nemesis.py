@@ -70,6 +70,7 @@ from infra.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from ledger.requests import Posting
 from ops.verify import verify
 from projections.replay import read_log
+from tests.bank import ACCOUNTS, FUND, HELD_MISMATCH, posting
 from tools import postgres_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,8 +86,6 @@ PAUSE_S = (3.0, 8.0)  # of calm between a fault's healing and the next fault
 STOP_S = (6.0, 12.0)  # a SIGSTOPped Kafka node hangs this long: past its 4 s session timeout
 KAFKA_BACK_S = 10.0  # contract: writes accepted again within 10 s of a Kafka node's loss
 PRIMARY_BACK_S = 30.0  # contract: wait=true writes commit again within 30 s of the primary's loss
-ACCOUNTS = [f"acct-{n}" for n in range(8)]
-FUND = 10**12
 TENANTS = 2
 HTTP_WRITERS = 6
 FAULTS = ("kill_kafka_controller", "kill_kafka_leader", "stop_kafka", "kill_primary", "kill_standby",
@@ -382,9 +381,9 @@ class ClusterNemesis:
         wait = rng.random() < 0.5
         params = {"wait": "true", "timeout_ms": str(int(WAIT_S * 1000))} if wait else {}
         if kind == "transfer":
-            path, body = "/transactions", {"postings": [_posting(account, other, rng.randint(1, 100))]}
+            path, body = "/transactions", {"postings": [posting(account, other, rng.randint(1, 100))]}
         elif kind == "hold":
-            path, body = "/holds", {"postings": [_posting(account, other, rng.randint(1, 100))],
+            path, body = "/holds", {"postings": [posting(account, other, rng.randint(1, 100))],
                                     "expires_in_s": rng.choice((1, 5, 3600))}
         elif kind in ("capture", "void"):
             if not books.holds[tenant]:
@@ -495,7 +494,7 @@ class ClusterNemesis:
                 self.tenants[tenant] = key.json()["key"]
                 funded = await client.post(f"/v1/tenants/{tenant}/transactions", params={"wait": "true"},
                                            headers={"Authorization": f"Bearer {key.json()['key']}"},
-                                           json={"postings": [_posting("@world", a, FUND) for a in ACCOUNTS]})
+                                           json={"postings": [posting("@world", a, FUND) for a in ACCOUNTS]})
                 assert funded.status_code == 201, funded.text
 
     async def run(self) -> dict[str, Any]:
@@ -733,23 +732,8 @@ class ClusterNemesis:
         }
 
 
-HELD_MISMATCH = """
-WITH open AS (
-    SELECT h.tenant, p->>'source' AS account, p->>'asset' AS asset, sum((p->>'amount')::bigint) AS amount
-    FROM holds h, jsonb_array_elements(h.postings::jsonb) AS p
-    WHERE h.state = 'held' AND h.tenant = ANY($1) GROUP BY 1, 2, 3)
-SELECT b.tenant, b.account, b.held, coalesce(o.amount, 0) AS open
-FROM balances b LEFT JOIN open o ON o.tenant = b.tenant AND o.account = b.account AND o.asset = b.asset
-WHERE b.tenant = ANY($1) AND b.held <> coalesce(o.amount, 0)
-"""  # as tests/faults/nemesis.py checks it
-
-
 def _clock(t: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
-
-
-def _posting(source: str, destination: str, amount: int) -> dict[str, Any]:
-    return {"source": source, "destination": destination, "amount": amount, "asset": "USD/2"}
 
 
 def start_cluster() -> subprocess.Popen[bytes] | None:

@@ -43,10 +43,9 @@ from infra.kafka import log_end
 from ledger.requests import Posting
 from ops.verify import verify
 from projections.replay import read_log
+from tests.bank import ACCOUNTS, FUND, HELD_MISMATCH, posting
 from tests.stack import OUTCOMES_TOPIC, SETTINGS, TRANSACTIONS_TOPIC, Stack, opened, unique
 
-ACCOUNTS = [f"acct-{n}" for n in range(8)]
-FUND = 10**12
 PAUSE_S = (2.0, 6.0)  # between faults
 RECOVERY_TIMEOUT_S = 120.0
 PROCESS_FAULTS = ("kill_projector", "stop_projector", "kill_api", "replay", "drop_connections")
@@ -180,7 +179,7 @@ class Nemesis:
                 with contextlib.suppress(httpx.HTTPError):
                     response = await client.post(f"/v1/tenants/{tenant}/transactions",
                                                  params={"wait": "true", "timeout_ms": "2000"},
-                                                 json={"postings": [_posting("@world", "probe", 1)]})
+                                                 json={"postings": [posting("@world", "probe", 1)]})
                     if response.status_code == 201:
                         self.books.acknowledged[(tenant, response.json()["id"])] = "probe"
                         return time.monotonic() - started
@@ -207,9 +206,9 @@ class Nemesis:
         wait = rng.random() < 0.5
         params = {"wait": "true", "timeout_ms": "3000"} if wait else {}
         if kind == "transfer":
-            path, body = "/transactions", {"postings": [_posting(account, other, rng.randint(1, 100))]}
+            path, body = "/transactions", {"postings": [posting(account, other, rng.randint(1, 100))]}
         elif kind == "hold":
-            path, body = "/holds", {"postings": [_posting(account, other, rng.randint(1, 100))],
+            path, body = "/holds", {"postings": [posting(account, other, rng.randint(1, 100))],
                                     "expires_in_s": rng.choice((1, 5, 3600))}
         elif kind in ("capture", "void"):
             if not books.holds[tenant]:
@@ -310,7 +309,7 @@ class Nemesis:
                                          headers={"Authorization": f"Bearer {key.json()['key']}"}) as client:
                 for account in ACCOUNTS:  # funded far beyond what the run moves: transfers commit
                     funded = await client.post(f"/v1/tenants/{tenant}/transactions", params={"wait": "true"},
-                                               json={"postings": [_posting("@world", account, FUND)]})
+                                               json={"postings": [posting("@world", account, FUND)]})
                     assert funded.status_code == 201, funded.text
 
     async def run(self) -> Report:
@@ -396,21 +395,6 @@ class Nemesis:
         verdict = await verify(SETTINGS.database_url, SETTINGS.kafka_bootstrap, TRANSACTIONS_TOPIC, tenants)
         if not verdict.identical:
             anomalies.append(f"ledger verify: {verdict.differences}")
-
-
-HELD_MISMATCH = """
-WITH open AS (
-    SELECT h.tenant, p->>'source' AS account, p->>'asset' AS asset, sum((p->>'amount')::bigint) AS amount
-    FROM holds h, jsonb_array_elements(h.postings::jsonb) AS p
-    WHERE h.state = 'held' AND h.tenant = ANY($1) GROUP BY 1, 2, 3)
-SELECT b.tenant, b.account, b.held, coalesce(o.amount, 0) AS open
-FROM balances b LEFT JOIN open o ON o.tenant = b.tenant AND o.account = b.account AND o.asset = b.asset
-WHERE b.tenant = ANY($1) AND b.held <> coalesce(o.amount, 0)
-"""
-
-
-def _posting(source: str, destination: str, amount: int) -> dict[str, Any]:
-    return {"source": source, "destination": destination, "amount": amount, "asset": "USD/2"}
 
 
 async def _read_topic(topic: str) -> list[tuple[bytes | None, bytes | None]]:
