@@ -14,11 +14,13 @@ from ledger.requests import (
     BATCH,
     CAPTURE,
     HOLD,
+    MONITOR,
     POLICY,
     REVERSE,
     TENANT,
     TICK,
     TRANSFER,
+    UNMONITOR,
     VOID,
     WIRE_VERSION,
     BatchRequest,
@@ -42,6 +44,7 @@ from ledger.validation import (
     parse_partial_amount,
     parse_postings_with_max,
     parse_reference,
+    parse_watch,
 )
 
 COMMON = frozenset({"v", "kind", "id", "tenant", "idempotency_key", "metadata", "reference"})
@@ -53,12 +56,14 @@ FIELDS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
     VOID: (COMMON | {"hold"}, ("v", "id", "tenant", "hold")),
     REVERSE: (COMMON | {"transaction", "amount"}, ("v", "id", "tenant", "transaction")),
     POLICY: (COMMON | {"account", "overdraft_limit", "frozen"}, ("v", "kind", "id", "tenant", "account")),
+    MONITOR: (COMMON | {"account", "asset", "below", "above"}, ("v", "kind", "id", "tenant", "account", "asset")),
+    UNMONITOR: (COMMON | {"monitor"}, ("v", "kind", "id", "tenant", "monitor")),
     TENANT: (frozenset({"v", "kind", "id", "tenant", "name"}), ("v", "kind", "id", "tenant", "name")),
     TICK: (frozenset({"v", "kind"}), ("v", "kind")),
     BATCH: (frozenset({"v", "kind", "id", "tenant", "transactions", "atomic", "idempotency_key"}),
             ("v", "kind", "id", "tenant", "transactions")),
 }
-TARGET_FIELD = {CAPTURE: "hold", VOID: "hold", REVERSE: "transaction", POLICY: "account"}
+TARGET_FIELD = {CAPTURE: "hold", VOID: "hold", REVERSE: "transaction", POLICY: "account", UNMONITOR: "monitor"}
 
 
 # A JSON string, escapes included: what to blank out before counting the colons that separate members.
@@ -124,6 +129,9 @@ def encode_request(request: Request) -> bytes:
     if request.kind in (TRANSFER, HOLD):
         body["postings"] = request.postings_json()
         body |= request.conditions_json()  # only when given: a request without conditions encodes as before
+    elif request.kind == MONITOR:
+        assert request.watch is not None
+        body |= {k: v for k, v in request.watch.as_json().items() if v is not None}
     else:
         body[TARGET_FIELD[request.kind]] = request.target
     if request.amount is not None:
@@ -194,6 +202,7 @@ def decode_request(key: bytes | None, value: bytes | None) -> Request:
         expires_in_s=parse_expires_in_s(obj.get("expires_in_s")) if kind == HOLD else None,
         limits=parse_limits(obj.get("overdraft_limit")),
         frozen=parse_frozen(obj.get("frozen")),
+        watch=parse_watch(obj) if kind == MONITOR else None,
     )
 
 
@@ -210,13 +219,20 @@ def salvage_identity(key: bytes | None, value: bytes | None) -> tuple[str, str] 
 
 
 def encode_outcome(positions: PositionKey, tenant: str | None, id: str | None, status: str, reason: str | None,
-                   position: Position, record: Position, original_id: str | None = None) -> bytes:
+                   position: Position, record: Position, original_id: str | None = None, kind: str | None = None,
+                   crossings: list[dict[str, object]] | None = None) -> bytes:
     """An outcome on `ledger.outcomes`: `position` is where the decided request sits (for a replayed
     idempotency key, the original's, with `original_id`), as the tenant's opaque token, which its API clients
     may pass as `min_position`; `record` is the record this outcome answers, in the clear (`<partition>-<offset>`:
-    only readers of the log see this topic), which is how a producer matches the outcome to its append."""
+    only readers of the log see this topic), which is how a producer matches the outcome to its append; `kind`
+    the request's kind, when it has one, and `crossings` the balance monitors a committed transaction crossed
+    (contract v3's `balance.crossed`, which the dispatcher sends)."""
     body: dict[str, object] = {"tenant": tenant, "id": id, "status": status, "reason": reason,
                                "position": positions.token(tenant or "", position), "record": record.raw()}
     if original_id is not None:
         body["original_id"] = original_id
+    if kind is not None:
+        body["kind"] = kind
+    if crossings:
+        body["crossings"] = crossings
     return orjson.dumps(body)

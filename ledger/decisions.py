@@ -17,14 +17,17 @@ from ledger.positions import Position
 from ledger.requests import (
     CAPTURE,
     HOLD,
+    MONITOR,
     POLICY,
     REVERSE,
     TRANSFER,
+    UNMONITOR,
     VOID,
     BatchRequest,
     Posting,
     TenantRequest,
     TransactionRequest,
+    Watch,
 )
 from ledger.validation import BALANCE_MAX, BALANCE_MIN, is_system
 
@@ -48,6 +51,12 @@ ACCOUNT_FROZEN = "account_frozen"
 OVERDRAFT_IN_USE = "overdraft_in_use"
 VERSION_CONFLICT = "version_conflict"
 ASSERTION_FAILED = "assertion_failed"
+TOO_MANY_MONITORS = "too_many_monitors"
+# Each transaction on an account reads every monitor of it, and its outcome carries every crossing: bounded per
+# account and per tenant, so no tenant slows the fold or makes an outcome too large for Kafka (1,000 crossings
+# of ~450 bytes at most).
+MONITORS_PER_ACCOUNT_MAX = 16
+MONITORS_PER_TENANT_MAX = 1000
 # `amount` names the one posting a partial capture or reversal moves: with several, the request is at fault
 # (the API answers 422, not 409, for it).
 AMOUNT_NEEDS_ONE_POSTING = "amount_needs_one_posting"
@@ -130,6 +139,16 @@ class Policy:
 NO_POLICY = Policy({}, False, {})
 
 
+@dataclass(slots=True)
+class Monitor:
+    """A balance monitor (contract v3), active until a removal record closes it."""
+
+    tenant: str
+    id: str
+    watch: Watch
+    active: bool = True
+
+
 def _restricts(policy: Policy) -> int:
     """1 if the policy limits an overdraft or freezes the account (what decisions read of it), else 0."""
     return int(bool(policy.limits) or policy.frozen)
@@ -176,6 +195,12 @@ class LedgerState(Protocol):
     def restricted(self) -> bool: ...
 
     def version(self, tenant: str, account: str) -> int: ...
+
+    def monitor(self, tenant: str, monitor_id: str) -> Monitor | None: ...
+
+    def watching(self, tenant: str, account: str) -> tuple[Monitor, ...]: ...
+
+    def monitor_count(self, tenant: str) -> int: ...
 
 
 def _replay(prior: Decided, request: TransactionRequest, id_taken: bool) -> Outcome:
@@ -429,6 +454,17 @@ def decide(state: LedgerState, request: TransactionRequest, now_ms: int = 0) -> 
         return _reverse(state, request)
     if request.kind == POLICY:
         return _policy(state, request)
+    if request.kind == MONITOR:
+        assert request.watch is not None
+        if len(state.watching(request.tenant, request.watch.account)) >= MONITORS_PER_ACCOUNT_MAX \
+                or state.monitor_count(request.tenant) >= MONITORS_PER_TENANT_MAX:
+            return Outcome("rejected", TOO_MANY_MONITORS)
+        return Outcome("committed")
+    if request.kind == UNMONITOR:
+        monitor = state.monitor(request.tenant, resolved(state, request.tenant, request.target or ""))
+        if monitor is None or not monitor.active:
+            return Outcome("rejected", NOT_FOUND)
+        return Outcome("committed", target=monitor.id)
     return _move(state, request.tenant, request.postings, {}, True)
 
 
@@ -467,6 +503,13 @@ class Ledger:
     batches: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     # Per account: how many committed records changed it (contract v3's `version`); absent: 0, or not loaded.
     versions: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Balance monitors known by (tenant, id): created here, loaded with their account, or named by a removal.
+    monitors: dict[tuple[str, str], Monitor] = field(default_factory=dict)
+    # Per account, its active monitors in the order they were created. Loaded with the account's policy, so
+    # absent means none for every account the batch moves (those are all loaded).
+    watched: dict[tuple[str, str], tuple[Monitor, ...]] = field(default_factory=dict)
+    # Per tenant, how many monitors are active (loaded with whether the tenant exists).
+    monitor_counts: dict[str, int] = field(default_factory=dict)
 
     def balance(self, key: BalanceKey) -> int:
         return self.balances.get(key, 0)
@@ -500,6 +543,27 @@ class Ledger:
 
     def version(self, tenant: str, account: str) -> int:
         return self.versions.get((tenant, account), 0)
+
+    def monitor(self, tenant: str, monitor_id: str) -> Monitor | None:
+        return self.monitors.get((tenant, monitor_id))
+
+    def watching(self, tenant: str, account: str) -> tuple[Monitor, ...]:
+        return self.watched.get((tenant, account), ())
+
+    def monitor_count(self, tenant: str) -> int:
+        return self.monitor_counts.get(tenant, 0)
+
+    def learn_monitor(self, monitor: Monitor) -> Monitor:
+        """Know a monitor loaded from PostgreSQL (one this process knows already is newer: it is kept); an
+        active one joins its account's list. Returns the one known."""
+        known = self.monitors.get((monitor.tenant, monitor.id))
+        if known is not None:
+            return known
+        self.monitors[(monitor.tenant, monitor.id)] = monitor
+        if monitor.active:
+            key = (monitor.tenant, monitor.watch.account)
+            self.watched[key] = (*self.watched.get(key, ()), monitor)
+        return monitor
 
     def bump(self, tenant: str, accounts: Iterable[str]) -> None:
         """One more change of each of `accounts` (each once per record)."""
@@ -550,6 +614,20 @@ class Ledger:
         elif request.kind == POLICY:
             self.learn_policy((request.tenant, request.target or ""), Policy(dict(request.limits), request.frozen,
                                                                              request.metadata))
+        elif request.kind == MONITOR:
+            assert request.watch is not None
+            self.learn_monitor(Monitor(request.tenant, request.id, request.watch))
+            self.monitor_counts[request.tenant] = self.monitor_count(request.tenant) + 1
+        elif request.kind == UNMONITOR:
+            monitor = self.monitors[(request.tenant, outcome.target or "")]
+            monitor.active = False
+            self.monitor_counts[request.tenant] = self.monitor_count(request.tenant) - 1
+            key = (request.tenant, monitor.watch.account)
+            left = tuple(m for m in self.watched.get(key, ()) if m.id != monitor.id)
+            if left:
+                self.watched[key] = left
+            else:
+                self.watched.pop(key, None)
 
     def track(self, hold: Hold) -> None:
         """Know `hold` (created, or loaded from PostgreSQL), and when it expires if it is open."""
@@ -655,6 +733,12 @@ def touched(requests: Iterable[TransactionRequest], state: LedgerState) -> set[B
         elif r.kind == POLICY:  # the balance rows that carry its limits, now or before
             limited = {asset for asset, _ in r.limits} | state.policy(r.tenant, r.target or "").limits.keys()
             keys.update((r.tenant, r.target or "", asset) for asset in limited)
+        elif r.watch is not None:  # a monitor: its account's monitors are read (loaded with its policy)
+            keys.add((r.tenant, r.watch.account, r.watch.asset))
+        elif r.kind == UNMONITOR:
+            monitor = state.monitor(r.tenant, resolved(state, r.tenant, r.target or ""))
+            if monitor is not None:
+                keys.add((r.tenant, monitor.watch.account, monitor.watch.asset))
         keys.update((r.tenant, account, p.asset) for p in postings for account in (p.source, p.destination))
         keys.update((r.tenant, a.account, a.asset) for a in r.asserts)  # read, even where nothing moves
     return keys
@@ -702,6 +786,15 @@ class Scratch:
 
     def restricted(self) -> bool:
         return self.base.restricted()
+
+    def monitor(self, tenant: str, monitor_id: str) -> Monitor | None:
+        return self.base.monitor(tenant, monitor_id)
+
+    def watching(self, tenant: str, account: str) -> tuple[Monitor, ...]:
+        return self.base.watching(tenant, account)
+
+    def monitor_count(self, tenant: str) -> int:
+        return self.base.monitor_count(tenant)
 
     def apply(self, request: TransactionRequest, outcome: Outcome, position: Position) -> None:
         decided = Decided(request.id, outcome.status, outcome.reason, request.fingerprint(), position)

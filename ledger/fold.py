@@ -25,6 +25,7 @@ from ledger.decisions import (
     BalanceKey,
     Hold,
     Ledger,
+    Monitor,
     Outcome,
     changed_accounts,
     decide,
@@ -39,9 +40,11 @@ from ledger.positions import Position, PositionKey
 from ledger.requests import (
     CAPTURE,
     HOLD,
+    MONITOR,
     POLICY,
     REVERSE,
     TRANSFER,
+    UNMONITOR,
     VOID,
     BatchRequest,
     TenantRequest,
@@ -55,6 +58,7 @@ from ledger.rows import (
     HoldRow,
     IdempotencyRow,
     InvalidEventRow,
+    MonitorRow,
     ReplayRow,
     TenantRow,
     TransactionRow,
@@ -130,6 +134,10 @@ class BatchRows:
     accounts: dict[tuple[str, str], AccountRow] = field(default_factory=dict)  # policies set
     # Per account whose version moved: (its version, the position of the last record that moved it, its time).
     versions: dict[tuple[str, str], tuple[int, Position, datetime]] = field(default_factory=dict)
+    # Balance monitors created, then those removed (tenant, id, when): a removal is written after the creations,
+    # so one created and removed in the same batch is both.
+    monitors: list[MonitorRow] = field(default_factory=list)
+    monitor_removals: list[tuple[str, str, datetime]] = field(default_factory=list)
     # (partition, key, value): outcomes go to the partition of ledger.outcomes that matches the request's.
     outcomes: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)
@@ -172,14 +180,16 @@ def _count(rows: BatchRows, status: str, reason: str | None) -> None:
 
 def _publish(rows: BatchRows, record: Record, tenant: str | None, id: str | None, status: str,
              reason: str | None, position: Position | None = None, original_id: str | None = None,
-             record_position: Position | None = None) -> None:
+             record_position: Position | None = None, kind: str | None = None,
+             crossings: list[dict[str, object]] | None = None) -> None:
     _count(rows, status, reason)
     if rows.positions is None:
         return
     if position is None or record_position is None:
         here = record.position
         position, record_position = position or here, record_position or here
-    body = encode_outcome(rows.positions, tenant, id, status, reason, position, record_position, original_id)
+    body = encode_outcome(rows.positions, tenant, id, status, reason, position, record_position, original_id,
+                          kind, crossings)
     rows.outcomes.append((record.partition, tenant.encode() if tenant else record.key or b"", body))
 
 
@@ -206,7 +216,8 @@ def _expire(ledger: Ledger, rows: BatchRows, record: Record) -> None:
         for p in hold.postings:
             _balance(ledger, rows, (hold.tenant, p.source, p.asset), record.position)
         # Answers no record of its own: it names the hold's, so no other record's outcome is mistaken for it.
-        _publish(rows, record, hold.tenant, hold.id, EXPIRED, None, hold.position, record_position=hold.position)
+        _publish(rows, record, hold.tenant, hold.id, EXPIRED, None, hold.position, record_position=hold.position,
+                 kind=HOLD)
 
 
 def _versions(ledger: Ledger, rows: BatchRows, tenant: str, accounts: set[str], position: Position,
@@ -234,6 +245,13 @@ def _effects(ledger: Ledger, rows: BatchRows, request: TransactionRequest, outco
             position.partition, position.offset, at)
         for key in limited:  # every balance row that carries one of its limits, before or now
             _balance(ledger, rows, key, position)
+    elif request.kind == MONITOR:
+        assert request.watch is not None
+        w = request.watch
+        rows.monitors.append(MonitorRow(request.tenant, request.id, w.account, w.asset, w.below, w.above, True,
+                                        position.partition, position.offset, at))
+    elif request.kind == UNMONITOR:
+        rows.monitor_removals.append((request.tenant, outcome.target or "", at))
     elif request.kind == REVERSE:
         target = (request.tenant, outcome.target or "")
         total = ledger.originals[target].reversed
@@ -254,7 +272,7 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
             rows.replays.append(ReplayRow(request.tenant, request.id, original.transaction_id, position.partition,
                                           position.offset))
         _publish(rows, record, request.tenant, request.id, outcome.status, outcome.reason, original.position,
-                 original.transaction_id)
+                 original.transaction_id, kind=request.kind)
         return
     # A policy's balance rows are those of its new limits and of the ones it replaces: known before it applies.
     limited = touched([request], ledger) if request.kind == POLICY else set()
@@ -297,7 +315,40 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
         changed[key] = None
     for key in changed:
         _balance(ledger, rows, key, position)
-    _publish(rows, record, request.tenant, request.id, outcome.status, outcome.reason, position, None, position)
+    crossed = _crossed(ledger, request, outcome) if ledger.watched and outcome.entries else None
+    _publish(rows, record, request.tenant, request.id, outcome.status, outcome.reason, position, None, position,
+             request.kind, crossed)
+
+
+def _crossed(ledger: Ledger, request: TransactionRequest, outcome: Outcome) -> list[dict[str, object]]:
+    """The balance monitors a committed transaction crossed (contract v3's `balance.crossed`): its posted
+    balance went from `>= below` to `< below`, or from `<= above` to `> above`, between before the transaction
+    and after it. Decided here, from the log alone, so a replay finds the same crossings."""
+    spans: dict[tuple[str, str], list[int]] = {}  # (account, asset) -> [before, after], in the entries' order
+    for entry in outcome.entries:
+        span = spans.get((entry.account, entry.asset))
+        if span is None:
+            spans[(entry.account, entry.asset)] = [entry.balance_after - entry.amount, entry.balance_after]
+        else:
+            span[1] = entry.balance_after
+    crossed: list[dict[str, object]] = []
+    for (account, asset), (before, after) in spans.items():
+        for monitor in ledger.watching(request.tenant, account):
+            crossed.extend(_crossing(monitor, asset, before, after, request.id))
+    return crossed
+
+
+def _crossing(monitor: Monitor, asset: str, before: int, after: int, transaction_id: str) -> list[dict[str, object]]:
+    watch = monitor.watch
+    if watch.asset != asset:
+        return []
+    found: list[tuple[str, int]] = []
+    if watch.below is not None and before >= watch.below > after:
+        found.append(("below", watch.below))
+    if watch.above is not None and before <= watch.above < after:
+        found.append(("above", watch.above))
+    return [{"monitor": monitor.id, "account": watch.account, "asset": asset, "balance": after, "threshold": limit,
+             "direction": direction, "transaction_id": transaction_id} for direction, limit in found]
 
 
 def _fold_batch_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,

@@ -19,6 +19,8 @@ POLICY = "policy"
 BATCH = "batch"
 TENANT = "tenant"
 TICK = "tick"
+MONITOR = "monitor"
+UNMONITOR = "unmonitor"
 HOLD_EXPIRES_IN_S_DEFAULT = 604_800
 
 
@@ -56,12 +58,26 @@ class Assertion(NamedTuple):
         return body
 
 
+class Watch(NamedTuple):
+    """A balance monitor (contract v3): fires when a committed transaction moves `account`'s posted balance in
+    `asset` from `>= below` to `< below`, or from `<= above` to `> above` (at least one bound is given)."""
+
+    account: str
+    asset: str
+    below: int | None
+    above: int | None
+
+    def as_json(self) -> dict[str, object]:
+        return {"account": self.account, "asset": self.asset, "below": self.below, "above": self.above}
+
+
 @dataclass(frozen=True, slots=True)
 class TransactionRequest:
     """One request on `ledger.transactions` that a tenant's ids and idempotency keys cover, already
     validated. `kind` says which: a transfer or a hold (`postings`, and for a hold `expires_in_s`), a capture
     or void of the hold `target`, a reversal of the transaction `target` (`amount` makes a capture or
-    reversal partial), or the policy of the account `target`."""
+    reversal partial), the policy of the account `target`, a balance monitor (`watch`; its id is the
+    request's) or the removal of the monitor `target`."""
 
     id: str
     tenant: str
@@ -83,6 +99,7 @@ class TransactionRequest:
     if_version: tuple[tuple[str, int], ...] = ()
     asserts: tuple[Assertion, ...] = ()
     amount_max: frozenset[int] = frozenset()
+    watch: Watch | None = None
     _fingerprint: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def fingerprint(self) -> bytes:
@@ -104,6 +121,8 @@ class TransactionRequest:
                      "expires_in_s": self.expires_in_s}
         if self.kind == POLICY:
             body |= {"limits": list(self.limits), "frozen": self.frozen}
+        if self.watch is not None:
+            body["watch"] = self.watch.as_json()
         # Only when given, so the digest of a request without conditions is what it was before they existed.
         if self.if_version:
             body["if_version"] = [list(v) for v in self.if_version]

@@ -105,6 +105,21 @@ class HoldRow(NamedTuple):
     closed_at: datetime | None
 
 
+class MonitorRow(NamedTuple):
+    """A balance monitor, as its record created it (a removal sets `active` false and `removed_at`)."""
+
+    tenant: str
+    id: str
+    account: str
+    asset: str
+    below: int | None
+    above: int | None
+    active: bool
+    log_partition: int
+    log_offset: int
+    created_at: datetime
+
+
 class AccountRow(NamedTuple):
     """An account's policy, as a policy record set it."""
 
@@ -127,3 +142,4 @@ TENANT_COLUMNS = TenantRow._fields
 BATCH_COLUMNS = BatchRow._fields
 HOLD_COLUMNS = HoldRow._fields
 ACCOUNT_COLUMNS = AccountRow._fields
+MONITOR_COLUMNS = MonitorRow._fields

@@ -14,13 +14,16 @@ from ledger.requests import (
     CAPTURE,
     HOLD,
     HOLD_EXPIRES_IN_S_DEFAULT,
+    MONITOR,
     POLICY,
     REVERSE,
     TRANSFER,
+    UNMONITOR,
     VOID,
     Assertion,
     Posting,
     TransactionRequest,
+    Watch,
 )
 
 AMOUNT_MAX = 2**63 - 1
@@ -255,7 +258,19 @@ BODY_FIELDS_BY_KIND = {
     VOID: frozenset({"metadata", "reference"}),
     REVERSE: frozenset({"amount", "metadata", "reference"}),
     POLICY: frozenset({"metadata", "overdraft_limit", "frozen"}),
+    MONITOR: frozenset({"account", "asset", "below", "above", "metadata", "reference"}),
+    UNMONITOR: frozenset({"metadata", "reference"}),
 }
+
+
+def parse_watch(obj: dict[str, object]) -> Watch:
+    """A balance monitor's account, asset and bounds: at least one of `below` and `above`."""
+    if "account" not in obj or "asset" not in obj:
+        raise InvalidRequest(f"missing field {'account' if 'account' not in obj else 'asset'!r}", "body")
+    below, above = _bound(obj.get("below"), "below"), _bound(obj.get("above"), "above")
+    if below is None and above is None:
+        raise InvalidRequest("give below, above or both", "body")
+    return Watch(check_address(obj["account"], "account"), check_asset(obj["asset"]), below, above)
 
 
 def parse_limits(value: object) -> tuple[tuple[str, int], ...]:
@@ -289,7 +304,9 @@ def check_customer(value: object, field: str) -> str:
     return address
 
 
-def _target(kind: str, target: str | None) -> str:
+def _target(kind: str, target: str | None) -> str | None:
+    if kind == MONITOR:
+        return None
     return check_customer(target, "address") if kind == POLICY else check_id(target, "id")
 
 
@@ -298,7 +315,7 @@ def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | Non
     """The request an HTTP body describes; the API supplies the id, tenant, idempotency key and, for a
     capture, void, reversal or account policy, the hold, transaction or account it names (`target`, from
     the path)."""
-    obj = _object({} if body is None and kind in (VOID, CAPTURE, REVERSE, POLICY) else body, "body",
+    obj = _object({} if body is None and kind in (VOID, CAPTURE, REVERSE, POLICY, UNMONITOR) else body, "body",
                   BODY_FIELDS_BY_KIND[kind])
     has_postings = kind in (TRANSFER, HOLD)
     if has_postings and "postings" not in obj:
@@ -321,6 +338,7 @@ def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | Non
         expires_in_s=parse_expires_in_s(obj.get("expires_in_s")) if kind == HOLD else None,
         limits=parse_limits(obj.get("overdraft_limit")),
         frozen=parse_frozen(obj.get("frozen")),
+        watch=parse_watch(obj) if kind == MONITOR else None,
     )
 
 

@@ -74,6 +74,15 @@ CHECKS = {
                  "(SELECT x.* FROM {shadow}.accounts x WHERE NOT EXISTS (SELECT FROM {live}.accounts a"
                  " JOIN s ON a.log_partition = s.p AND a.log_offset >= s.o"
                  " WHERE a.tenant = x.tenant AND a.account = x.account)) AS sa"),
+    # A monitor as created; removed in the replay (by the snapshot), it must be removed alike live.
+    "monitors": ("SELECT tenant, id, account, asset, below, above, log_partition, log_offset, created_at FROM {src}",
+                 "(SELECT m.* FROM {live}.monitors m JOIN s ON m.log_partition = s.p AND m.log_offset < s.o"
+                 " WHERE $3::text[] IS NULL OR m.tenant = ANY($3)) AS lm", "{shadow}.monitors"),
+    "monitors removed by the snapshot": (
+        "SELECT tenant, id, active, removed_at FROM {src}",
+        "(SELECT m.* FROM {live}.monitors m JOIN {shadow}.monitors x ON x.tenant = m.tenant AND x.id = m.id"
+        " AND NOT x.active WHERE $3::text[] IS NULL OR m.tenant = ANY($3)) AS lmr",
+        "(SELECT * FROM {shadow}.monitors WHERE NOT active) AS smr"),
     "invalid_events": ("SELECT log_partition, log_offset, record_key, record_value, error FROM {src}",
                        "(SELECT i.* FROM {live}.invalid_events i JOIN s ON i.log_partition = s.p"
                        " AND i.log_offset < s.o WHERE $3::text[] IS NULL OR encode(i.record_key, 'escape') = ANY($3))"

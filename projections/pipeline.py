@@ -239,7 +239,7 @@ class Pipeline:
     def _carried(self) -> int:
         ledger = self.ledger
         return (len(ledger.balances) + len(ledger.by_id) + len(ledger.by_key) + len(ledger.tenants)
-                + len(ledger.holds) + len(ledger.originals) + len(ledger.policies))
+                + len(ledger.holds) + len(ledger.originals) + len(ledger.policies) + len(ledger.monitors))
 
     def _reset(self) -> None:
         assert not self.in_flight

@@ -15,10 +15,21 @@ import orjson
 from infra.producer import ProduceFailed
 from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
 from ledger.changes import account_key, payloads
-from ledger.decisions import NO_POLICY, BalanceKey, Decided, Hold, Ledger, Original, Policy, resolved, touched
+from ledger.decisions import (
+    NO_POLICY,
+    BalanceKey,
+    Decided,
+    Hold,
+    Ledger,
+    Monitor,
+    Original,
+    Policy,
+    resolved,
+    touched,
+)
 from ledger.fold import BALANCE_COLUMNS, EPOCH, BatchRows
 from ledger.positions import Position
-from ledger.requests import CAPTURE, POLICY, REVERSE, VOID, Posting, TransactionRequest
+from ledger.requests import CAPTURE, POLICY, REVERSE, UNMONITOR, VOID, Posting, TransactionRequest, Watch
 from ledger.rows import (
     ACCOUNT_COLUMNS,
     BATCH_COLUMNS,
@@ -26,6 +37,7 @@ from ledger.rows import (
     HOLD_COLUMNS,
     IDEMPOTENCY_COLUMNS,
     INVALID_EVENT_COLUMNS,
+    MONITOR_COLUMNS,
     REPLAY_COLUMNS,
     TENANT_COLUMNS,
     TRANSACTION_COLUMNS,
@@ -64,7 +76,11 @@ SELECT b.idempotency_key, b.tenant, b.id, b.status, b.reason, b.fingerprint, b.l
 FROM batches b
 JOIN unnest($1::text[], $2::text[]) AS k(tenant, key) ON b.tenant = k.tenant AND b.idempotency_key = k.key
 """
-SELECT_TENANTS = "SELECT id FROM tenants WHERE id = ANY($1::text[])"
+# Whether each tenant exists, and how many monitors it has active (the fold bounds them per tenant).
+SELECT_TENANTS = """
+SELECT t.id, (SELECT count(*) FROM monitors m WHERE m.tenant = t.id AND m.active) AS monitors FROM tenants t
+WHERE t.id = ANY($1::text[])
+"""
 SELECT_CHAINS = "SELECT tenant, count, head FROM chains WHERE tenant = ANY($1::text[])"
 UPSERT_CHAINS = """
 INSERT INTO chains (tenant, count, head, log_partition, log_offset)
@@ -87,9 +103,27 @@ SELECT_DUE_HOLDS = f"""
 SELECT {HOLD_FIELDS} FROM holds h
 WHERE h.state = 'held' AND h.log_partition = ANY($1::int[]) AND h.expires_at <= $2
 """
+# With each account's policy and version, its active balance monitors (a row each, `monitor` set) in the order
+# they were created: one round trip, and most accounts have none (an index probe on an empty partial index).
 SELECT_POLICIES = """
-SELECT a.tenant, a.account, a.metadata, a.overdraft_limit, a.frozen, a.version FROM accounts a
+SELECT a.tenant, a.account, a.metadata, a.overdraft_limit, a.frozen, a.version,
+       NULL::text AS monitor, NULL::text AS asset, NULL::bigint AS below, NULL::bigint AS above, 0::bigint AS o
+FROM accounts a
 JOIN unnest($1::text[], $2::text[]) AS k(tenant, account) ON a.tenant = k.tenant AND a.account = k.account
+UNION ALL
+SELECT m.tenant, m.account, NULL, NULL, NULL, NULL, m.id, m.asset, m.below, m.above, m.log_offset FROM monitors m
+JOIN unnest($1::text[], $2::text[]) AS k(tenant, account) ON m.tenant = k.tenant AND m.account = k.account
+WHERE m.active
+ORDER BY o
+"""
+SELECT_MONITORS = """
+SELECT m.tenant, m.id, m.account, m.asset, m.below, m.above, m.active FROM monitors m
+JOIN unnest($1::text[], $2::text[]) AS k(tenant, id) ON m.tenant = k.tenant AND m.id = k.id
+"""
+UPDATE_MONITORS = """
+UPDATE monitors m SET active = false, removed_at = c.at
+FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS c(tenant, id, at)
+WHERE m.tenant = c.tenant AND m.id = c.id
 """
 # An account's version (contract v3), and the position and time of the last record that changed it (whatever
 # the batches were: a replay writes the same row); an account with no policy gets a row of its own, with the
@@ -254,6 +288,12 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
         until = EPOCH + timedelta(milliseconds=min(max(due.values()), DUE_MS_MAX))
         for row in await conn.fetch(SELECT_DUE_HOLDS, list(due), until):
             _track(ledger, row, held_keys)
+    removed = {(r.tenant, resolved(ledger, r.tenant, r.target or "")) for r in requests if r.kind == UNMONITOR}
+    removed = {k for k in removed if k not in ledger.monitors}
+    if removed:
+        for row in await conn.fetch(SELECT_MONITORS, *_columns(removed, 2)):
+            ledger.learn_monitor(Monitor(row["tenant"], row["id"], Watch(row["account"], row["asset"], row["below"],
+                                                                         row["above"]), row["active"]))
     originals = {(r.tenant, resolved(ledger, r.tenant, r.target or "")) for r in requests if r.kind == REVERSE}
     originals = {k for k in originals if k not in ledger.originals}
     if originals:
@@ -270,6 +310,10 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
     accounts = {a for a in accounts if a not in ledger.policies}
     if accounts:
         for row in await conn.fetch(SELECT_POLICIES, *_columns(accounts, 2)):
+            if row["monitor"] is not None:
+                ledger.learn_monitor(Monitor(row["tenant"], row["monitor"], Watch(
+                    row["account"], row["asset"], row["below"], row["above"])))
+                continue
             ledger.learn_policy((row["tenant"], row["account"]), Policy(
                 orjson.loads(row["overdraft_limit"]), row["frozen"], orjson.loads(row["metadata"])))
             ledger.versions[(row["tenant"], row["account"])] = row["version"]
@@ -305,8 +349,10 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
             ledger.chains[row["tenant"]] = (row["count"], bytes(row["head"]).hex())
     unknown = [t for t in tenants if t not in ledger.tenants]
     if unknown:
-        found = {row["id"] for row in await conn.fetch(SELECT_TENANTS, unknown)}
+        rows = await conn.fetch(SELECT_TENANTS, unknown)
+        found = {row["id"] for row in rows}
         ledger.tenants.update({t: t in found for t in unknown})
+        ledger.monitor_counts.update({row["id"]: row["monitors"] for row in rows})
 
 
 async def store(conn: asyncpg.Connection, rows: BatchRows, publish: Publish | None, notify: bool) -> None:
@@ -341,6 +387,9 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
     await _copy(conn, "replays", rows.replays, REPLAY_COLUMNS)
     await _copy(conn, "invalid_events", rows.invalid_events, INVALID_EVENT_COLUMNS)
     await _copy(conn, "holds", list(rows.holds.values()), HOLD_COLUMNS)
+    await _copy(conn, "monitors", rows.monitors, MONITOR_COLUMNS)
+    if rows.monitor_removals:
+        await conn.execute(UPDATE_MONITORS, *_columns(rows.monitor_removals, 3))  # type: ignore
     if rows.accounts:
         await conn.execute(UPSERT_ACCOUNTS, *_columns(rows.accounts.values(), len(ACCOUNT_COLUMNS)))  # type: ignore
     if rows.versions:  # after the policies: a policy's row keeps its policy and takes its version
