@@ -12,6 +12,7 @@ COPY infra infra
 COPY ops ops
 COPY client client
 COPY bench bench
+COPY dispatch dispatch
 # Editable, so that ledger/ finds its compiled build beside it in /app/.build.
 RUN pip install -e . mypy==2.4.1 setuptools==65.5.0 && python -m infra.compiled
 USER nobody

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -35,7 +34,7 @@ from api.openapi import document
 from api.progress import Listener, Progress, WaitLimits
 from api.projector_group import ProjectorGroup
 from api.responses import JSON, error
-from api.store import ALL_LIMITS, LIMITS_OF, Store
+from api.store import ALL_LIMITS, LIMITS_OF, Store, init_connection
 from infra import settings as settings_mod
 from infra.settings import Settings
 from ledger.errors import LedgerError
@@ -134,11 +133,6 @@ async def _warm(pool: asyncpg.Pool) -> None:
             await pool.release(conn)
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
-                              schema="pg_catalog")
-
-
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     cfg: Settings = app.state.settings
@@ -146,7 +140,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     # statement, and have its backend compile the plpgsql read) waited 20-130 ms, which was the p99 of reads.
     pool = await asyncpg.create_pool(cfg.api_database_url, min_size=cfg.db_pool_size_max,
                                      max_size=cfg.db_pool_size_max, max_inactive_connection_lifetime=0,
-                                     init=_init_connection, reset=_keep_session, timeout=5, command_timeout=5,
+                                     init=init_connection, reset=_keep_session, timeout=5, command_timeout=5,
                                      server_settings={"application_name": f"{POOL_APPLICATION}:{os.getpid()}"})
     await _warm(pool)
     keys = KeyStore(cfg.admin_token)
@@ -260,6 +254,15 @@ def create_app(cfg: Settings | None = None) -> MetricsMiddleware:
             Route(f"{tenant}/accounts/{{address}}", routes.put_account, methods=["PUT"]),
             Route(f"{tenant}/accounts/{{address}}/entries", routes.get_entries, methods=["GET"]),
             Route(f"{tenant}/accounts/{{address}}/statement", routes.get_statement, methods=["GET"]),
+            Route(f"{tenant}/webhooks", routes.create_webhook, methods=["POST"]),
+            Route(f"{tenant}/webhooks", routes.list_webhooks, methods=["GET"]),
+            Route(f"{tenant}/webhooks/{{id}}", routes.get_webhook, methods=["GET"]),
+            Route(f"{tenant}/webhooks/{{id}}", routes.delete_webhook, methods=["DELETE"]),
+            Route(f"{tenant}/webhooks/{{id}}/deliveries", routes.list_deliveries, methods=["GET"]),
+            Route(f"{tenant}/monitors", routes.create_monitor, methods=["POST"]),
+            Route(f"{tenant}/monitors", routes.list_monitors, methods=["GET"]),
+            Route(f"{tenant}/monitors/{{id}}", routes.get_monitor, methods=["GET"]),
+            Route(f"{tenant}/monitors/{{id}}", routes.delete_monitor, methods=["DELETE"]),
         ],
         exception_handlers={LedgerError: ledger_error, HTTPException: http_error, Exception: unexpected_error},
         lifespan=lifespan,

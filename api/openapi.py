@@ -7,6 +7,7 @@ from typing import Any
 
 from api.auth import KEY_ID_RE
 from api.routes import ENTRIES_LIMIT_DEFAULT, ENTRIES_LIMIT_MAX
+from dispatch.events import ANY, EVENT_TYPES
 from ledger.validation import (
     ADDRESS_RE,
     ASSET_RE,
@@ -240,6 +241,36 @@ SCHEMAS: dict[str, Any] = {
             "at": {"type": "string", "format": "date-time"},
         },
     },
+    "Monitor": {
+        "type": "object", "required": ["id", "account", "asset", "status", "position"],
+        "properties": {
+            "id": {"type": "string"}, "account": {"type": "string"}, "asset": {"type": "string"},
+            "below": {"type": ["integer", "null"]}, "above": {"type": ["integer", "null"]},
+            "status": {"enum": ["active", "removed"]}, "position": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "removed_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "MonitorRequest": {
+        "type": "object", "additionalProperties": False, "required": ["account", "asset"],
+        "properties": {
+            "account": {"type": "string"}, "asset": {"type": "string"},
+            "below": {"type": "integer", "minimum": -9223372036854775808, "maximum": 9223372036854775807},
+            "above": {"type": "integer", "minimum": -9223372036854775808, "maximum": 9223372036854775807},
+            "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+            "reference": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+        },
+    },
+    "Webhook": {
+        "type": "object", "required": ["id", "url", "events", "created_at"],
+        "properties": {
+            "id": {"type": "string"}, "url": {"type": "string"},
+            "events": {"type": "array", "items": {"enum": [*EVENT_TYPES, ANY]}},
+            "secret": {"type": "string", "description": "Shown once, when the endpoint is registered"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "deleted_at": {"type": "string", "format": "date-time"},
+        },
+    },
     "Limits": {"type": "object", "properties": {
         "tenant": {"type": "string"}, "writes_per_s": {"type": "integer"}, "reads_per_s": {"type": "integer"},
         "burst_s": {"type": "integer"}}},
@@ -425,6 +456,52 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
             {"200": _ok("The chain", {"type": "object", "properties": {
                 "count": {"type": "integer"}, "head": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                 "position": {"type": ["string", "null"]}}}), **COMMON_ERRORS}, [TENANT, *read_params])},
+        "/v1/tenants/{tenant}/webhooks": {
+            "post": _operation(
+                "Register an endpoint for events (its secret is shown once); 422 url_not_allowed for a URL that is "
+                "or resolves to a loopback, private, link-local or unspecified address",
+                {"201": _ok("The endpoint, with its secret", _ref("Webhook")), **COMMON_ERRORS}, [TENANT],
+                body={"type": "object", "additionalProperties": False, "required": ["url", "events"],
+                      "properties": {"url": {"type": "string", "minLength": 1, "maxLength": 2048},
+                                     "events": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                                "items": {"enum": [*EVENT_TYPES, ANY]}}}}),
+            "get": _operation("The tenant's endpoints", {"200": _ok("Endpoints", {
+                "type": "object", "properties": {"webhooks": {"type": "array", "items": _ref("Webhook")}}}),
+                **COMMON_ERRORS}, [TENANT])},
+        "/v1/tenants/{tenant}/webhooks/{id}": {
+            "get": _operation("An endpoint", {"200": _ok("The endpoint", _ref("Webhook")), **COMMON_ERRORS},
+                              [TENANT, _path_param("id", ID_RE.pattern)]),
+            "delete": _operation("Delete an endpoint; what it still had to receive is cancelled",
+                                 {"200": _ok("The endpoint, deleted", _ref("Webhook")), **COMMON_ERRORS},
+                                 [TENANT, _path_param("id", ID_RE.pattern)])},
+        "/v1/tenants/{tenant}/webhooks/{id}/deliveries": {"get": _operation(
+            "An endpoint's delivery attempts, newest first",
+            {"200": _ok("A page of attempts", {"type": "object", "properties": {
+                "deliveries": {"type": "array", "items": {"type": "object", "properties": {
+                    "event_id": {"type": "string"}, "type": {"type": "string"},
+                    "status_code": {"type": ["integer", "null"]}, "error": {"type": ["string", "null"]},
+                    "attempt": {"type": "integer"}, "at": {"type": "string", "format": "date-time"}}}},
+                "next_cursor": {"type": ["string", "null"]}}}), **COMMON_ERRORS},
+            [TENANT, _path_param("id", ID_RE.pattern),
+             _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Page size (default 100)"),
+             _query("cursor", {"type": "string"}, "next_cursor of the previous page")])},
+        "/v1/tenants/{tenant}/monitors": {
+            "post": _money("Watch an account's posted balance: balance.crossed fires when a committed transaction "
+                           "moves it from >= below to < below, or from <= above to > above (a log record)",
+                           "Created: the monitor (wait=true)", "Monitor", [TENANT], _ref("MonitorRequest"),
+                           wait_timeout_ms_max),
+            "get": _operation("The tenant's monitors by id (active ones; removed=true: all)", {"200": _ok(
+                "A page of monitors", {"type": "object", "properties": {
+                    "monitors": {"type": "array", "items": _ref("Monitor")},
+                    "next_cursor": {"type": ["string", "null"]}}}), **COMMON_ERRORS},
+                [TENANT, *page_params, _query("removed", {"type": "boolean"}, "Include removed monitors"),
+                 *read_params])},
+        "/v1/tenants/{tenant}/monitors/{id}": {
+            "get": _operation("A monitor", {"200": _ok("The monitor", _ref("Monitor")), **COMMON_ERRORS},
+                              [TENANT, _path_param("id", ID_RE.pattern), *read_params]),
+            "delete": _money("Remove a monitor (a log record)", "Removed: the monitor (wait=true)", "Monitor",
+                             [TENANT, _path_param("id", ID_RE.pattern)], _ref("VoidRequest"), wait_timeout_ms_max,
+                             optional=True)},
         "/v1/tenants/{tenant}/limits": {
             "get": _operation("A tenant's limits in force (admin)", {"200": _ok("The limits", _ref("Limits")),
                                                                      **COMMON_ERRORS}, [TENANT]),

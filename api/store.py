@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from api.auth import check_key_id
 from infra.settings import KEYS_CHANNEL
@@ -40,6 +41,12 @@ FAILOVER_RETRY_S = 0.2
 FAILOVER_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
                    asyncpg.AdminShutdownError, asyncpg.InternalClientError, asyncpg.ReadOnlySQLTransactionError,
                    asyncpg.ConnectionDoesNotExistError)
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """JSON columns as Python values, as every reader of the API's functions expects them (the dispatcher too)."""
+    await conn.set_type_codec("jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+                              schema="pg_catalog")
 
 
 @contextlib.asynccontextmanager
@@ -163,6 +170,80 @@ class Store:
 
     async def balance_sums(self, tenant: str, low: str, high: str) -> list[asyncpg.Record]:
         return await self._fetch("SELECT * FROM api_balance_sums($1, $2, $3)", tenant, low, high)
+
+    async def monitor(self, tenant: str, id: str) -> asyncpg.Record | None:
+        rows = await self._fetch("SELECT * FROM api_monitor($1, $2)", tenant, id)
+        return rows[0] if rows else None
+
+    async def monitors(self, tenant: str, after: str | None, limit: int, removed: bool) -> list[asyncpg.Record]:
+        return await self._fetch("SELECT * FROM api_monitors($1, $2, $3, $4)", tenant, after, limit, removed)
+
+    @contextlib.asynccontextmanager
+    async def as_tenant(self, tenant: str) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction that row-level security confines to `tenant` (the endpoints' tables are read and
+        written directly, not through a function)."""
+        async with self.connection() as conn, conn.transaction():
+            await conn.execute("SELECT set_config('ledger.tenant', $1, true)", tenant)
+            yield conn
+
+    async def create_webhook(self, tenant: str, id: str, url: str, events: list[str], secret: str,
+                             most: int) -> asyncpg.Record | str:
+        """Register an endpoint; or why not: "too_many" (the tenant has `most` already: counted under a lock of
+        the tenant's, so two creations at once cannot both pass the count) or "taken" (its URL is registered)."""
+        async with self.as_tenant(tenant) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('webhooks:' || $1))", tenant,
+                               timeout=QUERY_TIMEOUT_S)
+            active = await conn.fetchval("SELECT count(*) FROM webhooks WHERE tenant = $1 AND deleted_at IS NULL",
+                                         tenant, timeout=QUERY_TIMEOUT_S)
+            if active >= most:
+                return "too_many"
+            row: asyncpg.Record | None = await conn.fetchrow(
+                "INSERT INTO webhooks (tenant, id, url, events, secret) VALUES ($1, $2, $3, $4, $5)"
+                " ON CONFLICT (tenant, url) WHERE deleted_at IS NULL DO NOTHING"
+                " RETURNING id, url, events, created_at", tenant, id, url, events, secret, timeout=QUERY_TIMEOUT_S)
+            return "taken" if row is None else row
+
+    async def count_webhooks(self, tenant: str) -> int:
+        async with self.as_tenant(tenant) as conn:
+            count: int = await conn.fetchval("SELECT count(*) FROM webhooks WHERE tenant = $1"
+                                             " AND deleted_at IS NULL", tenant, timeout=QUERY_TIMEOUT_S)
+            return count
+
+    async def webhooks(self, tenant: str) -> list[asyncpg.Record]:
+        async with self.as_tenant(tenant) as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(
+                "SELECT id, url, events, created_at FROM webhooks WHERE tenant = $1 AND deleted_at IS NULL"
+                " ORDER BY created_at, id", tenant, timeout=QUERY_TIMEOUT_S)
+            return rows
+
+    async def webhook(self, tenant: str, id: str) -> asyncpg.Record | None:
+        async with self.as_tenant(tenant) as conn:
+            row: asyncpg.Record | None = await conn.fetchrow(
+                "SELECT id, url, events, created_at FROM webhooks WHERE tenant = $1 AND id = $2"
+                " AND deleted_at IS NULL", tenant, id, timeout=QUERY_TIMEOUT_S)
+            return row
+
+    async def delete_webhook(self, tenant: str, id: str) -> asyncpg.Record | None:
+        """Delete an endpoint (the dispatchers cancel what it still had to receive); None if there was none."""
+        async with self.as_tenant(tenant) as conn:
+            row: asyncpg.Record | None = await conn.fetchrow(
+                "UPDATE webhooks SET deleted_at = clock_timestamp(), changed_at = clock_timestamp()"
+                " WHERE tenant = $1 AND id = $2 AND deleted_at IS NULL"
+                " RETURNING id, url, events, created_at, deleted_at", tenant, id, timeout=QUERY_TIMEOUT_S)
+            return row
+
+    async def attempts(self, tenant: str, webhook_id: str, before: tuple[datetime, str, int] | None,
+                       limit: int) -> list[asyncpg.Record]:
+        """An endpoint's delivery attempts, newest first, before the cursor (at, event, attempt) if given."""
+        async with self.as_tenant(tenant) as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(
+                "SELECT a.event_id, e.type, a.status_code, a.error, a.attempt, a.at FROM webhook_attempts a"
+                " JOIN webhook_events e ON e.id = a.event_id"
+                " WHERE a.tenant = $1 AND a.webhook_id = $2"
+                " AND ($3::timestamptz IS NULL OR (a.at, a.event_id, a.attempt) < ($3, $4, $5))"
+                " ORDER BY a.at DESC, a.event_id DESC, a.attempt DESC LIMIT $6",
+                tenant, webhook_id, *(before or (None, "", 0)), limit, timeout=QUERY_TIMEOUT_S)
+            return rows
 
     async def limits_of(self, tenant: str) -> asyncpg.Record | None:
         rows = await self._fetch(LIMITS_OF, tenant)

@@ -17,7 +17,7 @@ def timestamp(value: datetime | None) -> str | None:
 
 
 # How a transaction names what it acted on; and which kinds can be reversed (they show `reversed`).
-TARGET_NAMES = {"capture": "captures", "void": "voids", "reverse": "reverses"}
+TARGET_NAMES = {"capture": "captures", "void": "voids", "reverse": "reverses", "unmonitor": "monitor"}
 REVERSIBLE = frozenset({"transfer", "capture", "reverse"})
 
 
@@ -99,6 +99,23 @@ def hold(row: asyncpg.Record, positions: PositionKey, tenant: str) -> dict[str, 
         body["reason"] = row["reason"]
     if row["closed_by"] is not None:
         body["closed_by"] = row["closed_by"]
+    return body
+
+
+def monitor(row: asyncpg.Record, positions: PositionKey, tenant: str) -> dict[str, Any]:
+    """A balance monitor (contract v3): `status` active, or removed (with `removed_at`)."""
+    body: dict[str, Any] = {
+        "id": row["id"],
+        "account": row["account"],
+        "asset": row["asset"],
+        "below": row["below"],
+        "above": row["above"],
+        "status": "active" if row["active"] else "removed",
+        "position": positions.token(tenant, Position(row["log_partition"], row["log_offset"])),
+        "created_at": timestamp(row["created_at"]),
+    }
+    if row["removed_at"] is not None:
+        body["removed_at"] = timestamp(row["removed_at"])
     return body
 
 

@@ -1,7 +1,8 @@
 """`make run`: the whole stack in the foreground until Ctrl-C (SIGINT) or SIGTERM.
 
-Starts (or reuses) Kafka and PostgreSQL, creates the topics, migrates, runs the projector and the API,
-and on a signal stops what it started in reverse order: API, projector, Kafka, PostgreSQL.
+Starts (or reuses) Kafka and PostgreSQL, creates the topics, migrates, runs the projector, the dispatcher
+(webhooks) and the API, and on a signal stops what it started in reverse order: API, dispatcher, projector,
+Kafka, PostgreSQL.
 
 A child that exits is restarted, up to `RESTARTS_MAX` times in `RESTART_WINDOW_S`; past that it is left
 stopped, alone (the API keeps serving reads while the projector waits, and `/readyz` says why), until an
@@ -104,10 +105,13 @@ def main() -> None:
         # One consumer group: the projectors share the partitions; each serves its metrics on its own port.
         metrics_port = int(env["LEDGER_PROJECTOR_METRICS_PORT"])
         projectors = ["projector"] if cfg.projectors == 1 else [f"projector {n}" for n in range(1, cfg.projectors + 1)]
-        modules = {**{name: "projections.app" for name in projectors}, "API": "api"}
-        log_files = {name: logs / f"{name.replace(' ', '-')}.log" for name in projectors} | {"API": logs / "api.log"}
+        modules = {**{name: "projections.app" for name in projectors}, "dispatcher": "dispatch", "API": "api"}
+        log_files = {name: logs / f"{name.replace(' ', '-')}.log" for name in projectors} | {
+            "dispatcher": logs / "dispatcher.log", "API": logs / "api.log"}
+        dispatcher_port = str(cfg.dispatcher_metrics_port or 9474)
         envs = {name: {**env, "LEDGER_PROJECTOR_METRICS_PORT": str(metrics_port + n)}
-                for n, name in enumerate(projectors)} | {"API": env}
+                for n, name in enumerate(projectors)} | {
+            "dispatcher": {**env, "LEDGER_DISPATCHER_METRICS_PORT": dispatcher_port}, "API": env}
         for name in modules:
             children[name] = processes.spawn(modules[name], envs[name], log_files[name])
         budgets = {name: RestartBudget() for name in modules}
@@ -118,6 +122,7 @@ def main() -> None:
         say(f"admin token: {cfg.admin_token}")
         say("projector metrics: " + ", ".join(f"http://127.0.0.1:{envs[name]['LEDGER_PROJECTOR_METRICS_PORT']}/metrics"
                                               for name in projectors))
+        say(f"dispatcher metrics: http://127.0.0.1:{dispatcher_port}/metrics")
         say(f"logs: {logs}/ ; press Ctrl-C to stop")
         while not stopping:
             if revive:

@@ -85,6 +85,14 @@ class Settings:
     db_failover_wait_ms: int = 0
     # Records this API process appended and the projection has not applied, past which the heaviest writers shed.
     api_shed_lag_records: int = 500  # a tenant label on the 429 counter (one series per tenant refused)
+    # Events out (contract v3): hosts a webhook may name though they resolve to loopback or private addresses
+    # (local use only), the dispatcher's consumer group and metrics port, and how many deliveries it runs at once
+    # in all and to one endpoint.
+    webhook_allow_hosts: frozenset[str] = frozenset()
+    dispatcher_group: str = "ledger-dispatcher"
+    dispatcher_metrics_port: int = 0
+    deliveries_in_flight: int = 512
+    deliveries_per_endpoint: int = 4
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -213,4 +221,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         metrics_tenant_labels=_int(env, "LEDGER_METRICS_TENANT_LABELS", 0, 0, 1) == 1,
         db_failover_wait_ms=_int(env, "LEDGER_DB_FAILOVER_WAIT_MS", 0, 0, 120_000),
         api_shed_lag_records=_int(env, "LEDGER_API_SHED_LAG_RECORDS", 500, 1, 10_000_000),
+        webhook_allow_hosts=frozenset(h.strip().lower() for h in env.get("LEDGER_WEBHOOK_ALLOW_HOSTS", "").split(",")
+                                      if h.strip()),
+        dispatcher_group=env.get("LEDGER_DISPATCHER_GROUP") or "ledger-dispatcher",
+        dispatcher_metrics_port=_int(env, "LEDGER_DISPATCHER_METRICS_PORT", 0, 0, 65535),
+        deliveries_in_flight=_int(env, "LEDGER_DELIVERIES_IN_FLIGHT", 512, 1, 100_000),
+        deliveries_per_endpoint=_int(env, "LEDGER_DELIVERIES_PER_ENDPOINT", 4, 1, 1000),
     )

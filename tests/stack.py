@@ -64,22 +64,42 @@ class Stack:
         self.settings = settings_mod.load()
         self.api_url = f"http://127.0.0.1:{self.settings.api_port}"
         # A small pool: tenant context must never leak between requests that share connections.
+        # Webhooks to this machine's receivers: the API lets `localhost` and `127.0.0.1` be registered, and the
+        # dispatcher delivers only to `localhost` (so `127.0.0.1` is what the delivery-time check refuses).
         self.env = processes.child_env(LEDGER_ADMIN_TOKEN=self.admin_token,
-                                       LEDGER_DB_POOL_SIZE_MAX="4")
+                                       LEDGER_DB_POOL_SIZE_MAX="4",
+                                       LEDGER_WEBHOOK_ALLOW_HOSTS="localhost,127.0.0.1")
+        self.dispatcher_env = {**self.env, "LEDGER_WEBHOOK_ALLOW_HOSTS": "localhost",
+                               "LEDGER_DISPATCHER_METRICS_PORT": str(free_port())}
         self.logs = DATA / "logs" / f"tests-{os.environ.get('LEDGER_TEST_RUN_ID', 'manual')}"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.projector: subprocess.Popen[bytes] | None = None
         self.api: subprocess.Popen[bytes] | None = None
+        self.dispatcher: subprocess.Popen[bytes] | None = None
         self.extras: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
         self.start_projector()
+        self.start_dispatcher()
         self.api = processes.spawn("api", self.env, self.logs / "api.log")
         self._wait_ready()
         self._wait_projecting()
 
     def start_projector(self) -> None:
         self.projector = processes.spawn("projections.app", self.env, self.logs / "projector.log")
+
+    def start_dispatcher(self) -> None:
+        self.dispatcher = processes.spawn("dispatch", self.dispatcher_env, self.logs / "dispatcher.log")
+
+    def kill_dispatcher(self, sig: int = signal.SIGKILL) -> None:
+        assert self.dispatcher is not None
+        self.dispatcher.send_signal(sig)
+        self.dispatcher.wait(15)
+
+    def ensure_dispatcher(self) -> None:
+        assert self.dispatcher is not None
+        if self.dispatcher.poll() is not None:
+            self.start_dispatcher()
 
     def extra_projector(self) -> subprocess.Popen[bytes]:
         """A second projector in the same consumer group, stopped with the stack."""
@@ -120,7 +140,8 @@ class Stack:
         self.projector.wait(15)
 
     def stop(self) -> None:
-        for proc, name in ((self.api, "API"), (self.projector, "projector"), *((p, "extra") for p in self.extras)):
+        for proc, name in ((self.api, "API"), (self.dispatcher, "dispatcher"), (self.projector, "projector"),
+                           *((p, "extra") for p in self.extras)):
             if proc is not None:
                 processes.stop(proc, name)
 

@@ -35,6 +35,7 @@ STATE_FILE = DATA / "cluster.json"
 PID_FILE = BASE / "supervisor.pid"
 API_PORTS = (8000, 8001)
 PROJECTOR_METRICS_PORTS = (19464, 19465)
+DISPATCHER_METRICS_PORTS = (19474, 19475)
 STATE_EVERY_S = 1.0
 
 
@@ -138,6 +139,9 @@ class Cluster:
         for n, port in enumerate(PROJECTOR_METRICS_PORTS, start=1):
             self.add(Child(f"projector-{n}", "projector", port, [sys.executable, "-m", "projections.app"],
                            self.logs / f"projector-{n}.log", env=env | {"LEDGER_PROJECTOR_METRICS_PORT": str(port)}))
+        for n, port in enumerate(DISPATCHER_METRICS_PORTS, start=1):  # one consumer group: they share the work
+            self.add(Child(f"dispatcher-{n}", "dispatcher", port, [sys.executable, "-m", "dispatch"],
+                           self.logs / f"dispatcher-{n}.log", env=env | {"LEDGER_DISPATCHER_METRICS_PORT": str(port)}))
         apis = [self.add(Child(f"api-{n}", "api", port, [sys.executable, "-m", "api"], self.logs / f"api-{n}.log",
                                env=env | {"LEDGER_API_PORT": str(port)}))
                 for n, port in enumerate(API_PORTS, start=1)]
@@ -204,8 +208,10 @@ class Cluster:
     def stop(self) -> None:
         """The ledger's processes first, then the standby, the primary and the monitor, then Kafka."""
         say("stopping the cluster")
-        by_role = {role: [c for c in self.children if c.role == role] for role in ("api", "projector", "kafka")}
+        by_role = {role: [c for c in self.children if c.role == role]
+                   for role in ("api", "dispatcher", "projector", "kafka")}
         stop_all(by_role["api"])
+        stop_all(by_role["dispatcher"])
         stop_all(by_role["projector"])
         primaries = asyncio.run(self._primaries())
         nodes = sorted(self.data_nodes, key=lambda node: primaries.get(node.name) is True)  # standbys first
@@ -241,9 +247,9 @@ def down() -> None:
         return
     listed = json.loads(STATE_FILE.read_text())["processes"]
     # What each role's command line names, so that a pid the system has since given to another is left alone.
-    markers = {"api": "-m api", "projector": "-m projections.app", "ha": str(BASE), "postgres": str(BASE),
-               "kafka": str(BASE)}
-    for roles in (("api", "projector"), ("ha", "postgres"), ("kafka",)):
+    markers = {"api": "-m api", "projector": "-m projections.app", "dispatcher": "-m dispatch", "ha": str(BASE),
+               "postgres": str(BASE), "kafka": str(BASE)}
+    for roles in (("api", "dispatcher", "projector"), ("ha", "postgres"), ("kafka",)):
         alive = [p["pid"] for p in listed if p["role"] in roles and _running(p["pid"], markers[p["role"]])]
         for pid in alive:
             with contextlib.suppress(ProcessLookupError):

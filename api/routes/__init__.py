@@ -1,9 +1,21 @@
 """The contract's routes, one module per resource: `operators` (tenants, keys, limits), `transactions` (every
-write, and reads of transactions and holds), `accounts` (balances, snapshots, sums, history, CSV, statements);
-`common` holds what they share. Each handler authenticates from memory, validates, then does one thing."""
+write, and reads of transactions and holds), `accounts` (balances, snapshots, sums, history, CSV, statements),
+`events` (webhooks and monitors); `common` holds what they share. Each handler authenticates from memory,
+validates, then does one thing."""
 
 from api.routes.accounts import balance_sums, get_account, get_entries, get_statement, list_accounts
 from api.routes.common import ENTRIES_LIMIT_DEFAULT, ENTRIES_LIMIT_MAX, Context, account, authorize, params
+from api.routes.events import (
+    create_monitor,
+    create_webhook,
+    delete_monitor,
+    delete_webhook,
+    get_monitor,
+    get_webhook,
+    list_deliveries,
+    list_monitors,
+    list_webhooks,
+)
 from api.routes.operators import create_key, create_tenant, get_limits, put_limits, revoke_key
 from api.routes.transactions import (
     capture_hold,
@@ -28,16 +40,25 @@ __all__ = [
     "balance_sums",
     "capture_hold",
     "create_key",
+    "create_monitor",
     "create_tenant",
+    "create_webhook",
+    "delete_monitor",
+    "delete_webhook",
     "get_account",
     "get_chain",
     "get_entries",
     "get_hold",
     "get_limits",
+    "get_monitor",
     "get_statement",
     "get_transaction",
+    "get_webhook",
     "list_accounts",
+    "list_deliveries",
+    "list_monitors",
     "list_transactions",
+    "list_webhooks",
     "params",
     "post_batch",
     "post_hold",

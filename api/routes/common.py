@@ -30,12 +30,21 @@ from api.responses import JSON, error
 from api.store import Store
 from infra.settings import Settings
 from ledger.chain import CHAINED_KINDS
-from ledger.decisions import AMOUNT_NEEDS_ONE_POSTING, IDEMPOTENCY_CONFLICT, NOT_FOUND, OVERDRAFT_IN_USE
+from ledger.decisions import (
+    AMOUNT_NEEDS_ONE_POSTING,
+    IDEMPOTENCY_CONFLICT,
+    MONITORS_PER_ACCOUNT_MAX,
+    NOT_FOUND,
+    OVERDRAFT_IN_USE,
+    TOO_MANY_MONITORS,
+)
 from ledger.errors import InvalidRequest, NotFound, Unavailable
 from ledger.positions import Position, PositionKey
 from ledger.requests import (
     HOLD,
+    MONITOR,
     POLICY,
+    UNMONITOR,
     VOID,
     TransactionRequest,
 )
@@ -163,13 +172,14 @@ def waiter_key(principal: Principal) -> str:
 REPLAYED = {"Idempotent-Replayed": "true"}
 CONFLICT_MESSAGE = "this Idempotency-Key was used with a different body"
 # Rejections that are the request's own fault, answered 422 as a malformed request would be.
-REQUEST_ERRORS = frozenset({AMOUNT_NEEDS_ONE_POSTING})
+REQUEST_ERRORS = frozenset({AMOUNT_NEEDS_ONE_POSTING, TOO_MANY_MONITORS})
 REJECTION_MESSAGES = {
     AMOUNT_NEEDS_ONE_POSTING: "amount makes a capture or reversal partial, which only a hold or transaction of "
                               "one posting can be; omit it to capture or reverse the whole",
     OVERDRAFT_IN_USE: "a PUT replaces the account's whole policy, and an asset its overdraft_limit does not name "
                       "gets a limit of 0: this account uses its overdraft in one; name its current limits to "
                       "keep them, or pay the overdraft back first",
+    TOO_MANY_MONITORS: f"an account takes at most {MONITORS_PER_ACCOUNT_MAX} active monitors; remove one first",
 }
 
 
@@ -196,6 +206,10 @@ async def _view(context: Context, tenant: str, row: asyncpg.Record) -> dict[str,
     rejected void included) as the transaction."""
     if row["kind"] == POLICY and row["status"] == "committed":
         return dict(orjson.loads(await account(context, tenant, row["target"])))
+    if row["kind"] in (MONITOR, UNMONITOR) and row["status"] == "committed":
+        monitor = await context.store.monitor(tenant, row["id"] if row["kind"] == MONITOR else row["target"])
+        if monitor is not None:
+            return views.monitor(monitor, context.positions, tenant)
     hold_id = row["id"] if row["kind"] == HOLD else row["target"] if row["kind"] == VOID else None
     if hold_id is None or (row["kind"] == VOID and row["status"] != "committed"):
         return await _transaction(context, tenant, row)
@@ -205,20 +219,25 @@ async def _view(context: Context, tenant: str, row: asyncpg.Record) -> dict[str,
 
 
 async def _transaction(context: Context, tenant: str, row: asyncpg.Record) -> dict[str, Any]:
+    return await transaction_view(context.store, context.positions, tenant, row)
+
+
+async def transaction_view(store: Store, positions: PositionKey, tenant: str, row: asyncpg.Record) -> dict[str, Any]:
     """A transaction as shown, with `balances_after` (contract v3) when it committed and moved money: every
-    touched account's posted balance right after it, from its entries (one indexed lookup)."""
-    body = views.transaction(row, context.positions, tenant)
+    touched account's posted balance right after it, from its entries (one indexed lookup). The dispatcher
+    shows a webhook event's transaction so too."""
+    body = views.transaction(row, positions, tenant)
     postings = row["postings"]
     if row["status"] == "committed" and isinstance(postings, list) and postings:
         accounts = sorted({p[side] for p in postings for side in ("source", "destination")})
         original = row["replay_of"] or row["id"]
         after: dict[str, dict[str, int]] = {}
-        for r in await context.store.balances_after(tenant, original, accounts, row["log_offset"]):
+        for r in await store.balances_after(tenant, original, accounts, row["log_offset"]):
             after.setdefault(r["account"], {})[r["asset"]] = r["balance_after"]
         if after:
             body["balances_after"] = after
         if row["kind"] in CHAINED_KINDS:
-            link = await context.store.chain_link(tenant, original)
+            link = await store.chain_link(tenant, original)
             if link is not None:  # none: written before the chain existed (a replay rebuilds it)
                 body["hash"], body["previous_hash"] = bytes(link["hash"]).hex(), bytes(link["previous_hash"]).hex()
     return body

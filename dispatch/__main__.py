@@ -1,0 +1,3 @@
+from dispatch.app import main
+
+main()
