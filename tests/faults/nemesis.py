@@ -12,7 +12,9 @@ as `make run` does. After the faults stop and the projection has caught up, `che
 - a `wait=true` answer the projection contradicts;
 - a `min_position` read answered from before its position, or with a balance the account never had there;
 - a tenant and asset whose balances do not sum to zero, an account whose `held` is not its open holds;
-- `ledger verify` finding a difference; a decided request with no outcome on the outcomes topic.
+- `ledger verify` finding a difference; a decided request with no outcome on the outcomes topic;
+- a committed transfer or reversal never delivered to the webhook receiver registered before the load (the
+  dispatcher is among what the nemesis kills, mid-delivery), or one event id carrying two transactions.
 
 The time to recover after each fault (until a transfer with `wait=true` commits again) is measured per kind.
 """
@@ -44,11 +46,13 @@ from ledger.requests import Posting
 from ops.verify import verify
 from projections.replay import read_log
 from tests.bank import ACCOUNTS, FUND, HELD_MISMATCH, posting
+from tests.e2e.receiver import Receiver
 from tests.stack import OUTCOMES_TOPIC, SETTINGS, TRANSACTIONS_TOPIC, Stack, opened, unique
 
 PAUSE_S = (2.0, 6.0)  # between faults
 RECOVERY_TIMEOUT_S = 120.0
-PROCESS_FAULTS = ("kill_projector", "stop_projector", "kill_api", "replay", "drop_connections")
+PROCESS_FAULTS = ("kill_projector", "stop_projector", "kill_api", "replay", "drop_connections", "kill_dispatcher")
+DELIVERY_TIMEOUT_S = 120.0  # after the run, for the last retries (a few refusals in a row back off to ~30 s)
 SERVICE_FAULTS = ("restart_kafka", "restart_postgres")
 
 
@@ -98,6 +102,9 @@ class Nemesis:
         self.calm.set()
         self.tenants: dict[str, str] = {}  # id -> key
         self.second: subprocess.Popen[bytes] | None = None
+        # The webhook receiver: refuses a few deliveries (500) so that retries happen too.
+        receiver_rng = random.Random(seed + 1)
+        self.receiver = Receiver(answer=lambda n: 500 if receiver_rng.random() < 0.05 else 200)
 
     # --- the processes, supervised ---------------------------------------------------------------------
 
@@ -112,6 +119,7 @@ class Nemesis:
         assert self.stack.api is not None
         if self.stack.api.poll() is not None:
             self.stack.api = processes.spawn("api", self.stack.env, self.stack.logs / "api.log")
+        self.stack.ensure_dispatcher()
 
     async def _supervisor(self) -> None:
         while not self.stop.is_set():
@@ -133,6 +141,9 @@ class Nemesis:
         elif kind == "kill_api":
             assert self.stack.api is not None
             self.stack.api.send_signal(signal.SIGKILL)
+        elif kind == "kill_dispatcher":  # whatever it is delivering: at least once, by its lease
+            assert self.stack.dispatcher is not None
+            self.stack.dispatcher.send_signal(signal.SIGKILL)
         elif kind == "restart_kafka":
             await asyncio.to_thread(local.stop_kafka)
             await asyncio.sleep(self.rng.uniform(0.5, 4))
@@ -299,6 +310,7 @@ class Nemesis:
     # --- the run ---------------------------------------------------------------------------------------
 
     async def setup(self, admin: httpx.AsyncClient) -> None:
+        await self.receiver.__aenter__()
         for _ in range(3):
             tenant = unique("nemesis")
             created = await admin.post("/v1/tenants", json={"id": tenant})
@@ -307,6 +319,9 @@ class Nemesis:
             self.tenants[tenant] = key.json()["key"]
             async with httpx.AsyncClient(base_url=self.stack.api_url, timeout=30,
                                          headers={"Authorization": f"Bearer {key.json()['key']}"}) as client:
+                hooked = await client.post(f"/v1/tenants/{tenant}/webhooks", json={
+                    "url": self.receiver.url(), "events": ["transaction.committed"]})
+                assert hooked.status_code == 201, hooked.text
                 for account in ACCOUNTS:  # funded far beyond what the run moves: transfers commit
                     funded = await client.post(f"/v1/tenants/{tenant}/transactions", params={"wait": "true"},
                                                json={"postings": [posting("@world", account, FUND)]})
@@ -341,6 +356,8 @@ class Nemesis:
     def close(self) -> None:
         if self.second is not None:
             processes.stop(self.second, "second projector")
+        if self.receiver.server is not None:
+            self.receiver.server.close()
 
     # --- the checks ------------------------------------------------------------------------------------
 
@@ -390,11 +407,40 @@ class Nemesis:
                 anomalies.append(f"{r['tenant']} {r['asset']} sums to {r['s']}")
             for r in await conn.fetch(HELD_MISMATCH, tenants):
                 anomalies.append(f"{r['tenant']}/{r['account']} held {r['held']}, open holds {r['open']}")
+            committed = {(r["tenant"], r["id"]) for r in await conn.fetch(
+                "SELECT tenant, id FROM transactions WHERE tenant = ANY($1) AND status = 'committed'"
+                " AND kind IN ('transfer', 'reverse')", tenants)}
+            anomalies.extend(await self._deliveries(committed))
         finally:
             await conn.close()
         verdict = await verify(SETTINGS.database_url, SETTINGS.kafka_bootstrap, TRANSACTIONS_TOPIC, tenants)
         if not verdict.identical:
             anomalies.append(f"ledger verify: {verdict.differences}")
+
+
+    async def _deliveries(self, committed: set[tuple[str, str]]) -> list[str]:
+        """Every committed transfer and reversal delivered at least once, under one event id of its own."""
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+        while True:
+            by_event: dict[str, set[tuple[str, str]]] = defaultdict(set)
+            for got in self.receiver.received:
+                body = got.json
+                by_event[str(body["id"])].add((str(body["tenant"]), str(body["data"]["id"])))  # type: ignore[index]
+            delivered = {ident for idents in by_event.values() for ident in idents}
+            missing = committed - delivered
+            if not missing or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1)
+        found = [f"{len(missing)} committed never delivered, e.g. {sorted(missing)[:5]}"] if missing else []
+        found += [f"event {event} carried {sorted(idents)}" for event, idents in by_event.items() if len(idents) > 1]
+        events_of: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for event, idents in by_event.items():
+            for ident in idents:
+                events_of[ident].add(event)
+        found += [f"{ident} delivered as {len(events)} events" for ident, events in events_of.items()
+                  if len(events) > 1]
+        found += [f"delivered {ident}, not a committed transfer or reversal" for ident in delivered - committed]
+        return found
 
 
 async def _read_topic(topic: str) -> list[tuple[bytes | None, bytes | None]]:
