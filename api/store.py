@@ -171,6 +171,27 @@ class Store:
     async def balance_sums(self, tenant: str, low: str, high: str) -> list[asyncpg.Record]:
         return await self._fetch("SELECT * FROM api_balance_sums($1, $2, $3)", tenant, low, high)
 
+    # --- many at once, for the dispatcher: one round trip for a batch of one tenant's events ---------------
+
+    async def transactions_many(self, tenant: str, ids: list[str]) -> list[asyncpg.Record]:
+        return await self._fetch("SELECT k.asked, t.* FROM unnest($2::text[]) AS k(asked)"
+                                 " CROSS JOIN LATERAL api_transaction($1, k.asked) t", tenant, ids)
+
+    async def holds_many(self, tenant: str, ids: list[str]) -> list[asyncpg.Record]:
+        return await self._fetch("SELECT k.asked, h.* FROM unnest($2::text[]) AS k(asked)"
+                                 " CROSS JOIN LATERAL api_hold($1, k.asked) h", tenant, ids)
+
+    async def balances_after_many(self, tenant: str, asked: list[tuple[str, list[str], int]]) -> list[asyncpg.Record]:
+        """Per (transaction id, its accounts, its offset), those accounts' balances right after it."""
+        return await self._fetch(
+            "SELECT k.id AS asked, a.* FROM unnest($2::text[], $3::text[], $4::bigint[]) AS k(id, accounts, o)"
+            " CROSS JOIN LATERAL api_balances_after($1, k.id, string_to_array(k.accounts, chr(31)), k.o) a",
+            tenant, [a[0] for a in asked], ["\x1f".join(a[1]) for a in asked], [a[2] for a in asked])
+
+    async def chain_links_many(self, tenant: str, ids: list[str]) -> list[asyncpg.Record]:
+        return await self._fetch("SELECT k.asked, c.* FROM unnest($2::text[]) AS k(asked)"
+                                 " CROSS JOIN LATERAL api_chain_link($1, k.asked) c", tenant, ids)
+
     async def monitor(self, tenant: str, id: str) -> asyncpg.Record | None:
         rows = await self._fetch("SELECT * FROM api_monitor($1, $2)", tenant, id)
         return rows[0] if rows else None

@@ -26,7 +26,7 @@ import httpx
 from aiokafka.errors import KafkaError
 
 from api.requests import encode_cursor
-from bench import ceiling, data, fairness, isolation, postmortem, queries, tools
+from bench import ceiling, data, fairness, isolation, postmortem, queries, tools, webhooks
 from client import LedgerProducer
 from infra import local, processes
 from infra import settings as settings_mod
@@ -54,6 +54,7 @@ class Bench:
         # Its own database, topics and group, removed afterwards: a run never reads an earlier one's log.
         self.env = session_env(settings_mod.load(), f"bench-{secrets.token_hex(4)}", local_services=False)
         self.env["LEDGER_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+        self.env["LEDGER_WEBHOOK_ALLOW_HOSTS"] = "localhost"  # the webhooks step's receiver is on this machine
         self.cfg = settings_mod.load(self.env)
         self.db_url = self.cfg.database_url
         self.bootstrap = self.cfg.kafka_bootstrap
@@ -62,6 +63,7 @@ class Bench:
         self.logs = DATA / "logs" / "bench"
         self.projectors: list[Any] = []
         self.api: Any = None
+        self.dispatcher: Any = None
         self.keys: dict[str, str] = {}
 
     # --- the stack -------------------------------------------------------------------------------------
@@ -70,6 +72,7 @@ class Bench:
         self.logs.mkdir(parents=True, exist_ok=True)
         processes.prepare(self.env)
         self.spawn_projectors()
+        self.dispatcher = processes.spawn("dispatch", self.env, self.logs / "dispatcher.log")
         self.spawn_api()
 
     def spawn_api(self, **env: str) -> None:
@@ -77,7 +80,8 @@ class Bench:
         wait_ready(self.url, self.api)
 
     def stop(self) -> None:
-        for proc, name in ((self.api, "API"), *((p, "projector") for p in self.projectors)):
+        for proc, name in ((self.api, "API"), (self.dispatcher, "dispatcher"),
+                           *((p, "projector") for p in self.projectors)):
             if proc is not None:
                 processes.stop(proc, name)
 
@@ -467,6 +471,17 @@ class Bench:
             f"{result['http_flood']['ratio_p99']}x; Kafka flood {result['kafka_flood']['ratio_p99']}x, with a quota "
             f"{result['kafka_flood_quota']['ratio_p99']}x")
 
+    async def webhooks(self) -> None:
+        """Events out: decision published to delivery acknowledged, at 500 transfers/s to a local receiver."""
+        tenant = data.TENANTS[-1]
+        results = await webhooks.measure(self.url, tenant, self.keys[tenant], self.duration_s, self.logs / "bodies")
+        self.results["webhooks"] = results
+        for result in results.values():
+            say(f"webhooks at {result['rate']}/s: delivered {result['events_delivered']} of "
+                f"{result['writes_accepted']} (duplicates {result['duplicates']}); p50 {result['p50_ms']} ms "
+                f"({result['ratio_p50']}x a waited write's), p99 {result['p99_ms']} ms ({result['ratio_p99']}x); "
+                f"dispatcher {result['dispatcher_cpu_us_per_event']} CPU-µs/event; {tools.cpu_text(result['cpu'])}")
+
     async def isolation(self) -> None:
         self.results["isolation"] = await isolation.measure(self.db_url)
 
@@ -490,6 +505,9 @@ class Bench:
             if self.only == {"fairness"}:  # needs none of the scale data
                 await self.fairness()
                 return
+            if self.only == {"webhooks"}:
+                await self.webhooks()
+                return
             small = 10_000
             say(f"loading {small} accounts x 10 entries and one history of {DEEP}")
             await data.load_accounts(owner, 1, small, 10)
@@ -512,6 +530,7 @@ class Bench:
                 ("replay", self.replay_rate),
                 ("isolation", self.isolation),
                 ("fairness", self.fairness),
+                ("webhooks", self.webhooks),
                 ("batches", self.batches_vs_singles),
                 ("queries", lambda: self.queries(owner)),
                 ("postmortem", lambda: self.postmortem(owner)),

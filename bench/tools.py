@@ -86,7 +86,7 @@ def _ms(text: str) -> float:
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # What each process on the machine counts as, by its command line (the first rule that matches).
-CPU_ROLES = (("projector", "projections.app"), ("api", "-m api"), ("api", "uvicorn"),
+CPU_ROLES = (("projector", "projections.app"), ("dispatcher", "-m dispatch"), ("api", "-m api"), ("api", "uvicorn"),
              ("api", "multiprocessing.spawn"),  # the API's workers (LEDGER_API_WORKERS), the only ones spawned so
              ("postgres", "postgres"),
              ("kafka", "kafka.Kafka"), ("load", "vegeta"), ("load", "wrk"), ("bench", "bench.run"))

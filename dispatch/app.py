@@ -33,7 +33,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from api import views
-from api.routes.common import transaction_view
+from api.routes.common import balances_after_of, transaction_body
 from api.store import Store, init_connection
 from dispatch.events import CROSSED, HOLD_EVENTS, Event, events_of, wanted
 from dispatch.net import DeliveryError, UrlNotAllowed, parse_url, post, resolve
@@ -41,6 +41,7 @@ from dispatch.signing import sign
 from infra import logs
 from infra import settings as settings_mod
 from infra.settings import Settings
+from ledger.chain import CHAINED_KINDS
 from ledger.positions import PositionKey
 
 log = logging.getLogger("ledger.dispatcher")
@@ -51,12 +52,16 @@ FETCH_WAIT_MS = 100
 # (a lookup, 5 s to connect, 10 s for the answer); past it another process may claim it.
 LEASE_S = 60
 POLL_INTERVAL_S = 0.5
-CLAIM_PER_ENDPOINT = 50  # claimed per endpoint per poll: one endpoint's backlog does not hold back another's
+CLAIM_PER_ENDPOINT = 250  # claimed per endpoint per poll: one endpoint's backlog does not hold back another's
 QUEUE_MAX = 1000  # deliveries waiting per endpoint in this process; past it they wait in PostgreSQL
+BATCH_PER_SENDER = 4  # a runner takes up to this many deliveries per sender the endpoint may run at once
+RUNNERS_PER_ENDPOINT = 4  # batches of one endpoint in progress at once: one's round trips overlap another's sends
 RETRY_BASE_S = 5.0
 RETRY_CAP_S = 3600.0
 GIVE_UP_AFTER = timedelta(hours=24)
 NOT_READY_RETRY_S = 0.5  # the decision is published before its batch commits: its rows may not be there yet
+PROJECTED_WAIT_S = 5.0  # how long the consumer waits for the projection to commit the decisions it read
+PROJECTED_POLL_S = 0.01
 RESOLVES_PER_TENANT = 4  # name lookups of one tenant's endpoints at once (they hold threads of their own)
 CONNECT_TIMEOUT_S = 5.0
 ANSWER_TIMEOUT_S = 10.0
@@ -97,11 +102,40 @@ FROM (SELECT x.event_id, x.webhook_id FROM webhooks w
 WHERE d.event_id = due.event_id AND d.webhook_id = due.webhook_id
 RETURNING d.event_id, d.webhook_id, d.tenant, d.attempts, d.give_up_at
 """
-# Taken up by a worker: the lease renewed, if this process still holds it and the delivery is still pending.
+# A batch taken up by its endpoint's runner: the leases renewed, where this process still holds them and the
+# delivery is still pending; with their events, in the same round trip.
 RENEW = """
-UPDATE webhook_deliveries SET next_at = now() + make_interval(secs => $3)
-WHERE event_id = $1 AND webhook_id = $2 AND state = 'pending' AND leased_by = $4
-RETURNING attempts, give_up_at
+UPDATE webhook_deliveries d SET next_at = now() + make_interval(secs => $3)
+FROM webhook_events e
+WHERE d.event_id = ANY($1::text[]) AND d.webhook_id = $2 AND d.state = 'pending' AND d.leased_by = $4
+  AND e.id = d.event_id
+RETURNING d.attempts, d.give_up_at, e.id, e.tenant, e.type, e.subject, e.position, e.occurred_at, e.crossing, e.body
+"""
+STORE_BODIES = """
+UPDATE webhook_events e SET body = k.body FROM unnest($1::text[], $2::bytea[]) AS k(id, body)
+WHERE e.id = k.id AND e.body IS NULL
+RETURNING e.id
+"""
+# A batch's outcomes: an attempt recorded where one was made (`attempt` > 0), and each delivery closed
+# (delivered, failed, cancelled) or due again after `delay` s (pending, the lease let go); only by the lease's
+# holder, in one round trip.
+RECORD = """
+WITH k AS (SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::float8[])
+           AS k(event_id, attempt, status, error, state, delay)),
+attempt AS (INSERT INTO webhook_attempts (tenant, webhook_id, event_id, attempt, status_code, error)
+            SELECT $7, $8, event_id, attempt, status, error FROM k WHERE attempt > 0)
+UPDATE webhook_deliveries d SET state = k.state, attempts = greatest(k.attempt, d.attempts),
+    next_at = now() + make_interval(secs => k.delay),
+    leased_by = CASE WHEN k.state = 'pending' THEN NULL ELSE d.leased_by END,
+    delivered_at = CASE WHEN k.state = 'delivered' THEN now() END
+FROM k WHERE d.event_id = k.event_id AND d.webhook_id = $8 AND d.state = 'pending' AND d.leased_by = $9
+"""
+# Deliveries this process could not queue (their endpoint's queue full): their lease let go, due now.
+RELEASE = """
+UPDATE webhook_deliveries SET leased_by = NULL, next_at = now()
+FROM unnest($1::text[], $2::text[]) AS k(event_id, webhook_id)
+WHERE webhook_deliveries.event_id = k.event_id AND webhook_deliveries.webhook_id = k.webhook_id
+  AND state = 'pending' AND leased_by = $3
 """
 ACTIVE_WEBHOOKS = "SELECT tenant, id, url, events, secret, created_at FROM webhooks WHERE deleted_at IS NULL"
 LAST_CHANGE = "SELECT max(changed_at) FROM webhooks"
@@ -170,12 +204,26 @@ class Directory:
 
 
 class Endpoint:
-    """One endpoint's queue and its workers in this process: started as deliveries arrive, up to the bound, and
-    gone when the queue is empty (an endpoint with nothing to send costs nothing)."""
+    """One endpoint's queue and its runners in this process: started as deliveries arrive (a few, when they
+    come faster than one batch at a time), gone when the queue is empty (an endpoint with nothing to send costs
+    nothing). Its requests in flight are bounded whatever the runners."""
 
-    def __init__(self) -> None:
+    def __init__(self, senders: int) -> None:
         self.queue: asyncio.Queue[Delivery] = asyncio.Queue(QUEUE_MAX)
-        self.workers: set[asyncio.Task[None]] = set()
+        self.runners: set[asyncio.Task[None]] = set()
+        self.senders = asyncio.Semaphore(senders)  # requests to it in flight, whatever the batch
+        self.overflowed = False  # some of its deliveries wait in PostgreSQL for room here
+
+
+class Outcome(NamedTuple):
+    """What became of one delivery of a batch: the attempt made (0: none), and its state after."""
+
+    event_id: str
+    attempt: int
+    status: int | None
+    error: str | None
+    state: str
+    delay_s: float
 
 
 class Dispatcher:
@@ -188,6 +236,7 @@ class Dispatcher:
         self.queued: set[tuple[str, str]] = set()  # (event, webhook) queued or in flight here
         self.in_flight = asyncio.Semaphore(cfg.deliveries_in_flight)
         self.resolving: dict[str, asyncio.Semaphore] = {}  # per tenant
+        self.room = asyncio.Event()  # an endpoint's queue has room again: worth a poll now
         self.stopping = asyncio.Event()
         self.pool: asyncpg.Pool | None = None
         self.store: Store | None = None  # the API's reads, for an event's data as its GET shows it
@@ -220,7 +269,7 @@ class Dispatcher:
                 log.critical("the dispatcher failed; exiting for a clean restart", exc_info=task.exception())
             return 1 if failed else 0
         finally:
-            for task in tasks + [w for e in self.endpoints.values() for w in list(e.workers)]:
+            for task in tasks + [r for e in self.endpoints.values() for r in list(e.runners)]:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
@@ -241,6 +290,7 @@ class Dispatcher:
             async with self.pool.acquire() as conn:
                 await self.directory.refresh(conn)  # an endpoint registered since may take some of these
                 found: list[tuple[Event, datetime, list[Webhook]]] = []
+                wanted: dict[int, int] = {}  # per partition of the log, the last decision an event is of
                 for m in messages:
                     if not self.directory.by_tenant:
                         break
@@ -256,10 +306,28 @@ class Dispatcher:
                         hooks = self.directory.subscribed(event, at)
                         if hooks:
                             found.append((event, at, hooks))
+                            partition, _, offset = str(outcome.get("record", "")).partition("-")
+                            if partition.isdigit() and offset.isdigit():
+                                wanted[int(partition)] = max(wanted.get(int(partition), -1), int(offset))
+                if wanted:
+                    await self._projected(conn, wanted)
                 fresh = await self._store(conn, found) if found else []
             await consumer.commit()
-            for delivery in fresh:
-                self._enqueue(delivery)
+            overflow = [d for d in fresh if not self._enqueue(d)]
+            if overflow:
+                await self.pool.execute(RELEASE, [d.event_id for d in overflow], [d.webhook_id for d in overflow],
+                                        self.me)
+
+    async def _projected(self, conn: asyncpg.Connection, wanted: dict[int, int]) -> None:
+        """Wait (a little) until the projection has committed the decisions `wanted` (per partition, the last
+        offset): each is published just before its batch commits, and a delivery goes out with its transaction
+        as a GET shows it. Past the wait it goes on: a delivery whose data is not there yet is put back."""
+        deadline = time.monotonic() + PROJECTED_WAIT_S
+        while time.monotonic() < deadline:
+            done = {r["log_partition"]: r["next_offset"] for r in await conn.fetch("SELECT * FROM api_offsets()")}
+            if all(done.get(p, 0) > offset for p, offset in wanted.items()):
+                return
+            await asyncio.sleep(PROJECTED_POLL_S)
 
     async def _store(self, conn: asyncpg.Connection, found: list[tuple[Event, datetime, list[Webhook]]]
                      ) -> list[Delivery]:
@@ -281,7 +349,9 @@ class Dispatcher:
         """Claim the deliveries that are due (retries, and those a stopped process left) and queue them."""
         assert self.pool is not None
         while not self.stopping.is_set():
-            await asyncio.sleep(POLL_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):  # a runner that emptied its queue asks for more at once
+                await asyncio.wait_for(self.room.wait(), POLL_INTERVAL_S)
+            self.room.clear()
             full = [key[1] for key, e in self.endpoints.items() if e.queue.qsize() > QUEUE_MAX - CLAIM_PER_ENDPOINT]
             try:
                 async with self.pool.acquire() as conn:
@@ -290,8 +360,12 @@ class Dispatcher:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
                 log.warning("could not claim due deliveries (%r)", e)
                 continue
-            for r in rows:
-                self._enqueue(Delivery(r["event_id"], r["webhook_id"], r["tenant"], r["attempts"], r["give_up_at"]))
+            claimed = [Delivery(r["event_id"], r["webhook_id"], r["tenant"], r["attempts"], r["give_up_at"])
+                       for r in rows]
+            overflow = [d for d in claimed if not self._enqueue(d)]
+            if overflow:
+                await self.pool.execute(RELEASE, [d.event_id for d in overflow], [d.webhook_id for d in overflow],
+                                        self.me)
 
     async def _backlog(self) -> None:
         assert self.pool is not None
@@ -315,153 +389,193 @@ class Dispatcher:
 
     # --- deliveries ------------------------------------------------------------------------------------
 
-    def _enqueue(self, delivery: Delivery) -> None:
+    def _enqueue(self, delivery: Delivery) -> bool:
+        """Queue a delivery this process holds the lease of; False when its endpoint's queue is full (it waits in
+        PostgreSQL: the caller lets its lease go, and a poll claims it once there is room)."""
         mark = (delivery.event_id, delivery.webhook_id)
         if mark in self.queued:
-            return
+            return True
         key = (delivery.tenant, delivery.webhook_id)
         endpoint = self.endpoints.get(key)
         if endpoint is None:
-            endpoint = self.endpoints[key] = Endpoint()
+            endpoint = self.endpoints[key] = Endpoint(self.cfg.deliveries_per_endpoint)
         try:
             endpoint.queue.put_nowait(delivery)
         except asyncio.QueueFull:
-            return  # it stays pending in PostgreSQL; claimed again once its lease runs out
+            endpoint.overflowed = True
+            return False
         self.queued.add(mark)
-        # A worker that has just finished stays in the set until its done-callback runs: not counted.
-        running = sum(1 for w in endpoint.workers if not w.done())
-        if running < min(self.cfg.deliveries_per_endpoint, endpoint.queue.qsize()):
-            worker = asyncio.create_task(self._work(key, endpoint))
-            endpoint.workers.add(worker)
-            worker.add_done_callback(endpoint.workers.discard)
+        running = sum(1 for r in endpoint.runners if not r.done())
+        batch = self.cfg.deliveries_per_endpoint * BATCH_PER_SENDER
+        if running == 0 or (running < RUNNERS_PER_ENDPOINT and endpoint.queue.qsize() > running * batch):
+            runner = asyncio.create_task(self._run(key, endpoint))
+            endpoint.runners.add(runner)
+            runner.add_done_callback(endpoint.runners.discard)
+        return True
 
-    async def _work(self, key: tuple[str, str], endpoint: Endpoint) -> None:
+    async def _run(self, key: tuple[str, str], endpoint: Endpoint) -> None:
+        """Deliver what the endpoint's queue holds, a batch at a time: one round trip renews a batch's leases
+        and reads its events, one reads the data of those not built yet, one records every attempt."""
+        size = self.cfg.deliveries_per_endpoint * BATCH_PER_SENDER
         while not endpoint.queue.empty():
-            delivery = endpoint.queue.get_nowait()
+            batch = [endpoint.queue.get_nowait() for _ in range(min(size, endpoint.queue.qsize()))]
             try:
-                async with self.in_flight:
-                    await self._attempt(delivery)
-            except Exception:  # one delivery's fault (the database away) ends no worker: its lease brings it back
-                log.warning("a delivery attempt failed unexpectedly", exc_info=True)
+                await self._deliver(key, endpoint, batch)
+            except Exception:  # a batch's fault (the database away) ends no runner: the leases bring it back
+                log.warning("a batch of deliveries failed unexpectedly", exc_info=True)
             finally:
-                self.queued.discard((delivery.event_id, delivery.webhook_id))
-        others = sum(1 for w in endpoint.workers if not w.done() and w is not asyncio.current_task())
-        if endpoint.queue.empty() and not others and self.endpoints.get(key) is endpoint:
+                for delivery in batch:
+                    self.queued.discard((delivery.event_id, delivery.webhook_id))
+            if endpoint.overflowed and endpoint.queue.qsize() < QUEUE_MAX // 2:
+                endpoint.overflowed = False
+                self.room.set()  # what waits in PostgreSQL is claimed now, not at the next poll
+        others = sum(1 for r in endpoint.runners if not r.done() and r is not asyncio.current_task())
+        if self.endpoints.get(key) is endpoint and endpoint.queue.empty() and not others:
             del self.endpoints[key]
 
-    async def _attempt(self, delivery: Delivery) -> None:
+    async def _deliver(self, key: tuple[str, str], endpoint: Endpoint, batch: list[Delivery]) -> None:
         assert self.pool is not None
-        renewed = await self.pool.fetchrow(RENEW, delivery.event_id, delivery.webhook_id, float(LEASE_S), self.me)
-        if renewed is None:  # delivered, cancelled, or claimed by another process since it was queued here
+        tenant, webhook_id = key
+        events = await self.pool.fetch(RENEW, [d.event_id for d in batch], webhook_id, float(LEASE_S), self.me)
+        if not events:  # delivered, cancelled, or claimed by another process since they were queued here
             return
-        delivery = delivery._replace(attempts=renewed["attempts"], give_up_at=renewed["give_up_at"])
-        hook = await self._webhook(delivery)
+        hook = await self._webhook(tenant, webhook_id)
         if hook is None:
-            await self._finish(delivery, "cancelled", delivery.attempts)
-            DELIVERIES.labels("cancelled").inc()
+            await self._record(key, [Outcome(e["id"], 0, None, None, "cancelled", 0.0) for e in events])
+            DELIVERIES.labels("cancelled").inc(len(events))
             return
-        event = await self.pool.fetchrow("SELECT * FROM webhook_events WHERE id = $1", delivery.event_id)
-        body = await self._body(event)
-        if body is None:  # its decision's rows are not committed yet: not an attempt
-            await self._reschedule(delivery, NOT_READY_RETRY_S)
-            return
-        attempt = delivery.attempts + 1
-        status: int | None = None
-        problem: str | None = None
+        bodies = await self._bodies(tenant, events)
+        waiting = [Outcome(e["id"], 0, None, None, "pending", NOT_READY_RETRY_S) for e in events
+                   if bodies.get(e["id"]) is None]  # their decisions' rows are not committed yet: no attempt
+        ready = [e for e in events if bodies.get(e["id"]) is not None]
+        addresses: list[str] | None = None
+        refused: str | None = None
+        target = None
         try:
             target = parse_url(hook.url)
-            async with self.resolving.setdefault(delivery.tenant, asyncio.Semaphore(RESOLVES_PER_TENANT)):
+            async with self.resolving.setdefault(tenant, asyncio.Semaphore(RESOLVES_PER_TENANT)):
                 addresses = await resolve(target, self.cfg.webhook_allow_hosts, CONNECT_TIMEOUT_S)
-            answer = await post(target, addresses, body, {"Ledger-Event-Id": event["id"],
-                                                          "Ledger-Signature": sign(hook.secret, body,
-                                                                                   int(time.time()))},
-                                CONNECT_TIMEOUT_S, ANSWER_TIMEOUT_S, ANSWER_CAP)
-            status = answer.status
-            if not 200 <= status < 300:
-                problem = f"answered {status}"
         except UrlNotAllowed as e:
-            log.info("webhook address refused", extra={"tenant": delivery.tenant, "reason": e.message})
-            problem = "url_not_allowed: the host must resolve only to public addresses"
-        except DeliveryError as e:
-            problem = e.message
-        error = None if problem is None else problem[:ERROR_LEN_MAX]
-        await self.pool.execute("INSERT INTO webhook_attempts (tenant, webhook_id, event_id, attempt, status_code,"
-                                " error) VALUES ($1, $2, $3, $4, $5, $6)", delivery.tenant, delivery.webhook_id,
-                                delivery.event_id, attempt, status, error)
+            log.info("webhook address refused", extra={"tenant": tenant, "reason": e.message})
+            refused = "url_not_allowed: the host must resolve only to public addresses"
+        async def one(event: asyncpg.Record) -> Outcome:
+            body = bodies[event["id"]]
+            assert body is not None
+            problem, status = refused, None
+            if problem is None:
+                assert target is not None and addresses is not None
+                async with endpoint.senders, self.in_flight:
+                    try:
+                        answer = await post(target, addresses, body, {
+                            "Ledger-Event-Id": event["id"],
+                            "Ledger-Signature": sign(hook.secret, body, int(time.time()))},
+                            CONNECT_TIMEOUT_S, ANSWER_TIMEOUT_S, ANSWER_CAP)
+                        status = answer.status
+                        problem = None if 200 <= status < 300 else f"answered {status}"
+                    except DeliveryError as e:
+                        problem = e.message
+            return self._judged(event, status, problem)
+
+        outcomes = await asyncio.gather(*(one(e) for e in ready))
+        await self._record(key, [*waiting, *outcomes])
+
+    def _judged(self, event: asyncpg.Record, status: int | None, problem: str | None) -> Outcome:
+        attempt = event["attempts"] + 1
         if problem is None:
-            await self._finish(delivery, "delivered", attempt)
             DELIVERIES.labels("delivered").inc()
             LATENCY.observe(max(0.0, (datetime.now(UTC) - event["occurred_at"]).total_seconds()))
-            return
+            return Outcome(event["id"], attempt, status, None, "delivered", 0.0)
         DELIVERIES.labels("refused" if problem.startswith("url_not_allowed") else "failed").inc()
-        if datetime.now(UTC) >= delivery.give_up_at:
-            await self._finish(delivery, "failed", attempt)
+        error = problem[:ERROR_LEN_MAX]
+        if datetime.now(UTC) >= event["give_up_at"]:
             DELIVERIES.labels("gave_up").inc()
-            return
-        await self._reschedule(delivery._replace(attempts=attempt), retry_delay_s(attempt))
+            return Outcome(event["id"], attempt, status, error, "failed", 0.0)
+        return Outcome(event["id"], attempt, status, error, "pending", retry_delay_s(attempt))
 
-    async def _webhook(self, delivery: Delivery) -> Webhook | None:
-        """The endpoint, from this process's view; one it does not know is looked up again before its delivery is
-        cancelled (a view a second old may not have it yet)."""
+    async def _record(self, key: tuple[str, str], outcomes: list[Outcome]) -> None:
         assert self.pool is not None
-        hook = self.directory.by_id.get((delivery.tenant, delivery.webhook_id))
+        if outcomes:
+            await self.pool.execute(RECORD, [o.event_id for o in outcomes], [o.attempt for o in outcomes],
+                                    [o.status for o in outcomes], [o.error for o in outcomes],
+                                    [o.state for o in outcomes], [o.delay_s for o in outcomes], key[0], key[1],
+                                    self.me)
+
+    async def _webhook(self, tenant: str, webhook_id: str) -> Webhook | None:
+        """The endpoint, from this process's view; one it does not know is looked up again before its deliveries
+        are cancelled (a view a second old may not have it yet)."""
+        assert self.pool is not None
+        hook = self.directory.by_id.get((tenant, webhook_id))
         if hook is None:
             async with self.pool.acquire() as conn:
                 await self.directory.refresh(conn, force=True)
-            hook = self.directory.by_id.get((delivery.tenant, delivery.webhook_id))
+            hook = self.directory.by_id.get((tenant, webhook_id))
         return hook
 
-    async def _finish(self, delivery: Delivery, state: str, attempts: int) -> None:
-        """Close a delivery, if this process still holds its lease (else whoever claimed it decides)."""
-        assert self.pool is not None
-        await self.pool.execute("UPDATE webhook_deliveries SET state = $3, attempts = $4,"
-                                " delivered_at = CASE WHEN $3 = 'delivered' THEN now() END"
-                                " WHERE event_id = $1 AND webhook_id = $2 AND state = 'pending' AND leased_by = $5",
-                                delivery.event_id, delivery.webhook_id, state, attempts, self.me)
-
-    async def _reschedule(self, delivery: Delivery, delay_s: float) -> None:
-        """Due again after `delay_s`; the lease is let go, so any process may claim it then."""
-        assert self.pool is not None
-        await self.pool.execute("UPDATE webhook_deliveries SET next_at = now() + make_interval(secs => $3),"
-                                " attempts = $4, leased_by = NULL WHERE event_id = $1 AND webhook_id = $2"
-                                " AND state = 'pending' AND leased_by = $5",
-                                delivery.event_id, delivery.webhook_id, delay_s, delivery.attempts, self.me)
-
-    async def _body(self, event: asyncpg.Record) -> bytes | None:
-        """What every attempt of `event` sends: built once (a retry's signature covers the same bytes), from
+    async def _bodies(self, tenant: str, events: list[asyncpg.Record]) -> dict[str, bytes | None]:
+        """What every attempt of each event sends: built once (a retry's signature covers the same bytes), from
         its transaction or hold as their GET shows them; None while they are not committed yet."""
         assert self.pool is not None
-        if event["body"] is not None:
-            return bytes(event["body"])
-        data = await self._data(event)
-        if data is None:  # tried again until its delivery gives up: never a body without its data
-            return None
-        body = orjson.dumps({"id": event["id"], "type": event["type"], "tenant": event["tenant"],
-                             "position": event["position"], "created_at": views.timestamp(event["occurred_at"]),
-                             "data": data})
-        stored = await self.pool.fetchval("UPDATE webhook_events SET body = $2 WHERE id = $1 AND body IS NULL"
-                                          " RETURNING body", event["id"], body)
-        if stored is None:  # another worker built it first: send the same bytes
-            stored = await self.pool.fetchval("SELECT body FROM webhook_events WHERE id = $1", event["id"])
-        return bytes(stored)
+        bodies: dict[str, bytes | None] = {e["id"]: bytes(e["body"]) for e in events if e["body"] is not None}
+        unbuilt = [e for e in events if e["body"] is None]
+        if not unbuilt:
+            return bodies
+        data = await self._data(tenant, unbuilt)
+        built = {e["id"]: orjson.dumps({"id": e["id"], "type": e["type"], "tenant": e["tenant"],
+                                        "position": e["position"], "created_at": views.timestamp(e["occurred_at"]),
+                                        "data": data[e["id"]]})
+                 for e in unbuilt if data.get(e["id"]) is not None}
+        bodies.update(built)
+        for e in unbuilt:
+            bodies.setdefault(e["id"], None)
+        if built:
+            ids = list(built)
+            stored = {r["id"] for r in await self.pool.fetch(STORE_BODIES, ids, [bodies[i] for i in ids])}
+            lost = [i for i in ids if i not in stored]
+            if lost:  # another process built them first: send the same bytes
+                for r in await self.pool.fetch("SELECT id, body FROM webhook_events WHERE id = ANY($1)", lost):
+                    bodies[r["id"]] = bytes(r["body"])
+        return bodies
 
-    async def _data(self, event: asyncpg.Record) -> dict[str, Any] | None:
+    async def _data(self, tenant: str, events: list[asyncpg.Record]) -> dict[str, dict[str, Any] | None]:
+        """Each event's data, as the API's GET shows it, for one tenant's events, in a few round trips."""
         assert self.store is not None
-        if event["type"] == CROSSED:
-            crossing: dict[str, Any] = orjson.loads(event["crossing"])
-            return crossing
-        tenant, subject = event["tenant"], event["subject"]
-        if event["type"] in HOLD_EVENTS:
-            hold_id = subject
-            if event["type"] in ("hold.captured", "hold.voided"):
-                row = await self.store.transaction(tenant, subject)
-                if row is None:
-                    return None
-                hold_id = row["target"]
-            hold = await self.store.hold(tenant, hold_id)
-            return None if hold is None else views.hold(hold, self.positions, tenant)
-        row = await self.store.transaction(tenant, subject)
-        return None if row is None else await transaction_view(self.store, self.positions, tenant, row)
+        data: dict[str, dict[str, Any] | None] = {}
+        for e in events:
+            if e["type"] == CROSSED:
+                data[e["id"]] = orjson.loads(e["crossing"])
+        others = [e for e in events if e["type"] != CROSSED]
+        if not others:
+            return data
+        rows = {r["asked"]: r for r in await self.store.transactions_many(tenant, list({e["subject"] for e in others}))}
+        holds_of: dict[str, str | None] = {}  # event id -> the hold it shows
+        for e in others:
+            if e["type"] in HOLD_EVENTS:
+                row = rows.get(e["subject"])
+                closing = e["type"] in ("hold.captured", "hold.voided")
+                holds_of[e["id"]] = (row["target"] if row is not None else None) if closing else e["subject"]
+        wanted = sorted({h for h in holds_of.values() if h is not None})
+        holds = {r["asked"]: r for r in await self.store.holds_many(tenant, wanted)} if wanted else {}
+        shown = [e for e in others if e["type"] not in HOLD_EVENTS and e["subject"] in rows]
+        asked = {e["subject"]: balances_after_of(rows[e["subject"]]) for e in shown}
+        after_args = [(a[0], a[1], rows[s]["log_offset"]) for s, a in asked.items() if a is not None]
+        after: dict[str, list[asyncpg.Record]] = {}
+        if after_args:
+            for r in await self.store.balances_after_many(tenant, after_args):
+                after.setdefault(r["asked"], []).append(r)
+        chained = sorted({a[0] for s, a in asked.items() if a is not None and rows[s]["kind"] in CHAINED_KINDS})
+        links = {r["asked"]: r for r in await self.store.chain_links_many(tenant, chained)} if chained else {}
+        for e in others:
+            if e["id"] in holds_of:
+                hold = holds.get(holds_of[e["id"]] or "")
+                data[e["id"]] = None if hold is None else views.hold(hold, self.positions, tenant)
+            elif e["subject"] in rows:
+                row, a = rows[e["subject"]], asked.get(e["subject"])
+                original = a[0] if a is not None else None
+                data[e["id"]] = transaction_body(row, self.positions, tenant, after.get(original or "", []),
+                                                 links.get(original or ""))
+            else:
+                data[e["id"]] = None
+        return data
 
 
 async def _main(cfg: Settings, key: bytes) -> int:

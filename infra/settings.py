@@ -92,7 +92,7 @@ class Settings:
     dispatcher_group: str = "ledger-dispatcher"
     dispatcher_metrics_port: int = 0
     deliveries_in_flight: int = 512
-    deliveries_per_endpoint: int = 4
+    deliveries_per_endpoint: int = 8
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -226,5 +226,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         dispatcher_group=env.get("LEDGER_DISPATCHER_GROUP") or "ledger-dispatcher",
         dispatcher_metrics_port=_int(env, "LEDGER_DISPATCHER_METRICS_PORT", 0, 0, 65535),
         deliveries_in_flight=_int(env, "LEDGER_DELIVERIES_IN_FLIGHT", 512, 1, 100_000),
-        deliveries_per_endpoint=_int(env, "LEDGER_DELIVERIES_PER_ENDPOINT", 4, 1, 1000),
+        deliveries_per_endpoint=_int(env, "LEDGER_DELIVERIES_PER_ENDPOINT", 8, 1, 1000),
     )

@@ -224,22 +224,34 @@ async def _transaction(context: Context, tenant: str, row: asyncpg.Record) -> di
 
 async def transaction_view(store: Store, positions: PositionKey, tenant: str, row: asyncpg.Record) -> dict[str, Any]:
     """A transaction as shown, with `balances_after` (contract v3) when it committed and moved money: every
-    touched account's posted balance right after it, from its entries (one indexed lookup). The dispatcher
-    shows a webhook event's transaction so too."""
-    body = views.transaction(row, positions, tenant)
+    touched account's posted balance right after it, from its entries (one indexed lookup)."""
+    asked = balances_after_of(row)
+    after = await store.balances_after(tenant, asked[0], asked[1], row["log_offset"]) if asked else []
+    link = await store.chain_link(tenant, asked[0]) if asked and row["kind"] in CHAINED_KINDS else None
+    return transaction_body(row, positions, tenant, after, link)
+
+
+def balances_after_of(row: asyncpg.Record) -> tuple[str, list[str]] | None:
+    """For a transaction that committed and moved money: the id its entries carry (a repeat's, its original's)
+    and the accounts they touch; else None (nothing to show after it)."""
     postings = row["postings"]
-    if row["status"] == "committed" and isinstance(postings, list) and postings:
-        accounts = sorted({p[side] for p in postings for side in ("source", "destination")})
-        original = row["replay_of"] or row["id"]
-        after: dict[str, dict[str, int]] = {}
-        for r in await store.balances_after(tenant, original, accounts, row["log_offset"]):
-            after.setdefault(r["account"], {})[r["asset"]] = r["balance_after"]
-        if after:
-            body["balances_after"] = after
-        if row["kind"] in CHAINED_KINDS:
-            link = await store.chain_link(tenant, original)
-            if link is not None:  # none: written before the chain existed (a replay rebuilds it)
-                body["hash"], body["previous_hash"] = bytes(link["hash"]).hex(), bytes(link["previous_hash"]).hex()
+    if row["status"] != "committed" or not isinstance(postings, list) or not postings:
+        return None
+    return row["replay_of"] or row["id"], sorted({p[side] for p in postings for side in ("source", "destination")})
+
+
+def transaction_body(row: asyncpg.Record, positions: PositionKey, tenant: str, after_rows: list[asyncpg.Record],
+                     link: asyncpg.Record | None) -> dict[str, Any]:
+    """The transaction's view from its row, its accounts' balances right after it and its chain link (the
+    dispatcher reads those for many events at once and shows each event's transaction so too)."""
+    body = views.transaction(row, positions, tenant)
+    after: dict[str, dict[str, int]] = {}
+    for r in after_rows:
+        after.setdefault(r["account"], {})[r["asset"]] = r["balance_after"]
+    if after:
+        body["balances_after"] = after
+    if link is not None:  # none: not chained, or written before the chain existed (a replay rebuilds it)
+        body["hash"], body["previous_hash"] = bytes(link["hash"]).hex(), bytes(link["previous_hash"]).hex()
     return body
 
 
