@@ -136,8 +136,9 @@ SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "string", "format": "date-time"},
             "committed_at": {"type": ["string", "null"], "format": "date-time"},
             "replay_of": {"type": "string", "description": "This id repeated an idempotency key: the original's id"},
-            "kind": {"enum": ["hold", "capture", "void", "reverse", "policy"]},
+            "kind": {"enum": ["hold", "capture", "void", "reverse", "policy", "monitor", "unmonitor"]},
             "captures": {"type": "string"}, "voids": {"type": "string"}, "reverses": {"type": "string"},
+            "monitor": {"type": "string", "description": "The monitor an unmonitor record removed"},
             "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "A committed movement's link "
                      "in its tenant's chain: SHA-256(previous_hash + newline + canonical JSON)"},
             "previous_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
