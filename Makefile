@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 # `make cluster`: three Kafka nodes, PostgreSQL with a standby under pg_auto_failover, two projectors and two
 # APIs, in the foreground (docs/cluster.md).
-.PHONY: cluster cluster-down test-cluster soak-cluster compiled run test soak test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps
+.PHONY: cluster cluster-down test-cluster soak-cluster compiled run test soak test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps observe
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ kafka-jars: $(STAMP)
 
 run: deps
 	$(PY) -m infra.run
+
+# Prometheus with the ledger's rules (infra/prometheus/rules.yml) over a running `make run` or `make cluster`,
+# on http://127.0.0.1:9090 in the foreground (Debian's prometheus package, installed when missing).
+observe: deps
+	$(PY) -m infra.observe
 
 cluster: deps
 	$(PY) -m tools.cluster

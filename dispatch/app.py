@@ -594,5 +594,5 @@ def main() -> None:
         sys.exit(f"dispatcher: {e}")
     logging.config.dictConfig(logs.config("dispatcher", cfg.log_level or "WARNING"))
     if cfg.dispatcher_metrics_port:
-        start_http_server(cfg.dispatcher_metrics_port, addr="127.0.0.1")
+        start_http_server(cfg.dispatcher_metrics_port, addr=cfg.metrics_host)
     sys.exit(asyncio.run(_main(cfg, key)))

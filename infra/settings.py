@@ -91,6 +91,8 @@ class Settings:
     webhook_allow_hosts: frozenset[str] = frozenset()
     dispatcher_group: str = "ledger-dispatcher"
     dispatcher_metrics_port: int = 0
+    # Where the projector's and the dispatcher's metrics listen (compose: 0.0.0.0, for Prometheus's container).
+    metrics_host: str = "127.0.0.1"
     deliveries_in_flight: int = 512
     deliveries_per_endpoint: int = 8
 
@@ -225,6 +227,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
                                       if h.strip()),
         dispatcher_group=env.get("LEDGER_DISPATCHER_GROUP") or "ledger-dispatcher",
         dispatcher_metrics_port=_int(env, "LEDGER_DISPATCHER_METRICS_PORT", 0, 0, 65535),
+        metrics_host=env.get("LEDGER_METRICS_HOST") or "127.0.0.1",
         deliveries_in_flight=_int(env, "LEDGER_DELIVERIES_IN_FLIGHT", 512, 1, 100_000),
         deliveries_per_endpoint=_int(env, "LEDGER_DELIVERIES_PER_ENDPOINT", 8, 1, 1000),
     )

@@ -371,7 +371,7 @@ def main() -> None:
         sys.exit(f"projector: {e}")
     logging.config.dictConfig(logs.config("projector", cfg.log_level or "WARNING"))
     if cfg.projector_metrics_port:
-        start_http_server(cfg.projector_metrics_port, addr="127.0.0.1")
+        start_http_server(cfg.projector_metrics_port, addr=cfg.metrics_host)
     sys.exit(asyncio.run(_main(cfg, positions)))
 
 
