@@ -31,6 +31,8 @@ def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+# An object answer: the fields it lists and no other (tests/e2e/test_openapi_live.py holds the API to it).
+CLOSED: dict[str, Any] = {"type": "object", "additionalProperties": False}
 COMMON_ERRORS = {
     "400": _err("Malformed JSON"),
     "401": _err("Missing or unknown key"),
@@ -123,7 +125,8 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Transaction": {
-        "type": "object", "required": ["id", "status", "postings", "metadata", "position", "created_at"],
+        "type": "object", "additionalProperties": False,
+        "required": ["id", "status", "postings", "metadata", "position", "created_at"],
         "properties": {
             "id": {"type": "string", "pattern": f"^(?:{ID_RE.pattern})$"},
             "status": {"enum": ["committed", "rejected"]},
@@ -164,7 +167,7 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Hold": {
-        "type": "object", "required": ["id", "status", "postings", "position"],
+        "type": "object", "additionalProperties": False, "required": ["id", "status", "postings", "position"],
         "properties": {
             "id": {"type": "string"},
             "status": {"enum": ["held", "captured", "voided", "expired", "rejected"]},
@@ -223,11 +226,12 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Pending": {
-        "type": "object", "required": ["id", "status", "position"],
-        "properties": {"id": {"type": "string"}, "status": {"const": "pending"}, "position": {"type": "string"}},
+        "type": "object", "additionalProperties": False, "required": ["id", "status", "position"],
+        "properties": {"id": {"type": "string"}, "status": {"const": "pending"}, "position": {"type": "string"},
+                       "name": {"type": "string", "description": "A tenant's creation: its name"}},
     },
     "Account": {
-        "type": "object", "required": ["address", "balances", "position"],
+        "type": "object", "additionalProperties": False, "required": ["address", "balances", "position"],
         "properties": {
             "address": {"type": "string"},
             "balances": {"type": "object", "additionalProperties": {"type": "integer"}},
@@ -243,7 +247,7 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Monitor": {
-        "type": "object", "required": ["id", "account", "asset", "status", "position"],
+        "type": "object", "additionalProperties": False, "required": ["id", "account", "asset", "status", "position"],
         "properties": {
             "id": {"type": "string"}, "account": {"type": "string"}, "asset": {"type": "string"},
             "below": {"type": ["integer", "null"]}, "above": {"type": ["integer", "null"]},
@@ -263,7 +267,7 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Webhook": {
-        "type": "object", "required": ["id", "url", "events", "created_at"],
+        "type": "object", "additionalProperties": False, "required": ["id", "url", "events", "created_at"],
         "properties": {
             "id": {"type": "string"}, "url": {"type": "string"},
             "events": {"type": "array", "items": {"enum": [*EVENT_TYPES, ANY]}},
@@ -272,14 +276,14 @@ SCHEMAS: dict[str, Any] = {
             "deleted_at": {"type": "string", "format": "date-time"},
         },
     },
-    "Limits": {"type": "object", "properties": {
+    "Limits": {**CLOSED, "properties": {
         "tenant": {"type": "string"}, "writes_per_s": {"type": "integer"}, "reads_per_s": {"type": "integer"},
         "burst_s": {"type": "integer"}}},
     "Entries": {
-        "type": "object", "required": ["entries", "next_cursor"],
+        "type": "object", "additionalProperties": False, "required": ["entries", "next_cursor"],
         "properties": {
             "entries": {"type": "array", "items": {
-                "type": "object",
+                "type": "object", "additionalProperties": False,
                 "required": ["transaction_id", "asset", "amount", "balance_after", "committed_at"],
                 "properties": {"transaction_id": {"type": "string"}, "asset": {"type": "string"},
                                "amount": {"type": "integer"}, "balance_after": {"type": "integer"},
@@ -341,7 +345,7 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
             [TENANT, _path_param("key_id", KEY_ID_RE.pattern)])},
         "/v1/tenants/{tenant}/transactions": {"get": _operation(
             "Transactions newest first, by filter (and metadata.KEY=VALUE parameters), in keyset pages",
-            {"200": _ok("A page of transactions", {"type": "object", "properties": {
+            {"200": _ok("A page of transactions", {**CLOSED, "properties": {
                 "transactions": {"type": "array", "items": _ref("Transaction")},
                 "next_cursor": {"type": ["string", "null"]}}}), **COMMON_ERRORS},
             [TENANT, _query("account", {"type": "string", "pattern": f"^(?:{ADDRESS_RE.pattern})$"},
@@ -368,7 +372,7 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
             "Accounts by address prefix, with balances, held, available and policy (keyset pages by address); "
             "or, with `address` (1 to 100, repeated), those accounts in the order asked, all read at one position "
             "of the log (a snapshot read, not paged)",
-            {"200": _ok("A page of accounts, or a snapshot", {"type": "object", "properties": {
+            {"200": _ok("A page of accounts, or a snapshot", {**CLOSED, "properties": {
                 "accounts": {"type": "array", "items": _ref("Account")}, "next_cursor": {"type": ["string", "null"]},
                 "position": {"type": ["string", "null"],
                              "description": "Snapshot reads: the position every balance is as of"}}}),
@@ -381,7 +385,7 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
              *page_params, *read_params])},
         "/v1/tenants/{tenant}/balances": {"get": _operation(
             "Sums per asset over the accounts whose address starts with the prefix (reads the matching rows)",
-            {"200": _ok("Sums", {"type": "object", "properties": {"prefix": {"type": "string"}, "balances": {
+            {"200": _ok("Sums", {**CLOSED, "properties": {"prefix": {"type": "string"}, "balances": {
                 "type": "object", "additionalProperties": {"type": "integer"}}, "accounts": {"type": "integer"}}}),
              **COMMON_ERRORS,
              "422": _err("A bad parameter, or sum_out_of_range: an asset's sum leaves int64 (ask a narrower prefix)")},
@@ -390,9 +394,9 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
         "/v1/tenants/{tenant}/transactions/batch": {"post": _operation(
             "Append up to 1,000 transfers in order (atomic: one record, all committed or all rejected)",
             {"200": _ok("Every decision (wait=true), or a replay of the batch's Idempotency-Key (header "
-                        "Idempotent-Replayed: the original transactions)", {"type": "object", "properties": {
+                        "Idempotent-Replayed: the original transactions)", {**CLOSED, "properties": {
                             "transactions": {"type": "array", "items": _ref("Transaction")}}}),
-             "202": _ok("Appended, not yet decided", {"type": "object", "properties": {
+             "202": _ok("Appended, not yet decided", {**CLOSED, "properties": {
                  "transactions": {"type": "array", "items": _ref("Pending")}}}),
              "409": _err("idempotency_conflict: the Idempotency-Key was used with another body"),
              "413": _err("Body over 1 MiB"), **COMMON_ERRORS},
@@ -443,7 +447,7 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
         "/v1/tenants/{tenant}/accounts/{address}/statement": {"get": _operation(
             "A statement of a period (`until` exclusive; default the first entry to now): opening + credits - "
             "debits = closing, in a constant number of indexed lookups",
-            {"200": _ok("The statement", {"type": "object", "properties": {
+            {"200": _ok("The statement", {**CLOSED, "properties": {
                 "address": {"type": "string"}, "asset": {"type": "string"},
                 "from": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"},
                 "opening": {"type": "integer"}, "closing": {"type": "integer"},
@@ -454,7 +458,7 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
              _query("until", {"type": "string", "format": "date-time"}, "Until (exclusive)"), *read_params])},
         "/v1/tenants/{tenant}/chain": {"get": _operation(
             "The tenant's tamper-evident chain: how many committed movements it links, and the last one's hash",
-            {"200": _ok("The chain", {"type": "object", "properties": {
+            {"200": _ok("The chain", {**CLOSED, "properties": {
                 "count": {"type": "integer"}, "head": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                 "position": {"type": ["string", "null"]}}}), **COMMON_ERRORS}, [TENANT, *read_params])},
         "/v1/tenants/{tenant}/webhooks": {
@@ -477,8 +481,8 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
                                  [TENANT, _path_param("id", ID_RE.pattern)])},
         "/v1/tenants/{tenant}/webhooks/{id}/deliveries": {"get": _operation(
             "An endpoint's delivery attempts, newest first",
-            {"200": _ok("A page of attempts", {"type": "object", "properties": {
-                "deliveries": {"type": "array", "items": {"type": "object", "properties": {
+            {"200": _ok("A page of attempts", {**CLOSED, "properties": {
+                "deliveries": {"type": "array", "items": {**CLOSED, "properties": {
                     "event_id": {"type": "string"}, "type": {"type": "string"},
                     "status_code": {"type": ["integer", "null"]}, "error": {"type": ["string", "null"]},
                     "attempt": {"type": "integer"}, "at": {"type": "string", "format": "date-time"}}}},
@@ -492,7 +496,7 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
                            "Created: the monitor (wait=true)", "Monitor", [TENANT], _ref("MonitorRequest"),
                            wait_timeout_ms_max),
             "get": _operation("The tenant's monitors by id (active ones; removed=true: all)", {"200": _ok(
-                "A page of monitors", {"type": "object", "properties": {
+                "A page of monitors", {**CLOSED, "properties": {
                     "monitors": {"type": "array", "items": _ref("Monitor")},
                     "next_cursor": {"type": ["string", "null"]}}}), **COMMON_ERRORS},
                 [TENANT, *page_params, _query("removed", {"type": "boolean"}, "Include removed monitors"),
@@ -508,7 +512,7 @@ def _paths(wait_timeout_ms_max: int) -> dict[str, Any]:
                                                                      **COMMON_ERRORS}, [TENANT]),
             "put": _operation("Set any of a tenant's limits, the others kept (admin); in force on every API "
                               "process within 1 s", {"200": _ok("The limits", _ref("Limits")), **COMMON_ERRORS},
-                              [TENANT], body={"type": "object", "additionalProperties": False, "properties": {
+                              [TENANT], body={**CLOSED, "properties": {
                                   "writes_per_s": {"type": "integer", "minimum": 1},
                                   "reads_per_s": {"type": "integer", "minimum": 1},
                                   "burst_s": {"type": "integer", "minimum": 1, "maximum": 3600}}})},
