@@ -132,7 +132,8 @@ async def test_every_operation_answers_as_the_document_says(stack: Stack, tenant
         await call(c, "GET", t("/monitors"), params={"removed": "true"})
         await call(c, "DELETE", t(f"/monitors/{monitor}"), params=wait)
         await call(c, "DELETE", t(f"/monitors/{monitor}"), params=wait)  # 404
-        await call(httpx.AsyncClient(base_url=stack.api_url), "GET", t("/chain"))  # 401
+        async with httpx.AsyncClient(base_url=stack.api_url) as anonymous:
+            await call(anonymous, "GET", t("/chain"))  # 401
     assert not checked.problems, "\n".join(checked.problems)
     every = {(path, method) for path, ops in checked.document["paths"].items() for method in ops}
     missed = sorted(every - set(checked.seen))
