@@ -39,6 +39,25 @@ def say(message: str) -> None:
     print(f"[infra] {message}", flush=True)
 
 
+def ensure_installed(package: str, commands: tuple[str, ...], needed_by: str) -> list[str]:
+    """The paths of `commands`, Debian's `package` installed with apt-get first when any is missing and we are
+    root (`make cluster`'s pg_autoctl, `make observe`'s Prometheus); otherwise how to install it."""
+    found = [shutil.which(c) for c in commands]
+    if all(found):
+        return [f for f in found if f]
+    if os.geteuid() != 0:
+        raise SystemExit(f"{needed_by} needs {package} ({', '.join(commands)}); install it with:\n"
+                         f"  sudo apt-get update && sudo apt-get install -y {package}")
+    say(f"installing {package} with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-q", package], check=True, env=env, stdout=subprocess.DEVNULL)
+    found = [shutil.which(c) for c in commands]
+    if not all(found):
+        raise SystemExit(f"{package} is installed but {' or '.join(commands)} is not on the PATH")
+    return [f for f in found if f]
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)

@@ -26,8 +26,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from infra import processes
 from infra import settings as settings_mod
-from infra.local import DATA, ROOT, port_open, say
+from infra.local import DATA, ROOT, ensure_installed, port_open, say
 
 RULES = ROOT / "infra" / "prometheus" / "rules.yml"
 DIRECTORY = DATA / "observe"
@@ -47,22 +48,9 @@ Targets = dict[str, list[str]]
 
 
 def ensure_prometheus() -> tuple[str, str]:
-    """The paths of `prometheus` and `promtool`, Debian's package installed with apt-get first when either is
-    missing and we are root (as tools/postgres_nodes.py does for pg_autoctl)."""
-    found = shutil.which("prometheus"), shutil.which("promtool")
-    if found[0] and found[1]:
-        return found[0], found[1]
-    if os.geteuid() != 0:
-        raise SystemExit(f"make observe needs Prometheus (prometheus and promtool); install it with:\n"
-                         f"  sudo apt-get update && sudo apt-get install -y {PACKAGE}")
-    say(f"installing {PACKAGE} with apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-q", PACKAGE], check=True, env=env, stdout=subprocess.DEVNULL)
-    found = shutil.which("prometheus"), shutil.which("promtool")
-    if not (found[0] and found[1]):
-        raise SystemExit(f"{PACKAGE} is installed but prometheus or promtool is not on the PATH")
-    return found[0], found[1]
+    """The paths of `prometheus` and `promtool`, Debian's package installed first when either is missing."""
+    prometheus, promtool = ensure_installed(PACKAGE, ("prometheus", "promtool"), "make observe")
+    return prometheus, promtool
 
 
 def _promtool(*args: str) -> str:
@@ -210,16 +198,9 @@ def start(targets: Targets, port: int, directory: Path) -> subprocess.Popen[byte
     return proc
 
 
-def stop(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM (Prometheus closes its TSDB), SIGKILL past `timeout_s`."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (Prometheus closes its TSDB), SIGKILL past `STOP_TIMEOUT_S`."""
+    processes.stop(proc, "Prometheus", STOP_TIMEOUT_S)
 
 
 def main(argv: list[str] | None = None) -> None:

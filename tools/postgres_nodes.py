@@ -28,7 +28,7 @@ from typing import Any
 
 import asyncpg
 
-from infra.local import pg_bin, say
+from infra.local import ensure_installed, pg_bin, say
 
 MONITOR_PORT = 15430
 NODE_PORTS = {"pg1": 15431, "pg2": 15432}
@@ -70,20 +70,7 @@ def package() -> str:
 
 def ensure_pg_autoctl() -> str:
     """pg_autoctl's path, installed with apt-get first when it is missing and we are root."""
-    found = shutil.which("pg_autoctl")
-    if found:
-        return found
-    name = package()
-    if os.geteuid() != 0:
-        raise SystemExit(f"make cluster needs pg_auto_failover's pg_autoctl; install it with:\n"
-                         f"  sudo apt-get update && sudo apt-get install -y {name}")
-    say(f"installing {name} with apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-q", name], check=True, env=env, stdout=subprocess.DEVNULL)
-    found = shutil.which("pg_autoctl")
-    if not found:
-        raise SystemExit(f"{name} is installed but pg_autoctl is not on the PATH")
+    (found,) = ensure_installed(package(), ("pg_autoctl",), "make cluster")
     return found
 
 
