@@ -313,10 +313,7 @@ class Dispatcher:
                     await self._projected(conn, wanted)
                 fresh = await self._store(conn, found) if found else []
             await consumer.commit()
-            overflow = [d for d in fresh if not self._enqueue(d)]
-            if overflow:
-                await self.pool.execute(RELEASE, [d.event_id for d in overflow], [d.webhook_id for d in overflow],
-                                        self.me)
+            await self._queue(fresh)
 
     async def _projected(self, conn: asyncpg.Connection, wanted: dict[int, int]) -> None:
         """Wait (a little) until the projection has committed the decisions `wanted` (per partition, the last
@@ -330,7 +327,7 @@ class Dispatcher:
             await asyncio.sleep(PROJECTED_POLL_S)
 
     async def _store(self, conn: asyncpg.Connection, found: list[tuple[Event, datetime, list[Webhook]]]
-                     ) -> list[Delivery]:
+                     ) -> list[asyncpg.Record]:
         give_up = datetime.now(UTC) + GIVE_UP_AFTER
         async with conn.transaction():
             await conn.execute(INSERT_EVENTS, [e.id for e, _, _ in found], [e.tenant for e, _, _ in found],
@@ -339,11 +336,12 @@ class Dispatcher:
                                [None if e.crossing is None else orjson.dumps(e.crossing).decode()
                                 for e, _, _ in found])
             pairs = [(e, h) for e, _, hooks in found for h in hooks]
-            rows = await conn.fetch(INSERT_DELIVERIES, [e.id for e, _ in pairs], [h.id for _, h in pairs],
-                                    [e.tenant for e, _ in pairs], float(LEASE_S), [give_up] * len(pairs), self.me)
+            rows: list[asyncpg.Record] = await conn.fetch(
+                INSERT_DELIVERIES, [e.id for e, _ in pairs], [h.id for _, h in pairs], [e.tenant for e, _ in pairs],
+                float(LEASE_S), [give_up] * len(pairs), self.me)
         for event, _, _ in found:
             EVENTS.labels(event.type).inc()
-        return [Delivery(r["event_id"], r["webhook_id"], r["tenant"], r["attempts"], r["give_up_at"]) for r in rows]
+        return rows
 
     async def _poll(self) -> None:
         """Claim the deliveries that are due (retries, and those a stopped process left) and queue them."""
@@ -360,12 +358,7 @@ class Dispatcher:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
                 log.warning("could not claim due deliveries (%r)", e)
                 continue
-            claimed = [Delivery(r["event_id"], r["webhook_id"], r["tenant"], r["attempts"], r["give_up_at"])
-                       for r in rows]
-            overflow = [d for d in claimed if not self._enqueue(d)]
-            if overflow:
-                await self.pool.execute(RELEASE, [d.event_id for d in overflow], [d.webhook_id for d in overflow],
-                                        self.me)
+            await self._queue(rows)
 
     async def _backlog(self) -> None:
         assert self.pool is not None
@@ -389,9 +382,19 @@ class Dispatcher:
 
     # --- deliveries ------------------------------------------------------------------------------------
 
+    async def _queue(self, leased: list[asyncpg.Record]) -> None:
+        """Queue deliveries this process just leased (stored, or claimed); the lease of each that finds its
+        endpoint's queue full is let go at once, so a poll claims it as soon as there is room."""
+        assert self.pool is not None
+        deliveries = [Delivery(r["event_id"], r["webhook_id"], r["tenant"], r["attempts"], r["give_up_at"])
+                      for r in leased]
+        overflow = [d for d in deliveries if not self._enqueue(d)]
+        if overflow:
+            await self.pool.execute(RELEASE, [d.event_id for d in overflow], [d.webhook_id for d in overflow],
+                                    self.me)
+
     def _enqueue(self, delivery: Delivery) -> bool:
-        """Queue a delivery this process holds the lease of; False when its endpoint's queue is full (it waits in
-        PostgreSQL: the caller lets its lease go, and a poll claims it once there is room)."""
+        """Queue a delivery this process holds the lease of; False when its endpoint's queue is full."""
         mark = (delivery.event_id, delivery.webhook_id)
         if mark in self.queued:
             return True
