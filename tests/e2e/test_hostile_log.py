@@ -38,6 +38,7 @@ class Hostile:
         self.ids: list[tuple[str, str]] = []
         self.holds: list[tuple[str, str]] = []
         self.keyed: list[dict[str, Any]] = []  # keyed batches made, to repeat
+        self.monitors: list[tuple[str, str]] = []  # (tenant, id) of monitor records made, to remove
         self.kinds: dict[str, int] = {}
 
     def transfer(self, tenant: str, **overrides: Any) -> dict[str, Any]:
@@ -62,7 +63,7 @@ class Hostile:
                                             "wrong_partition", "unknown_tenant", "tenant_record", "bad_key",
                                             "no_value", "kind"]
                           + ["hold", "close_hold", "reverse", "policy", "batch"] * 2 + ["tick"]
-                          + ["repeated_key", "dots", "keyed_batch"])
+                          + ["repeated_key", "dots", "keyed_batch", "monitor", "unmonitor"])
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         key: bytes | None = tenant.encode()
         partition = None
@@ -140,6 +141,21 @@ class Hostile:
                                                    {"PTS": 2**63}, None]),
                     "frozen": rng.choice([False, False, True, "yes", None])}
             value = orjson.dumps(body)
+        elif kind == "monitor":  # bounds at and past int64's edges, of the wrong type, absent; accounts of every sort
+            monitor_id = rng.choice([unique("m"), *(i for _, i in self.ids[-3:])])  # sometimes an id already taken
+            body = {"v": 1, "kind": "monitor", "id": monitor_id, "tenant": tenant,
+                    "account": rng.choice([*ACCOUNTS, "@world", "x\u0000", "", 7]),
+                    "asset": rng.choice(["USD/2", "PTS", "usd"])}
+            for bound in ("below", "above"):
+                if rng.random() < 0.7:
+                    body[bound] = rng.choice([rng.randint(-10, 1000), 2**63 - 1, -(2**63), 2**63, 2**64 - 1, 1.5,
+                                              "5", True, None])
+            self.monitors.append((tenant, monitor_id))
+            value = orjson.dumps(body)
+        elif kind == "unmonitor":  # its own monitors, another tenant's, unknown ones, and repeats
+            target = rng.choice(self.monitors) if self.monitors and rng.random() < 0.8 else (tenant, unique("m"))
+            value = orjson.dumps({"v": 1, "kind": "unmonitor", "id": unique("u"), "tenant": tenant,
+                                  "monitor": target[1]})
         elif kind == "batch":
             items = [{k: v for k, v in self.transfer(tenant).items() if k in ("id", "postings", "idempotency_key")}
                      for _ in range(rng.randint(0, 4))]
@@ -217,7 +233,7 @@ async def test_a_hostile_log_stops_nothing_and_every_record_is_decided(admin: ht
           f"{len(positions & seen)} outcomes, {time.monotonic() - started:.1f} s")
     assert stack.projector is not None and stack.projector.poll() is None, "the projector stopped"
     assert positions <= seen, f"{len(positions - seen)} records without an outcome"
-    assert min(hostile.kinds.values()) > 0 and len(hostile.kinds) == 22
+    assert min(hostile.kinds.values()) > 0 and len(hostile.kinds) == 24
     verdict = await verify(SETTINGS.database_url, SETTINGS.kafka_bootstrap, TRANSACTIONS_TOPIC)
     assert verdict.identical, "\n".join(f"{check}: {rows}" for check, rows in verdict.differences.items())
     assert verdict.replayed >= RECORDS
