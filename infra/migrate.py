@@ -62,6 +62,26 @@ async def _check_unchanged(conn: asyncpg.Connection, version: int, path: Path, d
                                f"{digest[:12]}: write a new migration instead of changing an applied one")
 
 
+# A migration (re)defines `api_*` functions reading `proj_v1`, the first projection; once a replay has switched
+# the live projection to another schema, they must read that one. Every migration run ends by pointing them all
+# at the live projection, as a switch does (`ledger_activate_projection`).
+REPOINT = """
+DO $$
+DECLARE
+    live text := (SELECT active_schema FROM public.ledger_meta);
+    fn regprocedure;
+BEGIN
+    IF live IS NULL THEN
+        RETURN;
+    END IF;
+    FOR fn IN SELECT p.oid::regprocedure FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname = 'public' AND p.proname LIKE 'api\\_%' LOOP
+        EXECUTE format('ALTER FUNCTION %s SET search_path = %I, public', fn, live);
+    END LOOP;
+END
+$$"""
+
+
 async def migrate(url: str) -> list[int]:
     """Apply every migration not yet recorded; returns the versions applied now."""
     await ensure_database(url)
@@ -90,6 +110,8 @@ async def migrate(url: str) -> list[int]:
                                    " VALUES ($1, $2, $3)", version, name, digest)
             log.info("applied migration %03d_%s", version, name)
             applied.append(version)
+        if applied:
+            await conn.execute(REPOINT)
     finally:
         await conn.close()
     return applied
