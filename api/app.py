@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -28,7 +29,7 @@ from api.auth import KeyStore
 from api.cache import BalanceCache
 from api.errors import error_response, internal_error
 from api.hot import HEALTHY, HotRoutes
-from api.limits import Limits, TenantLimits
+from api.limits import ADJUST_S, Limits, TenantLimits
 from api.metrics import WAITERS, CacheMetrics, MetricsMiddleware
 from api.openapi import document
 from api.progress import Listener, Progress, WaitLimits
@@ -44,7 +45,6 @@ log = logging.getLogger("ledger.api")
 
 READY_TIMEOUT_S = 1.0
 HEARTBEAT_S = 1.0
-SATURATION_CHECK_S = 0.05
 POOL_APPLICATION = "ledger-api"  # in pg_stat_activity, with the process id: which backends serve which API
 GC_THRESHOLDS = (20_000, 20, 100)
 
@@ -173,7 +173,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     appender.start()
     app.state.ctx = routes.Context(cfg, keys, store, appender, progress, app.state.positions, cache, limits)
     heartbeat = asyncio.create_task(_heartbeat(store, limits))
-    saturation = asyncio.create_task(_saturation(appender, progress, limits, cfg.api_shed_lag_records))
+    saturation = asyncio.create_task(_saturation(appender, progress, limits, cfg.api_shed_delay_ms / 1000))
     app.state.listener = listener
     app.state.projector_group = ProjectorGroup(cfg.kafka_bootstrap, cfg.projector_group)
     # Everything allocated so far lives as long as the process: keep the collector from re-scanning it,
@@ -195,15 +195,15 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await pool.close()
 
 
-async def _saturation(appender: Appender, progress: Progress, limits: TenantLimits, lag_records_max: int) -> None:
-    """Every 50 ms: the partitions where more than `lag_records_max` of this process's own appends are not
-    applied yet (their heaviest writers are shed, `TenantLimits.admit`); records others wrote (a flood straight
-    to Kafka) do not count."""
+async def _saturation(appender: Appender, progress: Progress, limits: TenantLimits, delay_max_s: float) -> None:
+    """Every 50 ms: whether one of this process's own appends has waited more than `delay_max_s` to be applied
+    (the heaviest writers are shed while it has, `TenantLimits.admit`). The delay, not a count, is the signal:
+    it is what a tenant's waited write feels, whatever made the machine slow; records others wrote (a flood
+    straight to Kafka) do not count."""
     while True:
-        limits.lagging = frozenset(p for p, pending in appender.unapplied(progress.applied).items()
-                                   if pending > lag_records_max)
-        limits.partition_of.update(appender.partitions)
-        await asyncio.sleep(SATURATION_CHECK_S)
+        now = time.monotonic()
+        limits.adjust(appender.waited(progress.applied, now) > delay_max_s, now)
+        await asyncio.sleep(ADJUST_S)
 
 
 async def _heartbeat(store: Store, limits: TenantLimits) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
@@ -26,7 +27,6 @@ APPEND_TIMEOUT_S = 3.0
 DELIVERY_TIMEOUT_MS = int(APPEND_TIMEOUT_S * 1000)
 WAIT_MARGIN_S = 0.5
 OWN_PENDING_MAX = 100_000  # own appends remembered per partition (past it the oldest are forgotten)
-TENANTS_KNOWN_MAX = 1_000_000
 
 
 class AppendUnconfirmed(Unavailable):
@@ -53,9 +53,9 @@ class Appender:
         self._watch_lock = asyncio.Lock()
         self.ends = LogEnds(self.log_end)
         self._retired: set[asyncio.Task[None]] = set()
-        # This process's own appends, per partition, oldest first (bounded): what the projection owes it.
-        self.own: dict[int, collections.deque[int]] = {}
-        self.partitions: dict[str, int] = {}  # each tenant's partition, as its appends showed it
+        # This process's own appends, per partition, oldest first (bounded), each with when it was acknowledged:
+        # what the projection owes it, and since when.
+        self.own: dict[int, collections.deque[tuple[int, float]]] = {}
 
     def start(self) -> None:
         self.producer = LogProducer(producer_config(self.bootstrap, delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
@@ -96,7 +96,7 @@ class Appender:
             raise AppendUnconfirmed(request.id) from e
         (position,) = await self._placed([acknowledged], request.id)
         self.ends.advance(position)
-        self._own(request.tenant, position)
+        self._own(position)
         return position
 
     async def append_many(self, requests: list[Request]) -> list[Position]:
@@ -113,9 +113,9 @@ class Appender:
                 future.cancel()
             raise AppendUnconfirmed(",".join(r.id for r in requests)) from e
         positions = await self._placed(acknowledged, ",".join(r.id for r in requests))
-        for request, position in zip(requests, positions, strict=True):
+        for position in positions:
             self.ends.advance(position)
-            self._own(request.tenant, position)
+            self._own(position)
         return positions
 
     async def _placed(self, acknowledged: list[tuple[int, int | None]], ids: str) -> list[Position]:
@@ -131,21 +131,22 @@ class Appender:
                     "log's end", ids)
         return [Position(p, o if o is not None else ends[p] - 1) for p, o in acknowledged]
 
-    def _own(self, tenant: str, position: Position) -> None:
-        self.own.setdefault(position.partition, collections.deque(maxlen=OWN_PENDING_MAX)).append(position.offset)
-        if tenant not in self.partitions and len(self.partitions) < TENANTS_KNOWN_MAX:
-            self.partitions[tenant] = position.partition
+    def _own(self, position: Position) -> None:
+        self.own.setdefault(position.partition, collections.deque(maxlen=OWN_PENDING_MAX)).append(
+            (position.offset, time.monotonic()))
 
-    def unapplied(self, applied: dict[int, int]) -> dict[int, int]:
-        """Per partition, how many of this process's appends the projection has not applied (`applied`: the
-        next offset it applies), forgetting those it has."""
-        pending = {}
+    def waited(self, applied: dict[int, int], now: float) -> float:
+        """The seconds since the oldest of this process's appends the projection has not applied was
+        acknowledged (0 when none waits; `applied`: the next offset of each partition it applies), forgetting
+        those it has."""
+        oldest = now
         for partition, offsets in self.own.items():
             done = applied.get(partition, 0)
-            while offsets and offsets[0] < done:
+            while offsets and offsets[0][0] < done:
                 offsets.popleft()
-            pending[partition] = len(offsets)
-        return pending
+            if offsets:
+                oldest = min(oldest, offsets[0][1])
+        return now - oldest
 
     async def log_end(self) -> dict[int, int] | None:
         """The next offset of each partition of the log, or None if Kafka does not answer within a second."""

@@ -9,6 +9,8 @@ database that is the difference between saturating below 2,000 reads/s and not.
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
@@ -53,18 +55,33 @@ class HotRoutes:
             if len(parts) == 6 and parts[1] == "v1" and parts[2] == "tenants" and parts[4] == "accounts" \
                     and parts[3] and parts[5]:
                 scope["route"] = self.account_route
-                await (await self._account(scope, parts[3], parts[5]))(scope, receive, send)
+                answer = await self._account(scope, parts[3], parts[5])
+                if isinstance(answer, tuple):
+                    await self._answer_refusal(scope, receive, send, *answer)
+                else:
+                    await answer(scope, receive, send)
                 return
         refused = self._refused(scope, path)
         if refused is not None:
-            await refused(scope, receive, send)
+            await self._answer_refusal(scope, receive, send, *refused)
             return
         await self.app(scope, receive, send)
 
-    def _refused(self, scope: Scope, path: str) -> Response | None:
+    async def _answer_refusal(self, scope: Scope, receive: Receive, send: Send, tenant: str,
+                              refusal: RateLimited) -> None:
+        """A 429, held first while the tenant is refused often (`TenantLimits.hold_s`): a client looping on
+        refusals then costs the process a few hundred a second, not thousands."""
+        limits = self.app.state.ctx.limits
+        hold = limits.hold_s(tenant)
+        if hold:
+            with limits.holding(tenant):
+                await asyncio.sleep(hold)
+        await error_response(refusal)(scope, receive, send)
+
+    def _refused(self, scope: Scope, path: str) -> tuple[str, RateLimited] | None:
         """A tenant key's request past its tenant's limit, refused here, before Starlette's routing, middleware
-        and exception handling (a refusal must cost a small part of serving); None to go on. A request
-        admitted here is marked, so the route does not count it again."""
+        and exception handling (a refusal must cost a small part of serving): the tenant and its refusal; None
+        to go on. A request admitted here is marked, so the route does not count it again."""
         parts = path.split("/", 5)
         if len(parts) < 5 or parts[1] != "v1" or parts[2] != "tenants" or parts[4] not in TENANT_SEGMENTS \
                 or path.endswith(BATCH_SUFFIX):  # a batch takes its transactions' tokens at once, in its route
@@ -81,17 +98,21 @@ class HotRoutes:
         try:
             context.limits.admit(parts[3], kind)
         except RateLimited as e:
-            return error_response(e)
+            return parts[3], e
         scope.setdefault("state", {})["admitted"] = True
         return None
 
-    async def _account(self, scope: Scope, raw_tenant: str, raw_address: str) -> Response:
+    async def _account(self, scope: Scope, raw_tenant: str, raw_address: str) -> Response | tuple[str, RateLimited]:
+        """The balance read's answer, or the tenant and its refusal (held, then answered, by the caller)."""
         context: routes.Context = self.app.state.ctx
         try:
             principal, tenant = routes.authorize(context, _header(scope, b"authorization"), raw_tenant, "read")
             assert tenant is not None
             if principal.key_id is not None:  # a tenant key's read counts against its tenant's limit
-                context.limits.admit(tenant, READS)
+                try:
+                    context.limits.admit(tenant, READS)
+                except RateLimited as e:
+                    return tenant, e
             return Response(await routes.account(context, tenant, check_address(raw_address)),
                             media_type=JSON.media_type)
         except LedgerError as e:

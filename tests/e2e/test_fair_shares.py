@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx
 
+from api.limits import HOLD_S, REFUSALS_AT_ONCE
 from tests.conftest import Tenant
 from tests.e2e.helpers import posting, transfer
 from tests.e2e.test_holds import code
@@ -129,3 +132,60 @@ async def test_concurrent_puts_of_different_fields_keep_each_other(admin: httpx.
                          admin.put(tenant.path("/limits"), json={"burst_s": 3}))
     shown = (await admin.get(tenant.path("/limits"))).json()
     assert (shown["writes_per_s"], shown["reads_per_s"], shown["burst_s"]) == (11, 22, 3)
+
+
+async def test_past_a_few_refusals_a_second_the_rest_are_held_and_answered_alike(admin: httpx.AsyncClient,
+                                                                                  tenant: Tenant) -> None:
+    """A client looping on 429s costs the API little: past `REFUSALS_AT_ONCE` a second, each refusal is held
+    (at least half of `HOLD_S`) before it is answered, and the answer is the same 429."""
+    await set_limits(admin, tenant, writes_per_s=1, burst_s=1, reads_per_s=1)
+    body = {"postings": [posting("@world", "alice", 1)]}
+
+    async def timed(call: Awaitable[httpx.Response]) -> tuple[float, httpx.Response]:
+        started = time.monotonic()
+        answer = await call
+        return time.monotonic() - started, answer
+
+    for call in (lambda: tenant.client.post(tenant.path("/transactions"), json=body),
+                 lambda: tenant.client.get(tenant.path("/accounts/alice"))):  # the hot balance read too
+        answers = await asyncio.gather(*(timed(call()) for _ in range(REFUSALS_AT_ONCE + 20)))
+        refused = [(took, a) for took, a in answers if a.status_code == 429]
+        assert len(refused) >= REFUSALS_AT_ONCE + 18, [a.status_code for _, a in answers]
+        assert all(code(a) == (429, "rate_limited") and int(a.headers["retry-after"]) >= 1 for _, a in refused)
+        held = [took for took, _ in refused if took >= HOLD_S / 2]
+        assert len(held) >= 18, sorted(took for took, _ in refused)  # each past the first 20 of the second
+        await asyncio.sleep(1.1)  # a new second: refusals are answered at once again
+
+
+async def test_while_the_ledger_is_behind_the_heaviest_writer_is_throttled_and_a_light_one_is_not(
+        admin: httpx.AsyncClient, tenant: Tenant, stack: Stack) -> None:
+    """Fair admission when the ledger is full: the projector stopped, this API process's appends wait past
+    `LEDGER_API_SHED_DELAY_MS`; the tenant writing most is refused (`shed`), one writing a little is not."""
+    from tests.conftest import create_tenant
+    from tests.e2e.test_limits import as_tenant, stopped
+
+    light = await create_tenant(admin, stack)
+    assert stack.projector is not None
+    body = {"postings": [posting("@world", "alice", 1)]}
+    try:
+        with stack.extra_api(LEDGER_API_SHED_DELAY_MS="100") as (url, _):
+            async with as_tenant(url, tenant) as heavy_client, as_tenant(url, light) as light_client:
+                with stopped(stack.projector.pid):
+                    # 200 writes of the heavy tenant, 3 of the light one, all within their limits.
+                    first = await asyncio.gather(*(heavy_client.post(tenant.path("/transactions"), json=body)
+                                                   for _ in range(200)))
+                    assert all(a.status_code == 202 for a in first), {a.status_code for a in first}
+                    for _ in range(3):
+                        assert (await light_client.post(light.path("/transactions"), json=body)).status_code == 202
+                    await asyncio.sleep(0.5)  # past the delay: the process sees itself behind, and throttles
+                    later = [await heavy_client.post(tenant.path("/transactions"), json=body) for _ in range(50)]
+                    shed = [a for a in later if a.status_code == 429]
+                    assert shed, "the heaviest writer was not throttled while the ledger was behind"
+                    assert all(code(a) == (429, "rate_limited") for a in shed)
+                    assert "behind" in shed[0].json()["error"]["message"]
+                    assert (await light_client.post(light.path("/transactions"), json=body)).status_code == 202
+                metrics = (await heavy_client.get("/metrics")).text
+                assert re.search(r'ledger_api_rate_limited_total\{kind="writes",reason="shed",tenant="\*"\} [1-9]',
+                                 metrics), metrics
+    finally:
+        await light.client.aclose()

@@ -3,9 +3,27 @@ admission when the process is full, the limits body, and the 429's headers."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+import time
+
 import pytest
 
-from api.limits import READS, WRITES, Bucket, Limits, RateLimited, TenantLimits, parse_limits
+from api.limits import (
+    HELD_TENANT_MAX,
+    HOLD_S,
+    READS,
+    REFUSALS_AT_ONCE,
+    THROTTLE_BURST_S,
+    THROTTLE_CUT,
+    THROTTLE_STEP,
+    WRITES,
+    Bucket,
+    Limits,
+    RateLimited,
+    TenantLimits,
+    parse_limits,
+)
 from ledger.errors import InvalidRequest
 
 DEFAULTS = Limits(writes_per_s=10, reads_per_s=100, burst_s=2)
@@ -87,24 +105,63 @@ def test_a_limits_body_changes_only_what_it_names() -> None:
     assert parse_limits({"reads_per_s": 7}, DEFAULTS) == Limits(10, 7, 2)
 
 
-def test_while_its_partition_lags_the_tenant_writing_past_its_share_is_shed_first() -> None:
+def test_while_the_ledger_is_behind_the_tenant_writing_well_past_its_share_is_throttled() -> None:
     limits = TenantLimits(Limits(10_000, 10_000, 2), inflight_fair=64)
-    limits.partition_of.update({"flood": 0, "victim": 0, "elsewhere": 1})
     for n in range(200):
         limits.admit("flood", WRITES, now=0.5 + n / 1000)
-        limits.admit("elsewhere", WRITES, now=0.5 + n / 1000)
     for _ in range(5):
         limits.admit("victim", WRITES, now=0.8)
-    limits.lagging = frozenset({0})
-    with pytest.raises(RateLimited):
-        limits.admit("flood", WRITES, now=0.9)
-    limits.admit("victim", WRITES, now=0.9)  # within its share of partition 0: admitted
-    limits.admit("elsewhere", WRITES, now=0.9)  # heavy, but its partition does not lag
-    limits.lagging = frozenset()
-    limits.admit("flood", WRITES, now=0.95)  # the backlog gone: admitted again
-    limits.lagging = frozenset({0})
-    assert limits.writes_now["flood"] == 201
-    limits.admit("flood", WRITES, now=3.5)  # two seconds on, nothing counts against it any more
+    limits.adjust(True, now=0.9)
+    assert set(limits.throttled) == {"flood"}
+    cut = 200 * THROTTLE_CUT
+    assert limits.throttled["flood"].rate == pytest.approx(cut)  # its last second's rate, cut
+    admitted = 0
+    with pytest.raises(RateLimited) as refused:
+        for _ in range(100):
+            limits.admit("flood", WRITES, now=0.9)
+            admitted += 1
+    assert admitted == int(cut * THROTTLE_BURST_S), "the throttled rate's burst"
+    assert refused.value.policy is None, "shed, not past its own limit"
+    limits.admit("victim", WRITES, now=0.9)  # well within its share: never throttled
+    limits.adjust(True, now=0.95)
+    assert limits.throttled["flood"].rate == pytest.approx(cut * THROTTLE_CUT), "cut again while still behind"
+    steps = math.ceil((10_000 - cut * THROTTLE_CUT) / (THROTTLE_STEP * 10_000))
+    for _ in range(steps - 1):
+        limits.adjust(False, now=1.0)
+    assert "flood" in limits.throttled
+    limits.adjust(False, now=1.0)
+    assert limits.throttled == {}, "grown back to its limit: no longer throttled"
+
+
+def test_tenants_writing_alike_are_never_throttled_however_behind() -> None:
+    limits = TenantLimits(Limits(10_000, 10_000, 2), inflight_fair=64)
+    tenants = [f"t{n}" for n in range(10)]
+    for n in range(110):
+        for i, t in enumerate(tenants):
+            if n < 90 + 2 * i:  # 90 to 108 writes each: within 1.5 times the equal share
+                limits.admit(t, WRITES, now=0.5 + n / 1000)
+    limits.adjust(True, now=0.9)
+    assert limits.throttled == {}
+
+
+def test_past_a_few_refusals_a_second_a_tenants_refusals_are_held_up_to_a_bound() -> None:
+    limits = TenantLimits(Limits(1, 1, 1), inflight_fair=64, held_max=300)
+    for _ in range(REFUSALS_AT_ONCE):
+        assert limits.hold_s("flood") == 0
+    holds = [limits.hold_s("flood") for _ in range(100)]
+    assert all(HOLD_S / 2 <= h <= HOLD_S * 1.5 for h in holds)
+    assert len(set(holds)) > 1, "held refusals come back spread, not as one burst"
+    assert limits.hold_s("other") == 0, "each tenant has its own refusals at once"
+    with contextlib.ExitStack() as held:
+        for _ in range(HELD_TENANT_MAX):
+            held.enter_context(limits.holding("flood"))
+        assert limits.hold_s("flood") == 0, "past its bound of held refusals, a tenant's are answered at once"
+        for _ in range(300 - HELD_TENANT_MAX):
+            held.enter_context(limits.holding("other"))
+        assert [limits.hold_s("other") for _ in range(REFUSALS_AT_ONCE + 1)][-1] == 0, "the process's bound"
+    assert limits.total_held == 0 and limits.held == {}
+    limits.admit("flood", READS, now=time.monotonic() + 2)  # a new second: the count starts again
+    assert limits.hold_s("flood") == 0
 
 
 def test_csv_is_asked_by_a_media_range_of_quality_above_zero_and_cells_are_not_formulas() -> None:
