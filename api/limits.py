@@ -49,10 +49,13 @@ PROCESS_TTL_S = 3.0
 SHED_WRITES_MIN = 50  # writes in the last second below which a tenant is never shed
 SHED_SHARE = 1.5  # throttle only past this many times its equal share: tenants writing alike never are
 ADJUST_S = 0.05  # how often the app's monitor adjusts the throttled rates
-THROTTLE_CUT = 0.75  # a throttled rate's cut each `ADJUST_S` the ledger is behind
-THROTTLE_STEP = 0.005  # its growth each `ADJUST_S` it is not, as a part of the tenant's limit (its whole in 10 s)
+THROTTLE_CUT = 0.5  # a throttled rate's cut each `ADJUST_S` the ledger is behind
+THROTTLE_STEP = 2.5  # its growth in writes a second each `ADJUST_S` it is not (50 a second each second)
 THROTTLE_FLOOR = 10.0  # writes a second a throttled tenant keeps
 THROTTLE_BURST_S = 0.1
+# The tenants that wrote in this many seconds share the process: a tenant writing now and then (20 a second,
+# or one write every few seconds) has a share while a flood starts, before its next write.
+WRITERS_S = 10.0
 LIMIT_FIELDS = frozenset({"writes_per_s", "reads_per_s", "burst_s"})
 ALL_TENANTS = "*"
 REFUSED = Counter("ledger_api_rate_limited_total", "Requests refused 429 rate_limited, by tenant (a label only "
@@ -133,6 +136,7 @@ class TenantLimits:
         self.writes_now: dict[str, int] = {}
         self.writes_before: dict[str, int] = {}
         self.total_now = self.total_before = 0
+        self.seen: dict[str, float] = {}  # when each tenant last wrote here, for `WRITERS_S`: who shares
         # The writes of the heaviest tenants, throttled below their limits while the ledger is behind (`adjust`).
         self.throttled: dict[str, Bucket] = {}
         self.custom: dict[str, Limits] = {}
@@ -171,14 +175,9 @@ class TenantLimits:
 
     def admit(self, tenant: str, kind: str, n: int = 1, now: float | None = None) -> None:
         """Take `n` of the tenant's `kind` tokens, or raise `RateLimited`; while the ledger is saturated, a write
-        of a tenant writing more than its equal share of what is written is refused first (shed)."""
+        of a tenant throttled while the ledger is behind (`adjust`) is refused past its throttled rate (shed)."""
         now = time.monotonic() if now is None else now
-        if now - self.window_start >= 1.0:
-            recent = now - self.window_start < 2.0
-            self.writes_before, self.total_before = (self.writes_now, self.total_now) if recent else ({}, 0)
-            self.writes_now, self.total_now = {}, 0
-            self.refused_now = {}
-            self.window_start = now
+        self._roll(now)
         if kind == WRITES:
             self._shed(tenant, n, now)
         bucket = self.buckets.get((tenant, kind))
@@ -194,6 +193,17 @@ class TenantLimits:
         if kind == WRITES:
             self.writes_now[tenant] = self.writes_now.get(tenant, 0) + n
             self.total_now += n
+            self.seen[tenant] = now
+
+    def _roll(self, now: float) -> None:
+        """A new second: this one's counts become the last one's."""
+        if now - self.window_start >= 1.0:
+            recent = now - self.window_start < 2.0
+            self.writes_before, self.total_before = (self.writes_now, self.total_now) if recent else ({}, 0)
+            self.writes_now, self.total_now = {}, 0
+            self.refused_now = {}
+            self.window_start = now
+            self.seen = {t: at for t, at in self.seen.items() if now - at < WRITERS_S}
 
     def _shed(self, tenant: str, n: int, now: float) -> None:
         """Refuse a write of a tenant whose writes are throttled (`adjust`) past its throttled rate."""
@@ -204,22 +214,26 @@ class TenantLimits:
 
     def adjust(self, behind: bool, now: float) -> None:
         """Every `ADJUST_S` (the app's monitor): while the projection is behind this process's own appends, the
-        rate of each tenant writing well past its equal share of the process's writes (`SHED_SHARE`) is cut
-        by `THROTTLE_CUT`; while it is not, each throttled rate grows by `THROTTLE_STEP` of the tenant's limit
-        until it reaches it. Additive increase, multiplicative decrease: a flood settles at what the ledger
+        rate of each tenant writing well past its equal share of the process's writes (`SHED_SHARE`; shared by
+        the tenants that wrote in the last `WRITERS_S`) is cut
+        by `THROTTLE_CUT`; while it is not, each throttled rate grows by `THROTTLE_STEP`, and the throttle is gone
+        once it reaches the tenant's limit or twice what the tenant wrote lately (it no longer asks for more than
+        the throttle lets through). Additive increase, multiplicative decrease: a flood settles at what the ledger
         applies in time, and a tenant within its share is never throttled. Shares are of the whole process,
         not of a partition: tenants on other partitions share its CPU and the machine's (`make bench`,
         step `fairness`, measured a flood on one partition slowing a tenant on another)."""
+        self._roll(now)
+        span = max(1.0, now - self.window_start + (1.0 if self.writes_before else 0.0))
         if not behind:
             for tenant, throttle in list(self.throttled.items()):
-                limit = self.of(tenant).writes_per_s * self.share
-                if throttle.rate + THROTTLE_STEP * limit >= limit:
+                lately = (self.writes_now.get(tenant, 0) + self.writes_before.get(tenant, 0)) / span
+                rate = throttle.rate + THROTTLE_STEP
+                if rate >= self.of(tenant).writes_per_s * self.share or rate >= 2 * lately:
                     del self.throttled[tenant]
                 else:
-                    throttle.rate += THROTTLE_STEP * limit
+                    throttle.rate, throttle.capacity = rate, max(1.0, rate * THROTTLE_BURST_S)
             return
-        span = max(1.0, now - self.window_start + (1.0 if self.writes_before else 0.0))
-        writers = max(len(self.writes_now), len(self.writes_before))
+        writers = len(self.seen)
         total = self.total_now + self.total_before
         for tenant in self.writes_now.keys() | self.writes_before.keys():
             mine = self.writes_now.get(tenant, 0) + self.writes_before.get(tenant, 0)

@@ -1,8 +1,8 @@
 """Fair shares between tenants, measured (`make bench`, step `fairness`): a victim tenant's `wait=true` p99 alone
 and while another tenant floods, over HTTP (64 connections, unwaited transfers, as fast as they are answered)
 and straight to Kafka on the victim's own partition, without and with a Kafka client quota on the flooding
-producer; each as the ratio to the victim alone in the same run, with the flood's status mix and what a
-refusal costs the API against serving.
+producer; each as the ratio to the victim alone in the same run, with the flood's status mix; and what a refusal costs
+the API against serving the same write, the flood alone.
 """
 
 from __future__ import annotations
@@ -131,6 +131,27 @@ async def _set_limits(url: str, admin_token: str, tenant: str, writes_per_s: int
     await asyncio.sleep(1.5)  # every process has it (the notification, and this one at once)
 
 
+def _refusal_cost(url: str, flood: tuple[str, str], directory: Path, duration_s: int,
+                  set_writes: Callable[[int], None]) -> dict[str, Any]:
+    """What a refusal costs the API against serving the same write: the flood alone (nobody else writes, so
+    fair admission throttles nothing), refused by a limit of 1 a second and then served under a limit it never
+    reaches; the API's CPU over the flood's requests, less what the API uses idle."""
+    script = _flood_script(flood[0], flood[1], directory)
+    meter = tools.CpuMeter().start()
+    time.sleep(3)
+    idle = meter.stop(digits=4).get("api", 0.0)
+    runs = {}
+    for name, writes_per_s in (("refused", 1), ("served", 10_000_000)):
+        set_writes(writes_per_s)
+        meter = tools.CpuMeter().start()
+        run = tools.saturate(f"{url}/v1/tenants/{flood[0]}/transactions", duration_s, FLOOD_CONNECTIONS, script)
+        cpu = meter.stop(digits=4)
+        runs[name] = {"rps": run["rps"], "non_2xx": run["errors"], "api_cores": cpu.get("api", 0.0),
+                      "api_cpu_us": round(max(0.0, cpu.get("api", 0.0) - idle) / run["rps"] * 1e6, 1)}
+    set_writes(1000)
+    return {"api_idle_cores": idle, **runs}
+
+
 def _summary(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in ("p50_ms", "p99_ms", "achieved_rps", "errors", "status_codes")}
 
@@ -155,7 +176,10 @@ async def measure(url: str, admin_token: str, bootstrap: str, topic: str, victim
     await settle()
     served_victim, served_flood, served_cpu = await asyncio.to_thread(
         _with_http_flood, url, targets, flood[0], flood[1], directory, duration_s)
-    await _set_limits(url, admin_token, flood[0], 1000)
+    await settle()
+    refusal = await asyncio.to_thread(
+        _refusal_cost, url, flood, directory, duration_s,
+        lambda writes: asyncio.run(_set_limits(url, admin_token, flood[0], writes)))
     await asyncio.to_thread(set_quota, bootstrap, FLOOD_CLIENT_ID, QUOTA_BYTES_PER_S)
     try:
         await settle()
@@ -182,6 +206,7 @@ async def measure(url: str, admin_token: str, bootstrap: str, topic: str, victim
                                  "ratio_p99": round(served_victim["p99_ms"] / base, 2),
                                  "flood_rps": served_flood.get("rps"), "flood_refused": served_flood.get("errors"),
                                  "cpu": served_cpu, "api_cpu_us_per_request": per_request_us(served_cpu, served_flood)},
+        "refusal_cost": refusal,
         "kafka_flood": {"victim": _summary(kafka_victim), "ratio_p99": round(kafka_victim["p99_ms"] / base, 2),
                         **kafka_flood},
         "kafka_flood_quota": {"victim": _summary(quota_victim), "ratio_p99": round(quota_victim["p99_ms"] / base, 2),

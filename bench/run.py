@@ -599,9 +599,16 @@ def fairness_lines(f: dict[str, Any]) -> list[str]:
     for label, key in (("another tenant's HTTP flood (64 connections), default limits", "http_flood"),
                        ("the same flood with a limit it never reaches", "http_flood_unlimited")):
         row = f[key]
-        lines.append(f"  {label}: victim p99 {row['victim']['p99_ms']:.1f} ms ({row['ratio_p99']}x); flood "
-                     f"{row['flood_rps']:.0f} req/s, {row['flood_refused']} refused; API "
-                     f"{row['api_cpu_us_per_request']} CPU-us per flood request" + _cpu(row))
+        lines.append(f"  {label}: victim p99 {row['victim']['p99_ms']:.1f} ms ({row['ratio_p99']}x), p50 "
+                     f"{row['victim']['p50_ms']:.1f} ms; flood {row['flood_rps']:.0f} req/s, {row['flood_refused']} "
+                     f"refused; API {row['api_cpu_us_per_request']} CPU-us per flood request" + _cpu(row))
+    if "refusal_cost" in f:
+        cost = f["refusal_cost"]
+        refused, served = cost["refused"], cost["served"]
+        lines.append(f"  the flood alone, refused: {refused['rps']:.0f} requests/s from 64 connections (held), "
+                     f"the API {refused['api_cores']:.3f} cores, {refused['api_cpu_us']} CPU-us a refusal; served: "
+                     f"{served['rps']:.0f}/s, {served['api_cores']:.3f} cores, {served['api_cpu_us']} CPU-us a write "
+                     f"(the API idle: {cost['api_idle_cores']:.3f} cores, taken off both)")
     for label, key in (("a flood straight to Kafka, a victim on its partition", "kafka_flood"),
                        (f"the same with a quota of {f['kafka_flood_quota']['quota_bytes_per_s']} B/s on its client.id",
                         "kafka_flood_quota")):

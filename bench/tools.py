@@ -126,15 +126,15 @@ class CpuMeter:
         self.children = reaped.ru_utime + reaped.ru_stime
         return self
 
-    def stop(self) -> dict[str, Any]:
+    def stop(self, digits: int = 2) -> dict[str, Any]:
         assert self.before is not None
         (after, busy), elapsed = _cpu_by_role(), time.monotonic() - self.started
-        roles = {r: round((s - self.before[0].get(r, 0.0)) / elapsed, 2) for r, s in after.items()}
+        roles = {r: round((s - self.before[0].get(r, 0.0)) / elapsed, digits) for r, s in after.items()}
         # The load tools run and end in between: counted as the bench's children once reaped.
         reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-        roles["load"] = round((reaped.ru_utime + reaped.ru_stime - self.children) / elapsed, 2)
-        return {"machine": round((busy - self.before[1]) / elapsed, 2), "cores": os.cpu_count(),
-                **{r: v for r, v in sorted(roles.items(), key=lambda kv: -kv[1]) if v >= 0.01}}
+        roles["load"] = round((reaped.ru_utime + reaped.ru_stime - self.children) / elapsed, digits)
+        return {"machine": round((busy - self.before[1]) / elapsed, digits), "cores": os.cpu_count(),
+                **{r: v for r, v in sorted(roles.items(), key=lambda kv: -kv[1]) if v >= 10 ** -digits}}
 
 
 def cpu_text(cpu: dict[str, Any]) -> str:

@@ -125,12 +125,44 @@ def test_while_the_ledger_is_behind_the_tenant_writing_well_past_its_share_is_th
     limits.admit("victim", WRITES, now=0.9)  # well within its share: never throttled
     limits.adjust(True, now=0.95)
     assert limits.throttled["flood"].rate == pytest.approx(cut * THROTTLE_CUT), "cut again while still behind"
-    steps = math.ceil((10_000 - cut * THROTTLE_CUT) / (THROTTLE_STEP * 10_000))
-    for _ in range(steps - 1):
-        limits.adjust(False, now=1.0)
+    for n in range(10):  # the flood keeps asking: its throttle grows back a step each time nothing waits
+        with contextlib.suppress(RateLimited):
+            for _ in range(100):
+                limits.admit("flood", WRITES, now=0.95 + n / 20)
+        limits.adjust(False, now=0.95 + n / 20)
+    assert limits.throttled["flood"].rate == pytest.approx(cut * THROTTLE_CUT + 10 * THROTTLE_STEP)
+    limits.adjust(False, now=3.0)  # the flood is over: nothing written lately, so no throttle
+    assert limits.throttled == {}
+
+
+def test_a_tenant_that_wrote_a_few_seconds_ago_has_a_share_and_a_lone_writer_is_never_throttled() -> None:
+    limits = TenantLimits(Limits(10_000, 10_000, 2), inflight_fair=64)
+    limits.admit("victim", WRITES, now=1.0)
+    for n in range(200):  # a flood starts 5 s later, before the victim's next write
+        limits.admit("flood", WRITES, now=6.0 + n / 1000)
+    limits.adjust(True, now=6.5)
+    assert set(limits.throttled) == {"flood"}
+    limits.adjust(False, now=20.0)
+    assert limits.throttled == {}
+    for n in range(200):  # the victim's last write is past `WRITERS_S`: the flood writes alone
+        limits.admit("flood", WRITES, now=20.0 + n / 1000)
+    limits.adjust(True, now=20.5)
+    assert limits.throttled == {}, "a tenant writing alone has nobody to give a share to"
+
+
+def test_a_throttle_is_gone_once_it_reaches_the_tenants_limit() -> None:
+    limits = TenantLimits(Limits(300, 10_000, 2), inflight_fair=64)
+    for n in range(250):
+        limits.admit("flood", WRITES, now=0.5 + n / 1000)
+    limits.admit("victim", WRITES, now=0.8)
+    limits.adjust(True, now=0.9)
     assert "flood" in limits.throttled
-    limits.adjust(False, now=1.0)
-    assert limits.throttled == {}, "grown back to its limit: no longer throttled"
+    steps = math.ceil((300 - limits.throttled["flood"].rate) / THROTTLE_STEP)
+    for _ in range(steps - 1):
+        limits.adjust(False, now=0.9)
+    assert "flood" in limits.throttled
+    limits.adjust(False, now=0.9)
+    assert limits.throttled == {}
 
 
 def test_tenants_writing_alike_are_never_throttled_however_behind() -> None:
