@@ -27,6 +27,7 @@ APPEND_TIMEOUT_S = 3.0
 DELIVERY_TIMEOUT_MS = int(APPEND_TIMEOUT_S * 1000)
 WAIT_MARGIN_S = 0.5
 OWN_PENDING_MAX = 100_000  # own appends remembered per partition (past it the oldest are forgotten)
+WAITING_SCAN_MAX = 1_000  # own appends looked at per partition for who waits (`Appender.waiting`)
 
 
 class AppendUnconfirmed(Unavailable):
@@ -53,9 +54,9 @@ class Appender:
         self._watch_lock = asyncio.Lock()
         self.ends = LogEnds(self.log_end)
         self._retired: set[asyncio.Task[None]] = set()
-        # This process's own appends, per partition, oldest first (bounded), each with when it was acknowledged:
-        # what the projection owes it, and since when.
-        self.own: dict[int, collections.deque[tuple[int, float]]] = {}
+        # This process's own appends, per partition, oldest first (bounded), each with when it was acknowledged
+        # and whose it is: what the projection owes it, since when, and to whom.
+        self.own: dict[int, collections.deque[tuple[int, float, str]]] = {}
 
     def start(self) -> None:
         self.producer = LogProducer(producer_config(self.bootstrap, delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
@@ -96,7 +97,7 @@ class Appender:
             raise AppendUnconfirmed(request.id) from e
         (position,) = await self._placed([acknowledged], request.id)
         self.ends.advance(position)
-        self._own(position)
+        self._own(position, request.tenant)
         return position
 
     async def append_many(self, requests: list[Request]) -> list[Position]:
@@ -113,9 +114,9 @@ class Appender:
                 future.cancel()
             raise AppendUnconfirmed(",".join(r.id for r in requests)) from e
         positions = await self._placed(acknowledged, ",".join(r.id for r in requests))
-        for position in positions:
+        for request, position in zip(requests, positions, strict=True):
             self.ends.advance(position)
-            self._own(position)
+            self._own(position, request.tenant)
         return positions
 
     async def _placed(self, acknowledged: list[tuple[int, int | None]], ids: str) -> list[Position]:
@@ -131,22 +132,27 @@ class Appender:
                     "log's end", ids)
         return [Position(p, o if o is not None else ends[p] - 1) for p, o in acknowledged]
 
-    def _own(self, position: Position) -> None:
+    def _own(self, position: Position, tenant: str) -> None:
         self.own.setdefault(position.partition, collections.deque(maxlen=OWN_PENDING_MAX)).append(
-            (position.offset, time.monotonic()))
+            (position.offset, time.monotonic(), tenant))
 
-    def waited(self, applied: dict[int, int], now: float) -> float:
-        """The seconds since the oldest of this process's appends the projection has not applied was
-        acknowledged (0 when none waits; `applied`: the next offset of each partition it applies), forgetting
-        those it has."""
-        oldest = now
+    def waiting(self, applied: dict[int, int], now: float, longer_than_s: float) -> set[str]:
+        """The tenants of this process's appends that waited more than `longer_than_s` to be applied: those
+        applied since the last call that had waited that long by now, and those not applied yet that have
+        (`applied`: the next offset of each partition the projection applies). Appends applied are forgotten;
+        at most `WAITING_SCAN_MAX` of those still waiting are looked at per partition, the oldest."""
+        tenants = set()
         for partition, offsets in self.own.items():
             done = applied.get(partition, 0)
             while offsets and offsets[0][0] < done:
-                offsets.popleft()
-            if offsets:
-                oldest = min(oldest, offsets[0][1])
-        return now - oldest
+                _, at, tenant = offsets.popleft()
+                if now - at > longer_than_s:
+                    tenants.add(tenant)
+            for _, (_, at, tenant) in zip(range(WAITING_SCAN_MAX), offsets, strict=False):
+                if now - at <= longer_than_s:
+                    break
+                tenants.add(tenant)
+        return tenants
 
     async def log_end(self) -> dict[int, int] | None:
         """The next offset of each partition of the log, or None if Kafka does not answer within a second."""

@@ -11,11 +11,12 @@ process that dies gives its share back within `PROCESS_TTL_S`. A tenant whose tr
 processes gets less than its limit: spread it (round robin, as `make cluster`'s clients do).
 
 **Shedding the heaviest.** While one of this process's own appends has waited more than
-`LEDGER_API_SHED_DELAY_MS` to be applied (the app's monitor, every 50 ms), the write rate of each tenant that
-wrote more than `SHED_SHARE` times its equal share of the process's last second of writes is cut, and grows
-back while nothing waits that long (`adjust`): the flood, not the tenants within their share, waits for the
-backlog. The delay is what another tenant's waited
-write feels, whatever the cause (the flood's records, or the CPU its requests take from the projector).
+`LEDGER_API_SHED_DELAY_MS` to be applied (the app's monitor, every 50 ms), the write rate of each other tenant
+that wrote more than `SHED_SHARE` times its equal share of the process's last second of writes is cut, and
+grows back while no other tenant's write waits that long (`adjust`): the flood, not the tenants within their
+share, waits for the backlog. The delay is what another tenant's waited write feels, whatever the cause (the
+flood's records, or the CPU its requests take from the projector). A tenant whose writes wait only on its own
+burst is left alone.
 
 **Refusals held.** A tenant's first `REFUSALS_AT_ONCE` refusals of a second are answered at once; past them each
 is held about `HOLD_S` (spread ±50%) before it is answered (at most `HELD_TENANT_MAX` of a tenant's and
@@ -212,30 +213,35 @@ class TenantLimits:
             REFUSED.labels(tenant if self.tenant_labels else ALL_TENANTS, WRITES, "shed").inc()
             raise RateLimited("the ledger is behind and this tenant writes more than its share; retry", 1)
 
-    def adjust(self, behind: bool, now: float) -> None:
-        """Every `ADJUST_S` (the app's monitor): while the projection is behind this process's own appends, the
-        rate of each tenant writing well past its equal share of the process's writes (`SHED_SHARE`; shared by
-        the tenants that wrote in the last `WRITERS_S`) is cut
-        by `THROTTLE_CUT`; while it is not, each throttled rate grows by `THROTTLE_STEP`, and the throttle is gone
-        once it reaches the tenant's limit or twice what the tenant wrote lately (it no longer asks for more than
-        the throttle lets through). Additive increase, multiplicative decrease: a flood settles at what the ledger
-        applies in time, and a tenant within its share is never throttled. Shares are of the whole process,
-        not of a partition: tenants on other partitions share its CPU and the machine's (`make bench`,
-        step `fairness`, measured a flood on one partition slowing a tenant on another)."""
+    def adjust(self, waiting: frozenset[str], now: float) -> None:
+        """Every `ADJUST_S` (the app's monitor), with the tenants whose appends here have waited too long to be
+        applied: while another tenant's waits, the rate of each tenant writing well past its equal share of the
+        process's writes (`SHED_SHARE`; shared by the tenants that wrote in the last `WRITERS_S`) is cut by
+        `THROTTLE_CUT`; while no other's waits, each throttled rate grows by `THROTTLE_STEP`, and the throttle is
+        gone once it reaches the tenant's limit or twice what the tenant wrote lately (it no longer asks for
+        more than the throttle lets through). Additive increase, multiplicative decrease: a flood settles at
+        what the ledger applies in time for the others, a tenant within its share is never throttled, and a
+        tenant writing much while nobody else waits on it (a burst of its own) is not either. Shares are of the
+        whole process, not of a partition: tenants on other partitions share its CPU and the machine's (`make
+        bench`, step `fairness`, measured a flood on one partition slowing a tenant on another)."""
         self._roll(now)
         span = max(1.0, now - self.window_start + (1.0 if self.writes_before else 0.0))
-        if not behind:
-            for tenant, throttle in list(self.throttled.items()):
-                lately = (self.writes_now.get(tenant, 0) + self.writes_before.get(tenant, 0)) / span
-                rate = throttle.rate + THROTTLE_STEP
-                if rate >= self.of(tenant).writes_per_s * self.share or rate >= 2 * lately:
-                    del self.throttled[tenant]
-                else:
-                    throttle.rate, throttle.capacity = rate, max(1.0, rate * THROTTLE_BURST_S)
+        for tenant, throttle in list(self.throttled.items()):
+            if len(waiting) > 1 or (waiting and tenant not in waiting):
+                continue  # another tenant waits: cut below, not grown
+            lately = (self.writes_now.get(tenant, 0) + self.writes_before.get(tenant, 0)) / span
+            rate = throttle.rate + THROTTLE_STEP
+            if rate >= self.of(tenant).writes_per_s * self.share or rate >= 2 * lately:
+                del self.throttled[tenant]
+            else:
+                throttle.rate, throttle.capacity = rate, max(1.0, rate * THROTTLE_BURST_S)
+        if not waiting:
             return
         writers = len(self.seen)
         total = self.total_now + self.total_before
         for tenant in self.writes_now.keys() | self.writes_before.keys():
+            if len(waiting) == 1 and tenant in waiting:
+                continue  # only its own writes wait: nobody else is slowed by it
             mine = self.writes_now.get(tenant, 0) + self.writes_before.get(tenant, 0)
             if mine <= SHED_WRITES_MIN or mine * writers <= SHED_SHARE * total:
                 continue

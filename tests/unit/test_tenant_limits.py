@@ -27,6 +27,8 @@ from api.limits import (
 from ledger.errors import InvalidRequest
 
 DEFAULTS = Limits(writes_per_s=10, reads_per_s=100, burst_s=2)
+VICTIM_WAITS = frozenset({"victim"})  # whose appends have waited too long to be applied (`TenantLimits.adjust`)
+NOBODY_WAITS: frozenset[str] = frozenset()
 
 
 def test_a_bucket_holds_its_burst_then_refills_at_its_rate() -> None:
@@ -111,7 +113,7 @@ def test_while_the_ledger_is_behind_the_tenant_writing_well_past_its_share_is_th
         limits.admit("flood", WRITES, now=0.5 + n / 1000)
     for _ in range(5):
         limits.admit("victim", WRITES, now=0.8)
-    limits.adjust(True, now=0.9)
+    limits.adjust(VICTIM_WAITS, now=0.9)
     assert set(limits.throttled) == {"flood"}
     cut = 200 * THROTTLE_CUT
     assert limits.throttled["flood"].rate == pytest.approx(cut)  # its last second's rate, cut
@@ -123,15 +125,15 @@ def test_while_the_ledger_is_behind_the_tenant_writing_well_past_its_share_is_th
     assert admitted == int(cut * THROTTLE_BURST_S), "the throttled rate's burst"
     assert refused.value.policy is None, "shed, not past its own limit"
     limits.admit("victim", WRITES, now=0.9)  # well within its share: never throttled
-    limits.adjust(True, now=0.95)
+    limits.adjust(VICTIM_WAITS, now=0.95)
     assert limits.throttled["flood"].rate == pytest.approx(cut * THROTTLE_CUT), "cut again while still behind"
     for n in range(10):  # the flood keeps asking: its throttle grows back a step each time nothing waits
         with contextlib.suppress(RateLimited):
             for _ in range(100):
                 limits.admit("flood", WRITES, now=0.95 + n / 20)
-        limits.adjust(False, now=0.95 + n / 20)
+        limits.adjust(NOBODY_WAITS, now=0.95 + n / 20)
     assert limits.throttled["flood"].rate == pytest.approx(cut * THROTTLE_CUT + 10 * THROTTLE_STEP)
-    limits.adjust(False, now=3.0)  # the flood is over: nothing written lately, so no throttle
+    limits.adjust(NOBODY_WAITS, now=3.0)  # the flood is over: nothing written lately, so no throttle
     assert limits.throttled == {}
 
 
@@ -140,14 +142,25 @@ def test_a_tenant_that_wrote_a_few_seconds_ago_has_a_share_and_a_lone_writer_is_
     limits.admit("victim", WRITES, now=1.0)
     for n in range(200):  # a flood starts 5 s later, before the victim's next write
         limits.admit("flood", WRITES, now=6.0 + n / 1000)
-    limits.adjust(True, now=6.5)
+    limits.adjust(frozenset({"victim", "flood"}), now=6.5)  # its next write waits behind the flood
     assert set(limits.throttled) == {"flood"}
-    limits.adjust(False, now=20.0)
+    limits.adjust(NOBODY_WAITS, now=20.0)
     assert limits.throttled == {}
     for n in range(200):  # the victim's last write is past `WRITERS_S`: the flood writes alone
         limits.admit("flood", WRITES, now=20.0 + n / 1000)
-    limits.adjust(True, now=20.5)
+    limits.adjust(frozenset({"flood"}), now=20.5)
     assert limits.throttled == {}, "a tenant writing alone has nobody to give a share to"
+
+
+def test_a_burst_of_its_own_that_only_its_own_writes_wait_on_is_not_throttled() -> None:
+    limits = TenantLimits(Limits(10_000, 10_000, 2), inflight_fair=64)
+    for n in range(200):
+        limits.admit("burst", WRITES, now=0.5 + n / 1000)
+    limits.admit("other", WRITES, now=0.8)  # wrote, and was applied in time
+    limits.adjust(frozenset({"burst"}), now=0.9)
+    assert limits.throttled == {}
+    limits.adjust(frozenset({"burst", "other"}), now=0.95)  # now another tenant's write waits on it
+    assert set(limits.throttled) == {"burst"}
 
 
 def test_a_throttle_is_gone_once_it_reaches_the_tenants_limit() -> None:
@@ -155,13 +168,13 @@ def test_a_throttle_is_gone_once_it_reaches_the_tenants_limit() -> None:
     for n in range(250):
         limits.admit("flood", WRITES, now=0.5 + n / 1000)
     limits.admit("victim", WRITES, now=0.8)
-    limits.adjust(True, now=0.9)
+    limits.adjust(VICTIM_WAITS, now=0.9)
     assert "flood" in limits.throttled
     steps = math.ceil((300 - limits.throttled["flood"].rate) / THROTTLE_STEP)
     for _ in range(steps - 1):
-        limits.adjust(False, now=0.9)
+        limits.adjust(NOBODY_WAITS, now=0.9)
     assert "flood" in limits.throttled
-    limits.adjust(False, now=0.9)
+    limits.adjust(NOBODY_WAITS, now=0.9)
     assert limits.throttled == {}
 
 
@@ -172,7 +185,7 @@ def test_tenants_writing_alike_are_never_throttled_however_behind() -> None:
         for i, t in enumerate(tenants):
             if n < 90 + 2 * i:  # 90 to 108 writes each: within 1.5 times the equal share
                 limits.admit(t, WRITES, now=0.5 + n / 1000)
-    limits.adjust(True, now=0.9)
+    limits.adjust(frozenset(tenants), now=0.9)
     assert limits.throttled == {}
 
 
