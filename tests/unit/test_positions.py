@@ -74,17 +74,25 @@ def test_every_change_of_any_character_is_refused(at: int) -> None:
         assert refused(TOKEN[:at] + replacement + TOKEN[at + 1:])
 
 
-@pytest.mark.parametrize("byte", range(24))
+def decoded(token: str) -> bytes:
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+
+
+def encoded(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("byte", range(26))
 def test_every_flipped_bit_is_refused(byte: int) -> None:
-    sealed = bytearray(base64.urlsafe_b64decode(TOKEN))
+    sealed = bytearray(decoded(TOKEN))
     for bit in range(8):
         changed = bytearray(sealed)
         changed[byte] ^= 1 << bit
-        assert refused(base64.urlsafe_b64encode(bytes(changed)).decode())
+        assert refused(encoded(bytes(changed)))
 
 
 def test_a_token_cut_lengthened_or_spelled_otherwise_is_refused() -> None:
-    standard = base64.b64encode(base64.urlsafe_b64decode(TOKEN)).decode()
+    standard = base64.b64encode(decoded(TOKEN)).decode().rstrip("=")
     for token in (TOKEN[:-1], TOKEN[1:], TOKEN + "A", TOKEN + "=", "A" + TOKEN, f" {TOKEN}", TOKEN.upper(),
                   TOKEN + "\x00", TOKEN[:-1] + "\x00", TOKEN.replace(TOKEN[5], "+")):
         assert refused(token)
