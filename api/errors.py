@@ -7,9 +7,9 @@ import logging
 from starlette.responses import Response
 
 from api.auth import Forbidden, Unauthorized
+from api.inputs import PayloadTooLarge
 from api.limits import RateLimited
 from api.progress import TooManyWaiting
-from api.requests import PayloadTooLarge
 from api.responses import error
 from ledger.errors import (
     AlreadyExists,

@@ -122,7 +122,7 @@ class HotRoutes:
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
-    """A header given at most once (as `api.requests.header`); a repeated one is refused, never resolved."""
+    """A header given at most once (as `api.inputs.header`); a repeated one is refused, never resolved."""
     found = [value for key, value in scope["headers"] if key == name]
     if len(found) > 1:
         raise InvalidRequest(f"the {name.decode()} header is given more than once", name.decode())

@@ -25,7 +25,7 @@ import asyncpg
 import httpx
 from aiokafka.errors import KafkaError
 
-from api.requests import encode_cursor
+from api.inputs import encode_cursor
 from bench import ceiling, data, fairness, isolation, postmortem, queries, tools, webhooks
 from client import LedgerProducer
 from infra import local, processes

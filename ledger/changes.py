@@ -49,7 +49,7 @@ def reset_payload() -> str:
     return '{"reset":true}'
 
 
-class Progress:
+class Notification:
     """One notification, read: offsets to advance, accounts changed, or a reset."""
 
     __slots__ = ("changed", "offsets", "reset")
@@ -60,7 +60,7 @@ class Progress:
         self.reset = reset
 
 
-def parse(payload: str) -> Progress:
+def parse(payload: str) -> Notification:
     """A notification from this projector, or from one that predates the cache (a bare map of partitions to
     offsets, which names no accounts: read as a reset, so nothing it changed can stay cached)."""
     body = orjson.loads(payload)
@@ -71,8 +71,8 @@ def parse(payload: str) -> Progress:
             raw = base64.b64decode(body.get("changed", ""), validate=True)
             if len(raw) % KEY_BYTES:
                 raise ValueError("changed accounts are 8 bytes each")
-            return Progress({int(p): int(o) for p, o in body.get("offsets", {}).items()},
+            return Notification({int(p): int(o) for p, o in body.get("offsets", {}).items()},
                             [k for (k,) in _KEYS.iter_unpack(raw)], body.get("reset") is True)
-        return Progress({int(p): int(o) for p, o in body.items()}, [], True)
+        return Notification({int(p): int(o) for p, o in body.items()}, [], True)
     except (TypeError, AttributeError) as e:
         raise ValueError(f"not a progress notification: {e}") from None

@@ -12,7 +12,7 @@ from starlette.responses import Response, StreamingResponse
 
 from api import views
 from api.auth import Principal
-from api.requests import (
+from api.inputs import (
     LEG_MAX,
     account_cursor_param,
     cursor_param,

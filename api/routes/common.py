@@ -18,14 +18,14 @@ from api import views
 from api.appender import Appender
 from api.auth import KeyStore, Principal
 from api.cache import BalanceCache
-from api.limits import READS, WRITES, TenantLimits
-from api.progress import Progress, TooManyWaiting
-from api.requests import (
+from api.inputs import (
     check_params,
     header,
     int_param,
     position_param,
 )
+from api.limits import READS, WRITES, TenantLimits
+from api.progress import Progress, TooManyWaiting
 from api.responses import JSON, error
 from api.store import Store
 from infra.settings import Settings

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api import views
-from api.requests import account_cursor_param, encode_account_cursor, int_param, json_object
+from api.inputs import account_cursor_param, encode_account_cursor, int_param, json_object
 from api.responses import JSON, error
 from api.routes.common import (
     ENTRIES_LIMIT_DEFAULT,

@@ -10,12 +10,12 @@ from starlette.responses import Response
 
 from api.appender import AppendUnconfirmed
 from api.auth import SCOPES, new_secret_key
-from api.limits import Limits, parse_limits
-from api.requests import (
+from api.inputs import (
     int_param,
     json_body,
     json_object,
 )
+from api.limits import Limits, parse_limits
 from api.responses import JSON, error
 from api.routes.common import (
     TENANT_FIELDS,

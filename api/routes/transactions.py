@@ -14,8 +14,7 @@ from starlette.responses import Response
 
 from api import views
 from api.appender import AppendUnconfirmed
-from api.limits import WRITES
-from api.requests import (
+from api.inputs import (
     bool_param,
     check_params,
     encode_transactions_cursor,
@@ -26,6 +25,7 @@ from api.requests import (
     time_param,
     transactions_cursor_param,
 )
+from api.limits import WRITES
 from api.responses import JSON, error
 from api.routes.common import (
     CONFLICT_MESSAGE,

@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from api import views
 from api.auth import ApiKey, Forbidden, KeyStore, Unauthorized, new_secret_key
-from api.requests import (
+from api.inputs import (
     account_cursor_param,
     cursor_param,
     encode_account_cursor,

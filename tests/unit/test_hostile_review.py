@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.requests import Request
 
-from api.requests import check_params, header, parse_time
+from api.inputs import check_params, header, parse_time
 from ledger.codec import decode_json, decode_request, encode_request
 from ledger.decisions import IDEMPOTENCY_CONFLICT, Ledger
 from ledger.errors import InvalidRequest, MalformedJson
