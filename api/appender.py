@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 
@@ -13,7 +12,7 @@ from aiokafka.errors import KafkaError
 
 from api.log_ends import LogEnds
 from infra.kafka import end_offsets
-from infra.producer import LogProducer, ProduceFailed, producer_config
+from infra.producer import LogProducer, ProduceFailed, RenewingProducer, producer_config
 from ledger.codec import encode_request
 from ledger.errors import Unavailable
 from ledger.positions import Position
@@ -49,43 +48,30 @@ class Appender:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
-        self.producer: LogProducer | None = None
+        self.holder: RenewingProducer | None = None
         self._watch: AIOKafkaConsumer | None = None  # only for end offsets
         self._watch_lock = asyncio.Lock()
         self.ends = LogEnds(self.log_end)
-        self._retired: set[asyncio.Task[None]] = set()
         # This process's own appends, per partition, oldest first (bounded), each with when it was acknowledged
         # and whose it is: what the projection owes it, since when, and to whom.
         self.own: dict[int, collections.deque[tuple[int, float, str]]] = {}
 
     def start(self) -> None:
-        self.producer = LogProducer(producer_config(self.bootstrap, delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
-                                                    client_id="ledger-api"))
+        self.holder = RenewingProducer(producer_config(self.bootstrap, delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
+                                                       client_id="ledger-api"), "API's", APPEND_TIMEOUT_S)
+        self.holder.current()  # librdkafka connects in the background from now on
 
     async def stop(self) -> None:
-        if self.producer is not None:
-            await self.producer.stop()
-        for task in list(self._retired):
-            with contextlib.suppress(Exception):
-                await task
+        if self.holder is not None:
+            await self.holder.stop()
         if self._watch is not None:
             await self._watch.stop()
 
     def _producer(self) -> LogProducer:
-        """The producer, replaced first if librdkafka declared it unusable (a fatal error, such as an
-        idempotence sequence it cannot recover): the only case where a new one is needed."""
-        producer = self.producer
-        if producer is None:
+        """The live producer (`RenewingProducer`: replaced first if librdkafka declared it unusable)."""
+        if self.holder is None:
             raise Unavailable("the log (Kafka) is not reachable")
-        if producer.fatal is not None:
-            log.error("the Kafka producer failed for good (%s); replacing it", producer.fatal)
-            self.start()
-            task = asyncio.create_task(producer.stop(APPEND_TIMEOUT_S))
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
-            assert self.producer is not None
-            producer = self.producer
-        return producer
+        return self.holder.current()
 
     async def append(self, request: Request) -> Position:
         """The position of the appended request; `AppendUnconfirmed` if Kafka did not acknowledge it in time."""

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import logging
 import threading
 from typing import Any
 
 import confluent_kafka
+
+log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.05
 QUEUE_MESSAGES_MAX = 100_000  # librdkafka's own bound on records produced and not yet acknowledged
@@ -134,3 +138,35 @@ class LogProducer:
 
 def _failure(error: Any) -> ProduceFailed:
     return ProduceFailed(error.str(), retriable=not error.fatal(), fatal=error.fatal())
+
+
+class RenewingProducer:
+    """A `LogProducer` made on first use and made anew only when librdkafka declared it unusable (a fatal error,
+    such as an idempotence sequence it cannot recover): the one holder of the API's appender and the
+    projector's outcomes. The old one is stopped in the background, its reports still served meanwhile."""
+
+    def __init__(self, config: dict[str, Any], name: str, stop_timeout_s: float) -> None:
+        self.config = config
+        self.name = name
+        self.stop_timeout_s = stop_timeout_s
+        self.producer: LogProducer | None = None
+        self._retired: set[asyncio.Task[None]] = set()
+
+    def current(self) -> LogProducer:
+        producer = self.producer
+        if producer is not None and producer.fatal is None:
+            return producer
+        if producer is not None:
+            log.error("the %s producer failed for good (%s); replacing it", self.name, producer.fatal)
+            task = asyncio.create_task(producer.stop(self.stop_timeout_s))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+        self.producer = LogProducer(self.config)
+        return self.producer
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+        for task in list(self._retired):
+            with contextlib.suppress(Exception):
+                await task

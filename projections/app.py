@@ -30,7 +30,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from infra import logs
 from infra import settings as settings_mod
 from infra.kafka import log_end, topic_config, topic_partitions
-from infra.producer import LogProducer, producer_config
+from infra.producer import RenewingProducer, producer_config
 from infra.settings import Settings
 from ledger.codec import encode_request
 from ledger.fold import Record
@@ -83,34 +83,20 @@ OUTCOME_BATCH_BYTES = 512 * 1024
 OUTCOMES_DELIVERY_TIMEOUT_MS = 10_000
 
 
-class Outcomes:
-    """The projector's producer, for `ledger.outcomes` and the clock's ticks: librdkafka (as the API's and the
-    producer client's), idempotent with acks=all. aiokafka's producer wedged here once, under make soak-cluster:
-    after a Kafka node's loss its start() never returned (InvalidStateError in its pid handshake), the batch it
-    was to publish held its write, and the watchdog restarted the projector after 31 s."""
+class ProjectorProducer:
+    """The projector's producer: a batch's outcomes to `ledger.outcomes`, and the clock's ticks to the log.
+    librdkafka (as the API's and the producer client's), idempotent with acks=all. aiokafka's producer wedged
+    here once, under make soak-cluster: after a Kafka node's loss its start() never returned (InvalidStateError
+    in its pid handshake), the batch it was to publish held its write, and the watchdog restarted the projector
+    after 31 s."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap = bootstrap
         self.topic = topic
-        self.producer: LogProducer | None = None
         self.partitions: int | None = None
-        self._retired: set[asyncio.Task[None]] = set()
-
-    def _live(self) -> LogProducer:
-        """The producer, made on first use, and made anew only when librdkafka declared it unusable."""
-        producer = self.producer
-        if producer is not None and producer.fatal is None:
-            return producer
-        if producer is not None:
-            log.error("the outcomes producer failed for good (%s); replacing it", producer.fatal)
-            task = asyncio.create_task(producer.stop(1.0))
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
         # One record batch per partition per poll: librdkafka batches up to batch.size on its own.
-        self.producer = LogProducer(producer_config(self.bootstrap, delivery_timeout_ms=OUTCOMES_DELIVERY_TIMEOUT_MS,
-                                                    client_id="ledger-projector",
-                                                    **{"batch.size": OUTCOME_BATCH_BYTES}))
-        return self.producer
+        self.holder = RenewingProducer(
+            producer_config(bootstrap, delivery_timeout_ms=OUTCOMES_DELIVERY_TIMEOUT_MS, client_id="ledger-projector",
+                            **{"batch.size": OUTCOME_BATCH_BYTES}), "outcomes", 1.0)
 
     async def _sent(self, sent: list[asyncio.Future[tuple[int, int | None]]]) -> None:
         """Wait for every acknowledgement (each failure retrieved), then raise the first failure if any."""
@@ -121,7 +107,7 @@ class Outcomes:
 
     async def tick(self, topic: str, partitions: list[int]) -> None:
         """Append the clock's tick to `partitions` of the log (no key: it belongs to no tenant)."""
-        producer = self._live()
+        producer = self.holder.current()
         await self._sent([producer.send(topic, TICK_VALUE, None, partition=p) for p in partitions])
 
     async def publish(self, outcomes: list[tuple[int, bytes, bytes]]) -> None:
@@ -129,7 +115,7 @@ class Outcomes:
         acknowledgement of all (a failure is a fault of the surroundings: the batch's write is retried)."""
         if not outcomes:
             return
-        producer = self._live()
+        producer = self.holder.current()
         if self.partitions is None:
             self.partitions = await producer.partition_count(self.topic)
         partitions = self.partitions
@@ -137,11 +123,7 @@ class Outcomes:
                           for partition, key, value in outcomes])
 
     async def close(self) -> None:
-        if self.producer is not None:
-            await self.producer.stop()
-        for task in list(self._retired):
-            with contextlib.suppress(Exception):
-                await task
+        await self.holder.stop()
 
 
 def _observe(result: BatchResult) -> None:
@@ -204,7 +186,7 @@ class Projector:
             # A dead member's partitions move to a survivor after this, not after a minute.
             session_timeout_ms=10_000, heartbeat_interval_ms=1_000, rebalance_timeout_ms=20_000,
         )
-        self.outcomes = Outcomes(cfg.kafka_bootstrap, cfg.outcomes_topic)
+        self.outcomes = ProjectorProducer(cfg.kafka_bootstrap, cfg.outcomes_topic)
         # Outcomes carry the tenant's position token, sealed as the API seals it.
         self.positions = positions
         self.pipeline: Pipeline | None = None
