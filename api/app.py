@@ -206,8 +206,9 @@ async def _saturation(appender: Appender, progress: Progress, limits: TenantLimi
     next_adjust = time.monotonic() + ADJUST_S
     while True:
         now = time.monotonic()
-        waited |= appender.waiting(progress.applied, now, delay_max_s + WAITS_CHECK_S)
-        if now >= next_adjust:
+        adjusting = now >= next_adjust
+        waited |= appender.waiting(progress.applied, now, delay_max_s + WAITS_CHECK_S, pending=adjusting)
+        if adjusting:
             limits.adjust(frozenset(waited), now)
             waited.clear()
             next_adjust = now + ADJUST_S

@@ -26,7 +26,7 @@ APPEND_TIMEOUT_S = 3.0
 DELIVERY_TIMEOUT_MS = int(APPEND_TIMEOUT_S * 1000)
 WAIT_MARGIN_S = 0.5
 OWN_PENDING_MAX = 100_000  # own appends remembered per partition (past it the oldest are forgotten)
-WAITING_SCAN_MAX = 1_000  # own appends looked at per partition for who waits (`Appender.waiting`)
+WAITING_SCAN_MAX = 1_000  # own appends still waiting looked at, in all, for who waits (`Appender.waiting`)
 
 
 class AppendUnconfirmed(Unavailable):
@@ -122,11 +122,14 @@ class Appender:
         self.own.setdefault(position.partition, collections.deque(maxlen=OWN_PENDING_MAX)).append(
             (position.offset, time.monotonic(), tenant))
 
-    def waiting(self, applied: dict[int, int], now: float, longer_than_s: float) -> set[str]:
+    def waiting(self, applied: dict[int, int], now: float, longer_than_s: float, pending: bool = True) -> set[str]:
         """The tenants of this process's appends that waited more than `longer_than_s` to be applied: those
-        applied since the last call that had waited that long by now, and those not applied yet that have
-        (`applied`: the next offset of each partition the projection applies). Appends applied are forgotten;
-        at most `WAITING_SCAN_MAX` of those still waiting are looked at per partition, the oldest."""
+        applied since the last call that had waited that long by now, and (with `pending`) those not applied yet
+        that have (`applied`: the next offset of each partition the projection applies). Appends applied are
+        forgotten, each looked at once. Of those still waiting, the oldest of each partition are looked at, at
+        most `WAITING_SCAN_MAX` in all (each partition its share), and no more once two tenants are found: all
+        that fair admission asks is whether a tenant other than a given one waits, and a projector that is down
+        (everything waits) must not cost the API a scan of its backlog every few milliseconds."""
         tenants = set()
         for partition, offsets in self.own.items():
             done = applied.get(partition, 0)
@@ -134,10 +137,16 @@ class Appender:
                 _, at, tenant = offsets.popleft()
                 if now - at > longer_than_s:
                     tenants.add(tenant)
-            for _, (_, at, tenant) in zip(range(WAITING_SCAN_MAX), offsets, strict=False):
-                if now - at <= longer_than_s:
+        if not pending:
+            return tenants
+        share = max(1, WAITING_SCAN_MAX // max(1, len(self.own)))  # each partition its share of the scan
+        for offsets in self.own.values():
+            for _, (_, at, tenant) in zip(range(share), offsets, strict=False):
+                if len(tenants) >= 2 or now - at <= longer_than_s:
                     break
                 tenants.add(tenant)
+            if len(tenants) >= 2:
+                break
         return tenants
 
     async def log_end(self) -> dict[int, int] | None:

@@ -1,0 +1,32 @@
+"""Who waits on the projection (`Appender.waiting`, the signal of fair admission): each tenant whose append
+waited too long to be applied, found without scanning a backlog."""
+
+from __future__ import annotations
+
+import collections
+
+from api.appender import OWN_PENDING_MAX, Appender
+from ledger.positions import Position
+
+
+def test_who_waits_is_found_without_scanning_a_backlog() -> None:
+    """`Appender.waiting`: applied appends that waited too long name their tenants once; of a backlog still
+    waiting, each partition's oldest are looked at, and no more once two tenants are found."""
+    appender = Appender("127.0.0.1:1", "ledger.transactions")
+    for offset in range(50_000):  # a flood's backlog on partition 0, all acknowledged at t=0
+        appender._own(Position(0, offset), "flood")
+    appender._own(Position(1, 0), "victim")
+    for partition, deque in appender.own.items():  # acknowledged at t=0: set the times by hand
+        appender.own[partition] = collections.deque([(o, 0.0, t) for o, _, t in deque], maxlen=OWN_PENDING_MAX)
+    assert appender.waiting({}, 10.0, 1.0, pending=False) == set()  # nothing applied yet
+    assert appender.waiting({}, 10.0, 1.0) == {"flood", "victim"}  # the victim, past the flood's backlog
+    assert appender.waiting({}, 0.5, 1.0) == set()  # nobody has waited a second yet
+    assert appender.waiting({0: 10, 1: 1}, 10.0, 1.0, pending=False) == {"flood", "victim"}  # applied late
+    assert len(appender.own[0]) == 49_990 and not appender.own[1]
+
+
+def test_waiting_looks_at_a_bounded_part_of_a_backlog_of_one_tenant() -> None:
+    appender = Appender("127.0.0.1:1", "ledger.transactions")
+    appender.own[0] = collections.deque([(o, 0.0, "flood") for o in range(40_000)], maxlen=OWN_PENDING_MAX)
+    appender.own[0].append((40_000, 0.0, "victim"))  # past the share of the scan: not looked at
+    assert appender.waiting({}, 10.0, 1.0) == {"flood"}
