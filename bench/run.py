@@ -26,7 +26,7 @@ import httpx
 from aiokafka.errors import KafkaError
 
 from api.inputs import encode_cursor
-from bench import ceiling, data, fairness, isolation, postmortem, queries, tools, webhooks
+from bench import ceiling, data, fairness, isolation, postmortem, queries, tools, waited, webhooks
 from client import LedgerProducer
 from infra import local, processes
 from infra import settings as settings_mod
@@ -482,6 +482,12 @@ class Bench:
                 f"({result['ratio_p50']}x a waited write's), p99 {result['p99_ms']} ms ({result['ratio_p99']}x); "
                 f"dispatcher {result['dispatcher_cpu_us_per_event']} CPU-µs/event; {tools.cpu_text(result['cpu'])}")
 
+    def waited(self) -> None:
+        """What one waited write costs the stack, per process role (issue 24's first figure)."""
+        tenant = data.TENANTS[0]
+        self.results["waited"] = waited.measure(self.url, tenant, self.keys[tenant], self.duration_s, self.logs)
+        say(waited.lines(self.results["waited"])[0])
+
     async def isolation(self) -> None:
         self.results["isolation"] = await isolation.measure(self.db_url)
 
@@ -508,6 +514,9 @@ class Bench:
             if self.only == {"webhooks"}:
                 await self.webhooks()
                 return
+            if self.only == {"waited"}:  # a fresh database: the cost of a write before any scale data
+                self.waited()
+                return
             small = 10_000
             say(f"loading {small} accounts x 10 entries and one history of {DEEP}")
             await data.load_accounts(owner, 1, small, 10)
@@ -527,6 +536,7 @@ class Bench:
                 ("held", lambda: self.reads_held(owner, small)),
                 ("client", lambda: self.ingest_client(500)),
                 ("http", lambda: self.ingest_https([500] if self.quick else [100, 500])),
+                ("waited", self.waited),
                 ("replay", self.replay_rate),
                 ("isolation", self.isolation),
                 ("fairness", self.fairness),
@@ -671,6 +681,8 @@ def report(results: dict[str, Any]) -> str:
         lines += [f"  {name}: {row['p50_ms']:.2f} / {row['p99_ms']:.2f}" + (f" ({row['errors']} errors)"
                                                                               if row["errors"] else "")
                   for name, row in info["timings"].items()]
+    if "waited" in results:
+        lines += ["", *waited.lines(results["waited"])]
     if "fairness" in results:
         lines += ["", *fairness_lines(results["fairness"])]
     if "postmortem" in results:

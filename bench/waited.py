@@ -1,0 +1,49 @@
+"""What one waited write costs the stack (`make bench`, step `waited`): `wait=true` deposits into one account,
+64 connections of wrk for the step's duration, and the CPU each process role used over the run, per write.
+CPU per write holds on a noisy machine where rates do not (issue 24 compares it with Formance's and with the
+post-mortem's targets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench import tools
+
+CONNECTIONS = 64
+STACK_ROLES = ("api", "projector", "postgres", "kafka")
+
+
+def _script(key: str, directory: Path) -> str:
+    script = directory / "waited.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.body = \'{"postings":[{"source":"@world","destination":"waited","amount":1,"asset":"USD/2"}]}\'\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n')
+    return str(script)
+
+
+def measure(url: str, tenant: str, key: str, duration_s: int, directory: Path) -> dict[str, Any]:
+    """Writes a second, latency, and CPU-µs per write by role; `stack` sums the API, the projector,
+    PostgreSQL and Kafka."""
+    target = f"{url}/v1/tenants/{tenant}/transactions?wait=true"
+    script = _script(key, directory)
+    tools.saturate(target, 2, CONNECTIONS, script)  # warm: connections open, plans cached
+    meter = tools.CpuMeter().start()
+    run = tools.saturate(target, duration_s, CONNECTIONS, script)
+    cpu = meter.stop(digits=3)
+    rps = run["rps"]
+    per_write = {role: round(cores / rps * 1e6) for role, cores in cpu.items()
+                 if role not in ("machine", "cores")} if rps else {}
+    return {"connections": CONNECTIONS, "writes_per_s": round(rps), "p50_ms": run["p50_ms"], "p99_ms": run["p99_ms"],
+            "non_2xx": run["errors"], "cpu_us_per_write": per_write,
+            "stack_cpu_us_per_write": sum(per_write.get(r, 0) for r in STACK_ROLES), "cpu": cpu}
+
+
+def lines(result: dict[str, Any]) -> list[str]:
+    per = result["cpu_us_per_write"]
+    roles = ", ".join(f"{role} {us}" for role, us in per.items())
+    return [f"waited writes (POST ?wait=true, one account, {result['connections']} connections): "
+            f"{result['writes_per_s']}/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+            f"non-2xx {result['non_2xx']}; CPU-us per write: stack {result['stack_cpu_us_per_write']} ({roles})"]
