@@ -38,16 +38,6 @@ def _victim_targets(url: str, tenant: str, key: str, bodies: Path) -> str:
             f"Content-Type: application/json\n@{body}\n")
 
 
-def _flood_script(tenant: str, key: str, directory: Path) -> str:
-    script = directory / "flood.lua"
-    script.write_text(
-        'wrk.method = "POST"\n'
-        'wrk.body = \'{"postings":[{"source":"@world","destination":"flood","amount":1,"asset":"USD/2"}]}\'\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {key}"\n')
-    return str(script)
-
-
 def _victim(targets: str, duration_s: int) -> dict[str, Any]:
     # Connections enough for every request to wait its 5 s: latency is the server's, never a client's queue.
     return tools.attack(targets, VICTIM_RATE, duration_s, connections=VICTIM_RATE * 6)
@@ -56,7 +46,7 @@ def _victim(targets: str, duration_s: int) -> dict[str, Any]:
 def _with_http_flood(url: str, targets: str, flood_tenant: str, flood_key: str, directory: Path,
                      duration_s: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The victim's run while wrk floods; (victim, flood, CPU by role)."""
-    script = _flood_script(flood_tenant, flood_key, directory)
+    script = tools.post_script(directory, "flood", flood_key, "flood")
     flood: dict[str, Any] = {}
 
     def run_flood() -> None:
@@ -136,7 +126,7 @@ def _refusal_cost(url: str, flood: tuple[str, str], directory: Path, duration_s:
     """What a refusal costs the API against serving the same write: the flood alone (nobody else writes, so
     fair admission throttles nothing), refused by a limit of 1 a second and then served under a limit it never
     reaches; the API's CPU over the flood's requests, less what the API uses idle."""
-    script = _flood_script(flood[0], flood[1], directory)
+    script = tools.post_script(directory, "flood", flood[1], "flood")
     meter = tools.CpuMeter().start()
     time.sleep(3)
     idle = meter.stop(digits=4).get("api", 0.0)

@@ -63,6 +63,19 @@ def attack(targets: str, rate: int, duration_s: int, connections: int = 64, time
             "errors": errors, "status_codes": raw["status_codes"]}
 
 
+def post_script(directory: Path, name: str, key: str, destination: str) -> str:
+    """A wrk script POSTing one deposit of 1 into `destination` with bearer `key`: written as `name`.lua in
+    `directory`; its path."""
+    script = directory / f"{name}.lua"
+    body = f'{{"postings":[{{"source":"@world","destination":"{destination}","amount":1,"asset":"USD/2"}}]}}'
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = '{body}'\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n')
+    return str(script)
+
+
 def saturate(url: str, duration_s: int, connections: int = 64, script: str | None = None,
              env: dict[str, str] | None = None) -> dict[str, Any]:
     """Closed loop: as many requests as `connections` keep in flight."""

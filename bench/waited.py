@@ -14,21 +14,11 @@ CONNECTIONS = 64
 STACK_ROLES = ("api", "projector", "postgres", "kafka")
 
 
-def _script(key: str, directory: Path) -> str:
-    script = directory / "waited.lua"
-    script.write_text(
-        'wrk.method = "POST"\n'
-        'wrk.body = \'{"postings":[{"source":"@world","destination":"waited","amount":1,"asset":"USD/2"}]}\'\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {key}"\n')
-    return str(script)
-
-
 def measure(url: str, tenant: str, key: str, duration_s: int, directory: Path) -> dict[str, Any]:
     """Writes a second, latency, and CPU-µs per write by role; `stack` sums the API, the projector,
     PostgreSQL and Kafka."""
     target = f"{url}/v1/tenants/{tenant}/transactions?wait=true"
-    script = _script(key, directory)
+    script = tools.post_script(directory, "waited", key, "waited")
     tools.saturate(target, 2, CONNECTIONS, script)  # warm: connections open, plans cached
     meter = tools.CpuMeter().start()
     run = tools.saturate(target, duration_s, CONNECTIONS, script)
