@@ -269,11 +269,7 @@ class TenantLimits:
             yield
         finally:
             self.total_held -= 1
-            left = self.held[tenant] - 1
-            if left:
-                self.held[tenant] = left
-            else:
-                del self.held[tenant]
+            _leave(self.held, tenant)
 
     @contextlib.contextmanager
     def slot(self, tenant: str, kind: str = WRITES) -> Iterator[None]:
@@ -290,11 +286,17 @@ class TenantLimits:
             yield
         finally:
             self.total_inflight -= 1
-            left = self.inflight[tenant] - 1
-            if left:
-                self.inflight[tenant] = left
-            else:
-                del self.inflight[tenant]
+            _leave(self.inflight, tenant)
+
+
+def _leave(counts: dict[str, int], tenant: str) -> None:
+    """One of `tenant`'s counted things is over; a tenant with none left is dropped (the dicts stay as small
+    as the tenants with something in progress, which `slot` counts)."""
+    left = counts[tenant] - 1
+    if left:
+        counts[tenant] = left
+    else:
+        del counts[tenant]
 
 
 def parse_limits(body: object, current: Limits) -> Limits:
