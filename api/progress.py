@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from api import tally
 from api.cache import BalanceCache
 from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
 from ledger import changes
@@ -136,13 +137,13 @@ class Progress:
                                                      or self._count >= 2 * self.limits.total_max):
             raise Unavailable("too many requests are waiting for the projection; retry later")
         self._count += 1
-        self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + 1
-        self._by_key[key] = self._by_key.get(key, 0) + 1
+        tally.enter(self._by_tenant, tenant)
+        tally.enter(self._by_key, key)
 
     def _leave(self, partition: int, waiter: _Waiter, tenant: str, key: str) -> None:
         self._count -= 1
-        _decrement(self._by_tenant, tenant)
-        _decrement(self._by_key, key)
+        tally.leave(self._by_tenant, tenant)
+        tally.leave(self._by_key, key)
         waiter.left = True
         if not waiter.queued:
             return
@@ -157,13 +158,6 @@ class Progress:
             self._gone[partition] = 0
 
 
-def _decrement(counts: dict[str, int], name: str) -> None:
-    """Drop the entry at zero, so the maps hold only tenants and keys with requests waiting."""
-    left = counts[name] - 1
-    if left:
-        counts[name] = left
-    else:
-        del counts[name]
 
 
 class Listener:
