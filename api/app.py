@@ -174,7 +174,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     appender.start()
     app.state.ctx = routes.Context(cfg, keys, store, appender, progress, app.state.positions, cache, limits)
     heartbeat = asyncio.create_task(_heartbeat(store, limits))
-    saturation = asyncio.create_task(_saturation(appender, progress, limits, cfg.api_shed_delay_ms / 1000))
+    saturation = asyncio.create_task(_saturation(appender, progress, limits, cfg.api_shed_delay_ms / 1000,
+                                                  cfg.api_backlog_records))
     app.state.listener = listener
     app.state.projector_group = ProjectorGroup(cfg.kafka_bootstrap, cfg.projector_group)
     # Everything allocated so far lives as long as the process: keep the collector from re-scanning it,
@@ -196,10 +197,12 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await pool.close()
 
 
-async def _saturation(appender: Appender, progress: Progress, limits: TenantLimits, delay_max_s: float) -> None:
+async def _saturation(appender: Appender, progress: Progress, limits: TenantLimits, delay_max_s: float,
+                      backlog_max: int) -> None:
     """Every `WAITS_CHECK_S`: the tenants of this process's own appends that waited more than `delay_max_s` to be
-    applied, gathered over `ADJUST_S`, then handed to `TenantLimits.adjust` (the heaviest other writers are
-    throttled while one did). The delay, not a count, is the signal: it is what a tenant's waited write feels,
+    applied, gathered over `ADJUST_S`, then handed to `TenantLimits.adjust` with those that have more than
+    `backlog_max` not applied yet (the heaviest other writers are throttled while one waited, and a tenant
+    with a long backlog is). The delay, not a count, is the signal: it is what a tenant's waited write feels,
     whatever made the machine slow; records others wrote (a flood straight to Kafka) do not count. Checked
     every 10 ms, an append applied in 25 ms counts as waiting at most 35."""
     waited: set[str] = set()
@@ -209,7 +212,7 @@ async def _saturation(appender: Appender, progress: Progress, limits: TenantLimi
         adjusting = now >= next_adjust
         waited |= appender.waiting(progress.applied, now, delay_max_s + WAITS_CHECK_S, pending=adjusting)
         if adjusting:
-            limits.adjust(frozenset(waited), now)
+            limits.adjust(frozenset(waited), now, appender.backlogged(backlog_max))
             waited.clear()
             next_adjust = now + ADJUST_S
         await asyncio.sleep(WAITS_CHECK_S)

@@ -10,6 +10,7 @@ import time
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
+from api import tally
 from api.log_ends import LogEnds
 from infra.kafka import end_offsets
 from infra.producer import LogProducer, ProduceFailed, RenewingProducer, producer_config
@@ -55,6 +56,7 @@ class Appender:
         # This process's own appends, per partition, oldest first (bounded), each with when it was acknowledged
         # and whose it is: what the projection owes it, since when, and to whom.
         self.own: dict[int, collections.deque[tuple[int, float, str]]] = {}
+        self.unapplied: dict[str, int] = {}  # of those, per tenant: its backlog on the log, as this process sees it
 
     def start(self) -> None:
         self.holder = RenewingProducer(producer_config(self.bootstrap, delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
@@ -118,9 +120,17 @@ class Appender:
                     "log's end", ids)
         return [Position(p, o if o is not None else ends[p] - 1) for p, o in acknowledged]
 
+    def backlogged(self, more_than: int) -> frozenset[str]:
+        """The tenants with more than `more_than` of this process's appends not yet applied (as of the last
+        `waiting`, which forgets the applied ones)."""
+        return frozenset(tenant for tenant, count in self.unapplied.items() if count > more_than)
+
     def _own(self, position: Position, tenant: str) -> None:
-        self.own.setdefault(position.partition, collections.deque(maxlen=OWN_PENDING_MAX)).append(
-            (position.offset, time.monotonic(), tenant))
+        offsets = self.own.setdefault(position.partition, collections.deque())
+        if len(offsets) >= OWN_PENDING_MAX:
+            tally.leave(self.unapplied, offsets.popleft()[2])
+        offsets.append((position.offset, time.monotonic(), tenant))
+        tally.enter(self.unapplied, tenant)
 
     def waiting(self, applied: dict[int, int], now: float, longer_than_s: float, pending: bool = True) -> set[str]:
         """The tenants of this process's appends that waited more than `longer_than_s` to be applied: those
@@ -135,6 +145,7 @@ class Appender:
             done = applied.get(partition, 0)
             while offsets and offsets[0][0] < done:
                 _, at, tenant = offsets.popleft()
+                tally.leave(self.unapplied, tenant)
                 if now - at > longer_than_s:
                     tenants.add(tenant)
         if not pending:

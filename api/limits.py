@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
+from api import tally
 from ledger.errors import InvalidRequest, LedgerError
 
 WRITES = "writes"
@@ -211,39 +212,45 @@ class TenantLimits:
         throttle = self.throttled.get(tenant)
         if throttle is not None and throttle.take(n, now):
             REFUSED.labels(tenant if self.tenant_labels else ALL_TENANTS, WRITES, "shed").inc()
-            raise RateLimited("the ledger is behind and this tenant writes more than its share; retry", 1)
+            raise RateLimited("the ledger is behind and this tenant is throttled: others wait on its writes, or "
+                              "too many of them are not applied yet; retry", 1)
 
-    def adjust(self, waiting: frozenset[str], now: float) -> None:
+    def adjust(self, waiting: frozenset[str], now: float, backlogged: frozenset[str] = frozenset()) -> None:
         """Every `ADJUST_S` (the app's monitor), with the tenants whose appends here have waited too long to be
-        applied: while another tenant's waits, the rate of each tenant writing well past its equal share of the
-        process's writes (`SHED_SHARE`; shared by the tenants that wrote in the last `WRITERS_S`) is cut by
-        `THROTTLE_CUT`; while no other's waits, each throttled rate grows by `THROTTLE_STEP`, and the throttle is
-        gone once it reaches the tenant's limit or twice what the tenant wrote lately (it no longer asks for
-        more than the throttle lets through). Additive increase, multiplicative decrease: a flood settles at
-        what the ledger applies in time for the others, a tenant within its share is never throttled, and a
-        tenant writing much while nobody else waits on it (a burst of its own) is not either. Shares are of the
-        whole process, not of a partition: tenants on other partitions share its CPU and the machine's (`make
-        bench`, step `fairness`, measured a flood on one partition slowing a tenant on another)."""
+        applied (`waiting`) and those with too many of them not applied yet (`backlogged`): the rate of each
+        tenant that others wait on is cut by `THROTTLE_CUT`, and each throttled rate grows by `THROTTLE_STEP` while
+        nobody waits on it; the throttle is gone once it reaches the tenant's limit or twice what the tenant wrote
+        lately (it no longer asks for more than the throttle lets through). Additive increase, multiplicative
+        decrease: a flood settles at what the ledger applies in time for the others.
+
+        Others wait on a tenant when another tenant's write waited and this one writes well past its equal share
+        of the process's writes (`SHED_SHARE`; shared by the tenants that wrote in the last `WRITERS_S`), or when
+        its own backlog is long, whoever writes now: a tenant alone can push faster than the projector applies,
+        and whoever writes next waits behind that backlog on the log. A tenant within its share is never
+        throttled, nor one whose own writes wait but that has few in flight (64 connections of waited writes
+        have at most 64). Shares are of the whole process, not of a partition: tenants on other partitions share
+        its CPU and the machine's (`make bench`, step `fairness`)."""
         self._roll(now)
         span = max(1.0, now - self.window_start + (1.0 if self.writes_before else 0.0))
         for tenant, throttle in list(self.throttled.items()):
-            if len(waiting) > 1 or (waiting and tenant not in waiting):
-                continue  # another tenant waits: cut below, not grown
+            if tenant in backlogged or len(waiting) > 1 or (waiting and tenant not in waiting):
+                continue  # others wait on it: cut below, not grown
             lately = (self.writes_now.get(tenant, 0) + self.writes_before.get(tenant, 0)) / span
             rate = throttle.rate + THROTTLE_STEP
             if rate >= self.of(tenant).writes_per_s * self.share or rate >= 2 * lately:
                 del self.throttled[tenant]
             else:
                 throttle.rate, throttle.capacity = rate, max(1.0, rate * THROTTLE_BURST_S)
-        if not waiting:
+        if not waiting and not backlogged:
             return
         writers = len(self.seen)
         total = self.total_now + self.total_before
         for tenant in self.writes_now.keys() | self.writes_before.keys():
-            if len(waiting) == 1 and tenant in waiting:
-                continue  # only its own writes wait: nobody else is slowed by it
             mine = self.writes_now.get(tenant, 0) + self.writes_before.get(tenant, 0)
-            if mine <= SHED_WRITES_MIN or mine * writers <= SHED_SHARE * total:
+            if mine <= SHED_WRITES_MIN:
+                continue
+            others_wait = len(waiting) > 1 or (waiting and tenant not in waiting)
+            if tenant not in backlogged and not (others_wait and mine * writers > SHED_SHARE * total):
                 continue
             throttle = self.throttled.get(tenant)
             if throttle is None:
@@ -263,13 +270,13 @@ class TenantLimits:
     @contextlib.contextmanager
     def holding(self, tenant: str) -> Iterator[None]:
         """A refusal of `tenant` held (counted against `HELD_TENANT_MAX` and `held_max`)."""
-        self.held[tenant] = self.held.get(tenant, 0) + 1
+        tally.enter(self.held, tenant)
         self.total_held += 1
         try:
             yield
         finally:
             self.total_held -= 1
-            _leave(self.held, tenant)
+            tally.leave(self.held, tenant)
 
     @contextlib.contextmanager
     def slot(self, tenant: str, kind: str = WRITES) -> Iterator[None]:
@@ -286,17 +293,7 @@ class TenantLimits:
             yield
         finally:
             self.total_inflight -= 1
-            _leave(self.inflight, tenant)
-
-
-def _leave(counts: dict[str, int], tenant: str) -> None:
-    """One of `tenant`'s counted things is over; a tenant with none left is dropped (the dicts stay as small
-    as the tenants with something in progress, which `slot` counts)."""
-    left = counts[tenant] - 1
-    if left:
-        counts[tenant] = left
-    else:
-        del counts[tenant]
+            tally.leave(self.inflight, tenant)
 
 
 def parse_limits(body: object, current: Limits) -> Limits:

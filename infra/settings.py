@@ -83,9 +83,10 @@ class Settings:
     metrics_tenant_labels: bool = False  # a tenant label on the 429 counter (one series per tenant refused)
     # How long an API read waits for the database to come back (a failover) before 503: 0 answers at once.
     db_failover_wait_ms: int = 0
-    # How long one of this API process's appends may wait to be applied before the heaviest writers of its
-    # partition are shed.
+    # How long one of this API process's appends may wait to be applied before the heaviest writers are
+    # throttled, and how many of one tenant's appends may wait to be applied before that tenant is.
     api_shed_delay_ms: int = 20
+    api_backlog_records: int = 200
     # Events out (contract v3): hosts a webhook may name though they resolve to loopback or private addresses
     # (local use only), the dispatcher's consumer group and metrics port, and how many deliveries it runs at once
     # in all and to one endpoint.
@@ -224,6 +225,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         metrics_tenant_labels=_int(env, "LEDGER_METRICS_TENANT_LABELS", 0, 0, 1) == 1,
         db_failover_wait_ms=_int(env, "LEDGER_DB_FAILOVER_WAIT_MS", 0, 0, 120_000),
         api_shed_delay_ms=_int(env, "LEDGER_API_SHED_DELAY_MS", 20, 1, 3_600_000),
+        api_backlog_records=_int(env, "LEDGER_API_BACKLOG_RECORDS", 200, 1, 10_000_000),
         webhook_allow_hosts=frozenset(h.strip().lower() for h in env.get("LEDGER_WEBHOOK_ALLOW_HOSTS", "").split(",")
                                       if h.strip()),
         dispatcher_group=env.get("LEDGER_DISPATCHER_GROUP") or "ledger-dispatcher",

@@ -189,3 +189,32 @@ async def test_while_the_ledger_is_behind_the_heaviest_writer_is_throttled_and_a
                                  metrics), metrics
     finally:
         await light.client.aclose()
+
+
+async def test_a_tenant_alone_is_throttled_once_its_backlog_on_the_log_is_long(tenant: Tenant, stack: Stack) -> None:
+    """A tenant writing alone can append faster than the projector applies, and whoever writes next waits
+    behind its backlog: past `LEDGER_API_BACKLOG_RECORDS` of its appends not yet applied, it is throttled, with
+    nobody else writing and no other write waiting (the delay rule is set out of reach). Below it, never."""
+    from tests.e2e.test_limits import as_tenant, stopped
+
+    assert stack.projector is not None
+    body = {"postings": [posting("@world", "alice", 1)]}
+    with stack.extra_api(LEDGER_API_BACKLOG_RECORDS="100", LEDGER_API_SHED_DELAY_MS="3600000") as (url, _):
+        async with as_tenant(url, tenant) as client:
+            with stopped(stack.projector.pid):
+                first = await asyncio.gather(*(client.post(tenant.path("/transactions"), json=body)
+                                               for _ in range(90)))
+                assert all(a.status_code == 202 for a in first), {a.status_code for a in first}
+                await asyncio.sleep(0.3)  # several adjustments: 90 not applied is within the bound
+                assert (await client.post(tenant.path("/transactions"), json=body)).status_code == 202
+                more = await asyncio.gather(*(client.post(tenant.path("/transactions"), json=body)
+                                              for _ in range(30)))
+                # Past the bound as they are appended: the throttle may already refuse the last of them.
+                statuses = [a.status_code for a in more]
+                assert set(statuses) <= {202, 429} and statuses.count(202) >= 10, statuses
+                await asyncio.sleep(0.3)
+                later = [await client.post(tenant.path("/transactions"), json=body) for _ in range(30)]
+                shed = [a for a in later if a.status_code == 429]
+                assert shed, "a tenant alone with a long backlog was not throttled"
+                assert all(code(a) == (429, "rate_limited") for a in shed)
+                assert "behind" in shed[0].json()["error"]["message"]

@@ -152,6 +152,27 @@ def test_a_tenant_that_wrote_a_few_seconds_ago_has_a_share_and_a_lone_writer_is_
     assert limits.throttled == {}, "a tenant writing alone has nobody to give a share to"
 
 
+def test_a_tenant_alone_with_a_long_backlog_is_throttled_until_it_is_short() -> None:
+    """Alone, a tenant can append faster than the projector applies; whoever writes next waits behind its
+    backlog. So a tenant with too many appends not applied (`backlogged`) is throttled whoever else writes, and
+    grows back only once its backlog is short; one with many writes but a short backlog (waited writes: one
+    each per connection) is not."""
+    limits = TenantLimits(Limits(10_000, 10_000, 2), inflight_fair=64)
+    for n in range(400):
+        limits.admit("flood", WRITES, now=20.0 + n / 1000)
+    limits.adjust(frozenset({"flood"}), now=20.5)
+    assert limits.throttled == {}, "its own writes wait, but its backlog is short"
+    limits.adjust(NOBODY_WAITS, now=20.55, backlogged=frozenset({"flood"}))
+    assert set(limits.throttled) == {"flood"}
+    cut = limits.throttled["flood"].rate
+    limits.adjust(NOBODY_WAITS, now=20.6, backlogged=frozenset({"flood"}))
+    assert limits.throttled["flood"].rate == pytest.approx(cut * THROTTLE_CUT), "cut again, not grown"
+    limits.adjust(NOBODY_WAITS, now=20.65)
+    assert limits.throttled["flood"].rate == pytest.approx(cut * THROTTLE_CUT + THROTTLE_STEP)
+    limits.adjust(NOBODY_WAITS, now=20.7, backlogged=frozenset({"few"}))  # a tenant that wrote nothing here
+    assert set(limits.throttled) == {"flood"}
+
+
 def test_a_burst_of_its_own_that_only_its_own_writes_wait_on_is_not_throttled() -> None:
     limits = TenantLimits(Limits(10_000, 10_000, 2), inflight_fair=64)
     for n in range(200):
