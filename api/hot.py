@@ -13,7 +13,7 @@ import asyncio
 
 from starlette.applications import Starlette
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from api import routes
@@ -63,6 +63,7 @@ class HotRoutes:
                 return
         refused = self._refused(scope, path)
         if refused is not None:
+            scope["route"] = self._route_of(scope)  # counted under its route, not `unmatched`
             await self._answer_refusal(scope, receive, send, *refused)
             return
         await self.app(scope, receive, send)
@@ -77,6 +78,13 @@ class HotRoutes:
             with limits.holding(tenant):
                 await asyncio.sleep(hold)
         await error_response(refusal)(scope, receive, send)
+
+    def _route_of(self, scope: Scope) -> Route | None:
+        """The route Starlette's router would pick for `scope` (only a refusal asks: it skips the router)."""
+        for route in self.app.routes:
+            if isinstance(route, Route) and route.matches(scope)[0] is Match.FULL:
+                return route
+        return None
 
     def _refused(self, scope: Scope, path: str) -> tuple[str, RateLimited] | None:
         """A tenant key's request past its tenant's limit, refused here, before Starlette's routing, middleware

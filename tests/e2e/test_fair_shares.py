@@ -46,6 +46,10 @@ async def test_a_write_past_the_limit_is_429_never_appended_and_its_key_stays_fr
     n, first = refused[0]
     assert code(first) == (429, "rate_limited") and int(first.headers["Retry-After"]) >= 1
     assert first.headers["RateLimit-Policy"] == '"writes";q=1;w=1'
+    # Refused before Starlette's router, and still counted under the route (they were `unmatched`).
+    metrics = (await tenant.client.get("/metrics")).text
+    assert re.search(r'ledger_api_requests_total\{method="POST",route="/v1/tenants/\{tenant\}/transactions",'
+                     r'status="429"\} [1-9]', metrics), metrics
     await asyncio.sleep(int(first.headers["Retry-After"]))
     again = await transfer(tenant.client, tenant.id, posting("@world", "alice", 7), key=f"k{n}")
     assert again.status_code == 201, again.text  # the key was free: this is its first request
