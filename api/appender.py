@@ -55,8 +55,10 @@ class Appender:
         self.ends = LogEnds(self.log_end)
         # This process's own appends, per partition, oldest first (bounded), each with when it was acknowledged
         # and whose it is: what the projection owes it, since when, and to whom.
-        self.own: dict[int, collections.deque[tuple[int, float, str]]] = {}
-        self.unapplied: dict[str, int] = {}  # of those, per tenant: its backlog on the log, as this process sees it
+        self.own: dict[int, collections.deque[tuple[int, float, str, bool]]] = {}
+        # Of those, per tenant, the ones nobody waits on (`waited` false): its backlog on the log, as this
+        # process sees it. Waited ones are bounded by the waiters' own limits and the clients' connections.
+        self.unapplied: dict[str, int] = {}
 
     def start(self) -> None:
         self.holder = RenewingProducer(producer_config(self.bootstrap, delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
@@ -75,8 +77,9 @@ class Appender:
             raise Unavailable("the log (Kafka) is not reachable")
         return self.holder.current()
 
-    async def append(self, request: Request) -> Position:
-        """The position of the appended request; `AppendUnconfirmed` if Kafka did not acknowledge it in time."""
+    async def append(self, request: Request, waited: bool = False) -> Position:
+        """The position of the appended request; `AppendUnconfirmed` if Kafka did not acknowledge it in time.
+        `waited`: its client waits for it to be applied (it then does not count in the tenant's backlog)."""
         producer = self._producer()
         try:
             async with asyncio.timeout(APPEND_TIMEOUT_S + WAIT_MARGIN_S):
@@ -85,10 +88,10 @@ class Appender:
             raise AppendUnconfirmed(request.id) from e
         (position,) = await self._placed([acknowledged], request.id)
         self.ends.advance(position)
-        self._own(position, request.tenant)
+        self._own(position, request.tenant, waited)
         return position
 
-    async def append_many(self, requests: list[Request]) -> list[Position]:
+    async def append_many(self, requests: list[Request], waited: bool = False) -> list[Position]:
         """Append `requests` in their order in one round trip (all sent, then all awaited); the positions, or
         `AppendUnconfirmed` naming every id when any one was not acknowledged in time."""
         producer = self._producer()
@@ -104,7 +107,7 @@ class Appender:
         positions = await self._placed(acknowledged, ",".join(r.id for r in requests))
         for request, position in zip(requests, positions, strict=True):
             self.ends.advance(position)
-            self._own(position, request.tenant)
+            self._own(position, request.tenant, waited)
         return positions
 
     async def _placed(self, acknowledged: list[tuple[int, int | None]], ids: str) -> list[Position]:
@@ -121,16 +124,19 @@ class Appender:
         return [Position(p, o if o is not None else ends[p] - 1) for p, o in acknowledged]
 
     def backlogged(self, more_than: int) -> frozenset[str]:
-        """The tenants with more than `more_than` of this process's appends not yet applied (as of the last
-        `waiting`, which forgets the applied ones)."""
+        """The tenants with more than `more_than` of this process's appends not yet applied that nobody waits
+        on (as of the last `waiting`, which forgets the applied ones)."""
         return frozenset(tenant for tenant, count in self.unapplied.items() if count > more_than)
 
-    def _own(self, position: Position, tenant: str) -> None:
+    def _own(self, position: Position, tenant: str, waited: bool = False) -> None:
         offsets = self.own.setdefault(position.partition, collections.deque())
         if len(offsets) >= OWN_PENDING_MAX:
-            tally.leave(self.unapplied, offsets.popleft()[2])
-        offsets.append((position.offset, time.monotonic(), tenant))
-        tally.enter(self.unapplied, tenant)
+            _, _, gone, gone_waited = offsets.popleft()
+            if not gone_waited:
+                tally.leave(self.unapplied, gone)
+        offsets.append((position.offset, time.monotonic(), tenant, waited))
+        if not waited:
+            tally.enter(self.unapplied, tenant)
 
     def waiting(self, applied: dict[int, int], now: float, longer_than_s: float, pending: bool = True) -> set[str]:
         """The tenants of this process's appends that waited more than `longer_than_s` to be applied: those
@@ -144,15 +150,16 @@ class Appender:
         for partition, offsets in self.own.items():
             done = applied.get(partition, 0)
             while offsets and offsets[0][0] < done:
-                _, at, tenant = offsets.popleft()
-                tally.leave(self.unapplied, tenant)
+                _, at, tenant, waited = offsets.popleft()
+                if not waited:
+                    tally.leave(self.unapplied, tenant)
                 if now - at > longer_than_s:
                     tenants.add(tenant)
         if not pending:
             return tenants
         share = max(1, WAITING_SCAN_MAX // max(1, len(self.own)))  # each partition its share of the scan
         for offsets in self.own.values():
-            for _, (_, at, tenant) in zip(range(share), offsets, strict=False):
+            for _, (_, at, tenant, _) in zip(range(share), offsets, strict=False):
                 if len(tenants) >= 2 or now - at <= longer_than_s:
                     break
                 tenants.add(tenant)

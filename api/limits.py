@@ -225,11 +225,11 @@ class TenantLimits:
 
         Others wait on a tenant when another tenant's write waited and this one writes well past its equal share
         of the process's writes (`SHED_SHARE`; shared by the tenants that wrote in the last `WRITERS_S`), or when
-        its own backlog is long, whoever writes now: a tenant alone can push faster than the projector applies,
-        and whoever writes next waits behind that backlog on the log. A tenant within its share is never
-        throttled, nor one whose own writes wait but that has few in flight (64 connections of waited writes
-        have at most 64). Shares are of the whole process, not of a partition: tenants on other partitions share
-        its CPU and the machine's (`make bench`, step `fairness`)."""
+        its own backlog of unwaited writes is long, whoever writes now: a tenant alone can push faster than the
+        projector applies, and whoever writes next waits behind that backlog on the log. A tenant within its share
+        is never throttled, nor one whose own writes wait but that has few unwaited ones in flight (waited writes
+        are bounded by their connections and the waiters' limits). Shares are of the whole process, not of a
+        partition: tenants on other partitions share its CPU and the machine's (`make bench`, step `fairness`)."""
         self._roll(now)
         span = max(1.0, now - self.window_start + (1.0 if self.writes_before else 0.0))
         for tenant, throttle in list(self.throttled.items()):

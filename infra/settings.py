@@ -84,7 +84,7 @@ class Settings:
     # How long an API read waits for the database to come back (a failover) before 503: 0 answers at once.
     db_failover_wait_ms: int = 0
     # How long one of this API process's appends may wait to be applied before the heaviest writers are
-    # throttled, and how many of one tenant's appends may wait to be applied before that tenant is.
+    # throttled, and how many of one tenant's unwaited appends may wait to be applied before that tenant is.
     api_shed_delay_ms: int = 20
     api_backlog_records: int = 200
     # Events out (contract v3): hosts a webhook may name though they resolve to loopback or private addresses

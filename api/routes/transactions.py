@@ -128,9 +128,9 @@ async def post_batch(request: Request) -> Response:
     prior = await _batch_prior(context, tenant, key) if key is not None else None
     try:
         if atomic or key is not None:
-            positions = [await context.appender.append(batch)] * len(items)
+            positions = [await context.appender.append(batch, wait)] * len(items)
         else:
-            positions = await context.appender.append_many(list(items))
+            positions = await context.appender.append_many(list(items), wait)
     except AppendUnconfirmed as e:
         return error(503, e.code, e.message, headers={"Retry-After": "1"}, ids=[i.id for i in items])
     if prior is not None:
@@ -200,7 +200,7 @@ async def _submit(request: Request, kind: str) -> Response:
     # or not the projection had caught up (a replay of the original, or a rejected idempotency_conflict),
     # and the id handed out in any answer resolves.
     try:
-        position = await context.appender.append(tx)
+        position = await context.appender.append(tx, wait)
     except AppendUnconfirmed as e:
         return error(503, e.code, e.message, headers={"Retry-After": "1"}, id=e.transaction_id)
     if prior is not None:

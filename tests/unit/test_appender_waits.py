@@ -17,7 +17,7 @@ def test_who_waits_is_found_without_scanning_a_backlog() -> None:
         appender._own(Position(0, offset), "flood")
     appender._own(Position(1, 0), "victim")
     for partition, deque in appender.own.items():  # acknowledged at t=0: set the times by hand
-        appender.own[partition] = collections.deque([(o, 0.0, t) for o, _, t in deque])
+        appender.own[partition] = collections.deque([(o, 0.0, t, w) for o, _, t, w in deque])
     assert appender.backlogged(49_999) == {"flood"} and appender.backlogged(50_000) == frozenset()
     assert appender.waiting({}, 10.0, 1.0, pending=False) == set()  # nothing applied yet
     assert appender.waiting({}, 10.0, 1.0) == {"flood", "victim"}  # the victim, past the flood's backlog
@@ -35,14 +35,15 @@ def test_a_backlog_is_counted_per_tenant_and_bounded() -> None:
         appender._own(Position(0, offset), "flood")
     for offset in range(OWN_PENDING_MAX, OWN_PENDING_MAX + 10):
         appender._own(Position(0, offset), "victim")
+    appender._own(Position(1, 0), "waiter", waited=True)  # its client waits: not a backlog
     assert appender.unapplied == {"flood": OWN_PENDING_MAX - 10, "victim": 10}
     assert appender.backlogged(10) == {"flood"} and appender.backlogged(9) == {"flood", "victim"}
-    appender.waiting({0: OWN_PENDING_MAX + 5}, 0.0, 1.0, pending=False)
-    assert appender.unapplied == {"victim": 5}
+    appender.waiting({0: OWN_PENDING_MAX + 5, 1: 1}, 0.0, 1.0, pending=False)
+    assert appender.unapplied == {"victim": 5} and not appender.own[1]
 
 
 def test_waiting_looks_at_a_bounded_part_of_a_backlog_of_one_tenant() -> None:
     appender = Appender("127.0.0.1:1", "ledger.transactions")
-    appender.own[0] = collections.deque([(o, 0.0, "flood") for o in range(40_000)])
-    appender.own[0].append((40_000, 0.0, "victim"))  # past the share of the scan: not looked at
+    appender.own[0] = collections.deque([(o, 0.0, "flood", False) for o in range(40_000)])
+    appender.own[0].append((40_000, 0.0, "victim", True))  # past the share of the scan: not looked at
     assert appender.waiting({}, 10.0, 1.0) == {"flood"}
