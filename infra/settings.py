@@ -87,6 +87,8 @@ class Settings:
     # throttled, and how many of one tenant's unwaited appends may wait to be applied before that tenant is.
     api_shed_delay_ms: int = 20
     api_backlog_records: int = 200
+    # `ledger/` run as Python whatever is built (`pure_asked`, read before the settings are).
+    pure: bool = False
     # Events out (contract v3): hosts a webhook may name though they resolve to loopback or private addresses
     # (local use only), the dispatcher's consumer group and metrics port, and how many deliveries it runs at once
     # in all and to one endpoint.
@@ -177,6 +179,13 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
+def pure_asked(env: Mapping[str, str] | None = None) -> bool:
+    """`LEDGER_PURE`: run `ledger/` as Python even where a compiled build is current (`infra.compiled.use`).
+    Apart from `load`, which a process calls later: the choice is made before any module of `ledger` is
+    imported, and `load` validates settings that tooling run without."""
+    return (os.environ if env is None else env).get("LEDGER_PURE", "") not in ("", "0")
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from `env` (the process environment by default)."""
     env = os.environ if env is None else env
@@ -226,6 +235,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         db_failover_wait_ms=_int(env, "LEDGER_DB_FAILOVER_WAIT_MS", 0, 0, 120_000),
         api_shed_delay_ms=_int(env, "LEDGER_API_SHED_DELAY_MS", 20, 1, 3_600_000),
         api_backlog_records=_int(env, "LEDGER_API_BACKLOG_RECORDS", 200, 1, 10_000_000),
+        pure=pure_asked(env),
         webhook_allow_hosts=frozenset(h.strip().lower() for h in env.get("LEDGER_WEBHOOK_ALLOW_HOSTS", "").split(",")
                                       if h.strip()),
         dispatcher_group=env.get("LEDGER_DISPATCHER_GROUP") or "ledger-dispatcher",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import ledger
 import ledger.fold
 from infra import compiled
-from ledger import compiled_digest
+from infra.compiled import compiled_digest
 
 
 def test_any_change_to_a_module_changes_the_digest_a_build_is_checked_against(tmp_path: Path) -> None:
@@ -25,7 +26,13 @@ def test_any_change_to_a_module_changes_the_digest_a_build_is_checked_against(tm
 def test_a_current_build_is_what_runs_unless_pure_is_asked() -> None:
     built = compiled.current()
     pure = os.environ.get("LEDGER_PURE", "") not in ("", "0")
-    assert (built and not pure) == ledger.COMPILED
+    assert (built and not pure) == compiled.active()
     assert ledger.fold.__file__ is not None
-    assert ledger.fold.__file__.endswith(".so") == ledger.COMPILED
+    assert ledger.fold.__file__.endswith(".so") == compiled.active()
     assert Path(ledger.errors.__file__ or "").parent == Path(ledger.__file__).parent  # never a copy
+
+
+def test_importing_the_core_reads_nothing_and_chooses_nothing() -> None:
+    """`ledger/__init__.py` is its docstring: the choice of a build is the services' (`compiled.use`)."""
+    body = ast.parse(Path(ledger.__file__).read_text()).body
+    assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), body

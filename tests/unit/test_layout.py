@@ -38,3 +38,11 @@ def test_no_service_imports_the_developer_tooling() -> None:
              for path in sorted((root / folder).glob("*.py"))]
     offenders = sorted(str(f.relative_to(root)) for f in files if "tools" in imported_roots(f))
     assert offenders == []
+
+
+def test_ledger_never_reads_the_environment_or_files() -> None:
+    """STYLE.md: `ledger/` holds no I/O and never reads the environment (`infra/settings.py` does)."""
+    for path in LEDGER.glob("*.py"):
+        text = path.read_text()
+        for sign in ("os.environ", "getenv", "open(", "read_text", "read_bytes", "import os", "import pathlib"):
+            assert sign not in text, (path.name, sign)
