@@ -68,34 +68,33 @@ def _read_params(wait_timeout_ms_max: int) -> list[dict[str, Any]]:
 TENANT = _path_param("tenant", TENANT_RE.pattern)
 ADDRESS = _path_param("address", ADDRESS_RE.pattern)
 
+def _posting(amount: str, minimum: int, description: str | None = None) -> dict[str, Any]:
+    """A posting's schema: its amount field named `amount` (or `amount_max`), at least `minimum`."""
+    schema: dict[str, Any] = {
+        "type": "object", "additionalProperties": False,
+        "required": ["source", "destination", amount, "asset"],
+        "properties": {
+            "source": {"type": "string", "pattern": f"^(?:{ADDRESS_RE.pattern})$"},
+            "destination": {"type": "string", "pattern": f"^(?:{ADDRESS_RE.pattern})$"},
+            amount: {"type": "integer", "minimum": minimum, "maximum": 9223372036854775807},
+            "asset": {"type": "string", "pattern": f"^(?:{ASSET_RE.pattern})$"},
+        },
+    }
+    return schema if description is None else {**schema, "description": description}
+
+
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object", "required": ["error"],
         "properties": {"error": {"type": "object", "required": ["code", "message"],
                                  "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}},
     },
-    "Posting": {
-        "type": "object", "additionalProperties": False,
-        "required": ["source", "destination", "amount", "asset"],
-        "properties": {
-            "source": {"type": "string", "pattern": f"^(?:{ADDRESS_RE.pattern})$"},
-            "destination": {"type": "string", "pattern": f"^(?:{ADDRESS_RE.pattern})$"},
-            "amount": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807},
-            "asset": {"type": "string", "pattern": f"^(?:{ASSET_RE.pattern})$"},
-        },
-    },
-    "PostingAtMost": {
-        "type": "object", "additionalProperties": False,
-        "description": "Moves min(amount_max, what the source has available), 0 if nothing is; the committed "
-                       "transaction shows the amount moved. The source must be a customer account.",
-        "required": ["source", "destination", "amount_max", "asset"],
-        "properties": {
-            "source": {"type": "string", "pattern": f"^(?:{ADDRESS_RE.pattern})$"},
-            "destination": {"type": "string", "pattern": f"^(?:{ADDRESS_RE.pattern})$"},
-            "amount_max": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807},
-            "asset": {"type": "string", "pattern": f"^(?:{ASSET_RE.pattern})$"},
-        },
-    },
+    "Posting": _posting("amount", 1),
+    "PostingMoved": _posting("amount", 0, "A posting as a transaction or hold shows it: what it moved or reserves. "
+                             "0 only for an `amount_max` posting that found nothing available (contract v3)."),
+    "PostingAtMost": _posting("amount_max", 1, "Moves min(amount_max, what the source has available), 0 if nothing "
+                              "is; the committed transaction shows the amount moved. The source must be a customer "
+                              "account."),
     "IfVersion": {
         "type": "object", "minProperties": 1, "maxProperties": CONDITIONS_MAX,
         "description": "Rejected (version_conflict) unless each named account's version is exactly this",
@@ -131,7 +130,8 @@ SCHEMAS: dict[str, Any] = {
             "id": {"type": "string", "pattern": f"^(?:{ID_RE.pattern})$"},
             "status": {"enum": ["committed", "rejected"]},
             "reason": {"type": "string"},
-            "postings": {"type": "array", "items": {"$ref": "#/components/schemas/Posting"}},
+            "postings": {"type": "array", "items": {"oneOf": [  # rejected: `amount_max` as given
+                {"$ref": "#/components/schemas/PostingMoved"}, {"$ref": "#/components/schemas/PostingAtMost"}]}},
             "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
             "reference": {"type": ["string", "null"]},
             "idempotency_key": {"type": ["string", "null"]},
@@ -172,7 +172,8 @@ SCHEMAS: dict[str, Any] = {
             "id": {"type": "string"},
             "status": {"enum": ["held", "captured", "voided", "expired", "rejected"]},
             "reason": {"type": "string"},
-            "postings": {"type": "array", "items": {"$ref": "#/components/schemas/Posting"}},
+            "postings": {"type": "array", "items": {"oneOf": [  # rejected: `amount_max` as given
+                {"$ref": "#/components/schemas/PostingMoved"}, {"$ref": "#/components/schemas/PostingAtMost"}]}},
             "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
             "reference": {"type": ["string", "null"]},
             "expires_at": {"type": ["string", "null"], "format": "date-time"},

@@ -92,6 +92,20 @@ async def test_every_operation_answers_as_the_document_says(stack: Stack, tenant
                    json={"postings": [posting("alice", "bob", 5)], "metadata": {"order": "1"}, "reference": "r1"})
         await call(c, "POST", t("/transactions"), params=wait, headers=keyed,
                    json={"postings": [posting("alice", "bob", 5)], "metadata": {"order": "1"}, "reference": "r1"})
+        # `amount_max` from an empty account moves 0 (committed, its posting shows the 0 moved); rejected, its
+        # posting shows `amount_max` as given; a hold reserves the 0. Each read back as the document says.
+        at_most = {"source": "empty", "destination": "bob", "amount_max": 5, "asset": "USD/2"}
+        swept = await call(c, "POST", t("/transactions"), params=wait, json={"postings": [at_most]})
+        refused = (await call(c, "POST", t("/transactions"),
+                              json={"postings": [at_most], "if_version": {"empty": 7}})).json()  # 202
+        assert swept.json()["status"] == "committed" and swept.json()["postings"][0]["amount"] == 0
+        await call(c, "GET", t(f"/transactions/{swept.json()['id']}"))
+        refused_read = await call(c, "GET", t(f"/transactions/{refused['id']}"),
+                                  params={"min_position": refused["position"]})
+        assert refused_read.json()["status"] == "rejected", refused_read.text
+        reserved = await call(c, "POST", t("/holds"), params=wait, json={"postings": [at_most]})
+        await call(c, "GET", t(f"/holds/{reserved.json()['id']}"))
+        await call(c, "GET", t("/transactions"), params={"account": "empty"})
         tx = funded.json()["id"]
         await call(c, "GET", t(f"/transactions/{tx}"))
         await call(c, "GET", t("/transactions/nope"))  # 404
