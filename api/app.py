@@ -35,7 +35,7 @@ from api.openapi import document
 from api.progress import Listener, Progress, WaitLimits
 from api.projector_group import ProjectorGroup
 from api.responses import JSON, error
-from api.store import ALL_LIMITS, LIMITS_OF, Store, init_connection
+from api.store import ALL_LIMITS, LIMITS_OF, Store, init_connection, keep_session
 from infra import settings as settings_mod
 from infra.settings import Settings
 from ledger.errors import LedgerError
@@ -117,12 +117,6 @@ async def openapi(request: Request) -> Response:
     return JSON(document(request.app.state.settings.wait_timeout_ms_max))
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Release without asyncpg's default `RESET ALL; UNLISTEN *; ...`: the API never changes session state
-    (the tenant is set transaction-locally inside each read function), so that reset would only cost a
-    second round trip on every request. asyncpg still rolls back any transaction left open."""
-
-
 async def _warm(pool: asyncpg.Pool) -> None:
     """Run the hot reads once on every connection, holding them all at once so each one gets its turn."""
     connections = [await pool.acquire() for _ in range(pool.get_max_size())]
@@ -141,7 +135,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     # statement, and have its backend compile the plpgsql read) waited 20-130 ms, which was the p99 of reads.
     pool = await asyncpg.create_pool(cfg.api_database_url, min_size=cfg.db_pool_size_max,
                                      max_size=cfg.db_pool_size_max, max_inactive_connection_lifetime=0,
-                                     init=init_connection, reset=_keep_session, timeout=5, command_timeout=5,
+                                     init=init_connection, reset=keep_session, timeout=5, command_timeout=5,
                                      server_settings={"application_name": f"{POOL_APPLICATION}:{os.getpid()}"})
     await _warm(pool)
     keys = KeyStore(cfg.admin_token)

@@ -43,6 +43,13 @@ FAILOVER_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConne
                    asyncpg.ConnectionDoesNotExistError)
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """A pool's `reset`: release without asyncpg's default `RESET ALL; UNLISTEN *; ...`. The API and the
+    dispatcher never change session state (the tenant is set transaction-locally inside each read function), so
+    that reset would only cost a second round trip on every release. asyncpg still rolls back a transaction
+    left open."""
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     """JSON columns as Python values, as every reader of the API's functions expects them (the dispatcher too)."""
     await conn.set_type_codec("jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,

@@ -28,13 +28,13 @@ from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from api import views
 from api.routes.common import balances_after_of, transaction_body
-from api.store import Store, init_connection
+from api.store import Store, init_connection, keep_session
 from dispatch.events import CROSSED, HOLD_EVENTS, Event, events_of, wanted
 from dispatch.net import DeliveryError, UrlNotAllowed, parse_url, post, resolve
 from dispatch.signing import sign
@@ -48,6 +48,7 @@ log = logging.getLogger("ledger.dispatcher")
 
 FETCH_RECORDS_MAX = 1000
 FETCH_WAIT_MS = 100
+COMMIT_INTERVAL_S = 1.0
 # A delivery's lease: taken when it is queued and renewed when a worker takes it up, longer than one attempt
 # (a lookup, 5 s to connect, 10 s for the answer); past it another process may claim it.
 LEASE_S = 60
@@ -183,19 +184,20 @@ class Directory:
         self.by_tenant: dict[str, list[Webhook]] = {}
         self.by_id: dict[tuple[str, str], Webhook] = {}
         self.changed_at: datetime | None = None
+        self.loaded = False
         self.lock = asyncio.Lock()  # one load at a time: an older snapshot never lands after a newer one
 
     async def refresh(self, conn: asyncpg.Connection, force: bool = False) -> None:
         async with self.lock:
             changed = await conn.fetchval(LAST_CHANGE)
-            if changed is not None and changed == self.changed_at and not force:
-                return
+            if changed == self.changed_at and self.loaded and not force:
+                return  # with no endpoint ever registered, None: it was reloaded on every batch
             rows = await conn.fetch(ACTIVE_WEBHOOKS)
             by_tenant: dict[str, list[Webhook]] = {}
             for r in rows:
                 hook = Webhook(r["tenant"], r["id"], r["url"], frozenset(r["events"]), r["secret"], r["created_at"])
                 by_tenant.setdefault(hook.tenant, []).append(hook)
-            self.by_tenant, self.changed_at = by_tenant, changed
+            self.by_tenant, self.changed_at, self.loaded = by_tenant, changed, True
             self.by_id = {(h.tenant, h.id): h for hooks in by_tenant.values() for h in hooks}
 
     def subscribed(self, event: Event, at: datetime) -> list[Webhook]:
@@ -238,6 +240,8 @@ class Dispatcher:
         self.resolving: dict[str, asyncio.Semaphore] = {}  # per tenant
         self.room = asyncio.Event()  # an endpoint's queue has room again: worth a poll now
         self.stopping = asyncio.Event()
+        self.stored: dict[TopicPartition, int] = {}  # per partition, the next offset after what is stored
+        self.committed_at = 0.0
         self.pool: asyncpg.Pool | None = None
         self.store: Store | None = None  # the API's reads, for an event's data as its GET shows it
         self.me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # whose leases
@@ -250,9 +254,9 @@ class Dispatcher:
             loop.add_signal_handler(signum, self.stopping.set)
         settings = {"statement_timeout": STATEMENT_TIMEOUT_MS}
         self.pool = await asyncpg.create_pool(self.cfg.projector_database_url, min_size=1, max_size=8, timeout=5,
-                                              server_settings=settings)
+                                              reset=keep_session, server_settings=settings)
         api_pool = await asyncpg.create_pool(self.cfg.api_database_url, min_size=1, max_size=4, timeout=5,
-                                             init=init_connection, server_settings=settings)
+                                             init=init_connection, reset=keep_session, server_settings=settings)
         self.store = Store(api_pool, acquire_timeout_s=5.0)
         consumer = AIOKafkaConsumer(self.cfg.outcomes_topic, bootstrap_servers=self.cfg.kafka_bootstrap,
                                     group_id=self.cfg.dispatcher_group, enable_auto_commit=False,
@@ -272,6 +276,9 @@ class Dispatcher:
             for task in tasks + [r for e in self.endpoints.values() for r in list(e.runners)]:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.stored:  # what was stored since the last commit (a restart would redo it: no harm, less work)
+                with contextlib.suppress(Exception):
+                    await consumer.commit(self.stored)
             with contextlib.suppress(Exception):
                 await consumer.stop()
             await self.pool.close()
@@ -312,8 +319,25 @@ class Dispatcher:
                 if wanted:
                     await self._projected(conn, wanted)
                 fresh = await self._store(conn, found) if found else []
-            await consumer.commit()
+            for m in messages:
+                self.stored[TopicPartition(m.topic, m.partition)] = m.offset + 1
+            await self._commit(consumer)
             await self._queue(fresh)
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        """Kafka's offsets of what is stored, at most every `COMMIT_INTERVAL_S`: a restart consumes again what
+        followed, and storing it again changes nothing (events and deliveries are inserted once per id). A
+        commit per fetch cost a Kafka round trip for every batch the projector applied."""
+        now = time.monotonic()
+        if now - self.committed_at < COMMIT_INTERVAL_S or not self.stored:
+            return
+        self.committed_at = now
+        try:
+            await consumer.commit(self.stored)
+        except KafkaError as e:
+            log.info("Kafka offsets not committed this time (%r)", e)
+            return
+        self.stored = {}
 
     async def _projected(self, conn: asyncpg.Connection, wanted: dict[int, int]) -> None:
         """Wait (a little) until the projection has committed the decisions `wanted` (per partition, the last
