@@ -36,6 +36,7 @@ from api.progress import Listener, Progress, WaitLimits
 from api.projector_group import ProjectorGroup
 from api.responses import JSON, error
 from api.store import ALL_LIMITS, LIMITS_OF, Store, init_connection, keep_session
+from infra import gc_pauses
 from infra import settings as settings_mod
 from infra.settings import Settings
 from ledger.errors import LedgerError
@@ -177,6 +178,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     # of reads comes partly from collections.
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    gc_pauses.watch()
     try:
         yield
     finally:

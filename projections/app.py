@@ -27,7 +27,7 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from infra import logs
+from infra import gc_pauses, logs
 from infra import settings as settings_mod
 from infra.kafka import log_end, topic_config, topic_partitions
 from infra.producer import RenewingProducer, producer_config
@@ -346,6 +346,7 @@ async def _main(cfg: Settings, positions: PositionKey) -> int:
 def main() -> None:
     """Run one projector worker in the foreground until SIGINT/SIGTERM."""
     gc.set_threshold(*GC_THRESHOLDS)
+    gc_pauses.watch()
     try:
         cfg = settings_mod.load()
         positions = PositionKey(settings_mod.require_position_key(cfg, "the projector"))
