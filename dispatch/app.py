@@ -48,6 +48,10 @@ log = logging.getLogger("ledger.dispatcher")
 
 FETCH_RECORDS_MAX = 1000
 FETCH_WAIT_MS = 100
+# Kafka answers the dispatcher's fetch once this much has gathered, or after `FETCH_WAIT_MS`: a few fetches a
+# second under load, not one per batch the projector applies (each woke the broker and this process). Webhooks
+# have no latency promise; at most `FETCH_WAIT_MS` is added to a delivery.
+FETCH_MIN_BYTES = 64 * 1024
 COMMIT_INTERVAL_S = 1.0
 # A delivery's lease: taken when it is queued and renewed when a worker takes it up, longer than one attempt
 # (a lookup, 5 s to connect, 10 s for the answer); past it another process may claim it.
@@ -261,6 +265,7 @@ class Dispatcher:
         consumer = AIOKafkaConsumer(self.cfg.outcomes_topic, bootstrap_servers=self.cfg.kafka_bootstrap,
                                     group_id=self.cfg.dispatcher_group, enable_auto_commit=False,
                                     auto_offset_reset="earliest", max_poll_records=FETCH_RECORDS_MAX,
+                                    fetch_min_bytes=FETCH_MIN_BYTES, fetch_max_wait_ms=FETCH_WAIT_MS,
                                     session_timeout_ms=10_000, heartbeat_interval_ms=1_000)
         await consumer.start()
         tasks = [asyncio.create_task(self._consume(consumer)), asyncio.create_task(self._poll()),
