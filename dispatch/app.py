@@ -297,6 +297,7 @@ class Dispatcher:
             fetched = await consumer.getmany(timeout_ms=FETCH_WAIT_MS, max_records=FETCH_RECORDS_MAX)
             messages = [m for batch in fetched.values() for m in batch]
             if not messages:
+                await self._commit(consumer)  # what the last batches stored, once the log goes quiet
                 continue
             CONSUMED.inc(len(messages))
             async with self.pool.acquire() as conn:
