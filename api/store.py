@@ -160,6 +160,13 @@ class Store:
         return await self._fetch("SELECT * FROM api_statement($1, $2, $3, $4, $5)", tenant, account, asset, since,
                                  until)
 
+    async def transaction_answer(self, tenant: str, id: str) -> asyncpg.Record | None:
+        """The transaction as `transaction` gives it, with its accounts' balances right after it
+        (`balances_after`: account -> asset -> balance, or None) and its chain link (`hash`, `previous_hash`):
+        a waited write's answer in one round trip."""
+        rows = await self._fetch("SELECT * FROM api_transaction_answer($1, $2)", tenant, id)
+        return rows[0] if rows else None
+
     async def balances_after(self, tenant: str, id: str, accounts: list[str], offset: int) -> list[asyncpg.Record]:
         return await self._fetch("SELECT * FROM api_balances_after($1, $2, $3, $4)", tenant, id, accounts, offset)
 

@@ -33,7 +33,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from api import views
-from api.routes.common import balances_after_of, transaction_body
+from api.routes.common import balances_after_of, balances_of, transaction_body
 from api.store import Store, init_connection, keep_session
 from dispatch.events import CROSSED, HOLD_EVENTS, Event, events_of, wanted
 from dispatch.net import DeliveryError, UrlNotAllowed, parse_url, post, resolve
@@ -604,8 +604,8 @@ class Dispatcher:
             elif e["subject"] in rows:
                 row, a = rows[e["subject"]], asked.get(e["subject"])
                 original = a[0] if a is not None else None
-                data[e["id"]] = transaction_body(row, self.positions, tenant, after.get(original or "", []),
-                                                 links.get(original or ""))
+                data[e["id"]] = transaction_body(row, self.positions, tenant,
+                                                 balances_of(after.get(original or "", [])), links.get(original or ""))
             else:
                 data[e["id"]] = None
         return data

@@ -201,9 +201,10 @@ def _decided(row_view: dict[str, object], status: int = 201, headers: dict[str, 
     return error(status, reason, message, headers=headers, transaction=row_view)
 
 
-async def _view(context: Context, tenant: str, row: asyncpg.Record) -> dict[str, object]:
+async def _view(context: Context, tenant: str, row: asyncpg.Record, answered: bool = False) -> dict[str, object]:
     """How a decided request is shown: a hold, or a void that released one, as the hold; anything else (a
-    rejected void included) as the transaction."""
+    rejected void included) as the transaction (`answered`: `row` is `Store.transaction_answer`'s, with its
+    balances after it and its chain link, so nothing more is read)."""
     if row["kind"] == POLICY and row["status"] == "committed":
         return dict(orjson.loads(await account(context, tenant, row["target"])))
     if row["kind"] in (MONITOR, UNMONITOR) and row["status"] == "committed":
@@ -212,6 +213,9 @@ async def _view(context: Context, tenant: str, row: asyncpg.Record) -> dict[str,
             return views.monitor(monitor, context.positions, tenant)
     hold_id = row["id"] if row["kind"] == HOLD else row["target"] if row["kind"] == VOID else None
     if hold_id is None or (row["kind"] == VOID and row["status"] != "committed"):
+        if answered:
+            link = row if row["hash"] is not None and row["kind"] in CHAINED_KINDS else None
+            return transaction_body(row, context.positions, tenant, row["balances_after"] or {}, link)
         return await _transaction(context, tenant, row)
     hold = await context.store.hold(tenant, hold_id)
     return views.hold(hold, context.positions, tenant) if hold is not None \
@@ -228,7 +232,15 @@ async def transaction_view(store: Store, positions: PositionKey, tenant: str, ro
     asked = balances_after_of(row)
     after = await store.balances_after(tenant, asked[0], asked[1], row["log_offset"]) if asked else []
     link = await store.chain_link(tenant, asked[0]) if asked and row["kind"] in CHAINED_KINDS else None
-    return transaction_body(row, positions, tenant, after, link)
+    return transaction_body(row, positions, tenant, balances_of(after), link)
+
+
+def balances_of(rows: list[asyncpg.Record]) -> dict[str, dict[str, int]]:
+    """`api_balances_after`'s rows as a transaction shows them: account -> asset -> balance right after it."""
+    after: dict[str, dict[str, int]] = {}
+    for r in rows:
+        after.setdefault(r["account"], {})[r["asset"]] = r["balance_after"]
+    return after
 
 
 def balances_after_of(row: asyncpg.Record) -> tuple[str, list[str]] | None:
@@ -240,14 +252,11 @@ def balances_after_of(row: asyncpg.Record) -> tuple[str, list[str]] | None:
     return row["replay_of"] or row["id"], sorted({p[side] for p in postings for side in ("source", "destination")})
 
 
-def transaction_body(row: asyncpg.Record, positions: PositionKey, tenant: str, after_rows: list[asyncpg.Record],
+def transaction_body(row: asyncpg.Record, positions: PositionKey, tenant: str, after: dict[str, dict[str, int]],
                      link: asyncpg.Record | None) -> dict[str, Any]:
-    """The transaction's view from its row, its accounts' balances right after it and its chain link (the
-    dispatcher reads those for many events at once and shows each event's transaction so too)."""
+    """The transaction's view from its row, its accounts' balances right after it (`balances_of`) and its chain
+    link (the dispatcher reads those for many events at once and shows each event's transaction so too)."""
     body = views.transaction(row, positions, tenant)
-    after: dict[str, dict[str, int]] = {}
-    for r in after_rows:
-        after.setdefault(r["account"], {})[r["asset"]] = r["balance_after"]
     if after:
         body["balances_after"] = after
     if link is not None:  # none: not chained, or written before the chain existed (a replay rebuilds it)

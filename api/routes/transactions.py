@@ -211,11 +211,11 @@ async def _submit(request: Request, kind: str) -> Response:
                    status_code=202)
     if not wait or not await waited(context, position, timeout_ms, tenant, waiter_key(principal)):
         return pending
-    row = await context.store.transaction(tenant, tx.id)
+    row = await context.store.transaction_answer(tenant, tx.id)  # the row, with what its answer shows
     if row is None:
         return pending
     if row["replay_of"] is None:
-        return _decided(await _view(context, tenant, row))
+        return _decided(await _view(context, tenant, row, answered=True))
     # A repeat of a request decided while this one was in flight: answer with the original.
     original = await context.store.transaction(tenant, row["replay_of"])
     if original is None:

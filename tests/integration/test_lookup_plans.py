@@ -1,7 +1,8 @@
 """A lookup by id costs the same for a tenant of 20,000 rows as for one of 200, under the API's own role and its
-row-level security: the functions themselves (`api_chain_link`, `api_hold`, `api_monitor`), their plans taken by
-auto_explain as they run, not a copy of their SQL. Before migration 020 each read every row of the tenant (the id
-resolved by a sub-select, which row-level security kept out of the index condition)."""
+row-level security: the functions themselves (`api_chain_link`, `api_hold`, `api_monitor`, and a waited write's
+answer, `api_transaction_answer`), their plans taken by auto_explain as they run, not a copy of their SQL.
+Before migration 020 each read every row of the tenant (the id resolved by a sub-select, which row-level
+security kept out of the index condition)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import asyncpg
 from tests.integration.test_statement_plans import rows_touched
 from tests.stack import unique
 
-LOOKUPS = ("api_chain_link", "api_hold", "api_monitor")
+LOOKUPS = ("api_chain_link", "api_hold", "api_monitor", "api_transaction_answer")
 
 
 async def tenant_of(conn: asyncpg.Connection, schema: str, tenant: str, rows: int) -> None:
@@ -52,7 +53,8 @@ async def touched(conn: asyncpg.Connection, schema: str, tenant: str, id_: str) 
             transaction = conn.transaction()
             await transaction.start()
             try:
-                await conn.execute(f"ALTER FUNCTION {function}(text, text) SET search_path = {schema}, public")
+                for read in (*LOOKUPS, "api_transaction"):  # `api_transaction_answer` calls `api_transaction`
+                    await conn.execute(f"ALTER FUNCTION {read}(text, text) SET search_path = {schema}, public")
                 await conn.execute("LOAD 'auto_explain'")
                 for setting in ("log_min_duration = 0", "log_analyze = on", "log_nested_statements = on",
                                 "log_format = json"):
