@@ -152,12 +152,14 @@ async def test_past_a_few_refusals_a_second_the_rest_are_held_and_answered_alike
 
     for call in (lambda: tenant.client.post(tenant.path("/transactions"), json=body),
                  lambda: tenant.client.get(tenant.path("/accounts/alice"))):  # the hot balance read too
-        answers = await asyncio.gather(*(timed(call()) for _ in range(REFUSALS_AT_ONCE + 20)))
+        # Past twice the refusals answered at once: the burst may straddle the start of a new second, where
+        # the count starts again (it did once in a full run: 15 of 38 held), and still 18 are held.
+        answers = await asyncio.gather(*(timed(call()) for _ in range(3 * REFUSALS_AT_ONCE)))
         refused = [(took, a) for took, a in answers if a.status_code == 429]
-        assert len(refused) >= REFUSALS_AT_ONCE + 18, [a.status_code for _, a in answers]
+        assert len(refused) >= 3 * REFUSALS_AT_ONCE - 2, [a.status_code for _, a in answers]
         assert all(code(a) == (429, "rate_limited") and int(a.headers["retry-after"]) >= 1 for _, a in refused)
         held = [took for took, _ in refused if took >= HOLD_S / 2]
-        assert len(held) >= 18, sorted(took for took, _ in refused)  # each past the first 20 of the second
+        assert len(held) >= 18, sorted(took for took, _ in refused)  # each past the first 20 of a second
         await asyncio.sleep(1.1)  # a new second: refusals are answered at once again
 
 
