@@ -40,6 +40,7 @@ from dispatch.net import DeliveryError, UrlNotAllowed, parse_url, post, resolve
 from dispatch.signing import sign
 from infra import logs
 from infra import settings as settings_mod
+from infra.kafka import PacedCommits
 from infra.settings import Settings
 from ledger.chain import CHAINED_KINDS
 from ledger.positions import PositionKey
@@ -52,7 +53,6 @@ FETCH_WAIT_MS = 100
 # second under load, not one per batch the projector applies (each woke the broker and this process). Webhooks
 # have no latency promise; at most `FETCH_WAIT_MS` is added to a delivery.
 FETCH_MIN_BYTES = 64 * 1024
-COMMIT_INTERVAL_S = 1.0
 # A delivery's lease: taken when it is queued and renewed when a worker takes it up, longer than one attempt
 # (a lookup, 5 s to connect, 10 s for the answer); past it another process may claim it.
 LEASE_S = 60
@@ -244,8 +244,10 @@ class Dispatcher:
         self.resolving: dict[str, asyncio.Semaphore] = {}  # per tenant
         self.room = asyncio.Event()  # an endpoint's queue has room again: worth a poll now
         self.stopping = asyncio.Event()
-        self.stored: dict[TopicPartition, int] = {}  # per partition, the next offset after what is stored
-        self.committed_at = 0.0
+        # Kafka's offsets of what is stored, at most once a second: a restart consumes again what followed, and
+        # storing it again changes nothing (events and deliveries are inserted once per id). A commit per fetch
+        # cost a Kafka round trip for every batch the projector applied.
+        self.commits: PacedCommits | None = None
         self.pool: asyncpg.Pool | None = None
         self.store: Store | None = None  # the API's reads, for an event's data as its GET shows it
         self.me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # whose leases
@@ -267,6 +269,7 @@ class Dispatcher:
                                     auto_offset_reset="earliest", max_poll_records=FETCH_RECORDS_MAX,
                                     fetch_min_bytes=FETCH_MIN_BYTES, fetch_max_wait_ms=FETCH_WAIT_MS,
                                     session_timeout_ms=10_000, heartbeat_interval_ms=1_000)
+        self.commits = PacedCommits(consumer)
         await consumer.start()
         tasks = [asyncio.create_task(self._consume(consumer)), asyncio.create_task(self._poll()),
                  asyncio.create_task(self._backlog())]
@@ -281,9 +284,9 @@ class Dispatcher:
             for task in tasks + [r for e in self.endpoints.values() for r in list(e.runners)]:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if self.stored:  # what was stored since the last commit (a restart would redo it: no harm, less work)
+            if self.commits is not None:  # what was stored since the last commit (a restart would redo it)
                 with contextlib.suppress(Exception):
-                    await consumer.commit(self.stored)
+                    await self.commits.commit(force=True)
             with contextlib.suppress(Exception):
                 await consumer.stop()
             await self.pool.close()
@@ -292,12 +295,12 @@ class Dispatcher:
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         """Decisions in, events and deliveries stored, then the offsets committed; new deliveries go straight
         to their endpoints' queues (their lease is this process's)."""
-        assert self.pool is not None
+        assert self.pool is not None and self.commits is not None
         while not self.stopping.is_set():
             fetched = await consumer.getmany(timeout_ms=FETCH_WAIT_MS, max_records=FETCH_RECORDS_MAX)
             messages = [m for batch in fetched.values() for m in batch]
             if not messages:
-                await self._commit(consumer)  # what the last batches stored, once the log goes quiet
+                await self.commits.commit()  # what the last batches stored, once the log goes quiet
                 continue
             CONSUMED.inc(len(messages))
             async with self.pool.acquire() as conn:
@@ -325,25 +328,9 @@ class Dispatcher:
                 if wanted:
                     await self._projected(conn, wanted)
                 fresh = await self._store(conn, found) if found else []
-            for m in messages:
-                self.stored[TopicPartition(m.topic, m.partition)] = m.offset + 1
-            await self._commit(consumer)
+            self.commits.done({TopicPartition(m.topic, m.partition): m.offset + 1 for m in messages})
+            await self.commits.commit()
             await self._queue(fresh)
-
-    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
-        """Kafka's offsets of what is stored, at most every `COMMIT_INTERVAL_S`: a restart consumes again what
-        followed, and storing it again changes nothing (events and deliveries are inserted once per id). A
-        commit per fetch cost a Kafka round trip for every batch the projector applied."""
-        now = time.monotonic()
-        if now - self.committed_at < COMMIT_INTERVAL_S or not self.stored:
-            return
-        self.committed_at = now
-        try:
-            await consumer.commit(self.stored)
-        except KafkaError as e:
-            log.info("Kafka offsets not committed this time (%r)", e)
-            return
-        self.stored = {}
 
     async def _projected(self, conn: asyncpg.Connection, wanted: dict[int, int]) -> None:
         """Wait (a little) until the projection has committed the decisions `wanted` (per partition, the last

@@ -1,10 +1,16 @@
-"""The small Kafka helpers that `api/`, `client/`, `projections/` and `ops/` share."""
+"""The small Kafka helpers that `api/`, `client/`, `projections/`, `dispatch/` and `ops/` share."""
 
 from __future__ import annotations
+
+import logging
+import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
+
+log = logging.getLogger("ledger.kafka")
 
 # Bounds what a reading consumer (replay, verify, status) prefetches per partition.
 FETCH_PARTITION_BYTES_MAX = 8 * 1024 * 1024
@@ -56,3 +62,40 @@ async def topic_config(bootstrap: str, topic: str, name: str) -> str | None:
                 if entry[0] == name:
                     return str(entry[1])
     return None
+
+
+class PacedCommits:
+    """A group consumer's offsets committed to Kafka at most once per `interval_s`, and only when they moved:
+    the projector's (for lag tooling; PostgreSQL's offsets decide) and the dispatcher's (where a restart reads
+    again from them, and storing again changes nothing). Only partitions still assigned are committed: after a
+    rebalance another member owns the others."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, interval_s: float = 1.0) -> None:
+        self.consumer = consumer
+        self.interval_s = interval_s
+        self.offsets: dict[TopicPartition, int] = {}  # per partition, the next offset after what is done
+        self.moved = False
+        self.committed_at = 0.0
+
+    def done(self, offsets: dict[TopicPartition, int]) -> None:
+        """Everything before these offsets is done with (applied, stored)."""
+        if offsets:
+            self.offsets.update(offsets)
+            self.moved = True
+
+    async def commit(self, force: bool = False) -> None:
+        """Commit what moved, unless the last commit is younger than `interval_s` (`force`: whatever its age).
+        A failure is logged and retried at the next call."""
+        now = time.monotonic()
+        if not self.moved or (now - self.committed_at < self.interval_s and not force):
+            return
+        self.committed_at = now
+        assigned = self.consumer.assignment()
+        offsets = {tp: offset for tp, offset in self.offsets.items() if tp in assigned}
+        try:
+            if offsets:
+                await self.consumer.commit(offsets)
+        except KafkaError as e:
+            log.info("Kafka offsets not committed this time (%r)", e)
+            return
+        self.moved = False

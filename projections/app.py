@@ -29,7 +29,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from infra import gc_pauses, logs
 from infra import settings as settings_mod
-from infra.kafka import log_end, topic_config, topic_partitions
+from infra.kafka import PacedCommits, log_end, topic_config, topic_partitions
 from infra.producer import RenewingProducer, producer_config
 from infra.settings import Settings
 from ledger.codec import encode_request
@@ -63,7 +63,7 @@ FETCH_BYTES_MAX = 32 * 1024 * 1024
 # The fetch long-polls with Kafka's defaults (answered at the first byte, or after 500 ms when idle). Holding
 # fetches for 64 KiB or 5 ms cut the broker's CPU at 500 appends/s by a third, but an idle projector then
 # polled 200 times a second and it and the broker burnt 35% of a core doing nothing.
-KAFKA_COMMIT_INTERVAL_S = 1.0
+
 WATCHDOG_INTERVAL_S = 5.0
 STALL_S_MAX = 30.0
 
@@ -191,8 +191,7 @@ class Projector:
         self.positions = positions
         self.pipeline: Pipeline | None = None
         self.stopping = asyncio.Event()
-        self.applied: dict[int, int] = {}  # next offsets of the writes that finished, for Kafka's commit
-        self.committed_at = 0.0
+        self.commits = PacedCommits(self.consumer)  # of the writes that finished
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -260,32 +259,20 @@ class Projector:
                 self._finished(await pipeline.submit(records))
             else:
                 self._finished(await pipeline.drain())
-            await self._commit()
+            await self.commits.commit()
         self._finished(await pipeline.drain())
-        await self._commit(force=True)
+        await self.commits.commit(force=True)
 
     def _finished(self, results: list[BatchResult]) -> None:
         for result in results:
             _observe(result)
-            self.applied.update(result.next_offsets)
+            # Kafka's committed offsets, for lag tooling only (PostgreSQL's decide).
+            self.commits.done({TopicPartition(self.cfg.transactions_topic, p): offset
+                               for p, offset in result.next_offsets.items()})
             if result.skipped:
                 log.info("skipped redelivered records", extra={"skipped": result.skipped})
             log.debug("batch applied", extra={"applied": result.applied, "skipped": result.skipped,
                                               "apply_ms": round(result.apply_s * 1000, 1)})
-
-    async def _commit(self, force: bool = False) -> None:
-        """Kafka's committed offsets, at most once a second: for lag tooling only (PostgreSQL's decide)."""
-        now = time.monotonic()
-        if now - self.committed_at < KAFKA_COMMIT_INTERVAL_S and not force:
-            return
-        self.committed_at = now
-        offsets = {tp: self.applied[tp.partition] for tp in self.consumer.assignment() if tp.partition in self.applied}
-        if not offsets:
-            return
-        try:
-            await self.consumer.commit(offsets)
-        except KafkaError as e:
-            log.info("Kafka offsets not committed this time (%r)", e)
 
     async def _clock(self) -> None:
         """Tick the partitions whose open holds are due (the decision stays the log's: a tick only carries
