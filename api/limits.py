@@ -232,8 +232,11 @@ class TenantLimits:
         partition: tenants on other partitions share its CPU and the machine's (`make bench`, step `fairness`)."""
         self._roll(now)
         span = max(1.0, now - self.window_start + (1.0 if self.writes_before else 0.0))
+        def others_wait(tenant: str) -> bool:  # another tenant's write waited, whoever made it wait
+            return len(waiting) > 1 or (bool(waiting) and tenant not in waiting)
+
         for tenant, throttle in list(self.throttled.items()):
-            if tenant in backlogged or len(waiting) > 1 or (waiting and tenant not in waiting):
+            if tenant in backlogged or others_wait(tenant):
                 continue  # others wait on it: cut below, not grown
             lately = (self.writes_now.get(tenant, 0) + self.writes_before.get(tenant, 0)) / span
             rate = throttle.rate + THROTTLE_STEP
@@ -249,8 +252,7 @@ class TenantLimits:
             mine = self.writes_now.get(tenant, 0) + self.writes_before.get(tenant, 0)
             if mine <= SHED_WRITES_MIN:
                 continue
-            others_wait = len(waiting) > 1 or (waiting and tenant not in waiting)
-            if tenant not in backlogged and not (others_wait and mine * writers > SHED_SHARE * total):
+            if tenant not in backlogged and not (others_wait(tenant) and mine * writers > SHED_SHARE * total):
                 continue
             throttle = self.throttled.get(tenant)
             if throttle is None:

@@ -158,8 +158,6 @@ class Progress:
             self._gone[partition] = 0
 
 
-
-
 class Listener:
     """One connection LISTENing for progress and key changes; reconnects and resyncs when it drops.
 

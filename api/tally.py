@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 
-def enter(counts: dict[str, int], name: str) -> int:
-    """One more of `name`'s; its count now."""
-    count = counts[name] = counts.get(name, 0) + 1
-    return count
+def enter(counts: dict[str, int], name: str) -> None:
+    """One more of `name`'s."""
+    counts[name] = counts.get(name, 0) + 1
 
 
 def leave(counts: dict[str, int], name: str) -> None:
