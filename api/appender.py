@@ -17,7 +17,7 @@ from infra.producer import LogProducer, ProduceFailed, RenewingProducer, produce
 from ledger.codec import encode_request
 from ledger.errors import Unavailable
 from ledger.positions import Position
-from ledger.requests import Request
+from ledger.requests import BatchRequest, TenantRequest, TransactionRequest
 
 log = logging.getLogger("ledger.api")
 
@@ -28,6 +28,10 @@ DELIVERY_TIMEOUT_MS = int(APPEND_TIMEOUT_S * 1000)
 WAIT_MARGIN_S = 0.5
 OWN_PENDING_MAX = 100_000  # own appends remembered per partition (past it the oldest are forgotten)
 WAITING_SCAN_MAX = 1_000  # own appends still waiting looked at, in all, for who waits (`Appender.waiting`)
+
+
+# What the API appends: a tenant's request (never the clock's tick, which the projector writes).
+Appended = TransactionRequest | TenantRequest | BatchRequest
 
 
 class AppendUnconfirmed(Unavailable):
@@ -77,7 +81,7 @@ class Appender:
             raise Unavailable("the log (Kafka) is not reachable")
         return self.holder.current()
 
-    async def append(self, request: Request, waited: bool = False) -> Position:
+    async def append(self, request: Appended, waited: bool = False) -> Position:
         """The position of the appended request; `AppendUnconfirmed` if Kafka did not acknowledge it in time.
         `waited`: its client waits for it to be applied (it then does not count in the tenant's backlog)."""
         producer = self._producer()
@@ -91,7 +95,7 @@ class Appender:
         self._own(position, request.tenant, waited)
         return position
 
-    async def append_many(self, requests: list[Request], waited: bool = False) -> list[Position]:
+    async def append_many(self, requests: list[TransactionRequest], waited: bool = False) -> list[Position]:
         """Append `requests` in their order in one round trip (all sent, then all awaited); the positions, or
         `AppendUnconfirmed` naming every id when any one was not acknowledged in time."""
         producer = self._producer()
