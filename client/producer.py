@@ -31,7 +31,7 @@ from ledger.requests import (
     Posting,
     Request,
     TenantRequest,
-    TransactionRequest,
+    TransferRequest,
 )
 from ledger.validation import (
     check_id,
@@ -148,7 +148,7 @@ class LedgerProducer:
         Conditions (contract v3): `if_version` ({address: version}), `asserts` ([{"account", "asset", "min"?,
         "max"?}]), and `amount_max`, the indexes of the postings whose amount is a maximum."""
         if not (if_version or asserts or amount_max):
-            request = TransactionRequest(
+            request = TransferRequest(
                 id=check_id(id or uuid.uuid4().hex), tenant=check_tenant(tenant),
                 postings=parse_postings([p.as_json() for p in postings]),
                 idempotency_key=parse_idempotency_key(idempotency_key), metadata=parse_metadata(metadata),

@@ -27,24 +27,16 @@ from ledger.requests import (
     Request,
     TenantRequest,
     Tick,
-    TransactionRequest,
+    TransferRequest,
 )
 from ledger.validation import (
+    build,
     check_customer,
     check_id,
     check_tenant,
     check_tenant_name,
-    parse_conditions,
-    parse_expires_in_s,
-    parse_frozen,
     parse_idempotency_key,
     parse_items,
-    parse_limits,
-    parse_metadata,
-    parse_partial_amount,
-    parse_postings_with_max,
-    parse_reference,
-    parse_watch,
 )
 
 COMMON = frozenset({"v", "kind", "id", "tenant", "idempotency_key", "metadata", "reference"})
@@ -102,7 +94,7 @@ def decode_json(raw: bytes | str, field: str = "body") -> Any:
     return value
 
 
-def _item(request: TransactionRequest) -> dict[str, object]:
+def _item(request: TransferRequest) -> dict[str, object]:
     return {"id": request.id, "postings": request.postings_json(), "idempotency_key": request.idempotency_key,
             "metadata": request.metadata, "reference": request.reference, **request.conditions_json()}
 
@@ -126,20 +118,7 @@ def encode_request(request: Request) -> bytes:
     body = {"v": WIRE_VERSION, "id": request.id, "tenant": request.tenant}
     if request.kind != TRANSFER:
         body["kind"] = request.kind
-    if request.kind in (TRANSFER, HOLD):
-        body["postings"] = request.postings_json()
-        body |= request.conditions_json()  # only when given: a request without conditions encodes as before
-    elif request.kind == MONITOR:
-        assert request.watch is not None
-        body |= {k: v for k, v in request.watch.as_json().items() if v is not None}
-    else:
-        body[TARGET_FIELD[request.kind]] = request.target
-    if request.amount is not None:
-        body["amount"] = request.amount
-    if request.kind == HOLD:
-        body["expires_in_s"] = request.expires_in_s
-    if request.kind == POLICY:
-        body |= {"overdraft_limit": dict(request.limits), "frozen": request.frozen}
+    body |= request.wire()
     body |= {"idempotency_key": request.idempotency_key, "metadata": request.metadata,
              "reference": request.reference}
     return orjson.dumps(body)
@@ -182,28 +161,12 @@ def decode_request(key: bytes | None, value: bytes | None) -> Request:
         return BatchRequest(id=check_id(obj["id"]), tenant=tenant,
                             items=parse_items(obj["transactions"], tenant, batch_key=batch_key),
                             idempotency_key=batch_key, atomic=atomic)
-    target = obj.get(TARGET_FIELD.get(kind, ""))
-    postings, maxed = parse_postings_with_max(obj["postings"]) if kind in (TRANSFER, HOLD) else ((), frozenset[int]())
-    if_version, asserts = parse_conditions(obj)
-    return TransactionRequest(
-        id=check_id(obj["id"]),
-        tenant=tenant,
-        postings=postings,
-        if_version=if_version,
-        asserts=asserts,
-        amount_max=maxed,
-        idempotency_key=parse_idempotency_key(obj.get("idempotency_key")),
-        metadata=parse_metadata(obj.get("metadata")),
-        reference=parse_reference(obj.get("reference")),
-        kind=kind,
-        target=(check_customer(target, "account") if kind == POLICY else check_id(target, TARGET_FIELD[kind]))
-        if kind in TARGET_FIELD else None,
-        amount=parse_partial_amount(obj.get("amount")),
-        expires_in_s=parse_expires_in_s(obj.get("expires_in_s")) if kind == HOLD else None,
-        limits=parse_limits(obj.get("overdraft_limit")),
-        frozen=parse_frozen(obj.get("frozen")),
-        watch=parse_watch(obj) if kind == MONITOR else None,
-    )
+    named = obj.get(TARGET_FIELD.get(kind, ""))
+
+    def target() -> str:
+        return check_customer(named, "account") if kind == POLICY else check_id(named, TARGET_FIELD[kind])
+
+    return build(kind, obj, id=obj["id"], tenant=tenant, idempotency_key=obj.get("idempotency_key"), target=target)
 
 
 def salvage_identity(key: bytes | None, value: bytes | None) -> tuple[str, str] | None:

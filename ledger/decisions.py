@@ -10,23 +10,26 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol, assert_never
 
 from ledger.chain import GENESIS, link
 from ledger.positions import Position
 from ledger.requests import (
     CAPTURE,
-    HOLD,
-    MONITOR,
-    POLICY,
     REVERSE,
     TRANSFER,
-    UNMONITOR,
-    VOID,
     BatchRequest,
+    CaptureRequest,
+    HoldRequest,
+    MonitorRequest,
+    PolicyRequest,
     Posting,
+    ReverseRequest,
     TenantRequest,
     TransactionRequest,
+    TransferRequest,
+    UnmonitorRequest,
+    VoidRequest,
     Watch,
 )
 from ledger.validation import BALANCE_MAX, BALANCE_MIN, is_system
@@ -282,7 +285,7 @@ def _reserved(state: LedgerState, tenant: str, postings: tuple[Posting, ...], si
     return held
 
 
-def _hold(state: LedgerState, request: TransactionRequest, postings: tuple[Posting, ...]) -> Outcome:
+def _hold(state: LedgerState, request: HoldRequest, postings: tuple[Posting, ...]) -> Outcome:
     if _frozen(state, request.tenant, postings):
         return Outcome("rejected", ACCOUNT_FROZEN)
     held = _reserved(state, request.tenant, postings, 1)
@@ -293,7 +296,7 @@ def _hold(state: LedgerState, request: TransactionRequest, postings: tuple[Posti
     return Outcome("committed", held=tuple(held.items()), moved=postings)
 
 
-def _at_most(state: LedgerState, request: TransactionRequest) -> tuple[Posting, ...]:
+def _at_most(state: LedgerState, request: TransferRequest | HoldRequest) -> tuple[Posting, ...]:
     """The postings with each `amount_max` resolved, in order: min(n, what its source has available then:
     posted less held, after the postings before it), never below 0."""
     if not request.amount_max:
@@ -307,17 +310,17 @@ def _at_most(state: LedgerState, request: TransactionRequest) -> tuple[Posting, 
             p = p._replace(amount=max(0, min(p.amount, available)))
         out.append(p)
         moved[source] = moved.get(source, 0) - p.amount
-        if request.kind == TRANSFER:  # a hold reserves on its source; nothing reaches the destination yet
+        if isinstance(request, TransferRequest):  # a hold reserves on its source; nothing reaches the destination yet
             destination = (request.tenant, p.destination, p.asset)
             moved[destination] = moved.get(destination, 0) + p.amount
     return tuple(out)
 
 
-def _version_conflict(state: LedgerState, request: TransactionRequest) -> bool:
+def _version_conflict(state: LedgerState, request: TransferRequest | HoldRequest) -> bool:
     return any(state.version(request.tenant, account) != version for account, version in request.if_version)
 
 
-def _asserted(state: LedgerState, request: TransactionRequest, outcome: Outcome) -> Outcome:
+def _asserted(state: LedgerState, request: TransferRequest | HoldRequest, outcome: Outcome) -> Outcome:
     """`outcome`, or `assertion_failed` when a posted balance after it lies outside an `assert`'s bounds."""
     if outcome.status != "committed" or not request.asserts:
         return outcome
@@ -336,10 +339,10 @@ def changed_accounts(state: LedgerState, request: TransactionRequest, outcome: O
     policy's account."""
     if outcome.status != "committed":
         return set()
-    if request.kind == POLICY:
-        return {request.target or ""}
+    if isinstance(request, PolicyRequest):
+        return {request.account}
     postings = outcome.moved
-    if request.kind in (CAPTURE, VOID):
+    if isinstance(request, CaptureRequest | VoidRequest):
         hold = state.hold(request.tenant, outcome.target or "")
         postings = hold.postings if hold is not None else postings
     return hold_accounts(postings)
@@ -356,18 +359,18 @@ def resolved(state: LedgerState, tenant: str, target: str) -> str:
     return decided.transaction_id if decided is not None else target
 
 
-def _open_hold(state: LedgerState, request: TransactionRequest, now_ms: int) -> Hold | Outcome:
-    hold = state.hold(request.tenant, resolved(state, request.tenant, request.target or ""))
+def _open_hold(state: LedgerState, request: CaptureRequest | VoidRequest, now_ms: int) -> Hold | Outcome:
+    hold = state.hold(request.tenant, resolved(state, request.tenant, request.hold))
     if hold is None:
         return Outcome("rejected", NOT_FOUND)
     if hold.state == EXPIRED or (hold.state == HELD and hold.expires_at_ms <= now_ms):
-        return Outcome("rejected", HOLD_EXPIRED if request.kind == CAPTURE else HOLD_CLOSED)
+        return Outcome("rejected", HOLD_EXPIRED if isinstance(request, CaptureRequest) else HOLD_CLOSED)
     if hold.state != HELD:
         return Outcome("rejected", HOLD_CLOSED)
     return hold
 
 
-def _capture(state: LedgerState, request: TransactionRequest, now_ms: int) -> Outcome:
+def _capture(state: LedgerState, request: CaptureRequest, now_ms: int) -> Outcome:
     hold = _open_hold(state, request, now_ms)
     if isinstance(hold, Outcome):
         return hold
@@ -383,7 +386,7 @@ def _capture(state: LedgerState, request: TransactionRequest, now_ms: int) -> Ou
     return moved._replace(target=hold.id)
 
 
-def _void(state: LedgerState, request: TransactionRequest, now_ms: int) -> Outcome:
+def _void(state: LedgerState, request: VoidRequest, now_ms: int) -> Outcome:
     hold = _open_hold(state, request, now_ms)
     if isinstance(hold, Outcome):
         return hold
@@ -391,8 +394,8 @@ def _void(state: LedgerState, request: TransactionRequest, now_ms: int) -> Outco
                    target=hold.id)
 
 
-def _reverse(state: LedgerState, request: TransactionRequest) -> Outcome:
-    target = resolved(state, request.tenant, request.target or "")
+def _reverse(state: LedgerState, request: ReverseRequest) -> Outcome:
+    target = resolved(state, request.tenant, request.transaction)
     original = state.original(request.tenant, target)
     if original is None:
         return Outcome("rejected", NOT_FOUND)
@@ -414,10 +417,10 @@ def _reverse(state: LedgerState, request: TransactionRequest) -> Outcome:
     return _move(state, request.tenant, swapped, {}, True, counted)._replace(target=target)
 
 
-def _policy(state: LedgerState, request: TransactionRequest) -> Outcome:
+def _policy(state: LedgerState, request: PolicyRequest) -> Outcome:
     """A policy replaces the account's, unless it would put the account past its new limit: an overdraft in
     use is paid back before the limit that allows it is lowered (so no balance is ever past its limit)."""
-    account = request.target or ""
+    account = request.account
     limits = dict(request.limits)
     for asset in limits.keys() | state.policy(request.tenant, account).limits.keys():
         key = (request.tenant, account, asset)
@@ -437,35 +440,38 @@ def decide(state: LedgerState, request: TransactionRequest, now_ms: int = 0) -> 
             return _replay(prior, request, id_taken=False)
     if not state.tenant_exists(request.tenant):
         return Outcome("rejected", UNKNOWN_TENANT)
-    if request.kind in (TRANSFER, HOLD) and request.conditional:
-        if _version_conflict(state, request):
-            return Outcome("rejected", VERSION_CONFLICT)
-        postings = _at_most(state, request)
-        moved = _hold(state, request, postings) if request.kind == HOLD else _move(state, request.tenant, postings,
-                                                                                    {}, True)
-        return _asserted(state, request, moved)
-    if request.kind == HOLD:
-        return _hold(state, request, request.postings)
-    if request.kind == CAPTURE:
-        return _capture(state, request, now_ms)
-    if request.kind == VOID:
-        return _void(state, request, now_ms)
-    if request.kind == REVERSE:
-        return _reverse(state, request)
-    if request.kind == POLICY:
-        return _policy(state, request)
-    if request.kind == MONITOR:
-        assert request.watch is not None
-        if len(state.watching(request.tenant, request.watch.account)) >= MONITORS_PER_ACCOUNT_MAX \
-                or state.monitor_count(request.tenant) >= MONITORS_PER_TENANT_MAX:
-            return Outcome("rejected", TOO_MANY_MONITORS)
-        return Outcome("committed")
-    if request.kind == UNMONITOR:
-        monitor = state.monitor(request.tenant, resolved(state, request.tenant, request.target or ""))
-        if monitor is None or not monitor.active:
-            return Outcome("rejected", NOT_FOUND)
-        return Outcome("committed", target=monitor.id)
-    return _move(state, request.tenant, request.postings, {}, True)
+    match request:
+        case TransferRequest() | HoldRequest() if request.conditional:
+            if _version_conflict(state, request):
+                return Outcome("rejected", VERSION_CONFLICT)
+            postings = _at_most(state, request)
+            moved = (_hold(state, request, postings) if isinstance(request, HoldRequest)
+                     else _move(state, request.tenant, postings, {}, True))
+            return _asserted(state, request, moved)
+        case TransferRequest():
+            return _move(state, request.tenant, request.postings, {}, True)
+        case HoldRequest():
+            return _hold(state, request, request.postings)
+        case CaptureRequest():
+            return _capture(state, request, now_ms)
+        case VoidRequest():
+            return _void(state, request, now_ms)
+        case ReverseRequest():
+            return _reverse(state, request)
+        case PolicyRequest():
+            return _policy(state, request)
+        case MonitorRequest():
+            if len(state.watching(request.tenant, request.watch.account)) >= MONITORS_PER_ACCOUNT_MAX \
+                    or state.monitor_count(request.tenant) >= MONITORS_PER_TENANT_MAX:
+                return Outcome("rejected", TOO_MANY_MONITORS)
+            return Outcome("committed")
+        case UnmonitorRequest():
+            monitor = state.monitor(request.tenant, resolved(state, request.tenant, request.monitor))
+            if monitor is None or not monitor.active:
+                return Outcome("rejected", NOT_FOUND)
+            return Outcome("committed", target=monitor.id)
+        case _:
+            assert_never(request)
 
 
 def decide_tenant(state: LedgerState, request: TenantRequest) -> Outcome:
@@ -598,36 +604,38 @@ class Ledger:
         return True
 
     def _effect(self, request: TransactionRequest, outcome: Outcome, position: Position, now_ms: int) -> None:
-        if request.kind == HOLD:
-            assert request.expires_in_s is not None
-            # What it reserves: its postings, with any `amount_max` resolved.
-            hold = Hold(request.tenant, request.id, outcome.moved or request.postings,
-                        now_ms + request.expires_in_s * 1000, position)
-            self.track(hold)
-        elif request.kind in (CAPTURE, VOID):
-            hold = self.holds[(request.tenant, outcome.target or "")]
-            assert hold.state == HELD
-            hold.state, hold.closed_by, hold.closed_at_ms = (CAPTURED if request.kind == CAPTURE else VOIDED,
-                                                             request.id, now_ms)
-        elif request.kind == REVERSE:
-            self.originals[(request.tenant, outcome.target or "")].reversed += outcome.reversed
-        elif request.kind == POLICY:
-            self.learn_policy((request.tenant, request.target or ""), Policy(dict(request.limits), request.frozen,
-                                                                             request.metadata))
-        elif request.kind == MONITOR:
-            assert request.watch is not None
-            self.learn_monitor(Monitor(request.tenant, request.id, request.watch))
-            self.monitor_counts[request.tenant] = self.monitor_count(request.tenant) + 1
-        elif request.kind == UNMONITOR:
-            monitor = self.monitors[(request.tenant, outcome.target or "")]
-            monitor.active = False
-            self.monitor_counts[request.tenant] = self.monitor_count(request.tenant) - 1
-            key = (request.tenant, monitor.watch.account)
-            left = tuple(m for m in self.watched.get(key, ()) if m.id != monitor.id)
-            if left:
-                self.watched[key] = left
-            else:
-                self.watched.pop(key, None)
+        match request:
+            case TransferRequest():
+                pass  # its entries are all it does
+            case HoldRequest():
+                # What it reserves: its postings, with any `amount_max` resolved.
+                self.track(Hold(request.tenant, request.id, outcome.moved or request.postings,
+                                now_ms + request.expires_in_s * 1000, position))
+            case CaptureRequest() | VoidRequest():
+                hold = self.holds[(request.tenant, outcome.target or "")]
+                assert hold.state == HELD
+                hold.state, hold.closed_by, hold.closed_at_ms = (
+                    CAPTURED if isinstance(request, CaptureRequest) else VOIDED, request.id, now_ms)
+            case ReverseRequest():
+                self.originals[(request.tenant, outcome.target or "")].reversed += outcome.reversed
+            case PolicyRequest():
+                self.learn_policy((request.tenant, request.account),
+                                  Policy(dict(request.limits), request.frozen, request.metadata))
+            case MonitorRequest():
+                self.learn_monitor(Monitor(request.tenant, request.id, request.watch))
+                self.monitor_counts[request.tenant] = self.monitor_count(request.tenant) + 1
+            case UnmonitorRequest():
+                monitor = self.monitors[(request.tenant, outcome.target or "")]
+                monitor.active = False
+                self.monitor_counts[request.tenant] = self.monitor_count(request.tenant) - 1
+                key = (request.tenant, monitor.watch.account)
+                left = tuple(m for m in self.watched.get(key, ()) if m.id != monitor.id)
+                if left:
+                    self.watched[key] = left
+                else:
+                    self.watched.pop(key, None)
+            case _:
+                assert_never(request)
 
     def track(self, hold: Hold) -> None:
         """Know `hold` (created, or loaded from PostgreSQL), and when it expires if it is open."""
@@ -723,24 +731,29 @@ def touched(requests: Iterable[TransactionRequest], state: LedgerState) -> set[B
     the holds and originals they name)."""
     keys: set[BalanceKey] = set()
     for r in requests:
-        postings = r.postings
-        if r.kind in (CAPTURE, VOID):
-            hold = state.hold(r.tenant, resolved(state, r.tenant, r.target or ""))
-            postings = hold.postings if hold is not None else ()
-        elif r.kind == REVERSE:
-            original = state.original(r.tenant, resolved(state, r.tenant, r.target or ""))
-            postings = original.postings if original is not None else ()
-        elif r.kind == POLICY:  # the balance rows that carry its limits, now or before
-            limited = {asset for asset, _ in r.limits} | state.policy(r.tenant, r.target or "").limits.keys()
-            keys.update((r.tenant, r.target or "", asset) for asset in limited)
-        elif r.watch is not None:  # a monitor: its account's monitors are read (loaded with its policy)
-            keys.add((r.tenant, r.watch.account, r.watch.asset))
-        elif r.kind == UNMONITOR:
-            monitor = state.monitor(r.tenant, resolved(state, r.tenant, r.target or ""))
-            if monitor is not None:
-                keys.add((r.tenant, monitor.watch.account, monitor.watch.asset))
+        postings: tuple[Posting, ...] = ()
+        match r:
+            case TransferRequest() | HoldRequest():
+                postings = r.postings
+                keys.update((r.tenant, a.account, a.asset) for a in r.asserts)  # read, even where nothing moves
+            case CaptureRequest() | VoidRequest():
+                hold = state.hold(r.tenant, resolved(state, r.tenant, r.hold))
+                postings = hold.postings if hold is not None else ()
+            case ReverseRequest():
+                original = state.original(r.tenant, resolved(state, r.tenant, r.transaction))
+                postings = original.postings if original is not None else ()
+            case PolicyRequest():  # the balance rows that carry its limits, now or before
+                limited = {asset for asset, _ in r.limits} | state.policy(r.tenant, r.account).limits.keys()
+                keys.update((r.tenant, r.account, asset) for asset in limited)
+            case MonitorRequest():  # its account's monitors are read (loaded with its policy)
+                keys.add((r.tenant, r.watch.account, r.watch.asset))
+            case UnmonitorRequest():
+                monitor = state.monitor(r.tenant, resolved(state, r.tenant, r.monitor))
+                if monitor is not None:
+                    keys.add((r.tenant, monitor.watch.account, monitor.watch.asset))
+            case _:
+                assert_never(r)
         keys.update((r.tenant, account, p.asset) for p in postings for account in (p.source, p.destination))
-        keys.update((r.tenant, a.account, a.asset) for a in r.asserts)  # read, even where nothing moves
     return keys
 
 

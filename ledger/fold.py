@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import NamedTuple, assert_never
 
 import orjson
 
@@ -38,18 +38,21 @@ from ledger.errors import InvalidRequest
 from ledger.placement import partition_for
 from ledger.positions import Position, PositionKey
 from ledger.requests import (
-    CAPTURE,
     HOLD,
-    MONITOR,
-    POLICY,
-    REVERSE,
     TRANSFER,
-    UNMONITOR,
-    VOID,
     BatchRequest,
+    CaptureRequest,
+    HoldRequest,
+    MonitorRequest,
+    PolicyRequest,
+    ReverseRequest,
     TenantRequest,
     Tick,
     TransactionRequest,
+    TransferRequest,
+    UnmonitorRequest,
+    VoidRequest,
+    target_of,
 )
 from ledger.rows import (
     AccountRow,
@@ -229,37 +232,56 @@ def _versions(ledger: Ledger, rows: BatchRows, tenant: str, accounts: set[str], 
 def _effects(ledger: Ledger, rows: BatchRows, request: TransactionRequest, outcome: Outcome, position: Position,
              at: datetime, limited: set[BalanceKey]) -> None:
     """The rows a committed hold, capture, void or reversal changes besides its own."""
-    if request.kind == HOLD:
-        reserved = ledger.holds[(request.tenant, request.id)].postings  # `amount_max` resolved
-        rows.holds[(request.tenant, request.id)] = HoldRow(
-            request.tenant, request.id, HELD, orjson.dumps([p.as_json() for p in reserved]).decode(),
-            EPOCH + timedelta(milliseconds=ledger.holds[(request.tenant, request.id)].expires_at_ms),
-            position.partition, position.offset, at, None, None)
-    elif request.kind in (CAPTURE, VOID):
-        _close_hold(rows, ledger.holds[(request.tenant, outcome.target or "")], at)
-    elif request.kind == POLICY:
-        account = request.target or ""
-        limits = orjson.dumps(dict(request.limits)).decode()
-        rows.accounts[(request.tenant, account)] = AccountRow(
-            request.tenant, account, orjson.dumps(request.metadata).decode(), limits, request.frozen,
-            position.partition, position.offset, at)
-        for key in limited:  # every balance row that carries one of its limits, before or now
-            _balance(ledger, rows, key, position)
-    elif request.kind == MONITOR:
-        assert request.watch is not None
-        w = request.watch
-        rows.monitors.append(MonitorRow(request.tenant, request.id, w.account, w.asset, w.below, w.above, True,
-                                        position.partition, position.offset, at))
-    elif request.kind == UNMONITOR:
-        rows.monitor_removals.append((request.tenant, outcome.target or "", at))
-    elif request.kind == REVERSE:
-        target = (request.tenant, outcome.target or "")
-        total = ledger.originals[target].reversed
-        if target in rows.transaction_at:
-            at_index = rows.transaction_at[target]
-            rows.transactions[at_index] = rows.transactions[at_index]._replace(reversed=total)
-        else:
-            rows.reversed[target] = total
+    match request:
+        case TransferRequest():
+            pass  # its entries and balances are written with every transaction's
+        case HoldRequest():
+            reserved = ledger.holds[(request.tenant, request.id)].postings  # `amount_max` resolved
+            rows.holds[(request.tenant, request.id)] = HoldRow(
+                request.tenant, request.id, HELD, orjson.dumps([p.as_json() for p in reserved]).decode(),
+                EPOCH + timedelta(milliseconds=ledger.holds[(request.tenant, request.id)].expires_at_ms),
+                position.partition, position.offset, at, None, None)
+        case CaptureRequest() | VoidRequest():
+            _close_hold(rows, ledger.holds[(request.tenant, outcome.target or "")], at)
+        case PolicyRequest():
+            limits = orjson.dumps(dict(request.limits)).decode()
+            rows.accounts[(request.tenant, request.account)] = AccountRow(
+                request.tenant, request.account, orjson.dumps(request.metadata).decode(), limits, request.frozen,
+                position.partition, position.offset, at)
+            for key in limited:  # every balance row that carries one of its limits, before or now
+                _balance(ledger, rows, key, position)
+        case MonitorRequest():
+            w = request.watch
+            rows.monitors.append(MonitorRow(request.tenant, request.id, w.account, w.asset, w.below, w.above, True,
+                                            position.partition, position.offset, at))
+        case UnmonitorRequest():
+            rows.monitor_removals.append((request.tenant, outcome.target or "", at))
+        case ReverseRequest():
+            target = (request.tenant, outcome.target or "")
+            total = ledger.originals[target].reversed
+            if target in rows.transaction_at:
+                at_index = rows.transaction_at[target]
+                rows.transactions[at_index] = rows.transactions[at_index]._replace(reversed=total)
+            else:
+                rows.reversed[target] = total
+        case _:
+            assert_never(request)
+
+
+def _shown(request: TransactionRequest, outcome: Outcome) -> list[dict[str, object]]:
+    """The postings a transaction's row shows: what a capture or reversal moved (derived from its target); a
+    transfer's or hold's as given, or for a committed `amount_max` what it moved; none for the other kinds."""
+    match request:
+        case CaptureRequest() | ReverseRequest():
+            return [p.as_json() for p in outcome.moved]
+        case TransferRequest() | HoldRequest():
+            if outcome.status == "committed" and request.amount_max:
+                return [p.as_json() for p in outcome.moved]
+            return request.postings_json()
+        case VoidRequest() | PolicyRequest() | MonitorRequest() | UnmonitorRequest():
+            return []
+        case _:
+            assert_never(request)
 
 
 def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime, request: TransactionRequest,
@@ -275,16 +297,11 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
                  original.transaction_id, kind=request.kind)
         return
     # A policy's balance rows are those of its new limits and of the ones it replaces: known before it applies.
-    limited = touched([request], ledger) if request.kind == POLICY else set()
+    limited = touched([request], ledger) if isinstance(request, PolicyRequest) else set()
     versioned = changed_accounts(ledger, request, outcome)  # before it applies: a capture's hold is still open
     binds_key = ledger.apply(request, outcome, position, record.timestamp_ms)
     committed = outcome.status == "committed"
-    # What a capture or reversal moved is derived from its target; a hold shows what it reserves; a committed
-    # `amount_max` what it moved (rejected, its postings as given).
-    if request.kind in (CAPTURE, REVERSE) or (committed and request.amount_max):
-        postings = [p.as_json() for p in outcome.moved]
-    else:
-        postings = request.postings_json()
+    postings = _shown(request, outcome)
     rows.transaction_at[(request.tenant, request.id)] = len(rows.transactions)
     index, hashed, previous = None, None, None
     if committed and request.kind in CHAINED_KINDS:
@@ -295,7 +312,7 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
         request.tenant, request.id, outcome.status, outcome.reason, orjson.dumps(postings).decode(),
         orjson.dumps(request.metadata).decode(), request.reference, request.idempotency_key,
         request.fingerprint(), position.partition, position.offset, at, at if committed else None, None,
-        request.kind, outcome.target or request.target, index, _hex(hashed), _hex(previous), 0,
+        request.kind, outcome.target or target_of(request), index, _hex(hashed), _hex(previous), 0,
     ))
     if committed:
         _effects(ledger, rows, request, outcome, position, at, limited)

@@ -6,6 +6,8 @@ Every check raises `InvalidRequest` naming the offending field; nothing here tru
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypedDict
 
 import orjson
 
@@ -21,8 +23,16 @@ from ledger.requests import (
     UNMONITOR,
     VOID,
     Assertion,
+    CaptureRequest,
+    HoldRequest,
+    MonitorRequest,
+    PolicyRequest,
     Posting,
+    ReverseRequest,
     TransactionRequest,
+    TransferRequest,
+    UnmonitorRequest,
+    VoidRequest,
     Watch,
 )
 
@@ -304,10 +314,47 @@ def check_customer(value: object, field: str) -> str:
     return address
 
 
-def _target(kind: str, target: str | None) -> str | None:
+class _Common(TypedDict):
+    id: str
+    tenant: str
+    idempotency_key: str | None
+    metadata: dict[str, str]
+    reference: str | None
+
+
+def build(kind: str, obj: dict[str, object], *, id: object, tenant: str, idempotency_key: object,
+          target: Callable[[], str] | None = None) -> TransactionRequest:
+    """The request of `kind` that `obj` (an HTTP body or a record, its fields already checked against the
+    kind's) describes, checked field by field in one order wherever it came from; `target` checks what a
+    capture, void, reversal, policy or removal names (from the path, or the record's field)."""
+    if kind in (TRANSFER, HOLD):
+        postings, maxed = parse_postings_with_max(obj["postings"])
+        if_version, asserts = parse_conditions(obj)
+    common: _Common = {"id": check_id(id), "tenant": check_tenant(tenant),
+              "idempotency_key": parse_idempotency_key(idempotency_key),
+              "metadata": parse_metadata(obj.get("metadata")), "reference": parse_reference(obj.get("reference"))}
+    if kind == TRANSFER:
+        return TransferRequest(**common, postings=postings, if_version=if_version,
+                               asserts=asserts, amount_max=maxed)
+    if kind == HOLD:
+        return HoldRequest(**common, postings=postings, if_version=if_version,
+                           asserts=asserts, amount_max=maxed, expires_in_s=parse_expires_in_s(obj.get("expires_in_s")))
     if kind == MONITOR:
-        return None
-    return check_customer(target, "address") if kind == POLICY else check_id(target, "id")
+        return MonitorRequest(**common, watch=parse_watch(obj))
+    assert target is not None, kind
+    named = target()
+    if kind == CAPTURE:
+        return CaptureRequest(**common, hold=named, amount=parse_partial_amount(obj.get("amount")))
+    if kind == VOID:
+        return VoidRequest(**common, hold=named)
+    if kind == REVERSE:
+        return ReverseRequest(**common, transaction=named,
+                              amount=parse_partial_amount(obj.get("amount")))
+    if kind == POLICY:
+        return PolicyRequest(**common, account=named, limits=parse_limits(obj.get("overdraft_limit")),
+                             frozen=parse_frozen(obj.get("frozen")))
+    assert kind == UNMONITOR, kind
+    return UnmonitorRequest(**common, monitor=named)
 
 
 def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | None, kind: str = TRANSFER,
@@ -317,36 +364,17 @@ def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | Non
     the path)."""
     obj = _object({} if body is None and kind in (VOID, CAPTURE, REVERSE, POLICY, UNMONITOR) else body, "body",
                   BODY_FIELDS_BY_KIND[kind])
-    has_postings = kind in (TRANSFER, HOLD)
-    if has_postings and "postings" not in obj:
+    if kind in (TRANSFER, HOLD) and "postings" not in obj:
         raise InvalidRequest("missing field 'postings'", "body")
-    postings, maxed = parse_postings_with_max(obj["postings"]) if has_postings else ((), frozenset[int]())
-    if_version, asserts = parse_conditions(obj)
-    return TransactionRequest(
-        id=check_id(id),
-        tenant=check_tenant(tenant),
-        postings=postings,
-        if_version=if_version,
-        asserts=asserts,
-        amount_max=maxed,
-        idempotency_key=parse_idempotency_key(idempotency_key),
-        metadata=parse_metadata(obj.get("metadata")),
-        reference=parse_reference(obj.get("reference")),
-        kind=kind,
-        target=None if has_postings else _target(kind, target),
-        amount=parse_partial_amount(obj.get("amount")),
-        expires_in_s=parse_expires_in_s(obj.get("expires_in_s")) if kind == HOLD else None,
-        limits=parse_limits(obj.get("overdraft_limit")),
-        frozen=parse_frozen(obj.get("frozen")),
-        watch=parse_watch(obj) if kind == MONITOR else None,
-    )
+    return build(kind, obj, id=id, tenant=tenant, idempotency_key=idempotency_key,
+                 target=lambda: check_customer(target, "address") if kind == POLICY else check_id(target, "id"))
 
 
 ITEM_FIELDS = BODY_FIELDS | CONDITION_FIELDS | {"idempotency_key"}
 
 
 def parse_items(value: object, tenant: str, ids: list[str] | None = None,
-                batch_key: str | None = None) -> tuple[TransactionRequest, ...]:
+                batch_key: str | None = None) -> tuple[TransferRequest, ...]:
     """A batch's transfers: 1 to `BATCH_ITEMS_MAX` bodies, each with its own optional `idempotency_key`, and
     its `id` (given by the API in `ids`, else each item's own `id`: a record on the log). Ids must differ, and
     so must idempotency keys, the batch's own (`batch_key`) included."""
@@ -360,7 +388,7 @@ def parse_items(value: object, tenant: str, ids: list[str] | None = None,
             raise InvalidRequest("missing field 'postings'", field)
         postings, maxed = parse_postings_with_max(obj["postings"])
         if_version, asserts = parse_conditions(obj)
-        items.append(TransactionRequest(
+        items.append(TransferRequest(
             id=check_id(ids[index] if ids is not None else obj.get("id"), f"{field}.id"), tenant=tenant,
             postings=postings, idempotency_key=parse_idempotency_key(obj.get("idempotency_key")),
             metadata=parse_metadata(obj.get("metadata")), reference=parse_reference(obj.get("reference")),

@@ -29,7 +29,19 @@ from ledger.decisions import (
 )
 from ledger.fold import BALANCE_COLUMNS, EPOCH, BatchRows
 from ledger.positions import Position
-from ledger.requests import CAPTURE, POLICY, REVERSE, UNMONITOR, VOID, Posting, TransactionRequest, Watch
+from ledger.requests import (
+    CaptureRequest,
+    HoldRequest,
+    PolicyRequest,
+    Posting,
+    ReverseRequest,
+    TransactionRequest,
+    TransferRequest,
+    UnmonitorRequest,
+    VoidRequest,
+    Watch,
+    target_of,
+)
 from ledger.rows import (
     ACCOUNT_COLUMNS,
     BATCH_COLUMNS,
@@ -272,13 +284,14 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
         for row in await conn.fetch(SELECT_BATCHES, *_columns(batch_ids, 2)):
             ledger.batches[(row["tenant"], row["id"])] = tuple(row["items"])
     # Ids first, the targets' included: a target may be a repeat's id, which stands for its original.
-    targets = {(r.tenant, r.target) for r in requests if r.target is not None}
+    targets = {(r.tenant, target) for r in requests if (target := target_of(r)) is not None}
     wanted = {i for i in ids | targets if i not in ledger.by_id}
     if wanted:
         for row in await conn.fetch(SELECT_BY_ID, *_columns(wanted, 2)):
             ledger.by_id[(row["tenant"], row["asked"])] = decided_from_row(row)
     held_keys: set[BalanceKey] = set()
-    holds = {(r.tenant, resolved(ledger, r.tenant, r.target or "")) for r in requests if r.kind in (CAPTURE, VOID)}
+    holds = {(r.tenant, resolved(ledger, r.tenant, r.hold)) for r in requests
+             if isinstance(r, CaptureRequest | VoidRequest)}
     holds = {k for k in holds if k not in ledger.holds}
     if holds:
         for row in await conn.fetch(SELECT_HOLDS, *_columns(holds, 2)):
@@ -288,13 +301,14 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
         until = EPOCH + timedelta(milliseconds=min(max(due.values()), DUE_MS_MAX))
         for row in await conn.fetch(SELECT_DUE_HOLDS, list(due), until):
             _track(ledger, row, held_keys)
-    removed = {(r.tenant, resolved(ledger, r.tenant, r.target or "")) for r in requests if r.kind == UNMONITOR}
+    removed = {(r.tenant, resolved(ledger, r.tenant, r.monitor)) for r in requests if isinstance(r, UnmonitorRequest)}
     removed = {k for k in removed if k not in ledger.monitors}
     if removed:
         for row in await conn.fetch(SELECT_MONITORS, *_columns(removed, 2)):
             ledger.learn_monitor(Monitor(row["tenant"], row["id"], Watch(row["account"], row["asset"], row["below"],
                                                                          row["above"]), row["active"]))
-    originals = {(r.tenant, resolved(ledger, r.tenant, r.target or "")) for r in requests if r.kind == REVERSE}
+    originals = {(r.tenant, resolved(ledger, r.tenant, r.transaction)) for r in requests
+                 if isinstance(r, ReverseRequest)}
     originals = {k for k in originals if k not in ledger.originals}
     if originals:
         for row in await conn.fetch(SELECT_ORIGINALS, *_columns(originals, 2)):
@@ -304,9 +318,11 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
     # Every balance row the fold may write carries its account's limit: those of expiring holds too.
     moved = touched(requests, ledger) | held_keys
     accounts = {(k[0], k[1]) for k in moved}
-    accounts |= {(r.tenant, r.target or "") for r in requests if r.kind == POLICY}
+    policies = [r for r in requests if isinstance(r, PolicyRequest)]
+    accounts |= {(r.tenant, r.account) for r in policies}
     # Versions are read with policies (one row per account): `if_version` may name an account nothing moves.
-    accounts |= {(r.tenant, account) for r in requests for account, _ in r.if_version}
+    accounts |= {(r.tenant, account) for r in requests if isinstance(r, TransferRequest | HoldRequest)
+                 for account, _ in r.if_version}
     accounts = {a for a in accounts if a not in ledger.policies}
     if accounts:
         for row in await conn.fetch(SELECT_POLICIES, *_columns(accounts, 2)):
@@ -321,7 +337,7 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
             ledger.policies.setdefault(account, NO_POLICY)
     # Comprehensions, not `set - dict.keys()`: that iterates the whole (carried, large) dict every batch.
     # A policy's rows include those of the limits it replaces, known only now that the policies are loaded.
-    moved |= touched([r for r in requests if r.kind == POLICY], ledger)
+    moved |= touched(policies, ledger)
     keys: set[BalanceKey] = {k for k in moved if k not in ledger.balances}
     if keys:
         for row in await conn.fetch(SELECT_BALANCES, *_columns(keys, 3)):

@@ -59,7 +59,8 @@ from ledger.requests import (
     TRANSFER,
     VOID,
     BatchRequest,
-    TransactionRequest,
+    CaptureRequest,
+    ReverseRequest,
 )
 from ledger.validation import (
     check_address,
@@ -193,7 +194,7 @@ async def _submit(request: Request, kind: str) -> Response:
     body = await json_body(request, optional=kind not in (TRANSFER, HOLD))
     tx = parse_body(body, id=uuid.uuid4().hex, tenant=tenant, idempotency_key=key, kind=kind,
                     target=request.path_params.get("address" if kind == POLICY else "id"))
-    if tx.amount is not None:
+    if isinstance(tx, CaptureRequest | ReverseRequest) and tx.amount is not None:
         await _partial_of_one_posting(context, tenant, tx)
     prior = await context.store.transaction_by_key(tenant, key) if key is not None else None
     # Appended even when the key was decided already: the log then records the repeat the same way whether
@@ -223,11 +224,13 @@ async def _submit(request: Request, kind: str) -> Response:
     return _replayed(await _view(context, tenant, original), tx, bytes(original["fingerprint"]))
 
 
-async def _partial_of_one_posting(context: Context, tenant: str, tx: TransactionRequest) -> None:
+async def _partial_of_one_posting(context: Context, tenant: str, tx: CaptureRequest | ReverseRequest) -> None:
     """A partial capture or reversal of a hold or transaction of several postings is the request's fault: 422
     before it is appended, when the projection knows the target already (else the fold rejects it so)."""
-    assert tx.target is not None
-    target = await (context.store.hold if tx.kind == CAPTURE else context.store.transaction)(tenant, tx.target)
+    if isinstance(tx, CaptureRequest):
+        target = await context.store.hold(tenant, tx.hold)
+    else:
+        target = await context.store.transaction(tenant, tx.transaction)
     postings = target["postings"] if target is not None else None
     if isinstance(postings, list) and len(postings) > 1:
         raise InvalidRequest(f"applies only to a hold or transaction of one posting; this one has {len(postings)}: "

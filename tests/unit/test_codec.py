@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 
 from ledger.codec import decode_request, encode_request, salvage_identity
 from ledger.errors import InvalidRequest
-from ledger.requests import Posting, TenantRequest, TransactionRequest
+from ledger.requests import (
+    Posting,
+    TenantRequest,
+    TransactionRequest,
+    TransferRequest,
+)
 
 
 def event(**overrides: Any) -> dict[str, Any]:
@@ -27,7 +32,8 @@ RAW_POSTING = (
 
 
 def test_round_trip() -> None:
-    request = TransactionRequest("tx1", "acme", (Posting("@world", "a", 5, "USD/2"),), "k", {"m": "v"}, "ref")
+    request = TransferRequest(id="tx1", tenant="acme", postings=(Posting("@world", "a", 5, "USD/2"),),
+                              idempotency_key="k", metadata={"m": "v"}, reference="ref")
     assert decode_request(b"acme", encode_request(request)) == request
     create = TenantRequest("c1", "acme", "Acme Corp")
     assert decode_request(b"acme", encode_request(create)) == create

@@ -19,7 +19,19 @@ from ledger.errors import InvalidRequest
 from ledger.fold import BatchRows, Record, decode_all, fold_batch
 from ledger.placement import partition_for
 from ledger.positions import Position
-from ledger.requests import CAPTURE, HOLD, POLICY, VOID, Assertion, BatchRequest, Posting, TransactionRequest
+from ledger.requests import (
+    HOLD,
+    VOID,
+    Assertion,
+    BatchRequest,
+    CaptureRequest,
+    HoldRequest,
+    PolicyRequest,
+    Posting,
+    TransactionRequest,
+    TransferRequest,
+    VoidRequest,
+)
 from ledger.validation import CONDITIONS_MAX, parse_body, parse_items
 
 T = "acme"
@@ -38,7 +50,8 @@ def run(ledger: Ledger, request: TransactionRequest, offset: int = 0, now_ms: in
 
 
 def pay(id: str, source: str, destination: str, amount: int, **conditions: object) -> TransactionRequest:
-    return TransactionRequest(id, T, (Posting(source, destination, amount, USD),), **conditions)  # type: ignore[arg-type]
+    return TransferRequest(id=id, tenant=T, postings=(Posting(source, destination, amount, USD),),
+                           **conditions)  # type: ignore[arg-type]
 
 
 def funded(amount: int = 100) -> Ledger:
@@ -53,20 +66,20 @@ def test_a_version_counts_the_committed_records_that_changed_the_account() -> No
     run(ledger, pay("p1", "alice", "bob", 10))
     run(ledger, pay("p2", "alice", "bob", 1000))  # rejected: changes nothing
     assert (ledger.version(T, "alice"), ledger.version(T, "bob")) == (2, 1)
-    hold = TransactionRequest("h1", T, (Posting("alice", "carol", 5, USD),), kind=HOLD, expires_in_s=60)
+    hold = HoldRequest(id="h1", tenant=T, postings=(Posting("alice", "carol", 5, USD),), expires_in_s=60)
     run(ledger, hold)
     assert (ledger.version(T, "alice"), ledger.version(T, "carol")) == (3, 1)
-    run(ledger, TransactionRequest("c1", T, (), kind=CAPTURE, target="h1"))
+    run(ledger, CaptureRequest(id="c1", tenant=T, hold="h1"))
     assert (ledger.version(T, "alice"), ledger.version(T, "carol")) == (4, 2)
-    run(ledger, TransactionRequest("v1", T, (), kind=VOID, target="h1"))  # closed: rejected
+    run(ledger, VoidRequest(id="v1", tenant=T, hold="h1"))  # closed: rejected
     assert ledger.version(T, "alice") == 4
-    run(ledger, TransactionRequest("pol", T, (), kind=POLICY, target="dave", frozen=True))
+    run(ledger, PolicyRequest(id="pol", tenant=T, frozen=True, account="dave"))
     assert ledger.version(T, "dave") == 1
 
 
 def test_an_expired_hold_moves_the_version_of_its_accounts() -> None:
     ledger = funded()
-    run(ledger, TransactionRequest("h1", T, (Posting("alice", "bob", 5, USD),), kind=HOLD, expires_in_s=1))
+    run(ledger, HoldRequest(id="h1", tenant=T, postings=(Posting("alice", "bob", 5, USD),), expires_in_s=1))
     assert ledger.version(T, "bob") == 1
     expired = ledger.expire(0, 1_000)
     assert [h.id for h in expired] == ["h1"]
@@ -101,23 +114,27 @@ def test_assert_bounds_the_posted_balance_after_the_request() -> None:
 
 def test_amount_max_moves_what_is_available_and_never_more() -> None:
     ledger = funded(100)
-    run(ledger, TransactionRequest("h1", T, (Posting("alice", "x", 30, USD),), kind=HOLD, expires_in_s=60))
-    out = run(ledger, TransactionRequest("m1", T, (Posting("alice", "bob", 500, USD),), amount_max=frozenset({0})))
+    run(ledger, HoldRequest(id="h1", tenant=T, postings=(Posting("alice", "x", 30, USD),), expires_in_s=60))
+    out = run(ledger, TransferRequest(id="m1", tenant=T, postings=(Posting("alice", "bob", 500, USD),),
+                                      amount_max=frozenset({0})))
     assert out.status == "committed"
     assert out.moved == (Posting("alice", "bob", 70, USD),)  # 100 posted, 30 held
     assert ledger.balance((T, "alice", USD)) == 30
     versions = (ledger.version(T, "alice"), ledger.version(T, "bob"))
-    nothing = run(ledger, TransactionRequest("m2", T, (Posting("alice", "bob", 5, USD),), amount_max=frozenset({0})))
+    nothing = run(ledger, TransferRequest(id="m2", tenant=T, postings=(Posting("alice", "bob", 5, USD),),
+                                          amount_max=frozenset({0})))
     assert (nothing.status, nothing.moved[0].amount, nothing.entries) == ("committed", 0, ())
     assert (ledger.version(T, "alice"), ledger.version(T, "bob")) == versions  # nothing moved: nothing changed
-    smaller = run(ledger, TransactionRequest("m3", T, (Posting("bob", "carol", 20, USD),), amount_max=frozenset({0})))
+    smaller = run(ledger, TransferRequest(id="m3", tenant=T, postings=(Posting("bob", "carol", 20, USD),),
+                                          amount_max=frozenset({0})))
     assert smaller.moved[0].amount == 20
 
 
 def test_amount_max_sees_the_postings_before_it() -> None:
     ledger = funded(10)
-    request = TransactionRequest("m", T, (Posting("alice", "bob", 4, USD), Posting("alice", "carol", 100, USD),
-                                          Posting("bob", "dave", 100, USD)), amount_max=frozenset({1, 2}))
+    request = TransferRequest(id="m", tenant=T, postings=(
+        Posting("alice", "bob", 4, USD), Posting("alice", "carol", 100, USD), Posting("bob", "dave", 100, USD)),
+        amount_max=frozenset({1, 2}))
     out = run(ledger, request)
     assert [p.amount for p in out.moved] == [4, 6, 4]
     assert ledger.balance((T, "alice", USD)) == 0
@@ -125,8 +142,8 @@ def test_amount_max_sees_the_postings_before_it() -> None:
 
 def test_a_hold_with_amount_max_reserves_what_was_available() -> None:
     ledger = funded(40)
-    hold = TransactionRequest("h", T, (Posting("alice", "bob", 100, USD),), kind=HOLD, expires_in_s=60,
-                              amount_max=frozenset({0}))
+    hold = HoldRequest(id="h", tenant=T, postings=(Posting("alice", "bob", 100, USD),), expires_in_s=60,
+                       amount_max=frozenset({0}))
     out = run(ledger, hold)
     assert out.status == "committed"
     assert ledger.held_of((T, "alice", USD)) == 40
@@ -148,7 +165,8 @@ def test_conditions_fail_an_atomic_batch_whole() -> None:
 
 def test_the_fold_writes_versions_and_shows_what_amount_max_moved() -> None:
     ledger = funded(25)
-    request = TransactionRequest("m", T, (Posting("alice", "bob", 100, USD),), amount_max=frozenset({0}))
+    request = TransferRequest(id="m", tenant=T, postings=(Posting("alice", "bob", 100, USD),),
+                              amount_max=frozenset({0}))
     record = Record(partition_for(T.encode(), 4), 9, T.encode(), encode_request(request), 1_700_000_000_000)
     rows = fold_batch(ledger, [record], decode_all([record], 4), BatchRows())
     postings = orjson.loads(rows.transactions[0].postings)
@@ -157,24 +175,27 @@ def test_the_fold_writes_versions_and_shows_what_amount_max_moved() -> None:
 
 
 def test_the_wire_carries_conditions_and_reads_them_back() -> None:
-    request = TransactionRequest("m", T, (Posting("alice", "bob", 7, USD), Posting("@world", "bob", 1, USD)),
-                                 if_version=(("alice", 3),), asserts=(Assertion("bob", USD, 0, None),),
-                                 amount_max=frozenset({0}))
+    request = TransferRequest(id="m", tenant=T,
+                              postings=(Posting("alice", "bob", 7, USD), Posting("@world", "bob", 1, USD)),
+                              if_version=(("alice", 3),), asserts=(Assertion("bob", USD, 0, None),),
+                              amount_max=frozenset({0}))
     value = encode_request(request)
     assert orjson.loads(value)["postings"][0]["amount_max"] == 7
     assert decode_request(T.encode(), value) == request
 
 
 def test_a_request_without_conditions_keeps_its_bytes_and_fingerprint() -> None:
-    plain = TransactionRequest("p", T, (Posting("alice", "bob", 7, USD),), "key-1", {"a": "b"}, "ref")
+    plain = TransferRequest(id="p", tenant=T, postings=(Posting("alice", "bob", 7, USD),), idempotency_key="key-1",
+                            metadata={"a": "b"}, reference="ref")
     # Pinned: recorded before conditions existed (a log written then replays with the same idempotency).
     assert encode_request(plain) == (b'{"v":1,"id":"p","tenant":"acme","postings":[{"source":"alice",'
                                      b'"destination":"bob","amount":7,"asset":"USD/2"}],"idempotency_key":"key-1",'
                                      b'"metadata":{"a":"b"},"reference":"ref"}')
     assert plain.fingerprint().hex() == "4e776880130bf1d77c6e0c60908b176ca4ea005c3fdc6f0be08ecb118a03b208"
-    hold = TransactionRequest("h", T, (Posting("alice", "bob", 7, USD),), kind=HOLD, expires_in_s=60)
+    hold = HoldRequest(id="h", tenant=T, postings=(Posting("alice", "bob", 7, USD),), expires_in_s=60)
     assert hold.fingerprint().hex() == "4b32ba19728ff353c0cd70a89c3910b762dd5b3f5d4a9321f8c9d99e18e25c6a"
-    conditioned = TransactionRequest("p", T, plain.postings, "key-1", {"a": "b"}, "ref", amount_max=frozenset({0}))
+    conditioned = TransferRequest(id="p", tenant=T, postings=plain.postings, idempotency_key="key-1",
+                                  metadata={"a": "b"}, reference="ref", amount_max=frozenset({0}))
     assert conditioned.fingerprint() != plain.fingerprint()
 
 

@@ -12,7 +12,12 @@ from ledger.decisions import (
     decide_tenant,
 )
 from ledger.positions import Position
-from ledger.requests import Posting, TenantRequest, TransactionRequest
+from ledger.requests import (
+    Posting,
+    TenantRequest,
+    TransactionRequest,
+    TransferRequest,
+)
 from ledger.validation import AMOUNT_MAX
 
 T = "acme"
@@ -20,7 +25,8 @@ T = "acme"
 
 def tx(id: str, *postings: tuple[str, str, int], key: str | None = None, asset: str = "USD/2",
        reference: str | None = None) -> TransactionRequest:
-    return TransactionRequest(id, T, tuple(Posting(s, d, a, asset) for s, d, a in postings), key, {}, reference)
+    return TransferRequest(id=id, tenant=T, postings=tuple(Posting(s, d, a, asset) for s, d, a in postings),
+                           idempotency_key=key, metadata={}, reference=reference)
 
 
 def book() -> Ledger:
@@ -127,7 +133,8 @@ def test_keys_and_balances_are_per_tenant() -> None:
     ledger = book()
     ledger.tenants["other"] = True
     run(ledger, tx("1", ("@world", "alice", 5), key="k"))
-    other = TransactionRequest("1", "other", (Posting("alice", "bob", 1, "USD/2"),), "k")
+    other = TransferRequest(id="1", tenant="other", postings=(Posting("alice", "bob", 1, "USD/2"),),
+                            idempotency_key="k")
     outcome = decide(ledger, other)
     assert (outcome.status, outcome.reason, outcome.replay_of) == ("rejected", INSUFFICIENT_FUNDS, None)
 

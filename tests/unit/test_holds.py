@@ -17,7 +17,18 @@ from ledger.decisions import (
     decide,
 )
 from ledger.positions import Position
-from ledger.requests import CAPTURE, HOLD, REVERSE, VOID, Posting, TransactionRequest
+from ledger.requests import (
+    CAPTURE,
+    REVERSE,
+    VOID,
+    CaptureRequest,
+    HoldRequest,
+    Posting,
+    ReverseRequest,
+    TransactionRequest,
+    TransferRequest,
+    VoidRequest,
+)
 
 T = "acme"
 USD = "USD/2"
@@ -31,16 +42,22 @@ def book() -> Ledger:
 
 
 def transfer(id: str, source: str, destination: str, amount: int) -> TransactionRequest:
-    return TransactionRequest(id, T, (Posting(source, destination, amount, USD),))
+    return TransferRequest(id=id, tenant=T, postings=(Posting(source, destination, amount, USD),))
 
 
 def hold(id: str, *postings: tuple[str, str, int], expires_in_s: int = 60) -> TransactionRequest:
-    return TransactionRequest(id, T, tuple(Posting(s, d, a, USD) for s, d, a in postings), kind=HOLD,
-                              expires_in_s=expires_in_s)
+    return HoldRequest(id=id, tenant=T, postings=tuple(Posting(s, d, a, USD) for s, d, a in postings),
+                       expires_in_s=expires_in_s)
 
 
 def act(id: str, kind: str, target: str, amount: int | None = None) -> TransactionRequest:
-    return TransactionRequest(id, T, (), kind=kind, target=target, amount=amount)
+    """A capture or reversal of `target` (of `amount` of it), or a void of the hold `target`."""
+    if kind == CAPTURE:
+        return CaptureRequest(id=id, tenant=T, hold=target, amount=amount)
+    if kind == REVERSE:
+        return ReverseRequest(id=id, tenant=T, transaction=target, amount=amount)
+    assert kind == VOID and amount is None
+    return VoidRequest(id=id, tenant=T, hold=target)
 
 
 def run(ledger: Ledger, request: TransactionRequest, now_ms: int = 0, offset: int = 0) -> Outcome:
@@ -157,9 +174,10 @@ def test_an_invalid_record_kept_under_its_id_is_not_reversible_whether_carried_o
 
 def test_a_repeats_id_stands_for_its_original_hold_and_transaction() -> None:
     ledger = book()
-    placed = TransactionRequest("h1", T, (Posting("alice", "shop", 10, USD),), "k", kind=HOLD, expires_in_s=60)
+    placed = HoldRequest(id="h1", tenant=T, postings=(Posting("alice", "shop", 10, USD),), idempotency_key="k",
+                         expires_in_s=60)
     run(ledger, placed)
-    repeat = TransactionRequest("h1-retry", T, placed.postings, "k", kind=HOLD, expires_in_s=60)
+    repeat = HoldRequest(id="h1-retry", tenant=T, postings=placed.postings, idempotency_key="k", expires_in_s=60)
     outcome = run(ledger, repeat)
     assert outcome.replay_of is not None and ledger.remember_replay(repeat, outcome.replay_of)
     captured = run(ledger, act("c1", CAPTURE, "h1-retry"))
@@ -171,8 +189,9 @@ def test_several_postings_reverse_whole_once_however_large() -> None:
     ledger = Ledger(tenants={T: True})
     big = 2**62
     # Amounts that add up past int64 (each balance stays within it): `reversed` must not sum them.
-    assert run(ledger, TransactionRequest("t1", T, (Posting("@world", "a", big, USD), Posting("a", "b", big, USD),
-                                                    Posting("b", "c", big, USD)))).status == "committed"
+    assert run(ledger, TransferRequest(id="t1", tenant=T, postings=(
+        Posting("@world", "a", big, USD), Posting("a", "b", big, USD), Posting("b", "c", big, USD)))
+               ).status == "committed"
     reversal = run(ledger, act("r1", REVERSE, "t1"))
     assert (reversal.status, reversal.reversed) == ("committed", 1)
     assert ledger.originals[(T, "t1")].reversed == 1
@@ -182,7 +201,8 @@ def test_several_postings_reverse_whole_once_however_large() -> None:
 def test_a_partial_amount_on_several_postings_names_its_reason() -> None:
     # Issue 21 (9): it was rejected `invalid`, with no reason.
     ledger = book()
-    run(ledger, TransactionRequest("t1", T, (Posting("alice", "bob", 10, USD), Posting("alice", "carol", 15, USD))))
+    run(ledger, TransferRequest(id="t1", tenant=T,
+                                postings=(Posting("alice", "bob", 10, USD), Posting("alice", "carol", 15, USD))))
     run(ledger, hold("h1", ("alice", "bob", 5), ("alice", "carol", 5)))
     assert run(ledger, act("r1", REVERSE, "t1", 5)).reason == AMOUNT_NEEDS_ONE_POSTING
     assert run(ledger, act("c1", CAPTURE, "h1", 5)).reason == AMOUNT_NEEDS_ONE_POSTING
@@ -192,7 +212,7 @@ def test_a_hold_on_a_system_account_never_puts_available_past_int64() -> None:
     # Issue 21 (3): balance and held were checked, available = balance - held was not, and reads failed.
     ledger = Ledger(tenants={T: True})
     low = -(2**63) + 10
-    run(ledger, TransactionRequest("t1", T, (Posting("@world", "alice", -low, USD),)))
+    run(ledger, TransferRequest(id="t1", tenant=T, postings=(Posting("@world", "alice", -low, USD),)))
     assert ledger.balance((T, "@world", USD)) == low
     assert run(ledger, hold("h1", ("@world", "bob", 11))).reason == OVERFLOW
     assert run(ledger, hold("h2", ("@world", "bob", 10))).status == "committed"

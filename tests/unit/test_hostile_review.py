@@ -18,7 +18,11 @@ from ledger.decisions import IDEMPOTENCY_CONFLICT, Ledger
 from ledger.errors import InvalidRequest, MalformedJson
 from ledger.fold import BatchRows, Record, decode_all, fold_batch
 from ledger.placement import partition_for
-from ledger.requests import BatchRequest, Posting, TransactionRequest
+from ledger.requests import (
+    BatchRequest,
+    Posting,
+    TransferRequest,
+)
 from ledger.validation import check_address, check_id, parse_items
 
 TENANT = "acme"
@@ -91,7 +95,8 @@ def test_a_batch_whose_items_share_a_key_is_refused() -> None:
 
 def batch(offset: int, batch_id: str, ids: list[str], key: str | None, amount: int = 5,
           atomic: bool = True) -> Record:
-    items = tuple(TransactionRequest(i, TENANT, (Posting("@world", "alice", amount, "USD/2"),)) for i in ids)
+    items = tuple(TransferRequest(id=i, tenant=TENANT, postings=(Posting("@world", "alice", amount,
+                                                                         "USD/2"),)) for i in ids)
     value = encode_request(BatchRequest(batch_id, TENANT, items, key, atomic))
     return Record(HOME, offset, TENANT.encode(), value, 1_700_000_000_000)
 
@@ -134,7 +139,7 @@ def test_a_key_bound_by_one_request_conflicts_with_a_batch_and_back() -> None:
 
 
 def test_a_batch_without_a_key_keeps_its_bytes_on_the_log() -> None:
-    items = (TransactionRequest("a1", TENANT, (Posting("@world", "alice", 5, "USD/2"),)),)
+    items = (TransferRequest(id="a1", tenant=TENANT, postings=(Posting("@world", "alice", 5, "USD/2"),)),)
     assert encode_request(BatchRequest("b1", TENANT, items)) == orjson.dumps(
         {"v": 1, "kind": "batch", "id": "b1", "tenant": TENANT, "transactions": [
             {"id": "a1", "postings": [POSTING], "idempotency_key": None, "metadata": {}, "reference": None}]})
@@ -191,7 +196,8 @@ def test_other_iso8601_forms_are_refused(raw: str) -> None:
 
 def test_a_batchs_fingerprint_is_computed_once() -> None:
     # A repeat under a bound key compared the whole batch's digest once per item: quadratic in its size.
-    items = tuple(TransactionRequest(f"a{i}", TENANT, (Posting("@world", "alice", 5, "USD/2"),)) for i in range(3))
+    items = tuple(TransferRequest(id=f"a{i}", tenant=TENANT, postings=(Posting("@world", "alice", 5, "USD/2"),))
+                  for i in range(3))
     batch_request = BatchRequest("b1", TENANT, items, "k")
     assert batch_request.fingerprint() is batch_request.fingerprint()
 
@@ -201,10 +207,11 @@ def test_a_batch_refused_for_an_items_key_leaves_its_own_key_free() -> None:
     single = Record(HOME, 0, TENANT.encode(), orjson.dumps(
         {"v": 1, "id": "s1", "tenant": TENANT, "postings": [POSTING], "idempotency_key": "item-key"}),
         1_700_000_000_000)
-    conflicting = BatchRequest("b1", TENANT, (TransactionRequest("x1", TENANT, (Posting("@world", "bob", 9, "USD/2"),),
-                                                                 "item-key"),), "batch-key")
-    fixed = BatchRequest("b2", TENANT, (TransactionRequest("y1", TENANT, (Posting("@world", "bob", 9, "USD/2"),)),),
-                         "batch-key")
+    conflicting = BatchRequest("b1", TENANT, (TransferRequest(
+        id="x1", tenant=TENANT, postings=(Posting("@world", "bob", 9, "USD/2"),), idempotency_key="item-key"),),
+        "batch-key")
+    fixed = BatchRequest("b2", TENANT, (TransferRequest(
+        id="y1", tenant=TENANT, postings=(Posting("@world", "bob", 9, "USD/2"),)),), "batch-key")
     records = [single] + [Record(HOME, n + 1, TENANT.encode(), encode_request(b), 1_700_000_000_000)
                           for n, b in enumerate((conflicting, fixed))]
     rows = fold(ledger, records)

@@ -12,7 +12,11 @@ from ledger.errors import InvalidRequest
 from ledger.fold import BatchRows, Record, decode_all, fold_batch
 from ledger.placement import partition_for
 from ledger.positions import PositionKey
-from ledger.requests import MONITOR, TransactionRequest, Watch
+from ledger.requests import (
+    MONITOR,
+    MonitorRequest,
+    Watch,
+)
 from ledger.validation import parse_body
 
 PARTITIONS = 4
@@ -144,8 +148,7 @@ def test_a_transaction_with_two_legs_on_the_account_is_judged_before_and_after_i
 
 
 def test_the_wire_format_round_trips_and_refuses_what_it_should() -> None:
-    request = TransactionRequest(id="m1", tenant=TENANT, postings=(), kind=MONITOR,
-                                 watch=Watch("alice", "USD/2", -5, None))
+    request = MonitorRequest(id="m1", tenant=TENANT, watch=Watch("alice", "USD/2", -5, None))
     assert decode_request(TENANT.encode(), encode_request(request)) == request
     for body in ({"account": "alice", "asset": "USD/2"}, {"account": "alice", "asset": "USD/2", "below": 1.5},
                  {"account": "alice", "asset": "USD/2", "below": 2**63}, {"asset": "USD/2", "below": 1},

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from ledger.decisions import ACCOUNT_FROZEN, INSUFFICIENT_FUNDS, OVERDRAFT_IN_USE, Ledger
-from ledger.requests import CAPTURE, POLICY, VOID, TransactionRequest
+from ledger.requests import (
+    CAPTURE,
+    VOID,
+    PolicyRequest,
+    TransactionRequest,
+)
 from tests.unit.test_holds import USD, T, act, book, hold, run, transfer
 
 
 def policy(id: str, account: str, limits: dict[str, int] | None = None, frozen: bool = False) -> TransactionRequest:
-    return TransactionRequest(id, T, (), kind=POLICY, target=account, limits=tuple(sorted((limits or {}).items())),
-                              frozen=frozen, metadata={"tier": "gold"})
+    return PolicyRequest(id=id, tenant=T, limits=tuple(sorted((limits or {}).items())), frozen=frozen,
+                         metadata={"tier": "gold"}, account=account)
 
 
 def test_an_overdraft_limit_lets_available_go_that_far_below_zero_and_no_further() -> None:

@@ -17,7 +17,7 @@ from ledger.codec import decode_request, encode_request
 from ledger.decisions import Ledger
 from ledger.fold import BatchRows, Invalid, Record, decode_all, fold_batch
 from ledger.positions import Position, PositionKey
-from ledger.requests import BatchRequest, Tick
+from ledger.requests import BatchRequest, Tick, TransactionRequest
 
 FIXTURE = Path(__file__).parent / "data" / "recorded_log.json"
 PARTITIONS = 4
@@ -36,7 +36,7 @@ def fingerprints(records: list[Record]) -> dict[str, list[str]]:
         if isinstance(item, BatchRequest):
             out[f"{record.partition}-{record.offset}"] = [item.fingerprint().hex()] + [
                 i.fingerprint().hex() for i in item.items]
-        elif hasattr(item, "fingerprint"):
+        elif isinstance(item, TransactionRequest):
             out[f"{record.partition}-{record.offset}"] = [item.fingerprint().hex()]
     return out
 
