@@ -38,14 +38,14 @@ from ledger.fold import (
     POISON_AS_EVENT,
     BatchRows,
     Decoded,
-    Invalid,
     Record,
     decode_all,
     error_text,
     fold_batch,
 )
+from ledger.plan import Needs
 from ledger.positions import Position, PositionKey
-from ledger.requests import BatchRequest, TenantRequest, Tick, TransactionRequest
+from ledger.requests import Tick
 from projections.writer import Publish, begin, committed_offsets, open_batch, poison, preload, store, transient
 
 log = logging.getLogger("ledger.projector")
@@ -287,14 +287,7 @@ class Pipeline:
         return Prepared(records, rows, base, schema, len(fresh), time.perf_counter() - started)
 
     async def _preload(self, conn: asyncpg.Connection, decoded: list[Decoded], due: dict[int, int]) -> None:
-        requests = [d for d in decoded if isinstance(d, TransactionRequest)]
-        requests += [item for d in decoded if isinstance(d, BatchRequest) for item in d.items]
-        ids = {(d.tenant, d.id) for d in requests}
-        ids |= {d.identity for d in decoded if isinstance(d, Invalid) and d.identity is not None}
-        tenants = {d.tenant for d in decoded if isinstance(d, TransactionRequest | TenantRequest | BatchRequest)}
-        keyed = {(d.tenant, d.id, d.idempotency_key) for d in decoded
-                 if isinstance(d, BatchRequest) and d.idempotency_key is not None}
-        await preload(conn, requests, ids, tenants, due, self.ledger, keyed)
+        await preload(conn, Needs(decoded), due, self.ledger)
 
     async def _write_after(self, before: asyncio.Task[BatchResult] | None, batch: Prepared) -> BatchResult:
         """Write `batch` once the write queued before it has committed; not at all if that one failed."""

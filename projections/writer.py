@@ -24,23 +24,13 @@ from ledger.decisions import (
     Monitor,
     Original,
     Policy,
-    resolved,
-    touched,
 )
 from ledger.fold import BALANCE_COLUMNS, EPOCH, BatchRows
+from ledger.plan import Needs
 from ledger.positions import Position
 from ledger.requests import (
-    CaptureRequest,
-    HoldRequest,
-    PolicyRequest,
     Posting,
-    ReverseRequest,
-    TransactionRequest,
-    TransferRequest,
-    UnmonitorRequest,
-    VoidRequest,
     Watch,
-    target_of,
 )
 from ledger.rows import (
     ACCOUNT_COLUMNS,
@@ -272,27 +262,19 @@ def _track(ledger: Ledger, row: asyncpg.Record, keys: set[BalanceKey]) -> None:
     keys.update((hold.tenant, p.destination, p.asset) for p in hold.postings)
 
 
-async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], ids: set[tuple[str, str]],
-                  tenants: set[str], due: dict[int, int], ledger: Ledger,
-                  keyed_batches: Iterable[tuple[str, str, str]] = ()) -> None:
-    """Load into `ledger` everything the batch touches that it lacks: the holds and transactions its
-    requests name, the open holds of its partitions due by `due` (ms), then every balance, id, idempotency
-    key and tenant; of each keyed batch (tenant, id, key), whether its id is taken and what its key binds."""
-    keyed = list(keyed_batches)
-    batch_ids = {(t, i) for t, i, _ in keyed if (t, i) not in ledger.batches}
+async def preload(conn: asyncpg.Connection, needs: Needs, due: dict[int, int], ledger: Ledger) -> None:
+    """Load into `ledger` what `needs` names at each of its steps (`ledger.plan`), and the open holds of the
+    batch's partitions due by `due` (ms)."""
+    batch_ids = needs.batch_ids(ledger)
     if batch_ids:
         for row in await conn.fetch(SELECT_BATCHES, *_columns(batch_ids, 2)):
             ledger.batches[(row["tenant"], row["id"])] = tuple(row["items"])
-    # Ids first, the targets' included: a target may be a repeat's id, which stands for its original.
-    targets = {(r.tenant, target) for r in requests if (target := target_of(r)) is not None}
-    wanted = {i for i in ids | targets if i not in ledger.by_id}
+    wanted = needs.decided_ids(ledger)
     if wanted:
         for row in await conn.fetch(SELECT_BY_ID, *_columns(wanted, 2)):
             ledger.by_id[(row["tenant"], row["asked"])] = decided_from_row(row)
     held_keys: set[BalanceKey] = set()
-    holds = {(r.tenant, resolved(ledger, r.tenant, r.hold)) for r in requests
-             if isinstance(r, CaptureRequest | VoidRequest)}
-    holds = {k for k in holds if k not in ledger.holds}
+    holds = needs.holds(ledger)
     if holds:
         for row in await conn.fetch(SELECT_HOLDS, *_columns(holds, 2)):
             _track(ledger, row, held_keys)
@@ -301,29 +283,19 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
         until = EPOCH + timedelta(milliseconds=min(max(due.values()), DUE_MS_MAX))
         for row in await conn.fetch(SELECT_DUE_HOLDS, list(due), until):
             _track(ledger, row, held_keys)
-    removed = {(r.tenant, resolved(ledger, r.tenant, r.monitor)) for r in requests if isinstance(r, UnmonitorRequest)}
-    removed = {k for k in removed if k not in ledger.monitors}
+    removed = needs.monitors(ledger)
     if removed:
         for row in await conn.fetch(SELECT_MONITORS, *_columns(removed, 2)):
             ledger.learn_monitor(Monitor(row["tenant"], row["id"], Watch(row["account"], row["asset"], row["below"],
                                                                          row["above"]), row["active"]))
-    originals = {(r.tenant, resolved(ledger, r.tenant, r.transaction)) for r in requests
-                 if isinstance(r, ReverseRequest)}
-    originals = {k for k in originals if k not in ledger.originals}
+    originals = needs.originals(ledger)
     if originals:
         for row in await conn.fetch(SELECT_ORIGINALS, *_columns(originals, 2)):
             ledger.originals[(row["tenant"], row["id"])] = Original(row["kind"], row["status"],
                                                                   _postings(row["postings"]), row["reversed"])
-    # Policies of every account the batch moves money on, and of those it sets a policy for.
     # Every balance row the fold may write carries its account's limit: those of expiring holds too.
-    moved = touched(requests, ledger) | held_keys
-    accounts = {(k[0], k[1]) for k in moved}
-    policies = [r for r in requests if isinstance(r, PolicyRequest)]
-    accounts |= {(r.tenant, r.account) for r in policies}
-    # Versions are read with policies (one row per account): `if_version` may name an account nothing moves.
-    accounts |= {(r.tenant, account) for r in requests if isinstance(r, TransferRequest | HoldRequest)
-                 for account, _ in r.if_version}
-    accounts = {a for a in accounts if a not in ledger.policies}
+    moved = needs.moved(ledger, held_keys)
+    accounts = needs.accounts(ledger, moved)
     if accounts:
         for row in await conn.fetch(SELECT_POLICIES, *_columns(accounts, 2)):
             if row["monitor"] is not None:
@@ -335,10 +307,7 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
             ledger.versions[(row["tenant"], row["account"])] = row["version"]
         for account in accounts:  # no row: no policy (remembered, so it is not asked again)
             ledger.policies.setdefault(account, NO_POLICY)
-    # Comprehensions, not `set - dict.keys()`: that iterates the whole (carried, large) dict every batch.
-    # A policy's rows include those of the limits it replaces, known only now that the policies are loaded.
-    moved |= touched(policies, ledger)
-    keys: set[BalanceKey] = {k for k in moved if k not in ledger.balances}
+    keys = needs.balances(ledger, moved)
     if keys:
         for row in await conn.fetch(SELECT_BALANCES, *_columns(keys, 3)):
             key = (row["tenant"], row["account"], row["asset"])
@@ -347,8 +316,7 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
             ledger.turnover[key] = (int(row["credits_total"]), row["entries_count"])
         for key in keys:  # no row yet: nothing posted, nothing held
             ledger.balances.setdefault(key, 0)
-    idem = {(r.tenant, r.idempotency_key) for r in requests if r.idempotency_key is not None}
-    idem = {k for k in idem | {(t, k) for t, _, k in keyed} if k not in ledger.by_key}
+    idem = needs.keys(ledger)
     if idem:
         items: set[tuple[str, str]] = set()
         for row in await conn.fetch(SELECT_BY_KEY, *_columns(idem, 2)):
@@ -359,11 +327,11 @@ async def preload(conn: asyncpg.Connection, requests: list[TransactionRequest], 
         if items:
             for row in await conn.fetch(SELECT_BY_ID, *_columns(items, 2)):
                 ledger.by_id[(row["tenant"], row["asked"])] = decided_from_row(row)
-    unchained = [t for t in tenants if t not in ledger.chains]
+    unchained = needs.unchained(ledger)
     if unchained:
         for row in await conn.fetch(SELECT_CHAINS, unchained):
             ledger.chains[row["tenant"]] = (row["count"], bytes(row["head"]).hex())
-    unknown = [t for t in tenants if t not in ledger.tenants]
+    unknown = needs.unknown_tenants(ledger)
     if unknown:
         rows = await conn.fetch(SELECT_TENANTS, unknown)
         found = {row["id"] for row in rows}
