@@ -17,7 +17,6 @@ import contextlib
 import logging
 import logging.config
 import os
-import random
 import signal
 import socket
 import sys
@@ -41,6 +40,7 @@ from dispatch.signing import sign
 from infra import logs
 from infra import settings as settings_mod
 from infra.kafka import PacedCommits
+from infra.retry import Backoff
 from infra.settings import Settings
 from ledger.chain import CHAINED_KINDS
 from ledger.positions import PositionKey
@@ -61,8 +61,9 @@ CLAIM_PER_ENDPOINT = 250  # claimed per endpoint per poll: one endpoint's backlo
 QUEUE_MAX = 1000  # deliveries waiting per endpoint in this process; past it they wait in PostgreSQL
 BATCH_PER_SENDER = 4  # a runner takes up to this many deliveries per sender the endpoint may run at once
 RUNNERS_PER_ENDPOINT = 4  # batches of one endpoint in progress at once: one's round trips overlap another's sends
-RETRY_BASE_S = 5.0
-RETRY_CAP_S = 3600.0
+# A failed delivery is retried 5 s after, doubling up to an hour, with jitter (the first retry within 10 s, as
+# the contract says; a crowd of failures spreads out).
+RETRY = Backoff(first_s=5.0, cap_s=3600.0, jitter=True)
 GIVE_UP_AFTER = timedelta(hours=24)
 NOT_READY_RETRY_S = 0.5  # the decision is published before its batch commits: its rows may not be there yet
 PROJECTED_WAIT_S = 5.0  # how long the consumer waits for the projection to commit the decisions it read
@@ -169,14 +170,6 @@ class Delivery(NamedTuple):
     tenant: str
     attempts: int
     give_up_at: datetime
-
-
-def retry_delay_s(attempts: int, rng: random.Random | None = None) -> float:
-    """After `attempts` failures: 5 s doubling up to an hour, each with full jitter over its upper half (the
-    first retry within 10 s, as the contract says; a crowd of failures spreads out)."""
-    base = min(RETRY_BASE_S * 2 ** min(attempts - 1, 20), RETRY_CAP_S)
-    draw = float(rng.random() if rng is not None else random.random())
-    return float(base / 2 + draw * base / 2)
 
 
 class Directory:
@@ -510,7 +503,7 @@ class Dispatcher:
         if datetime.now(UTC) >= event["give_up_at"]:
             DELIVERIES.labels("gave_up").inc()
             return Outcome(event["id"], attempt, status, error, "failed", 0.0)
-        return Outcome(event["id"], attempt, status, error, "pending", retry_delay_s(attempt))
+        return Outcome(event["id"], attempt, status, error, "pending", RETRY.delay(attempt))
 
     async def _record(self, key: tuple[str, str], outcomes: list[Outcome]) -> None:
         assert self.pool is not None

@@ -33,6 +33,7 @@ from typing import TypeVar
 
 import asyncpg
 
+from infra.retry import Backoff, retrying
 from ledger.decisions import Ledger
 from ledger.fold import (
     POISON_AS_EVENT,
@@ -59,7 +60,7 @@ PASSED_OVER = Tick()  # what a record `keep` refuses is folded as: its time only
 GC_THRESHOLDS = (50_000, 20, 100)
 # Past this many carried balances, ids, keys and tenants, the state is dropped (once no write is in flight).
 CARRIED_KEYS_MAX = 500_000
-RECONNECT_BACKOFF_S_MAX = 2.0
+RECONNECT_BACKOFF = Backoff(first_s=0.05, cap_s=2.0)
 # How long one database call is retried against a fault of the surroundings before the worker gives up (and
 # exits for a supervisor to restart it). Calls follow one another (bisection, stale redos), so the worker as a
 # whole is bounded by the projector's watchdog (30 s without progress while records wait) and by SIGTERM.
@@ -94,10 +95,6 @@ class Stale(Exception):
 
 class OffsetGap(RuntimeError):
     """Records arrived past the projection's next offset: applying them would skip the ones in between."""
-
-
-class RetriesExhausted(RuntimeError):
-    """A fault of the surroundings outlasted the retry deadline."""
 
 
 class Skipped(Exception):
@@ -367,33 +364,26 @@ class Pipeline:
         return await write(conn, await self._prepare(conn, records), self.publish, self.schema)
 
     async def _retrying(self, name: str, call: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """`call` on the named connection; a transient fault reopens it and retries until the deadline."""
-        deadline = time.monotonic() + self.retry_deadline_s
-        attempt = 0
-        while True:
-            try:
-                conn = self.connections[name]
-                if conn is None or conn.is_closed():
-                    conn = await self.connect()
-                    # A plan per execution: asyncpg prepares the batch's statements, and PostgreSQL's generic plan,
-                    # made while a projection's tables were nearly empty, joined a batch's 5,000 ids to
-                    # `transactions` by scanning it for each (21 s for one batch, past the watchdog, measured
-                    # during the fairness bench on a fresh database); a custom plan sees the table as it is.
-                    await conn.execute("SET plan_cache_mode = force_custom_plan")
-                    self.connections[name] = conn
-                return await call(conn)
-            except Exception as e:
-                current = asyncio.current_task()
-                if not transient(e) or (current is not None and current.cancelling()):
-                    raise  # a cancelled call is not retried, whatever its connection says
-                if time.monotonic() >= deadline:
-                    raise RetriesExhausted(f"PostgreSQL or Kafka still failing after {self.retry_deadline_s} s") \
-                        from e
-                delay = min(RECONNECT_BACKOFF_S_MAX, 0.05 * 2**attempt, max(0.0, deadline - time.monotonic()))
-                attempt += 1
-                log.warning("PostgreSQL or Kafka unavailable (%r); retrying in %.2f s", e, delay)
-                broken = self.connections[name]
-                if broken is not None:
-                    broken.terminate()
-                self.connections[name] = None
-                await asyncio.sleep(delay)
+        """`call` on the named connection; a transient fault reopens it and retries until the deadline (the
+        project's one retry policy, `infra.retry`)."""
+
+        async def attempt() -> T:
+            conn = self.connections[name]
+            if conn is None or conn.is_closed():
+                conn = await self.connect()
+                # A plan per execution: asyncpg prepares the batch's statements, and PostgreSQL's generic plan,
+                # made while a projection's tables were nearly empty, joined a batch's 5,000 ids to
+                # `transactions` by scanning it for each (21 s for one batch, past the watchdog, measured
+                # during the fairness bench on a fresh database); a custom plan sees the table as it is.
+                await conn.execute("SET plan_cache_mode = force_custom_plan")
+                self.connections[name] = conn
+            return await call(conn)
+
+        def drop(_: BaseException) -> None:
+            broken = self.connections[name]
+            if broken is not None:
+                broken.terminate()
+            self.connections[name] = None
+
+        return await retrying(attempt, transient=transient, backoff=RECONNECT_BACKOFF, deadline_s=self.retry_deadline_s,
+                              what="PostgreSQL or Kafka", on_retry=drop, log=log)

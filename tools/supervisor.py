@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.local import ROOT, say
+from infra.retry import Backoff
 
 STOP_TIMEOUT_S = 30.0
 # A process that keeps dying is restarted after a growing pause (1 s, 2 s, ... 30 s), never given up on: the
 # cluster's promise is that whatever is killed comes back. One that ran a minute starts over at the shortest.
-BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 30.0
+RESTART = Backoff(first_s=0.5, cap_s=30.0)  # after each exit that followed a short run
 HEALTHY_RUN_S = 60.0
 
 
@@ -55,6 +55,7 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     backoff_s: float = 0.0
+    failures: int = 0  # exits in a row, each after a short run
     restart_at: float | None = None
     restarts: int = 0
     # Processes it started (pg_autoctl's own workers), seen while it ran: a restart ends those left behind.
@@ -78,8 +79,8 @@ class Child:
             return
         if self.restart_at is None:
             ran_s = now - self.started_at
-            self.backoff_s = BACKOFF_FIRST_S if ran_s > HEALTHY_RUN_S or not self.backoff_s \
-                else min(self.backoff_s * 2, BACKOFF_MAX_S)
+            self.failures = 1 if ran_s > HEALTHY_RUN_S else self.failures + 1
+            self.backoff_s = RESTART.delay(self.failures)
             self.restart_at = now + self.backoff_s
             say(f"{self.name} ({self.role}, pid {self.proc.pid}) exited with status {self.proc.returncode}; "
                 f"restarting it in {self.backoff_s:.1f} s (log: {self.log})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from dispatch.app import GIVE_UP_AFTER, retry_delay_s
+from dispatch.app import GIVE_UP_AFTER, RETRY
 from dispatch.events import events_of, wanted
 
 KEY = bytes(range(32))
@@ -50,10 +50,10 @@ def test_subscriptions() -> None:
 def test_the_first_retry_is_within_10_s_and_retries_last_past_a_day() -> None:
     rng = random.Random(1)
     for _ in range(200):
-        assert 2.5 <= retry_delay_s(1, rng) <= 5.0
-        assert retry_delay_s(40, rng) <= 3600
+        assert 2.5 <= RETRY.delay(1, rng) <= 5.0
+        assert RETRY.delay(40, rng) <= 3600
     total, attempts = 0.0, 0
     while total < GIVE_UP_AFTER.total_seconds():
         attempts += 1
-        total += retry_delay_s(attempts, rng)
+        total += RETRY.delay(attempts, rng)
     assert 20 <= attempts <= 60  # about hourly once the backoff reaches its cap
