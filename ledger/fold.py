@@ -16,27 +16,12 @@ import orjson
 
 from ledger.chain import CHAINED_KINDS, canonical, timestamp_text
 from ledger.codec import decode_request, encode_outcome, salvage_identity
-from ledger.decisions import (
-    EXPIRED,
-    HELD,
-    INVALID,
-    KEY_UNBOUND,
-    WRONG_PARTITION,
-    BalanceKey,
-    Hold,
-    Ledger,
-    Monitor,
-    Outcome,
-    changed_accounts,
-    decide,
-    decide_tenant,
-    first_failure,
-    hold_accounts,
-    touched,
-)
+from ledger.decisions import batch_replay, decide, decide_tenant, first_failure, touched
 from ledger.errors import InvalidRequest
+from ledger.memory import Ledger
 from ledger.placement import partition_for
 from ledger.positions import Position, PositionKey
+from ledger.reasons import INVALID, KEY_UNBOUND, WRONG_PARTITION
 from ledger.requests import (
     HOLD,
     TRANSFER,
@@ -66,6 +51,7 @@ from ledger.rows import (
     TenantRow,
     TransactionRow,
 )
+from ledger.state import EXPIRED, HELD, BalanceKey, Hold, Monitor, Outcome, changed_accounts, hold_accounts
 from ledger.validation import POSTINGS_MAX, TENANT_RE, UNSTORABLE_RE
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -383,7 +369,7 @@ def _fold_batch_request(ledger: Ledger, rows: BatchRows, record: Record, at: dat
     if prior is not None:
         originals = ledger.repeated_items(batch, prior)  # once per record: a fingerprint reads every item
         for index, item in enumerate(batch.items):
-            outcome = ledger.batch_replay(item, None if originals is None else originals[index])
+            outcome = batch_replay(ledger, item, None if originals is None else originals[index])
             _fold_request(ledger, rows, record, at, item, forced=outcome, leg_base=index * LEGS_PER_ITEM)
         return
     reason = first_failure(ledger, batch.items, record.timestamp_ms, record.position) if batch.atomic else None

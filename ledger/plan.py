@@ -11,8 +11,9 @@ what the ledger (carried from batch to batch) already holds: comprehensions over
 
 from __future__ import annotations
 
-from ledger.decisions import BalanceKey, Ledger, resolved, touched
+from ledger.decisions import touched
 from ledger.fold import Decoded, Invalid
+from ledger.memory import Ledger
 from ledger.requests import (
     BatchRequest,
     CaptureRequest,
@@ -26,6 +27,7 @@ from ledger.requests import (
     VoidRequest,
     target_of,
 )
+from ledger.state import BalanceKey, resolved
 
 Named = set[tuple[str, str]]  # (tenant, id or account)
 

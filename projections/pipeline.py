@@ -34,7 +34,6 @@ from typing import TypeVar
 import asyncpg
 
 from infra.retry import Backoff, retrying
-from ledger.decisions import Ledger
 from ledger.fold import (
     POISON_AS_EVENT,
     BatchRows,
@@ -44,6 +43,7 @@ from ledger.fold import (
     error_text,
     fold_batch,
 )
+from ledger.memory import Ledger
 from ledger.plan import Needs
 from ledger.positions import Position, PositionKey
 from ledger.requests import Tick

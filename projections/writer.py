@@ -15,17 +15,8 @@ import orjson
 from infra.producer import ProduceFailed
 from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
 from ledger.changes import account_key, payloads
-from ledger.decisions import (
-    NO_POLICY,
-    BalanceKey,
-    Decided,
-    Hold,
-    Ledger,
-    Monitor,
-    Original,
-    Policy,
-)
 from ledger.fold import BALANCE_COLUMNS, EPOCH, BatchRows
+from ledger.memory import Ledger
 from ledger.plan import Needs
 from ledger.positions import Position
 from ledger.requests import (
@@ -44,6 +35,7 @@ from ledger.rows import (
     TENANT_COLUMNS,
     TRANSACTION_COLUMNS,
 )
+from ledger.state import NO_POLICY, BalanceKey, Decided, Hold, Monitor, Original, Policy
 
 SCHEMA_RE = re.compile(r"(proj|verify)_[a-z0-9_]{1,40}", re.ASCII)
 # The log an offsets row counts in: the contract's name of the transactions topic, whatever the deployment

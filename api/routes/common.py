@@ -30,7 +30,9 @@ from api.responses import JSON, error
 from api.store import Store
 from infra.settings import Settings
 from ledger.chain import CHAINED_KINDS
-from ledger.decisions import (
+from ledger.errors import InvalidRequest, NotFound, Unavailable
+from ledger.positions import Position, PositionKey
+from ledger.reasons import (
     AMOUNT_NEEDS_ONE_POSTING,
     IDEMPOTENCY_CONFLICT,
     MONITORS_PER_ACCOUNT_MAX,
@@ -38,8 +40,6 @@ from ledger.decisions import (
     OVERDRAFT_IN_USE,
     TOO_MANY_MONITORS,
 )
-from ledger.errors import InvalidRequest, NotFound, Unavailable
-from ledger.positions import Position, PositionKey
 from ledger.requests import (
     HOLD,
     MONITOR,

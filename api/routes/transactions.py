@@ -48,9 +48,9 @@ from api.routes.common import (
 )
 from api.store import Store
 from ledger.chain import GENESIS
-from ledger.decisions import IDEMPOTENCY_CONFLICT
 from ledger.errors import InvalidRequest, NotFound
 from ledger.positions import Position, PositionKey
+from ledger.reasons import IDEMPOTENCY_CONFLICT
 from ledger.requests import (
     CAPTURE,
     HOLD,

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from infra.kafka import topic_partitions
 from infra.migrate import migrate
-from ledger.decisions import Ledger
 from ledger.fold import BatchRows, Record, decode_all, fold_batch
+from ledger.memory import Ledger
 from ledger.validation import is_system
 from projections.replay import replay
 from tests.conftest import live_projection

@@ -6,19 +6,13 @@ import orjson
 import pytest
 
 from ledger.codec import decode_request, encode_request
-from ledger.decisions import (
-    ASSERTION_FAILED,
-    HELD,
-    INSUFFICIENT_FUNDS,
-    VERSION_CONFLICT,
-    Ledger,
-    Outcome,
-    decide,
-)
+from ledger.decisions import decide
 from ledger.errors import InvalidRequest
 from ledger.fold import BatchRows, Record, decode_all, fold_batch
+from ledger.memory import Ledger
 from ledger.placement import partition_for
 from ledger.positions import Position
+from ledger.reasons import ASSERTION_FAILED, INSUFFICIENT_FUNDS, VERSION_CONFLICT
 from ledger.requests import (
     HOLD,
     VOID,
@@ -32,6 +26,7 @@ from ledger.requests import (
     TransferRequest,
     VoidRequest,
 )
+from ledger.state import HELD, Outcome
 from ledger.validation import CONDITIONS_MAX, parse_body, parse_items
 
 T = "acme"

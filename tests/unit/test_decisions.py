@@ -1,23 +1,16 @@
 from __future__ import annotations
 
-from ledger.decisions import (
-    IDEMPOTENCY_CONFLICT,
-    INSUFFICIENT_FUNDS,
-    OVERFLOW,
-    TENANT_EXISTS,
-    UNKNOWN_TENANT,
-    Ledger,
-    Outcome,
-    decide,
-    decide_tenant,
-)
+from ledger.decisions import decide, decide_tenant
+from ledger.memory import Ledger
 from ledger.positions import Position
+from ledger.reasons import IDEMPOTENCY_CONFLICT, INSUFFICIENT_FUNDS, OVERFLOW, TENANT_EXISTS, UNKNOWN_TENANT
 from ledger.requests import (
     Posting,
     TenantRequest,
     TransactionRequest,
     TransferRequest,
 )
+from ledger.state import Outcome
 from ledger.validation import AMOUNT_MAX
 
 T = "acme"

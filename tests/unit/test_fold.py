@@ -7,7 +7,6 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.decisions import Ledger
 from ledger.fold import (
     POISON_AS_EVENT,
     POISON_AS_TRANSACTION,
@@ -16,6 +15,7 @@ from ledger.fold import (
     decode_all,
     fold_batch,
 )
+from ledger.memory import Ledger
 from ledger.placement import partition_for
 from ledger.positions import Position, PositionKey
 from ledger.rows import TRANSACTION_COLUMNS

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ledger.decisions import (
+from ledger.decisions import decide
+from ledger.memory import Ledger
+from ledger.positions import Position
+from ledger.reasons import (
     AMOUNT_EXCEEDS_HOLD,
     AMOUNT_EXCEEDS_REMAINING,
     AMOUNT_NEEDS_ONE_POSTING,
@@ -12,11 +15,7 @@ from ledger.decisions import (
     NOT_FOUND,
     NOT_REVERSIBLE,
     OVERFLOW,
-    Ledger,
-    Outcome,
-    decide,
 )
-from ledger.positions import Position
 from ledger.requests import (
     CAPTURE,
     REVERSE,
@@ -29,6 +28,7 @@ from ledger.requests import (
     TransferRequest,
     VoidRequest,
 )
+from ledger.state import Outcome
 
 T = "acme"
 USD = "USD/2"

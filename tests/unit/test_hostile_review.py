@@ -14,10 +14,11 @@ from starlette.requests import Request
 
 from api.inputs import check_params, header, parse_time
 from ledger.codec import decode_json, decode_request, encode_request
-from ledger.decisions import IDEMPOTENCY_CONFLICT, Ledger
 from ledger.errors import InvalidRequest, MalformedJson
 from ledger.fold import BatchRows, Record, decode_all, fold_batch
+from ledger.memory import Ledger
 from ledger.placement import partition_for
+from ledger.reasons import IDEMPOTENCY_CONFLICT
 from ledger.requests import (
     BatchRequest,
     Posting,

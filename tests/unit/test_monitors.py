@@ -7,11 +7,12 @@ import orjson
 import pytest
 
 from ledger.codec import decode_request, encode_request
-from ledger.decisions import MONITORS_PER_ACCOUNT_MAX, MONITORS_PER_TENANT_MAX, Ledger
 from ledger.errors import InvalidRequest
 from ledger.fold import BatchRows, Record, decode_all, fold_batch
+from ledger.memory import Ledger
 from ledger.placement import partition_for
 from ledger.positions import PositionKey
+from ledger.reasons import MONITORS_PER_ACCOUNT_MAX, MONITORS_PER_TENANT_MAX
 from ledger.requests import (
     MONITOR,
     MonitorRequest,

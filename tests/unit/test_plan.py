@@ -3,8 +3,8 @@ asks for nothing more."""
 
 from __future__ import annotations
 
-from ledger.decisions import NO_POLICY, Decided, Hold, Ledger, Monitor, Original
 from ledger.fold import Decoded, Invalid
+from ledger.memory import Ledger
 from ledger.plan import Needs
 from ledger.positions import Position
 from ledger.requests import (
@@ -21,6 +21,7 @@ from ledger.requests import (
     VoidRequest,
     Watch,
 )
+from ledger.state import NO_POLICY, Decided, Hold, Monitor, Original
 
 T = "acme"
 USD = "USD/2"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ledger.decisions import ACCOUNT_FROZEN, INSUFFICIENT_FUNDS, OVERDRAFT_IN_USE, Ledger
+from ledger.memory import Ledger
+from ledger.reasons import ACCOUNT_FROZEN, INSUFFICIENT_FUNDS, OVERDRAFT_IN_USE
 from ledger.requests import (
     CAPTURE,
     VOID,

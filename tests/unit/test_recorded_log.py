@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 
 from ledger.codec import decode_request, encode_request
-from ledger.decisions import Ledger
 from ledger.fold import BatchRows, Invalid, Record, decode_all, fold_batch
+from ledger.memory import Ledger
 from ledger.positions import Position, PositionKey
 from ledger.requests import BatchRequest, Tick, TransactionRequest
 
