@@ -15,7 +15,7 @@ from api.log_ends import LogEnds
 from infra.kafka import end_offsets
 from infra.producer import LogProducer, ProduceFailed, RenewingProducer, producer_config
 from ledger.codec import encode_request
-from ledger.errors import Unavailable
+from ledger.errors import AppendUnconfirmed, Unavailable
 from ledger.positions import Position
 from ledger.requests import BatchRequest, TenantRequest, TransactionRequest
 
@@ -32,18 +32,6 @@ WAITING_SCAN_MAX = 1_000  # own appends still waiting looked at, in all, for who
 
 # What the API appends: a tenant's request (never the clock's tick, which the projector writes).
 Appended = TransactionRequest | TenantRequest | BatchRequest
-
-
-class AppendUnconfirmed(Unavailable):
-    """Kafka did not acknowledge in time. The request may still be appended (the producer retries), so the
-    client is told its id: it can look it up, or retry with the same Idempotency-Key."""
-
-    code = "append_unconfirmed"
-
-    def __init__(self, transaction_id: str) -> None:
-        super().__init__("the log (Kafka) did not acknowledge the request in time; it may still be appended: "
-                         "retry with the same Idempotency-Key, or look up the transaction id")
-        self.transaction_id = transaction_id
 
 
 class Appender:
@@ -89,8 +77,8 @@ class Appender:
             async with asyncio.timeout(APPEND_TIMEOUT_S + WAIT_MARGIN_S):
                 acknowledged = await producer.send(self.topic, encode_request(request), request.tenant.encode())
         except (ProduceFailed, TimeoutError) as e:
-            raise AppendUnconfirmed(request.id) from e
-        (position,) = await self._placed([acknowledged], request.id)
+            raise AppendUnconfirmed(request.tenant, request.id) from e
+        (position,) = await self._placed([acknowledged], request.tenant, request.id)
         self.ends.advance(position)
         self._own(position, request.tenant, waited)
         return position
@@ -107,14 +95,14 @@ class Appender:
         except (ProduceFailed, TimeoutError) as e:
             for future in sent:  # their reports are still served; nobody reads them
                 future.cancel()
-            raise AppendUnconfirmed(",".join(r.id for r in requests)) from e
-        positions = await self._placed(acknowledged, ",".join(r.id for r in requests))
+            raise AppendUnconfirmed(requests[0].tenant, ",".join(r.id for r in requests)) from e
+        positions = await self._placed(acknowledged, requests[0].tenant, ",".join(r.id for r in requests))
         for request, position in zip(requests, positions, strict=True):
             self.ends.advance(position)
             self._own(position, request.tenant, waited)
         return positions
 
-    async def _placed(self, acknowledged: list[tuple[int, int | None]], ids: str) -> list[Position]:
+    async def _placed(self, acknowledged: list[tuple[int, int | None]], tenant: str, ids: str) -> list[Position]:
         """The positions of acknowledged records. One acknowledged without an offset (a retry the broker already
         had) is on the log below the partition's end, read now: that end less one is a position at or past it,
         so a client that waits for it (or reads with it as `min_position`) sees the request decided."""
@@ -122,7 +110,7 @@ class Appender:
             return [Position(p, o) for p, o in acknowledged if o is not None]
         ends = await self.log_end()
         if ends is None:
-            raise AppendUnconfirmed(ids)
+            raise AppendUnconfirmed(tenant, ids)
         log.warning("Kafka acknowledged %s without an offset (a retried batch it already had); placed at the "
                     "log's end", ids)
         return [Position(p, o if o is not None else ends[p] - 1) for p, o in acknowledged]

@@ -5,6 +5,7 @@
         outcome = await ledger.outcome(sent, timeout_s=5)   # {"status": "committed", ...}
 """
 
-from client.producer import AppendUnconfirmed, LedgerProducer, OutcomeTimeout, Submitted
+from client.producer import LedgerProducer, OutcomeTimeout, Submitted
+from ledger.errors import AppendUnconfirmed
 
 __all__ = ["AppendUnconfirmed", "LedgerProducer", "OutcomeTimeout", "Submitted"]

@@ -18,7 +18,7 @@ from infra.kafka import topic_partitions
 from infra.producer import LogProducer, ProduceFailed, producer_config
 from infra.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
 from ledger.codec import encode_request
-from ledger.errors import InvalidRequest
+from ledger.errors import AppendUnconfirmed, InvalidRequest
 from ledger.positions import Position, PositionKey
 from ledger.requests import (
     CAPTURE,
@@ -62,16 +62,6 @@ def _postings(postings: list[Posting], amount_max: Iterable[int]) -> list[dict[s
             raise InvalidRequest(f"{index!r} is not the index of one of the {len(out)} postings", "amount_max")
         out[index]["amount_max"] = out[index].pop("amount")
     return out
-
-
-class AppendUnconfirmed(Exception):
-    """Kafka did not acknowledge the append. The request may still be on the log (the producer retried):
-    its `id` resolves (`GET .../transactions/{id}`, or `outcome()` here) if and only if it is."""
-
-    def __init__(self, tenant: str, id: str, cause: BaseException) -> None:
-        super().__init__(f"append of {id!r} for {tenant!r} not acknowledged ({cause!r}); it may still be on the log")
-        self.tenant = tenant
-        self.id = id
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +228,7 @@ class LedgerProducer:
             partition, offset = await self._producer.send(self.topic, encode_request(request),
                                                           request.tenant.encode())
         except ProduceFailed as e:
-            raise AppendUnconfirmed(request.tenant, request.id, e) from e
+            raise AppendUnconfirmed(request.tenant, request.id, repr(e)) from e
         finally:
             self._sending[request.tenant] -= 1
             if not self._sending[request.tenant]:
@@ -246,7 +236,7 @@ class LedgerProducer:
         if offset is None:  # acknowledged, but not where (a retry Kafka already had): outcomes are matched by
             # their record's position, so this one is unconfirmed; submitting the same id again is safe
             raise AppendUnconfirmed(request.tenant, request.id,
-                                    ProduceFailed("acknowledged without an offset (a retry Kafka already had)"))
+                                    "acknowledged without an offset (a retry Kafka already had)")
         position = Position(partition, offset)
         ids = [i.id for i in request.items] if isinstance(request, BatchRequest) else [request.id]
         for id in ids:

@@ -53,3 +53,18 @@ class Unavailable(LedgerError):
     """A dependency (Kafka, PostgreSQL) or the projection is not ready in time; retrying may succeed."""
 
     code = "unavailable"
+
+
+class AppendUnconfirmed(Unavailable):
+    """Kafka did not acknowledge an append (by the API or a producer client) in time. The request may still be
+    on the log (the producer retries), so its `id` is given: it resolves (`GET .../transactions/{id}`, or a
+    producer's `outcome()`) if and only if it is there, and a retry with the same Idempotency-Key is safe."""
+
+    code = "append_unconfirmed"
+
+    def __init__(self, tenant: str, id: str, cause: str | None = None) -> None:
+        super().__init__("the log (Kafka) did not acknowledge the request in time; it may still be appended: "
+                         "retry with the same Idempotency-Key, or look up the transaction id"
+                         + (f" ({cause})" if cause else ""))
+        self.tenant = tenant
+        self.id = id

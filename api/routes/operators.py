@@ -8,7 +8,6 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.appender import AppendUnconfirmed
 from api.auth import SCOPES, new_secret_key
 from api.inputs import (
     int_param,
@@ -26,7 +25,7 @@ from api.routes.common import (
     waited,
     waiter_key,
 )
-from ledger.errors import AlreadyExists, InvalidRequest, NotFound
+from ledger.errors import AlreadyExists, AppendUnconfirmed, InvalidRequest, NotFound
 from ledger.positions import Position
 from ledger.requests import (
     TenantRequest,

@@ -13,7 +13,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api import views
-from api.appender import AppendUnconfirmed
 from api.inputs import (
     bool_param,
     check_params,
@@ -48,7 +47,7 @@ from api.routes.common import (
 )
 from api.store import Store
 from ledger.chain import GENESIS
-from ledger.errors import InvalidRequest, NotFound
+from ledger.errors import AppendUnconfirmed, InvalidRequest, NotFound
 from ledger.positions import Position, PositionKey
 from ledger.reasons import IDEMPOTENCY_CONFLICT
 from ledger.requests import (
@@ -203,7 +202,7 @@ async def _submit(request: Request, kind: str) -> Response:
     try:
         position = await context.appender.append(tx, wait)
     except AppendUnconfirmed as e:
-        return error(503, e.code, e.message, headers={"Retry-After": "1"}, id=e.transaction_id)
+        return error(503, e.code, e.message, headers={"Retry-After": "1"}, id=e.id)
     if prior is not None:
         return _replayed(await _view(context, tenant, prior), tx, bytes(prior["fingerprint"]))
     log.info("transaction appended", extra={"request_id": request.state.request_id, "tenant": tenant,

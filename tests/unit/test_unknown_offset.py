@@ -7,8 +7,9 @@ import asyncio
 
 import pytest
 
-from api.appender import Appender, AppendUnconfirmed
+from api.appender import Appender
 from infra.producer import LogProducer, producer_config
+from ledger.errors import AppendUnconfirmed
 from ledger.positions import Position
 
 
@@ -43,7 +44,7 @@ async def test_an_append_without_an_offset_is_placed_below_the_log_end() -> None
         return {0: 7, 1: 120}
 
     appender.log_end = log_end  # type: ignore[method-assign]
-    assert await appender._placed([(0, 3), (1, None)], "a,b") == [Position(0, 3), Position(1, 119)]
+    assert await appender._placed([(0, 3), (1, None)], "acme", "a,b") == [Position(0, 3), Position(1, 119)]
     assert await appender._placed([(0, 3)], "a") == [Position(0, 3)]
 
 
@@ -55,4 +56,4 @@ async def test_an_append_without_an_offset_is_unconfirmed_when_the_end_is_unknow
 
     appender.log_end = log_end  # type: ignore[method-assign]
     with pytest.raises(AppendUnconfirmed):
-        await appender._placed([(1, None)], "a")
+        await appender._placed([(1, None)], "acme", "a")
