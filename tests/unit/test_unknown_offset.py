@@ -45,7 +45,7 @@ async def test_an_append_without_an_offset_is_placed_below_the_log_end() -> None
 
     appender.log_end = log_end  # type: ignore[method-assign]
     assert await appender._placed([(0, 3), (1, None)], "acme", "a,b") == [Position(0, 3), Position(1, 119)]
-    assert await appender._placed([(0, 3)], "a") == [Position(0, 3)]
+    assert await appender._placed([(0, 3)], "acme", "a") == [Position(0, 3)]
 
 
 async def test_an_append_without_an_offset_is_unconfirmed_when_the_end_is_unknown() -> None:
