@@ -47,7 +47,17 @@ from ledger.memory import Ledger
 from ledger.plan import Needs
 from ledger.positions import Position, PositionKey
 from ledger.requests import Tick
-from projections.writer import Publish, begin, committed_offsets, open_batch, poison, preload, store, transient
+from projections.writer import (
+    Poisoned,
+    Publish,
+    Transient,
+    begin,
+    committed_offsets,
+    open_batch,
+    preload,
+    store,
+    translated,
+)
 
 log = logging.getLogger("ledger.projector")
 
@@ -199,9 +209,7 @@ class Pipeline:
             self._reset()
         try:
             batch = await self._retrying("reader", lambda conn: self._prepare(conn, records))
-        except Exception as e:
-            if not isinstance(e, Stale) and not poison(e):
-                raise
+        except (Stale, Poisoned):
             return [*done, *await self.drain(), *await self._plain(records)]
         queued_max = self.writes_in_flight if len(records) >= BACKLOG_RECORDS else 1
         while self.in_flight and (len(self.in_flight) >= queued_max or not batch.fresh):
@@ -307,9 +315,7 @@ class Pipeline:
         batch, task = self.in_flight[0]
         try:
             result = await task
-        except Exception as e:
-            if not isinstance(e, Stale) and not poison(e):
-                raise
+        except (Stale, Poisoned) as e:
             # Neither this batch nor those folded on top of it can stand: redo them all from PostgreSQL's
             # state, the plain way, and carry nothing over.
             behind = [b for b, _ in self.in_flight[1:]] + ([pending] if pending is not None else [])
@@ -328,9 +334,7 @@ class Pipeline:
         refuses what a record holds (see the module's docstring)."""
         try:
             result = await self._apply_fresh(records)
-        except Exception as e:
-            if not poison(e):
-                raise
+        except Poisoned as e:
             self._reset()
             if len(records) > 1:
                 middle = len(records) // 2
@@ -339,7 +343,7 @@ class Pipeline:
         self.poison.pop(records[0].position, None)
         return [result]
 
-    async def _isolated(self, record: Record, error: Exception) -> list[BatchResult]:
+    async def _isolated(self, record: Record, error: Poisoned) -> list[BatchResult]:
         level = self.poison.get(record.position, (0, ""))[0] + 1
         if level > POISON_AS_EVENT:
             raise error  # not even the operators' table takes it: not the record's doing
@@ -347,7 +351,7 @@ class Pipeline:
         if len(self.poison) >= POISON_REMEMBERED_MAX:
             self.poison.clear()  # forgetting costs only a second bisection, should such a record come again
         # The first refusal is the record's own; a later one (of its rejection row) says less about it.
-        first = self.poison.get(record.position, (0, error_text(f"{type(error).__name__}: {error}")))[1]
+        first = self.poison.get(record.position, (0, error_text(error.detail)))[1]
         self.poison[record.position] = (level, first)
         return await self._plain([record])
 
@@ -385,5 +389,6 @@ class Pipeline:
                 broken.terminate()
             self.connections[name] = None
 
-        return await retrying(attempt, transient=transient, backoff=RECONNECT_BACKOFF, deadline_s=self.retry_deadline_s,
-                              what="PostgreSQL or Kafka", on_retry=drop, log=log)
+        return await retrying(lambda: translated(attempt()), transient=lambda e: isinstance(e, Transient),
+                              backoff=RECONNECT_BACKOFF, deadline_s=self.retry_deadline_s, what="PostgreSQL or Kafka",
+                              on_retry=drop, log=log)

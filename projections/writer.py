@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import asyncpg
 import orjson
@@ -177,6 +178,7 @@ NOTIFY_TENANTS = "SELECT pg_notify($1, 'tenant:' || t) FROM unnest($2::text[]) A
 
 DUE_MS_MAX = 253_402_300_799_000  # 9999-12-31T23:59:59Z, the last instant Python's datetime holds
 
+T = TypeVar("T")
 Publish = Callable[[list[tuple[int, bytes, bytes]]], Awaitable[None]]
 
 # Faults that retrying the same work on a fresh connection can fix: the network, the server going away or
@@ -195,6 +197,33 @@ INVARIANT_CONSTRAINTS = frozenset({"entries_amount_not_zero", "transactions_comm
                                    "balances_customer_not_negative", "balances_held_not_negative",
                                    "balances_customer_available", "balances_limit_not_negative",
                                    "balances_customer_within_limit", "transactions_kind"})
+
+
+class Transient(Exception):
+    """A fault of the surroundings (PostgreSQL or Kafka unreachable, restarting, in conflict): the same work on
+    a fresh connection may succeed."""
+
+
+class Poisoned(Exception):
+    """PostgreSQL refused what some record of the batch holds (a value out of a column's range, an id taken, an
+    index row too large): the batch is bisected to find the record. `detail` is the database's error."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.detail = f"{type(error).__name__}: {error}"
+        super().__init__(self.detail)
+
+
+async def translated(call: Awaitable[T]) -> T:
+    """`call`, with the drivers' errors translated into the projector's own: `Transient`, `Poisoned`, or as
+    they were (a bug, a broken invariant: the worker stops)."""
+    try:
+        return await call
+    except Exception as e:
+        if transient(e):
+            raise Transient(repr(e)) from e
+        if poison(e):
+            raise Poisoned(e) from e
+        raise
 
 
 def transient(error: BaseException) -> bool:
