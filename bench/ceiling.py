@@ -15,8 +15,7 @@ from typing import Any
 import asyncpg
 
 from bench import tools
-from ledger.fold import BALANCE_COLUMNS
-from ledger.rows import ENTRY_COLUMNS, TRANSACTION_COLUMNS
+from ledger.rows import BALANCE_COLUMNS, ENTRY_COLUMNS, TRANSACTION_COLUMNS
 from projections.writer import UPSERT_BALANCES
 
 BATCH = 5000

@@ -41,15 +41,20 @@ from ledger.requests import (
 )
 from ledger.rows import (
     AccountRow,
+    BalanceChange,
     BatchRow,
+    ChainHead,
     EntryRow,
+    HoldChange,
     HoldRow,
     IdempotencyRow,
     InvalidEventRow,
+    MonitorRemoval,
     MonitorRow,
     ReplayRow,
     TenantRow,
     TransactionRow,
+    VersionChange,
 )
 from ledger.state import EXPIRED, HELD, BalanceKey, Hold, Monitor, Outcome, changed_accounts, hold_accounts
 from ledger.validation import POSTINGS_MAX, TENANT_RE, UNSTORABLE_RE
@@ -109,32 +114,24 @@ class BatchRows:
     replays: list[ReplayRow] = field(default_factory=list)
     tenants: list[TenantRow] = field(default_factory=list)
     batches: list[BatchRow] = field(default_factory=list)  # those that bound an idempotency key
-    # Per tenant whose chain grew: (its count, its head, the position of its last link).
-    chains: dict[str, tuple[int, str, Position]] = field(default_factory=dict)
+    chains: dict[str, ChainHead] = field(default_factory=dict)
     # Holds created by this batch (their row as it ends the batch), and changes to holds created before.
     holds: dict[tuple[str, str], HoldRow] = field(default_factory=dict)
-    hold_changes: dict[tuple[str, str], tuple[str, str | None, datetime]] = field(default_factory=dict)
+    hold_changes: dict[tuple[str, str], HoldChange] = field(default_factory=dict)
     # How much of a transaction written before this batch is reversed now (one created here is patched).
     reversed: dict[tuple[str, str], int] = field(default_factory=dict)
     transaction_at: dict[tuple[str, str], int] = field(default_factory=dict)  # index in `transactions`
-    # Per balance: (balance, held, overdraft limit, position of the last request that changed it, credit total,
-    # entries so far).
-    balances: dict[BalanceKey, tuple[int, int, int, Position, int, int]] = field(default_factory=dict)
+    balances: dict[BalanceKey, BalanceChange] = field(default_factory=dict)
     accounts: dict[tuple[str, str], AccountRow] = field(default_factory=dict)  # policies set
-    # Per account whose version moved: (its version, the position of the last record that moved it, its time).
-    versions: dict[tuple[str, str], tuple[int, Position, datetime]] = field(default_factory=dict)
+    versions: dict[tuple[str, str], VersionChange] = field(default_factory=dict)
     # Balance monitors created, then those removed (tenant, id, when): a removal is written after the creations,
     # so one created and removed in the same batch is both.
     monitors: list[MonitorRow] = field(default_factory=list)
-    monitor_removals: list[tuple[str, str, datetime]] = field(default_factory=list)
+    monitor_removals: list[MonitorRemoval] = field(default_factory=list)
     # (partition, key, value): outcomes go to the partition of ledger.outcomes that matches the request's.
     outcomes: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)
     counts: dict[tuple[str, str | None], int] = field(default_factory=dict)
-
-
-BALANCE_COLUMNS = ("tenant", "account", "asset", "balance", "held", "overdraft_limit", "log_partition", "log_offset",
-                   "credits_total", "entries_count")
 
 
 def _hex(digest: str | None) -> bytes | None:
@@ -185,7 +182,7 @@ def _publish(rows: BatchRows, record: Record, tenant: str | None, id: str | None
 def _balance(ledger: Ledger, rows: BatchRows, key: BalanceKey, position: Position) -> None:
     limit = ledger.policy(key[0], key[1]).limits.get(key[2], 0)
     credits, count = ledger.turnover.get(key, (0, 0))
-    rows.balances[key] = (ledger.balance(key), ledger.held_of(key), limit, position, credits, count)
+    rows.balances[key] = BalanceChange(ledger.balance(key), ledger.held_of(key), limit, position, credits, count)
 
 
 def _close_hold(rows: BatchRows, hold: Hold, at: datetime) -> None:
@@ -193,7 +190,7 @@ def _close_hold(rows: BatchRows, hold: Hold, at: datetime) -> None:
     if key in rows.holds:
         rows.holds[key] = rows.holds[key]._replace(state=hold.state, closed_by=hold.closed_by, closed_at=at)
     else:
-        rows.hold_changes[key] = (hold.state, hold.closed_by, at)
+        rows.hold_changes[key] = HoldChange(hold.state, hold.closed_by, at)
 
 
 def _expire(ledger: Ledger, rows: BatchRows, record: Record) -> None:
@@ -212,7 +209,7 @@ def _expire(ledger: Ledger, rows: BatchRows, record: Record) -> None:
 def _versions(ledger: Ledger, rows: BatchRows, tenant: str, accounts: set[str], position: Position,
               at: datetime) -> None:
     for account in accounts:
-        rows.versions[(tenant, account)] = (ledger.version(tenant, account), position, at)
+        rows.versions[(tenant, account)] = VersionChange(ledger.version(tenant, account), position, at)
 
 
 def _effects(ledger: Ledger, rows: BatchRows, request: TransactionRequest, outcome: Outcome, position: Position,
@@ -241,7 +238,7 @@ def _effects(ledger: Ledger, rows: BatchRows, request: TransactionRequest, outco
             rows.monitors.append(MonitorRow(request.tenant, request.id, w.account, w.asset, w.below, w.above, True,
                                             position.partition, position.offset, at))
         case UnmonitorRequest():
-            rows.monitor_removals.append((request.tenant, outcome.target or "", at))
+            rows.monitor_removals.append(MonitorRemoval(request.tenant, outcome.target or "", at))
         case ReverseRequest():
             target = (request.tenant, outcome.target or "")
             total = ledger.originals[target].reversed
@@ -293,7 +290,7 @@ def _fold_request(ledger: Ledger, rows: BatchRows, record: Record, at: datetime,
     if committed and request.kind in CHAINED_KINDS:
         index, hashed, previous = ledger.extend_chain(request.tenant, canonical(
             request.id, postings, request.metadata, request.reference, timestamp_text(at)))
-        rows.chains[request.tenant] = (index, hashed, position)
+        rows.chains[request.tenant] = ChainHead(index, hashed, position)
     rows.transactions.append(TransactionRow(
         request.tenant, request.id, outcome.status, outcome.reason, orjson.dumps(postings).decode(),
         orjson.dumps(request.metadata).decode(), request.reference, request.idempotency_key,

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import NamedTuple
 
+from ledger.positions import Position
+
 
 class TransactionRow(NamedTuple):
     tenant: str
@@ -133,7 +135,55 @@ class AccountRow(NamedTuple):
     updated_at: datetime
 
 
+# What a batch upserts into rows that exist already, keyed by the row's key in `BatchRows` (so each is written
+# once per batch, as it ends the batch).
+
+
+class BalanceChange(NamedTuple):
+    """A balance row as the batch leaves it (keyed by tenant, account, asset)."""
+
+    balance: int
+    held: int
+    overdraft_limit: int
+    position: Position  # of the last request that changed it
+    credits_total: int
+    entries_count: int
+
+
+class VersionChange(NamedTuple):
+    """An account whose version moved (keyed by tenant, account)."""
+
+    version: int
+    position: Position  # of the last record that moved it
+    updated_at: datetime
+
+
+class HoldChange(NamedTuple):
+    """A hold created before the batch and closed in it (keyed by tenant, id)."""
+
+    state: str
+    closed_by: str | None
+    closed_at: datetime
+
+
+class ChainHead(NamedTuple):
+    """A tenant's chain as the batch leaves it (keyed by tenant)."""
+
+    links: int  # how many transactions it links
+    head: str  # hex
+    position: Position  # of its last link
+
+
+class MonitorRemoval(NamedTuple):
+    tenant: str
+    id: str
+    removed_at: datetime
+
+
 TRANSACTION_COLUMNS = TransactionRow._fields
+# A balance row: its key, then a `BalanceChange` with its position as two columns.
+BALANCE_COLUMNS = ("tenant", "account", "asset", "balance", "held", "overdraft_limit", "log_partition", "log_offset",
+                   "credits_total", "entries_count")
 ENTRY_COLUMNS = EntryRow._fields
 IDEMPOTENCY_COLUMNS = IdempotencyRow._fields
 INVALID_EVENT_COLUMNS = InvalidEventRow._fields

@@ -16,7 +16,7 @@ import orjson
 from infra.producer import ProduceFailed
 from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
 from ledger.changes import account_key, payloads
-from ledger.fold import BALANCE_COLUMNS, EPOCH, BatchRows
+from ledger.fold import EPOCH, BatchRows
 from ledger.memory import Ledger
 from ledger.plan import Needs
 from ledger.positions import Position
@@ -26,6 +26,7 @@ from ledger.requests import (
 )
 from ledger.rows import (
     ACCOUNT_COLUMNS,
+    BALANCE_COLUMNS,
     BATCH_COLUMNS,
     ENTRY_COLUMNS,
     HOLD_COLUMNS,
@@ -386,26 +387,29 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
     await _copy(conn, "batches", rows.batches, BATCH_COLUMNS)
     if rows.chains:
         chains = list(rows.chains.items())
-        await conn.execute(UPSERT_CHAINS, [t for t, _ in chains], [c[0] for _, c in chains],
-                           [bytes.fromhex(c[1]) for _, c in chains], [c[2].partition for _, c in chains],
-                           [c[2].offset for _, c in chains])
+        await conn.execute(UPSERT_CHAINS, [t for t, _ in chains], [c.links for _, c in chains],
+                           [bytes.fromhex(c.head) for _, c in chains], [c.position.partition for _, c in chains],
+                           [c.position.offset for _, c in chains])
     await _copy(conn, "replays", rows.replays, REPLAY_COLUMNS)
     await _copy(conn, "invalid_events", rows.invalid_events, INVALID_EVENT_COLUMNS)
     await _copy(conn, "holds", list(rows.holds.values()), HOLD_COLUMNS)
     await _copy(conn, "monitors", rows.monitors, MONITOR_COLUMNS)
     if rows.monitor_removals:
-        await conn.execute(UPDATE_MONITORS, *_columns(rows.monitor_removals, 3))  # type: ignore
+        removals = rows.monitor_removals
+        await conn.execute(UPDATE_MONITORS, [r.tenant for r in removals], [r.id for r in removals],
+                           [r.removed_at for r in removals])
     if rows.accounts:
         await conn.execute(UPSERT_ACCOUNTS, *_columns(rows.accounts.values(), len(ACCOUNT_COLUMNS)))  # type: ignore
     if rows.versions:  # after the policies: a policy's row keeps its policy and takes its version
         versions = list(rows.versions.items())
         await conn.execute(UPSERT_VERSIONS, [k[0] for k, _ in versions], [k[1] for k, _ in versions],
-                           [v[1].partition for _, v in versions], [v[1].offset for _, v in versions],
-                           [v[2] for _, v in versions], [v[0] for _, v in versions])
+                           [v.position.partition for _, v in versions], [v.position.offset for _, v in versions],
+                           [v.updated_at for _, v in versions], [v.version for _, v in versions])
     if rows.hold_changes:
         changes = list(rows.hold_changes.items())
         await conn.execute(UPDATE_HOLDS, [k[0] for k, _ in changes], [k[1] for k, _ in changes],
-                           [c[0] for _, c in changes], [c[1] for _, c in changes], [c[2] for _, c in changes])
+                           [c.state for _, c in changes], [c.closed_by for _, c in changes],
+                           [c.closed_at for _, c in changes])
     if rows.reversed:
         totals = list(rows.reversed.items())
         await conn.execute(UPDATE_REVERSED, [k[0] for k, _ in totals], [k[1] for k, _ in totals],
@@ -422,9 +426,9 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
     await conn.execute(
         WRITE_TAIL,
         [k[0] for k, _ in items], [k[1] for k, _ in items], [k[2] for k, _ in items],
-        [v[0] for _, v in items], [v[1] for _, v in items], [v[2] for _, v in items],
-        [v[3].partition for _, v in items], [v[3].offset for _, v in items],
-        [v[4] for _, v in items], [v[5] for _, v in items],
+        [v.balance for _, v in items], [v.held for _, v in items], [v.overdraft_limit for _, v in items],
+        [v.position.partition for _, v in items], [v.position.offset for _, v in items],
+        [v.credits_total for _, v in items], [v.entries_count for _, v in items],
         OFFSETS_LOG, parts, [rows.next_offsets[p] for p in parts], PROGRESS_CHANNEL, notices)
 
 
