@@ -31,12 +31,11 @@ from wallet_ledger.errors import (
     Unauthorized,
     Unavailable,
 )
+from wallet_ledger.inputs import Assertion, BatchItem, Posting, PostingAtMost
 from wallet_ledger.kafka import KafkaProducer, ProduceError, Submitted
 from wallet_ledger.models import (
     Account,
-    Assertion,
     BalanceSums,
-    BatchItem,
     Chain,
     Delivery,
     Entry,
@@ -44,8 +43,6 @@ from wallet_ledger.models import (
     Monitor,
     Page,
     Pending,
-    Posting,
-    PostingAtMost,
     Snapshot,
     Statement,
     Transaction,

@@ -31,11 +31,10 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 import httpx
 
 from wallet_ledger.errors import DeadlineExceeded, LedgerError, RateLimited, error_class
+from wallet_ledger.inputs import AssertionLike, BatchItem, PostingLike, batch_item_json, transfer_body
 from wallet_ledger.models import (
     Account,
-    AssertionLike,
     BalanceSums,
-    BatchItem,
     Chain,
     Delivery,
     Entry,
@@ -43,13 +42,10 @@ from wallet_ledger.models import (
     Monitor,
     Page,
     Pending,
-    PostingLike,
     Snapshot,
     Statement,
     Transaction,
     Webhook,
-    batch_item_json,
-    transfer_body,
 )
 
 __version__ = "0.1.0"
