@@ -16,7 +16,6 @@ from wallet_ledger.client import (
     DEFAULT_TIMEOUT_S,
     AsyncLedgerClient,
     LedgerClient,
-    RetryPolicy,
     __version__,
 )
 from wallet_ledger.errors import (
@@ -48,6 +47,7 @@ from wallet_ledger.models import (
     Transaction,
     Webhook,
 )
+from wallet_ledger.retries import RetryPolicy
 from wallet_ledger.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, construct_event, sign, verify_signature
 
 __all__ = [
