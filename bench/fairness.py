@@ -16,12 +16,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 
-from bench import tools
+from bench import data, tools
+from bench.stack import Bench
 from infra import local
+from infra.local import say
 from infra.producer import LogProducer, producer_config
+from ledger.placement import partition_for
 
 VICTIM_RATE = 20  # the victim's waited transfers a second, as the fair-shares issue measured it
 FLOOD_CONNECTIONS = 64
@@ -202,3 +206,29 @@ async def measure(url: str, admin_token: str, bootstrap: str, topic: str, victim
         "kafka_flood_quota": {"victim": _summary(quota_victim), "ratio_p99": round(quota_victim["p99_ms"] / base, 2),
                               "quota_bytes_per_s": QUOTA_BYTES_PER_S, **quota_flood},
     }
+
+
+async def fairness(bench: Bench) -> None:
+    """A victim's waited writes alone and during another tenant's flood on the victim's own partition."""
+    by_partition: dict[int, list[str]] = {}
+    for tenant in data.TENANTS:
+        by_partition.setdefault(partition_for(tenant.encode(), bench.cfg.topic_partitions), []).append(tenant)
+    neighbour, flood = next(ts for ts in by_partition.values() if len(ts) >= 2)[:2]
+    victim = next(t for t in data.TENANTS if partition_for(t.encode(), bench.cfg.topic_partitions)
+                  != partition_for(flood.encode(), bench.cfg.topic_partitions))
+    # Fresh projectors: the loads before may have stalled one past its watchdog (it exits to be restarted).
+    bench.restart(("projector",))
+    conn = await asyncpg.connect(bench.db_url)
+    try:
+        await conn.execute("SELECT ledger_use_live()")
+        result = await measure(bench.url, bench.env["LEDGER_ADMIN_TOKEN"], bench.bootstrap, bench.topic,
+                               (victim, bench.keys[victim]), (neighbour, bench.keys[neighbour]),
+                               (flood, bench.keys[flood]),
+                               bench.duration_s, bench.logs, lambda: bench.caught_up(conn))
+        bench.results["fairness"] = result
+        await bench.caught_up(conn)  # the floods' backlog is not the next step's
+    finally:
+        await conn.close()
+    say(f"fairness: victim p99 alone {result['alone']['p99_ms']:.1f} ms; HTTP flood "
+        f"{result['http_flood']['ratio_p99']}x; Kafka flood {result['kafka_flood']['ratio_p99']}x, with a quota "
+        f"{result['kafka_flood_quota']['ratio_p99']}x")

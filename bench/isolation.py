@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from bench.stack import Bench
 from infra import settings as settings_mod
 from ledger.fold import Record
 from ledger.placement import partition_for
@@ -67,6 +68,10 @@ async def measure(url: str) -> dict[str, Any]:
             "ratio": round(poisoned[ROUNDS // 2] / clean[ROUNDS // 2], 2)}
 
 
+async def isolation(bench: Bench) -> None:
+    bench.results["isolation"] = await measure(bench.db_url)
+
+
 def main() -> None:
     result = asyncio.run(measure(settings_mod.load().database_url))
     print(f"batch of {result['batch']}: clean {result['clean_s']} s, with one poison record "
@@ -75,3 +80,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+

@@ -15,11 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from bench import tools
+from bench import data, tools
+from bench.stack import Bench
 from infra.local import say
 
 TENANTS = [f"pm-{n:02d}" for n in range(10)]
@@ -146,3 +148,26 @@ def levers(bench: Any, keys: dict[str, str], wallets: int, bodies: Path, seconds
         rows.append({"lever": name, "env": env, **level})
         bench.restart(which)
     return rows
+
+
+async def postmortem(bench: Bench, owner: asyncpg.Connection) -> None:
+    """The seed's scenario at its scale (a tenth of it with --quick), its load at 1x, 5x and 10x."""
+    wallets, transactions = (1_000, 10_000) if bench.quick else (10_000, 100_000)
+    keys = await keys_for(bench.url, bench.env["LEDGER_ADMIN_TOKEN"])
+    say(f"post-mortem scenario: appending {transactions:,} transactions over {wallets:,} wallets for each of "
+        f"{len(keys)} tenants")
+    appended_s = await load(bench.bootstrap, bench.topic, wallets, transactions)
+    started = time.monotonic()
+    await bench.caught_up(owner, timeout_s=1800)
+    projected_s = time.monotonic() - started
+    await owner.execute("VACUUM (ANALYZE) transactions")  # the steady state, not a bulk load's aftermath
+    await data.settle(owner)
+    say(f"appended in {appended_s:.0f} s, projected {projected_s:.0f} s after the last append")
+    seconds = 5 if bench.quick else 10
+    levels = measure(bench.url, keys, wallets, bench.logs / "bodies", seconds)
+    levers_at_10x = levers(bench, keys, wallets, bench.logs / "bodies", seconds)
+    bench.results["postmortem"] = {"tenants": len(keys), "wallets_per_tenant": wallets,
+                                   "transactions_per_tenant": transactions, "append_s": round(appended_s, 1),
+                                   "caught_up_after_s": round(projected_s, 1), "levels": levels,
+                                   "levers_at_10x": levers_at_10x,
+                                   "sla": SLA, "seed_balance_read_ms": SEED_READ_MS}

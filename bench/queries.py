@@ -12,6 +12,8 @@ from typing import Any
 import asyncpg
 
 from bench import tools
+from bench.stack import Bench
+from infra.local import say
 
 OFFSET_BASE = 1_000_000  # past the tenants' own records on the log
 SHAPES = {
@@ -64,3 +66,24 @@ def measure(url: str, tenant: str, key: str, transactions: int, rate: int, durat
         target = f"GET {url}/v1/tenants/{tenant}{path}\nAuthorization: Bearer {key}\n"
         rows[name] = tools.attack(target, rate, duration_s)
     return rows
+
+
+async def queries(bench: Bench, owner: asyncpg.Connection) -> None:
+    """Each query shape on a small and a large tenant, same run: a page should cost the same at both."""
+    large_tx, large_accounts = (100_000, 10_000) if bench.quick else (1_000_000, 100_000)
+    sizes = {"q-small": (10_000, 1_000), "q-large": (large_tx, large_accounts)}
+    results: dict[str, Any] = {}
+    for tenant, (transactions, accounts) in sizes.items():
+        key = await bench.create_tenant(tenant)
+        say(f"loading {transactions} transactions over {accounts} accounts for {tenant}")
+        await load(owner, tenant, transactions, accounts)
+        results[tenant] = {"transactions": transactions, "accounts": accounts, "key": key}
+    for table in ("transactions", "entries", "balances"):
+        await owner.execute(f"VACUUM (ANALYZE) {table}")
+    for tenant, info in results.items():
+        info["timings"] = measure(bench.url, tenant, info.pop("key"), info["transactions"], 100,
+                                  2 if bench.quick else 4)
+        for name, row in info["timings"].items():
+            say(f"query {name} on {tenant}: p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, "
+                f"errors {row['errors']}")
+    bench.results["queries"] = results

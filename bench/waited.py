@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import tools
+from bench import data, tools
+from bench.stack import Bench
+from infra.local import say
 
 CONNECTIONS = 64
 STACK_ROLES = ("api", "projector", "postgres", "kafka")
@@ -37,3 +39,10 @@ def lines(result: dict[str, Any]) -> list[str]:
     return [f"waited writes (POST ?wait=true, one account, {result['connections']} connections): "
             f"{result['writes_per_s']}/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
             f"non-2xx {result['non_2xx']}; CPU-us per write: stack {result['stack_cpu_us_per_write']} ({roles})"]
+
+
+def waited(bench: Bench) -> None:
+    """What one waited write costs the stack, per process role (issue 24's first figure)."""
+    tenant = data.TENANTS[0]
+    bench.results["waited"] = measure(bench.url, tenant, bench.keys[tenant], bench.duration_s, bench.logs)
+    say(lines(bench.results["waited"])[0])

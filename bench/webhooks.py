@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import orjson
 
-from bench import tools
+from bench import data, tools
+from bench.stack import Bench
+from infra.local import say
 
 RATES = (200, 500)
 BASELINE_WRITES = 200
@@ -115,3 +117,15 @@ async def _drain(receiver: _Receiver, count: int) -> float:
     while len({raw for _, raw in receiver.arrived}) < count and time.monotonic() - started < DRAIN_TIMEOUT_S:
         await asyncio.sleep(0.05)
     return time.monotonic() - started
+
+
+async def webhooks(bench: Bench) -> None:
+    """Events out: decision published to delivery acknowledged, at 500 transfers/s to a local receiver."""
+    tenant = data.TENANTS[-1]
+    results = await measure(bench.url, tenant, bench.keys[tenant], bench.duration_s, bench.logs / "bodies")
+    bench.results["webhooks"] = results
+    for result in results.values():
+        say(f"webhooks at {result['rate']}/s: delivered {result['events_delivered']} of "
+            f"{result['writes_accepted']} (duplicates {result['duplicates']}); p50 {result['p50_ms']} ms "
+            f"({result['ratio_p50']}x a waited write's), p99 {result['p99_ms']} ms ({result['ratio_p99']}x); "
+            f"dispatcher {result['dispatcher_cpu_us_per_event']} CPU-µs/event; {tools.cpu_text(result['cpu'])}")

@@ -16,7 +16,6 @@ from wallet_ledger.client import (
     DEFAULT_TIMEOUT_S,
     AsyncLedgerClient,
     LedgerClient,
-    RetryPolicy,
     __version__,
 )
 from wallet_ledger.errors import (
@@ -31,12 +30,11 @@ from wallet_ledger.errors import (
     Unauthorized,
     Unavailable,
 )
+from wallet_ledger.inputs import Assertion, BatchItem, Posting, PostingAtMost
 from wallet_ledger.kafka import KafkaProducer, ProduceError, Submitted
 from wallet_ledger.models import (
     Account,
-    Assertion,
     BalanceSums,
-    BatchItem,
     Chain,
     Delivery,
     Entry,
@@ -44,13 +42,12 @@ from wallet_ledger.models import (
     Monitor,
     Page,
     Pending,
-    Posting,
-    PostingAtMost,
     Snapshot,
     Statement,
     Transaction,
     Webhook,
 )
+from wallet_ledger.retries import RetryPolicy
 from wallet_ledger.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, construct_event, sign, verify_signature
 
 __all__ = [

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from wallet_ledger.models import PostingLike, transfer_body
+from wallet_ledger.inputs import PostingLike, transfer_body
 
 TRANSACTIONS_TOPIC = "ledger.transactions"
 DEFAULT_DELIVERY_TIMEOUT_S = 30.0

@@ -1,4 +1,4 @@
-"""The dispatcher's view of the registered endpoints (`dispatch.app.Directory`) is read once and then only probed:
+"""The dispatcher's view of the registered endpoints (`dispatch.directory.Directory`) is read once and then only probed:
 one cheap query per batch of decisions, the whole list again only after a registration or a deletion. With no
 endpoint at all the probe answers NULL, and the list was read again on every batch (found by pg_stat_statements
 in a run of 320 waited writes: 329 reads of the list)."""
@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from dispatch.app import ACTIVE_WEBHOOKS, LAST_CHANGE, Directory
+from dispatch.directory import Directory
+from dispatch.statements import ACTIVE_WEBHOOKS, LAST_CHANGE
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from dispatch.app import GIVE_UP_AFTER, RETRY
+from dispatch.deliveries import GIVE_UP_AFTER, RETRY
 from dispatch.events import events_of, wanted
 
 KEY = bytes(range(32))
