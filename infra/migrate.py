@@ -1,11 +1,15 @@
-"""The database's schema: versioned migrations, then the SQL functions.
+"""The database's schema: versioned migrations, then the SQL functions, then the first projection.
 
 * Versioned migrations, `infra/migrations/NNN_name.sql`: roles, tables, types, grants, row-level security, and
   every change to the projection schemas that exist. Each is applied once, in order, in a transaction with its
   row of `schema_migrations` (version, name, sha256), and never changed once applied (`MigrationChanged`).
+  `100_baseline.sql` stands for 001..021, squashed: a database that has them all is recorded as at the baseline.
 * Repeatable functions, `infra/functions/<name>.sql`: one function each, its current definition and its grants,
   applied after the versioned migrations whenever the file's sha256 differs from the one recorded in
-  `schema_functions`, each in a transaction with its record.
+  `schema_functions`, each in a transaction with its record. infra/functions/README.md says how a developer
+  changes, adds or removes a function, and changes the projection (`ledger_create_projection`).
+* On a fresh database (no live projection in `ledger_meta`), the first projection, `proj_v1`, created with
+  `ledger_create_projection` and made live with `ledger_activate_projection`.
 
 Run as the database owner (`LEDGER_DATABASE_URL`); creates the database itself when it is missing.
 """
@@ -30,6 +34,9 @@ FUNCTIONS_DIR = Path(__file__).parent / "functions"
 _NAME = re.compile(r"(\d{3})_([a-z0-9_]+)\.sql")
 _FUNCTION_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _LOCK_ID = 0x1ED6E2  # advisory lock: one migrator at a time
+BASELINE = 100
+SQUASHED = frozenset(range(1, 22))  # 001..021, which 100_baseline replaces
+FIRST_PROJECTION = "proj_v1"
 
 log = logging.getLogger("ledger.migrate")
 
@@ -76,6 +83,10 @@ class MigrationChanged(RuntimeError):
     """An applied migration's file differs from what was applied: the database may not be what it says."""
 
 
+class MigrationsSquashed(RuntimeError):
+    """The database has some of the migrations the baseline replaced, not all: no file here can bring it on."""
+
+
 async def _check_unchanged(conn: asyncpg.Connection, version: int, path: Path, digest: str,
                            recorded: str | None) -> None:
     if recorded is None:  # applied before checksums were kept: record the file as it is now
@@ -83,6 +94,27 @@ async def _check_unchanged(conn: asyncpg.Connection, version: int, path: Path, d
     elif recorded != digest:
         raise MigrationChanged(f"{path.name} was applied with sha256 {recorded[:12]}, the file now has "
                                f"{digest[:12]}: write a new migration instead of changing an applied one")
+
+
+async def _adopt_baseline(conn: asyncpg.Connection, done: dict[int, str | None]) -> bool:
+    """A database migrated by 001..021 has what 100_baseline creates: record the baseline as applied, without
+    running it. Rows of migrations whose files are gone stay as they are. Returns whether it was recorded."""
+    had = SQUASHED & done.keys()
+    if BASELINE in done or not had:
+        return False
+    if had != SQUASHED:
+        missing = ", ".join(f"{v:03d}" for v in sorted(SQUASHED - had))
+        raise MigrationsSquashed(
+            f"this database has {len(had)} of the migrations 001..021 (not {missing}), which {BASELINE}_baseline "
+            "replaced: upgrade it first with the release before the baseline, which applies them, then migrate "
+            "again with this one")
+    path = next(p for v, _, p in migrations() if v == BASELINE)
+    digest = _sha256(path.read_text())
+    await conn.execute("INSERT INTO public.schema_migrations (version, name, sha256) VALUES ($1, $2, $3)",
+                       BASELINE, "baseline", digest)
+    done[BASELINE] = digest
+    log.info("migrations 001..021 applied before: %s recorded as applied, not run", path.name)
+    return True
 
 
 # The `api_*` functions' files name `proj_v1`, the first projection; once a replay has switched the live
@@ -112,16 +144,22 @@ class Applied:
 
     migrations: list[int] = field(default_factory=list)
     functions: list[str] = field(default_factory=list)
+    projection: str | None = None  # the first projection, created on a fresh database
+    baseline_recorded: bool = False  # 001..021 found applied: the baseline recorded, not run
 
     def __bool__(self) -> bool:
-        return bool(self.migrations or self.functions)
+        return bool(self.migrations or self.functions or self.projection or self.baseline_recorded)
 
     def __str__(self) -> str:
         done = []
+        if self.baseline_recorded:
+            done.append(f"{BASELINE:03d}_baseline recorded (001..021 applied before)")
         if self.migrations:
             done.append("migrations " + ", ".join(f"{v:03d}" for v in self.migrations))
         if self.functions:
             done.append(f"functions {', '.join(self.functions)}")
+        if self.projection:
+            done.append(f"projection {self.projection} created and live")
         return "; ".join(done) or "nothing (up to date)"
 
 
@@ -134,6 +172,7 @@ async def _apply_migrations(conn: asyncpg.Connection, applied: Applied) -> None:
     await conn.execute("ALTER TABLE public.schema_migrations ADD COLUMN IF NOT EXISTS sha256 text")
     rows = await conn.fetch("SELECT version, sha256 FROM public.schema_migrations")
     done: dict[int, str | None] = {r["version"]: r["sha256"] for r in rows}
+    applied.baseline_recorded = await _adopt_baseline(conn, done)
     for version, name, path in migrations():
         text = path.read_text()
         digest = _sha256(text)
@@ -176,9 +215,20 @@ async def _apply_functions(conn: asyncpg.Connection, applied: Applied) -> None:
     await conn.execute("DELETE FROM public.schema_functions WHERE name <> ALL($1::text[])", [n for n, _ in found])
 
 
+async def _first_projection(conn: asyncpg.Connection, applied: Applied) -> None:
+    """No projection is live (a fresh database): create the first and make it live, in one transaction."""
+    async with conn.transaction():
+        if await conn.fetchval("SELECT EXISTS (SELECT FROM public.ledger_meta)"):
+            return
+        await conn.execute("SELECT ledger_create_projection($1)", FIRST_PROJECTION)
+        await conn.execute("SELECT ledger_activate_projection($1)", FIRST_PROJECTION)
+    log.info("created projection %s, live", FIRST_PROJECTION)
+    applied.projection = FIRST_PROJECTION
+
+
 async def migrate(url: str) -> Applied:
-    """Apply every migration not yet recorded, then every function file changed since it was applied; returns
-    what was done."""
+    """Apply every migration not yet recorded, then every function file changed since it was applied, then
+    create the first projection if none is live; returns what was done."""
     await ensure_database(url)
     # Migrations resolve unqualified names in public, whatever a database or role default says.
     conn = await asyncpg.connect(url, server_settings={"search_path": "public"})
@@ -187,6 +237,7 @@ async def migrate(url: str) -> Applied:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
         await _apply_migrations(conn, applied)
         await _apply_functions(conn, applied)
+        await _first_projection(conn, applied)
         if applied:
             await conn.execute(REPOINT)
     finally:
