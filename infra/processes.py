@@ -48,7 +48,7 @@ def prepare(env: dict[str, str]) -> None:
     topics = (cfg.transactions_topic, cfg.outcomes_topic)
     asyncio.run(ensure_topics(cfg.kafka_bootstrap, topics, cfg.topic_partitions, cfg.topic_replication))
     applied = asyncio.run(migrate_and_secure(cfg))
-    say(f"topics ready, migrations {applied or 'up to date'} ({time.monotonic() - started:.1f} s)")
+    say(f"topics ready, database: {applied} ({time.monotonic() - started:.1f} s)")
 
 
 def child_env(**overrides: str) -> dict[str, str]:

@@ -10,6 +10,8 @@ import asyncpg
 import orjson
 import pytest
 
+from infra.migrate import migrate
+from infra.settings import with_database
 from ledger.fold import Record
 from ledger.placement import partition_for
 from projections.pipeline import Pipeline
@@ -62,3 +64,19 @@ async def line(scratch: tuple[asyncpg.Connection, str]) -> AsyncIterator[Pipelin
         yield pipeline
     finally:
         await pipeline.close()
+
+
+@pytest.fixture
+async def own_database() -> AsyncIterator[str]:
+    """A database of its own, freshly migrated and dropped afterwards: for a test that switches its live
+    projection, or migrates it."""
+    url = with_database(os.environ["LEDGER_DATABASE_URL"], f"ledger_switch_{uuid.uuid4().hex[:8]}")
+    await migrate(url)
+    try:
+        yield url
+    finally:
+        admin = await asyncpg.connect(with_database(url, "postgres"))
+        try:
+            await admin.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+        finally:
+            await admin.close()

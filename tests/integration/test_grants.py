@@ -16,9 +16,6 @@ from tests.stack import unique
 OPERATOR_CALLS = [
     "SELECT ledger_activate_projection('proj_v1')",
     "SELECT ledger_create_projection('{schema}')",
-    "SELECT ledger_create_projection_v1('{schema}')",
-    "SELECT ledger_projection_v2('{schema}')",
-    "SELECT ledger_invariants('{schema}')",
     "SELECT ledger_use_live()",
 ]
 PROJECTOR_CALLS = [
@@ -62,7 +59,7 @@ async def test_public_executes_no_function_of_the_ledger() -> None:
         granted = await conn.fetch(
             "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
             "WHERE n.nspname = 'public' AND has_function_privilege('public', p.oid, 'EXECUTE')")
-        # A function a later migration creates is covered by the default privileges too (rolled back after).
+        # A function created later (a new function file) is covered by the default privileges too (rolled back).
         probing = conn.transaction()
         await probing.start()
         try:

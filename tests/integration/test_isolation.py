@@ -4,16 +4,9 @@ and a batch folded on one projection is never written into another."""
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import AsyncIterator
-
 import asyncpg
 import orjson
-import pytest
 
-from infra.migrate import migrate
-from infra.settings import with_database
 from ledger.fold import Record
 from ledger.positions import PositionKey
 from projections.pipeline import BACKLOG_RECORDS, Pipeline
@@ -167,21 +160,6 @@ async def test_a_repeated_key_under_a_new_id_resolves_to_the_original(scratch: S
     assert [tuple(r) for r in replays] == [("tx2", "tx1"), ("tx3", "tx1")]
     assert await balance(conn, schema) == 10
     assert await committed_offsets(conn, schema) == {home(tenant): 5}
-
-
-@pytest.fixture
-async def own_database() -> AsyncIterator[str]:
-    """A database of its own, migrated: the test switches its live projection."""
-    url = with_database(os.environ["LEDGER_DATABASE_URL"], f"ledger_switch_{uuid.uuid4().hex[:8]}")
-    await migrate(url)
-    try:
-        yield url
-    finally:
-        admin = await asyncpg.connect(with_database(url, "postgres"))
-        try:
-            await admin.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def test_carried_state_does_not_survive_a_switch_of_the_live_projection(own_database: str) -> None:

@@ -11,7 +11,7 @@ import asyncpg
 
 from tests.stack import unique
 
-# The lookups of api_statement (infra/migrations/015_statements.sql), with a bound in the middle of the history.
+# The lookups of api_statement (infra/functions/api_statement.sql), with a bound in the middle of the history.
 BOUND = ("SELECT x.log_offset FROM transactions x WHERE x.tenant = $1 AND x.created_at >= $2"
          " ORDER BY x.created_at, x.log_offset LIMIT 1")
 LAST_BEFORE = ("SELECT e.balance_after, e.credits_total, e.entry_number FROM entries e"

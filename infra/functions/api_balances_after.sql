@@ -1,7 +1,7 @@
--- Contract v3: a committed write's answer and `GET .../transactions/{id}` carry `balances_after`, every touched
+-- A committed write's answer and `GET .../transactions/{id}` carry `balances_after` (contract v3), every touched
 -- account's posted balance right after it: the balance after its last leg on each (account, asset), read from
 -- the entries' key (tenant, account, log_offset, leg) with the accounts its postings name.
-CREATE FUNCTION api_balances_after(p_tenant text, p_id text, p_accounts text[], p_offset bigint)
+CREATE OR REPLACE FUNCTION api_balances_after(p_tenant text, p_id text, p_accounts text[], p_offset bigint)
     RETURNS TABLE (account text, asset text, balance_after bigint)
     LANGUAGE plpgsql SET search_path = proj_v1, public AS $$
 BEGIN
@@ -15,5 +15,3 @@ $$;
 
 REVOKE ALL ON FUNCTION api_balances_after(text, text, text[], bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api_balances_after(text, text, text[], bigint) TO ledger_api;
-
-SELECT ledger_activate_projection(active_schema) FROM ledger_meta;

@@ -3,8 +3,7 @@
 -- function that reads it for the other routes. The API made three calls for it, each a round trip and a plpgsql
 -- call: ~0.85 ms of PostgreSQL per waited write (pg_stat_statements, 64 waited connections), and the API's own
 -- cost of three queries.
-
-CREATE FUNCTION api_transaction_answer(p_tenant text, p_id text)
+CREATE OR REPLACE FUNCTION api_transaction_answer(p_tenant text, p_id text)
     RETURNS TABLE (tenant text, id text, status text, reason text, postings jsonb, metadata jsonb, reference text,
                    idempotency_key text, fingerprint bytea, log_partition integer, log_offset bigint,
                    created_at timestamptz, committed_at timestamptz, error text, replay_of text, kind text,
@@ -36,7 +35,6 @@ BEGIN
     RETURN QUERY SELECT (v_tx).*, v_after, v_hash, v_previous;
 END
 $$;
+
 REVOKE ALL ON FUNCTION api_transaction_answer(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api_transaction_answer(text, text) TO ledger_api;
-
-SELECT ledger_activate_projection(active_schema) FROM ledger_meta;
