@@ -18,18 +18,18 @@ deps: $(STAMP) kafka-jars compiled
 
 # ledger/ compiled by mypyc into .build/mypyc, unless the build there is of the current sources.
 compiled: $(STAMP)
-	@$(PY) -m infra.compiled
+	@$(PY) -m tools.compiled
 
 kafka-jars: $(STAMP)
-	@$(PY) -m infra.local kafka-jars >/dev/null
+	@$(PY) -m tools.local kafka-jars >/dev/null
 
 run: deps
-	$(PY) -m infra.run
+	$(PY) -m tools.run
 
 # Prometheus with the ledger's rules (infra/prometheus/rules.yml) over a running `make run` or `make cluster`,
 # on http://127.0.0.1:9090 in the foreground (Debian's prometheus package, installed when missing).
 observe: deps
-	$(PY) -m infra.observe
+	$(PY) -m tools.observe
 
 cluster: deps
 	$(PY) -m tools.cluster
@@ -44,12 +44,12 @@ test-cluster: deps
 # The suite in a world of its own, then the short cluster test (about 2 minutes: a Kafka node and the primary
 # lost under load; it needs the ports of `make cluster`, so not beside `make run`).
 test: deps lint
-	$(PY) -m infra.testing
+	$(PY) -m tools.testing
 	$(PY) -m pytest tests/cluster -m cluster -q -s -p no:cacheprovider
 
 # The nemesis for 30 minutes (LEDGER_SOAK_SECONDS), seeded (LEDGER_SOAK_SEED); its report in .data/logs.
 soak: deps
-	LEDGER_SOAK_SECONDS=$${LEDGER_SOAK_SECONDS:-1800} $(PY) -m infra.testing tests/faults/test_nemesis.py -s -q
+	LEDGER_SOAK_SECONDS=$${LEDGER_SOAK_SECONDS:-1800} $(PY) -m tools.testing tests/faults/test_nemesis.py -s -q
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
@@ -59,10 +59,10 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy ledger
 
 services-up: deps
-	$(PY) -m infra.local up
+	$(PY) -m tools.local up
 
 services-down: $(STAMP)
-	$(PY) -m infra.local down
+	$(PY) -m tools.local down
 
 clean-data: services-down
 	rm -rf .data

@@ -8,7 +8,7 @@ import time
 import httpx
 
 from bench.stack import Bench
-from infra.local import say
+from tools.local import say
 
 
 async def batches_vs_singles(bench: Bench) -> None:

@@ -22,10 +22,10 @@ import orjson
 
 from bench import data, tools
 from bench.stack import Bench
-from infra import local
-from infra.local import say
 from infra.producer import LogProducer, producer_config
 from ledger.placement import partition_for
+from tools import local
+from tools.local import say
 
 VICTIM_RATE = 20  # the victim's waited transfers a second, as the fair-shares issue measured it
 FLOOD_CONNECTIONS = 64

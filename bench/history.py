@@ -6,8 +6,8 @@ from api.inputs import encode_cursor
 from bench import data, tools
 from bench.stack import Bench
 from infra import settings as settings_mod
-from infra.local import say
 from ledger.positions import PositionKey
+from tools.local import say
 
 DEEP = 150_000  # entries in the deep account's history, loaded before the steps (run.py)
 

@@ -16,8 +16,8 @@ import asyncpg
 from bench import ceiling, data, tools
 from bench.stack import PRODUCE_CONCURRENCY_MAX, RESULTS, Bench
 from client import LedgerProducer
-from infra.local import say
 from ledger.requests import Posting
+from tools.local import say
 
 
 async def ingest_direct(bench: Bench, owner: asyncpg.Connection, count: int, mix: bool = False,

@@ -11,7 +11,7 @@ from bench import data
 from bench.ingest import transfer
 from bench.stack import Bench
 from client import LedgerProducer
-from infra.local import say
+from tools.local import say
 
 
 async def ingest_client(bench: Bench, rate: int) -> None:

@@ -6,7 +6,7 @@ import json
 
 from bench import data, tools
 from bench.stack import Bench
-from infra.local import say
+from tools.local import say
 
 
 def ingest_http(bench: Bench, rate: int) -> None:

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from bench import data, tools
 from bench.stack import Bench
-from infra.local import say
+from tools.local import say
 
 TENANTS = [f"pm-{n:02d}" for n in range(10)]
 SLA = {"p95_ms": 150.0, "p99_ms": 300.0, "error_ratio": 0.001}

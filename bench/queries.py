@@ -13,7 +13,7 @@ import asyncpg
 
 from bench import tools
 from bench.stack import Bench
-from infra.local import say
+from tools.local import say
 
 OFFSET_BASE = 1_000_000  # past the tenants' own records on the log
 SHAPES = {

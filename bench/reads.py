@@ -11,8 +11,8 @@ import asyncpg
 from bench import data, tools
 from bench.stack import PRODUCE_CONCURRENCY_MAX, Bench
 from client import LedgerProducer
-from infra.local import say
 from ledger.requests import Posting
+from tools.local import say
 
 
 def read_targets(bench: Bench, accounts: int, count: int = 20_000, suffix: str = "") -> str:

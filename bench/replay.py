@@ -8,9 +8,9 @@ import time
 import asyncpg
 
 from bench.stack import Bench
-from infra.local import say
 from infra.migrate import migrate
 from projections.replay import replay
+from tools.local import say
 
 
 async def replay_rate(bench: Bench) -> None:

@@ -7,7 +7,7 @@ import asyncpg
 from bench import tools
 from bench.reads import read_targets
 from bench.stack import Bench
-from infra.local import say
+from tools.local import say
 
 
 async def round_trips(bench: Bench, owner: asyncpg.Connection, accounts: int) -> None:

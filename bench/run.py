@@ -33,9 +33,9 @@ from bench.saturation import saturation
 from bench.stack import RESULTS, Bench
 from bench.waited import waited
 from bench.webhooks import webhooks
-from infra import local
-from infra.local import say
-from infra.testing import remove_world
+from tools import local
+from tools.local import say
+from tools.testing import remove_world
 
 
 async def run(bench: Bench) -> None:

@@ -10,7 +10,7 @@ import httpx
 
 from bench import tools
 from bench.stack import Bench
-from infra.local import ROOT, say
+from tools.local import ROOT, say
 
 
 def _lua_targets(bench: Bench, accounts: int) -> Path:

@@ -12,12 +12,12 @@ import asyncpg
 import httpx
 
 from bench import data
-from infra import processes
 from infra import settings as settings_mod
 from infra.kafka import log_end
-from infra.local import DATA, ROOT
-from infra.run import wait_ready
-from infra.testing import session_env
+from tools import processes
+from tools.local import DATA, ROOT
+from tools.run import wait_ready
+from tools.testing import session_env
 
 RESULTS = ROOT / "bench" / "results"
 PRODUCE_CONCURRENCY_MAX = 2000

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infra.local import CACHE, say
+from tools.local import CACHE, say
 
 VEGETA_VERSION = "v12.13.0"
 

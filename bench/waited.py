@@ -10,7 +10,7 @@ from typing import Any
 
 from bench import data, tools
 from bench.stack import Bench
-from infra.local import say
+from tools.local import say
 
 CONNECTIONS = 64
 STACK_ROLES = ("api", "projector", "postgres", "kafka")

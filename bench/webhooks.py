@@ -17,7 +17,7 @@ import orjson
 
 from bench import data, tools
 from bench.stack import Bench
-from infra.local import say
+from tools.local import say
 
 RATES = (200, 500)
 BASELINE_WRITES = 200

@@ -7,20 +7,14 @@ The build sits in `.build/mypyc/` beside copies of the sources it was made from,
 which each service's package (`api`, `projections`, `dispatch`, `ops`, `bench`) and the tests call before any
 module of `ledger` is imported, puts it first on the `ledger` package's path, only while that digest is the one
 of the sources in `ledger/`: an edited module is never shadowed by a stale build, it runs pure until the next
-`make`. `LEDGER_PURE=1` runs the pure modules whatever is built. `python -m infra.compiled` builds unless
+`make`. `LEDGER_PURE=1` runs the pure modules whatever is built. `python -m tools.compiled` builds unless
 the build is current. The choice lives here, not in `ledger/`, so that importing the pure core reads nothing.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import importlib.metadata
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import ledger
@@ -73,54 +67,3 @@ def use() -> bool:
 def active() -> bool:
     """Whether `ledger/` runs compiled in this process."""
     return str(BUILD / "ledger") in ledger.__path__
-
-
-def _stamp(digest: str) -> str:
-    """What DIGEST holds: the sources' digest (all `ledger/` checks), then the compiler's version (a new mypy
-    rebuilds)."""
-    return f"{digest}\nmypy {importlib.metadata.version('mypy')}\n"
-
-
-def current() -> bool:
-    marker = BUILD / "ledger" / "DIGEST"
-    return marker.exists() and marker.read_text() == _stamp(compiled_digest(ROOT / "ledger"))
-
-
-def build() -> None:
-    """Compile the modules of `ledger/` into `.build/mypyc`, beside copies of the sources they were compiled
-    from. One build at a time (a lock); a failed one leaves the modules pure, with a warning."""
-    BUILD.parent.mkdir(exist_ok=True)
-    with open(BUILD.parent / "mypyc.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if current():
-            return
-        from infra.local import say  # tooling: services only `use` a build
-        started = time.monotonic()
-        work = Path(tempfile.mkdtemp(prefix="mypyc.", dir=BUILD.parent))
-        try:
-            (work / "ledger").mkdir()
-            names = modules(ROOT / "ledger")
-            for name in [*names, *PURE_MODULES]:
-                shutil.copy2(ROOT / "ledger" / name, work / "ledger" / name)
-            digest = compiled_digest(work / "ledger")  # of what is compiled, whatever changes meanwhile
-            shutil.copy2(ROOT / "pyproject.toml", work / "pyproject.toml")  # mypy's settings: ledger.* is strict
-            mypyc = Path(sys.executable).with_name("mypyc")
-            result = subprocess.run([str(mypyc), *[f"ledger/{n}" for n in names]], cwd=work, capture_output=True,
-                                    text=True)
-            if result.returncode != 0:
-                sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
-                say("WARNING: mypyc could not compile ledger/; its modules run as Python")
-                return
-            shutil.rmtree(work / "build", ignore_errors=True)
-            for name in PURE_MODULES:  # imported from `ledger/` itself, never from a copy
-                (work / "ledger" / name).unlink()
-            (work / "ledger" / "DIGEST").write_text(_stamp(digest))
-            shutil.rmtree(BUILD, ignore_errors=True)
-            work.rename(BUILD)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        say(f"compiled ledger/ with mypyc in {time.monotonic() - started:.1f} s")
-
-
-if __name__ == "__main__":
-    build()

@@ -1,6 +1,6 @@
 """The real stack under test: a projector and an API started as processes against real Kafka and PostgreSQL.
 
-`make test` (infra.testing) starts the services and points `LEDGER_*` at them before pytest runs.
+`make test` (tools.testing) starts the services and points `LEDGER_*` at them before pytest runs.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from collections.abc import Iterator
 import asyncpg
 import httpx
 
-from infra import processes
 from infra import settings as settings_mod
 from infra.kafka import log_end
-from infra.local import DATA
-from infra.testing import free_port
 from ledger.positions import Position, PositionKey
+from tools import processes
+from tools.local import DATA
+from tools.testing import free_port
 
-# This test run's own topics (infra.testing names them after the run).
+# This test run's own topics (tools.testing names them after the run).
 SETTINGS = settings_mod.load()
 TRANSACTIONS_TOPIC = SETTINGS.transactions_topic
 OUTCOMES_TOPIC = SETTINGS.outcomes_topic
@@ -38,7 +38,7 @@ def unique(prefix: str = "t") -> str:
 
 
 def position_key() -> PositionKey:
-    """The key this session's API and projector seal position tokens with (infra.testing sets it)."""
+    """The key this session's API and projector seal position tokens with (tools.testing sets it)."""
     key = settings_mod.load().position_key
     assert key is not None, "service tests run under `make test`, which sets LEDGER_POSITION_KEY"
     return PositionKey(key)

@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infra import local, processes
 from infra import settings as settings_mod
-from infra.local import DATA, say
-from infra.run import admin_token, wait_ready
-from tools import kafka_nodes, postgres_nodes
+from tools import kafka_nodes, local, postgres_nodes, processes
+from tools.local import DATA, say
 from tools.postgres_nodes import PgNode
+from tools.run import admin_token, wait_ready
 from tools.supervisor import STOP_TIMEOUT_S, Child, command_line, stop_all
 
 BASE = DATA / "cluster"

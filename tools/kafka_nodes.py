@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from infra.local import ROOT
+from tools.local import ROOT
 
 NODES = 3
 CLIENT_PORT_BASE = 19091  # kafka-1 on 19092

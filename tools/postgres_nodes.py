@@ -28,7 +28,7 @@ from typing import Any
 
 import asyncpg
 
-from infra.local import ensure_installed, pg_bin, say
+from tools.local import ensure_installed, pg_bin, say
 
 MONITOR_PORT = 15430
 NODE_PORTS = {"pg1": 15431, "pg2": 15432}

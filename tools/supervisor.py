@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.local import ROOT, say
 from infra.retry import Backoff
+from tools.local import ROOT, say
 
 STOP_TIMEOUT_S = 30.0
 # A process that keeps dying is restarted after a growing pause (1 s, 2 s, ... 30 s), never given up on: the

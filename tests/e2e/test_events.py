@@ -13,13 +13,13 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from dispatch.signing import verify
-from infra import processes
 from infra.kafka import log_end
 from tests.conftest import Tenant, create_tenant
 from tests.e2e.helpers import posting, transfer
 from tests.e2e.receiver import Received, Receiver
 from tests.e2e.test_holds import code, funded, post
 from tests.stack import OUTCOMES_TOPIC, SETTINGS, Stack
+from tools import processes
 
 
 async def hook(tenant: Tenant, url: str, events: list[str] | None = None) -> dict[str, Any]:

@@ -12,11 +12,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from client import AppendUnconfirmed, LedgerProducer
-from infra import processes
 from ledger.requests import Posting
 from tests.conftest import Tenant
 from tests.e2e.helpers import balances, posting, produce, transfer
 from tests.stack import SETTINGS, Stack, token, unique
+from tools import processes
 
 NUL_BODIES = [
     {"metadata": {"n": "\u0000"}},

@@ -1,7 +1,7 @@
 """The operator's dashboard on a real Prometheus: the rules pass promtool, and under load every panel of
 `infra/grafana/ledger.json` has data and every rule group is loaded and healthy.
 
-Prometheus is Debian's package (`infra.observe` installs it with apt-get when missing and we are root). It
+Prometheus is Debian's package (`tools.observe` installs it with apt-get when missing and we are root). It
 scrapes this session's API, dispatcher and a projector every second and evaluates the rules every second.
 """
 
@@ -21,13 +21,13 @@ from typing import Any
 import httpx
 import yaml
 
-from infra import observe, processes
-from infra.local import ROOT
-from infra.testing import free_port
 from tests.conftest import Tenant, create_tenant
 from tests.e2e.helpers import posting, transfer
 from tests.e2e.receiver import Receiver
 from tests.stack import Stack, unique
+from tools import observe, processes
+from tools.local import ROOT
+from tools.testing import free_port
 
 DASHBOARD = ROOT / "infra" / "grafana" / "ledger.json"
 LOAD_S = 20.0

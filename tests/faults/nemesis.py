@@ -40,7 +40,6 @@ import httpx
 import orjson
 
 from client import AppendUnconfirmed, LedgerProducer
-from infra import local, processes
 from infra.kafka import log_end
 from ledger.requests import Posting
 from ops.verify import verify
@@ -48,6 +47,7 @@ from projections.replay import read_log
 from tests.bank import ACCOUNTS, FUND, HELD_MISMATCH, posting
 from tests.e2e.receiver import Receiver
 from tests.stack import OUTCOMES_TOPIC, SETTINGS, TRANSACTIONS_TOPIC, Stack, opened, unique
+from tools import local, processes
 
 PAUSE_S = (2.0, 6.0)  # between faults
 RECOVERY_TIMEOUT_S = 120.0

@@ -13,11 +13,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from infra import local, processes
 from ops.status import group_members
 from tests.conftest import Tenant
 from tests.faults.helpers import assert_verified, needs_local_services, stream, wait_projected
 from tests.stack import Stack, unique
+from tools import local, processes
 
 PARTITIONS = 4
 SHUTDOWN_S_MAX = 10.0

@@ -12,9 +12,9 @@ import os
 
 import httpx
 
-from infra.local import DATA
 from tests.faults.nemesis import Nemesis, seed_and_seconds
 from tests.stack import Stack
+from tools.local import DATA
 
 SHORT_S = 60.0
 

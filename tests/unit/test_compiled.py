@@ -11,6 +11,7 @@ import ledger
 import ledger.fold
 from infra import compiled
 from infra.compiled import compiled_digest
+from tools.compiled import current
 
 
 def test_any_change_to_a_module_changes_the_digest_a_build_is_checked_against(tmp_path: Path) -> None:
@@ -24,7 +25,7 @@ def test_any_change_to_a_module_changes_the_digest_a_build_is_checked_against(tm
 
 
 def test_a_current_build_is_what_runs_unless_pure_is_asked() -> None:
-    built = compiled.current()
+    built = current()
     pure = os.environ.get("LEDGER_PURE", "") not in ("", "0")
     assert (built and not pure) == compiled.active()
     assert ledger.fold.__file__ is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from infra.run import RESTARTS_MAX, RestartBudget, given_up_banner
+from tools.run import RESTARTS_MAX, RestartBudget, given_up_banner
 
 
 def test_restarts_stop_at_the_limit_within_the_window_and_resume_after_it() -> None:

@@ -7,8 +7,8 @@ import secrets
 
 import pytest
 
-from infra import local, processes
 from infra.settings import SettingsError, load, require_position_key, with_database, with_user
+from tools import local, processes
 
 BAD_VALUES = {
     "LEDGER_API_PORT": ["x", "0", "70000"],

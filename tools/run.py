@@ -18,9 +18,9 @@ import sys
 import time
 import urllib.request
 
-from infra import local, processes
 from infra import settings as settings_mod
-from infra.local import DATA, say
+from tools import local, processes
+from tools.local import DATA, say
 
 READY_TIMEOUT_S = 60
 RESTARTS_MAX = 5

@@ -26,16 +26,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from infra import processes
 from infra import settings as settings_mod
-from infra.local import DATA, ROOT, ensure_installed, port_open, say
+from tools import processes
+from tools.local import DATA, ROOT, ensure_installed, port_open, say
 
 RULES = ROOT / "infra" / "prometheus" / "rules.yml"
 DIRECTORY = DATA / "observe"
 CLUSTER_STATE = DATA / "cluster.json"
 PACKAGE = "prometheus"  # Debian's: /usr/bin/prometheus and /usr/bin/promtool
 PORT = 9090
-PROJECTOR_METRICS_PORT = 9464  # make run's defaults (infra/run.py)
+PROJECTOR_METRICS_PORT = 9464  # make run's defaults (tools/run.py)
 DISPATCHER_METRICS_PORT = 9474
 JOBS = ("api", "projector", "dispatcher")
 # What `make observe` scrapes at; the tests use start()'s 1 s, so that a short test sees several samples.
@@ -104,7 +104,7 @@ def cluster_targets(state: dict[str, Any]) -> Targets:
 
 
 def run_targets(cfg: settings_mod.Settings) -> Targets:
-    """The scrape targets of `make run` with these settings, as infra/run.py starts them: the n-th projector
+    """The scrape targets of `make run` with these settings, as tools/run.py starts them: the n-th projector
     serves on the first one's port + n - 1."""
     first = cfg.projector_metrics_port or PROJECTOR_METRICS_PORT
     return {"api": [_host_port(f"http://{cfg.api_host}:{cfg.api_port}")],
@@ -204,7 +204,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m infra.observe", description=(__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.observe", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--stack", choices=("auto", "run", "cluster"), default="auto",
                         help="what to scrape: a running make cluster when there is one (auto), or make run's ports")
     parser.add_argument("--port", type=int, default=PORT, help="Prometheus's port on 127.0.0.1 (9090)")

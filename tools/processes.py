@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 from infra import settings as settings_mod
-from infra.local import ROOT, kept_secret, say
 from infra.migrate import migrate_and_secure
 from infra.settings import Settings
 from infra.topics import ensure_topics
+from tools.local import ROOT, kept_secret, say
 
 STOP_TIMEOUT_S = 10.0
 

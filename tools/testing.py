@@ -19,9 +19,9 @@ import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from infra import local, processes
 from infra import settings as settings_mod
 from infra.settings import Settings, with_database
+from tools import local, processes
 
 
 def free_port() -> int:

@@ -1,7 +1,7 @@
 """Starts and stops the local Kafka broker (KRaft, one node) and PostgreSQL cluster under `.data/`.
 
 A service named by `LEDGER_KAFKA_BOOTSTRAP` / `LEDGER_DATABASE_URL` is used as it is and never started.
-Both keep their data across runs. `python -m infra.local up|down|status`.
+Both keep their data across runs. `python -m tools.local up|down|status`.
 """
 
 from __future__ import annotations
@@ -342,7 +342,7 @@ def main() -> None:
     elif command == "status":
         print(f"kafka: {'up' if port_open(KAFKA_PORT) else 'down'}; postgres: {'up' if port_open(PG_PORT) else 'down'}")
     else:
-        raise SystemExit("usage: python -m infra.local up|down|status|kafka-jars")
+        raise SystemExit("usage: python -m tools.local up|down|status|kafka-jars")
 
 
 if __name__ == "__main__":
