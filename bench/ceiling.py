@@ -16,7 +16,7 @@ import asyncpg
 
 from bench import tools
 from ledger.rows import BALANCE_COLUMNS, ENTRY_COLUMNS, TRANSACTION_COLUMNS
-from projections.writer import UPSERT_BALANCES
+from projections.statements import UPSERT_BALANCES
 
 BATCH = 5000
 TABLES = ("transactions", "entries", "balances")

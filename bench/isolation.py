@@ -16,7 +16,7 @@ import orjson
 
 from bench.stack import Bench
 from infra import settings as settings_mod
-from ledger.fold import Record
+from ledger.batch import Record
 from ledger.placement import partition_for
 from projections.pipeline import Pipeline
 

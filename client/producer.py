@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from infra.kafka import topic_partitions
 from infra.producer import LogProducer, ProduceFailed, producer_config
 from infra.settings import OUTCOMES_TOPIC, TRANSACTIONS_TOPIC
+from ledger.bodies import parse_body, parse_items
 from ledger.codec import encode_request
 from ledger.errors import AppendUnconfirmed, InvalidRequest
 from ledger.positions import Position, PositionKey
@@ -37,9 +38,7 @@ from ledger.validation import (
     check_id,
     check_tenant,
     check_tenant_name,
-    parse_body,
     parse_idempotency_key,
-    parse_items,
     parse_metadata,
     parse_postings,
     parse_reference,

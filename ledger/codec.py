@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from ledger.bodies import build, parse_items
 from ledger.errors import InvalidRequest, MalformedJson
 from ledger.positions import Position, PositionKey
 from ledger.requests import (
@@ -29,15 +30,7 @@ from ledger.requests import (
     Tick,
     TransferRequest,
 )
-from ledger.validation import (
-    build,
-    check_customer,
-    check_id,
-    check_tenant,
-    check_tenant_name,
-    parse_idempotency_key,
-    parse_items,
-)
+from ledger.validation import check_customer, check_id, check_tenant, check_tenant_name, parse_idempotency_key
 
 COMMON = frozenset({"v", "kind", "id", "tenant", "idempotency_key", "metadata", "reference"})
 # Per kind: the fields it may carry, and those it must.

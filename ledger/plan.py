@@ -11,8 +11,8 @@ what the ledger (carried from batch to batch) already holds: comprehensions over
 
 from __future__ import annotations
 
+from ledger.batch import Decoded, Invalid
 from ledger.decisions import touched
-from ledger.fold import Decoded, Invalid
 from ledger.memory import Ledger
 from ledger.requests import (
     BatchRequest,

@@ -6,33 +6,14 @@ Every check raises `InvalidRequest` naming the offending field; nothing here tru
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import TypedDict
 
 import orjson
 
 from ledger.errors import InvalidRequest
 from ledger.requests import (
-    CAPTURE,
-    HOLD,
     HOLD_EXPIRES_IN_S_DEFAULT,
-    MONITOR,
-    POLICY,
-    REVERSE,
-    TRANSFER,
-    UNMONITOR,
-    VOID,
     Assertion,
-    CaptureRequest,
-    HoldRequest,
-    MonitorRequest,
-    PolicyRequest,
     Posting,
-    ReverseRequest,
-    TransactionRequest,
-    TransferRequest,
-    UnmonitorRequest,
-    VoidRequest,
     Watch,
 )
 
@@ -106,7 +87,7 @@ def check_amount(value: object, field: str = "amount") -> int:
     return value
 
 
-def _object(value: object, field: str, allowed: frozenset[str]) -> dict[str, object]:
+def check_object(value: object, field: str, allowed: frozenset[str]) -> dict[str, object]:
     if not isinstance(value, dict):
         raise InvalidRequest("must be an object", field)
     unknown = sorted(set(value) - allowed)
@@ -118,7 +99,7 @@ def _object(value: object, field: str, allowed: frozenset[str]) -> dict[str, obj
 def parse_posting(value: object, field: str, maximum: bool = False) -> Posting:
     """A posting; with `maximum`, one that gives `amount_max` (at most that much) instead of `amount`."""
     fields = MAX_POSTING_FIELDS if maximum else POSTING_FIELDS
-    obj = _object(value, field, fields)
+    obj = check_object(value, field, fields)
     missing = sorted(fields - set(obj))
     if missing:
         raise InvalidRequest(f"missing field {missing[0]!r}", field)
@@ -184,7 +165,7 @@ def parse_asserts(value: object) -> tuple[Assertion, ...]:
     asserts = []
     for index, item in enumerate(value):
         field = f"assert[{index}]"
-        obj = _object(item, field, ASSERT_FIELDS)
+        obj = check_object(item, field, ASSERT_FIELDS)
         if "account" not in obj or "asset" not in obj:
             raise InvalidRequest("must name an account and an asset", field)
         low, high = _bound(obj.get("min"), f"{field}.min"), _bound(obj.get("max"), f"{field}.max")
@@ -260,19 +241,6 @@ def parse_idempotency_key(value: object) -> str | None:
     return _short_string(value, "idempotency_key", IDEMPOTENCY_KEY_LEN_MAX)
 
 
-# The fields of an HTTP body, per kind of request (the API takes the id, tenant, key and target elsewhere).
-BODY_FIELDS_BY_KIND = {
-    TRANSFER: BODY_FIELDS | CONDITION_FIELDS,
-    HOLD: BODY_FIELDS | CONDITION_FIELDS | {"expires_in_s"},
-    CAPTURE: frozenset({"amount", "metadata", "reference"}),
-    VOID: frozenset({"metadata", "reference"}),
-    REVERSE: frozenset({"amount", "metadata", "reference"}),
-    POLICY: frozenset({"metadata", "overdraft_limit", "frozen"}),
-    MONITOR: frozenset({"account", "asset", "below", "above", "metadata", "reference"}),
-    UNMONITOR: frozenset({"metadata", "reference"}),
-}
-
-
 def parse_watch(obj: dict[str, object]) -> Watch:
     """A balance monitor's account, asset and bounds: at least one of `below` and `above`."""
     if "account" not in obj or "asset" not in obj:
@@ -312,93 +280,3 @@ def check_customer(value: object, field: str) -> str:
     if is_system(address):
         raise InvalidRequest("a system account has no policy", field)
     return address
-
-
-class _Common(TypedDict):
-    id: str
-    tenant: str
-    idempotency_key: str | None
-    metadata: dict[str, str]
-    reference: str | None
-
-
-def build(kind: str, obj: dict[str, object], *, id: object, tenant: str, idempotency_key: object,
-          target: Callable[[], str] | None = None) -> TransactionRequest:
-    """The request of `kind` that `obj` (an HTTP body or a record, its fields already checked against the
-    kind's) describes, checked field by field in one order wherever it came from; `target` checks what a
-    capture, void, reversal, policy or removal names (from the path, or the record's field)."""
-    if kind in (TRANSFER, HOLD):
-        postings, maxed = parse_postings_with_max(obj["postings"])
-        if_version, asserts = parse_conditions(obj)
-    common: _Common = {"id": check_id(id), "tenant": check_tenant(tenant),
-              "idempotency_key": parse_idempotency_key(idempotency_key),
-              "metadata": parse_metadata(obj.get("metadata")), "reference": parse_reference(obj.get("reference"))}
-    if kind == TRANSFER:
-        return TransferRequest(**common, postings=postings, if_version=if_version,
-                               asserts=asserts, amount_max=maxed)
-    if kind == HOLD:
-        return HoldRequest(**common, postings=postings, if_version=if_version,
-                           asserts=asserts, amount_max=maxed, expires_in_s=parse_expires_in_s(obj.get("expires_in_s")))
-    if kind == MONITOR:
-        return MonitorRequest(**common, watch=parse_watch(obj))
-    assert target is not None, kind
-    named = target()
-    if kind == CAPTURE:
-        return CaptureRequest(**common, hold=named, amount=parse_partial_amount(obj.get("amount")))
-    if kind == VOID:
-        return VoidRequest(**common, hold=named)
-    if kind == REVERSE:
-        return ReverseRequest(**common, transaction=named,
-                              amount=parse_partial_amount(obj.get("amount")))
-    if kind == POLICY:
-        return PolicyRequest(**common, account=named, limits=parse_limits(obj.get("overdraft_limit")),
-                             frozen=parse_frozen(obj.get("frozen")))
-    assert kind == UNMONITOR, kind
-    return UnmonitorRequest(**common, monitor=named)
-
-
-def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | None, kind: str = TRANSFER,
-               target: str | None = None) -> TransactionRequest:
-    """The request an HTTP body describes; the API supplies the id, tenant, idempotency key and, for a
-    capture, void, reversal or account policy, the hold, transaction or account it names (`target`, from
-    the path)."""
-    obj = _object({} if body is None and kind in (VOID, CAPTURE, REVERSE, POLICY, UNMONITOR) else body, "body",
-                  BODY_FIELDS_BY_KIND[kind])
-    if kind in (TRANSFER, HOLD) and "postings" not in obj:
-        raise InvalidRequest("missing field 'postings'", "body")
-    return build(kind, obj, id=id, tenant=tenant, idempotency_key=idempotency_key,
-                 target=lambda: check_customer(target, "address") if kind == POLICY else check_id(target, "id"))
-
-
-ITEM_FIELDS = BODY_FIELDS | CONDITION_FIELDS | {"idempotency_key"}
-
-
-def parse_items(value: object, tenant: str, ids: list[str] | None = None,
-                batch_key: str | None = None) -> tuple[TransferRequest, ...]:
-    """A batch's transfers: 1 to `BATCH_ITEMS_MAX` bodies, each with its own optional `idempotency_key`, and
-    its `id` (given by the API in `ids`, else each item's own `id`: a record on the log). Ids must differ, and
-    so must idempotency keys, the batch's own (`batch_key`) included."""
-    if not isinstance(value, list) or not 1 <= len(value) <= BATCH_ITEMS_MAX:
-        raise InvalidRequest(f"must be a list of 1 to {BATCH_ITEMS_MAX} transfers", "transactions")
-    items = []
-    for index, item in enumerate(value):
-        field = f"transactions[{index}]"
-        obj = _object(item, field, ITEM_FIELDS if ids is not None else ITEM_FIELDS | {"id"})
-        if "postings" not in obj:
-            raise InvalidRequest("missing field 'postings'", field)
-        postings, maxed = parse_postings_with_max(obj["postings"])
-        if_version, asserts = parse_conditions(obj)
-        items.append(TransferRequest(
-            id=check_id(ids[index] if ids is not None else obj.get("id"), f"{field}.id"), tenant=tenant,
-            postings=postings, idempotency_key=parse_idempotency_key(obj.get("idempotency_key")),
-            metadata=parse_metadata(obj.get("metadata")), reference=parse_reference(obj.get("reference")),
-            if_version=if_version, asserts=asserts, amount_max=maxed))
-    if len({i.id for i in items}) != len(items):
-        raise InvalidRequest("ids must differ", "transactions")
-    keys = [i.idempotency_key for i in items if i.idempotency_key is not None]
-    if batch_key is not None:
-        keys.append(batch_key)
-    if len(set(keys)) != len(keys):
-        # Decided in one record, both would be refused and the key bound to neither.
-        raise InvalidRequest("idempotency keys must differ within a batch", "transactions")
-    return tuple(items)

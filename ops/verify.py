@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 import asyncpg
 import orjson
 
+from ledger.batch import Record
 from ledger.chain import CHAINED_KINDS, GENESIS, canonical, link, timestamp_text
-from ledger.fold import Record
 from projections.replay import replay
 from projections.writer import committed_offsets, schema_path
 

@@ -32,8 +32,8 @@ from infra import settings as settings_mod
 from infra.kafka import PacedCommits, log_end, topic_config, topic_partitions
 from infra.producer import RenewingProducer, producer_config
 from infra.settings import Settings
+from ledger.batch import Record
 from ledger.codec import encode_request
-from ledger.fold import Record
 from ledger.positions import PositionKey
 from ledger.requests import Tick
 from projections.pipeline import GC_THRESHOLDS, BatchResult, Pipeline

@@ -34,30 +34,14 @@ from typing import TypeVar
 import asyncpg
 
 from infra.retry import Backoff, retrying
-from ledger.fold import (
-    POISON_AS_EVENT,
-    BatchRows,
-    Decoded,
-    Record,
-    decode_all,
-    error_text,
-    fold_batch,
-)
+from ledger.batch import BatchRows, Decoded, Record, decode_all, error_text
+from ledger.fold import POISON_AS_EVENT, fold_batch
 from ledger.memory import Ledger
 from ledger.plan import Needs
 from ledger.positions import Position, PositionKey
 from ledger.requests import Tick
-from projections.writer import (
-    Poisoned,
-    Publish,
-    Transient,
-    begin,
-    committed_offsets,
-    open_batch,
-    preload,
-    store,
-    translated,
-)
+from projections.faults import Poisoned, Transient, translated
+from projections.writer import Publish, begin, committed_offsets, open_batch, preload, store
 
 log = logging.getLogger("ledger.projector")
 

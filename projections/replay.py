@@ -14,7 +14,7 @@ from datetime import datetime
 from aiokafka import TopicPartition
 
 from infra.kafka import consumer, log_end
-from ledger.fold import Record
+from ledger.batch import Record
 from projections.pipeline import BatchResult, Connect, Keep, Pipeline
 from projections.writer import committed_offsets
 

@@ -46,6 +46,7 @@ from api.routes.common import (
     waiter_key,
 )
 from api.store import Store
+from ledger.bodies import parse_body, parse_items
 from ledger.chain import GENESIS
 from ledger.errors import AppendUnconfirmed, InvalidRequest, NotFound
 from ledger.positions import Position, PositionKey
@@ -61,15 +62,7 @@ from ledger.requests import (
     CaptureRequest,
     ReverseRequest,
 )
-from ledger.validation import (
-    check_address,
-    check_id,
-    parse_body,
-    parse_idempotency_key,
-    parse_items,
-    parse_metadata,
-    parse_reference,
-)
+from ledger.validation import check_address, check_id, parse_idempotency_key, parse_metadata, parse_reference
 
 log = logging.getLogger("ledger.api")
 

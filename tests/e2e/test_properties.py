@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from infra.kafka import topic_partitions
 from infra.migrate import migrate
-from ledger.fold import BatchRows, Record, decode_all, fold_batch
+from ledger.batch import BatchRows, Record, decode_all
+from ledger.fold import fold_batch
 from ledger.memory import Ledger
 from ledger.validation import is_system
 from projections.replay import replay

@@ -12,7 +12,7 @@ import pytest
 
 from infra.migrate import migrate
 from infra.settings import with_database
-from ledger.fold import Record
+from ledger.batch import Record
 from ledger.placement import partition_for
 from projections.pipeline import Pipeline
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncpg
 import orjson
 
-from ledger.fold import Record
+from ledger.batch import Record
 from ledger.positions import PositionKey
 from projections.pipeline import BACKLOG_RECORDS, Pipeline
 from projections.writer import committed_offsets

@@ -8,8 +8,8 @@ import os
 import asyncpg
 
 from infra.settings import PROGRESS_CHANNEL
+from projections.faults import poison, transient
 from projections.pipeline import Pipeline
-from projections.writer import poison, transient
 from tests.integration.conftest import created, record
 from tests.stack import unique
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from ledger.batch import BatchRows, Record, decode_all
+from ledger.bodies import parse_body, parse_items
 from ledger.codec import decode_request, encode_request
 from ledger.decisions import decide
 from ledger.errors import InvalidRequest
-from ledger.fold import BatchRows, Record, decode_all, fold_batch
+from ledger.fold import fold_batch
 from ledger.memory import Ledger
 from ledger.placement import partition_for
 from ledger.positions import Position
@@ -27,7 +29,7 @@ from ledger.requests import (
     VoidRequest,
 )
 from ledger.state import HELD, Outcome
-from ledger.validation import CONDITIONS_MAX, parse_body, parse_items
+from ledger.validation import CONDITIONS_MAX
 
 T = "acme"
 USD = "USD/2"

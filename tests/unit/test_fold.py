@@ -7,14 +7,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.fold import (
-    POISON_AS_EVENT,
-    POISON_AS_TRANSACTION,
-    BatchRows,
-    Record,
-    decode_all,
-    fold_batch,
-)
+from ledger.batch import BatchRows, Record, decode_all
+from ledger.fold import POISON_AS_EVENT, POISON_AS_TRANSACTION, fold_batch
 from ledger.memory import Ledger
 from ledger.placement import partition_for
 from ledger.positions import Position, PositionKey

@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 from starlette.requests import Request
 
 from api.inputs import check_params, header, parse_time
+from ledger.batch import BatchRows, Record, decode_all
+from ledger.bodies import parse_items
 from ledger.codec import decode_json, decode_request, encode_request
 from ledger.errors import InvalidRequest, MalformedJson
-from ledger.fold import BatchRows, Record, decode_all, fold_batch
+from ledger.fold import fold_batch
 from ledger.memory import Ledger
 from ledger.placement import partition_for
 from ledger.reasons import IDEMPOTENCY_CONFLICT
@@ -24,7 +26,7 @@ from ledger.requests import (
     Posting,
     TransferRequest,
 )
-from ledger.validation import check_address, check_id, parse_items
+from ledger.validation import check_address, check_id
 
 TENANT = "acme"
 PARTITIONS = 4

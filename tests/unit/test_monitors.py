@@ -6,9 +6,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from ledger.batch import BatchRows, Record, decode_all
+from ledger.bodies import parse_body
 from ledger.codec import decode_request, encode_request
 from ledger.errors import InvalidRequest
-from ledger.fold import BatchRows, Record, decode_all, fold_batch
+from ledger.fold import fold_batch
 from ledger.memory import Ledger
 from ledger.placement import partition_for
 from ledger.positions import PositionKey
@@ -18,7 +20,6 @@ from ledger.requests import (
     MonitorRequest,
     Watch,
 )
-from ledger.validation import parse_body
 
 PARTITIONS = 4
 TENANT = "acme"

@@ -3,7 +3,7 @@ asks for nothing more."""
 
 from __future__ import annotations
 
-from ledger.fold import Decoded, Invalid
+from ledger.batch import Decoded, Invalid
 from ledger.memory import Ledger
 from ledger.plan import Needs
 from ledger.positions import Position

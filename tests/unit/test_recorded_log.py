@@ -13,8 +13,9 @@ from typing import Any
 
 import orjson
 
+from ledger.batch import BatchRows, Invalid, Record, decode_all
 from ledger.codec import decode_request, encode_request
-from ledger.fold import BatchRows, Invalid, Record, decode_all, fold_batch
+from ledger.fold import fold_batch
 from ledger.memory import Ledger
 from ledger.positions import Position, PositionKey
 from ledger.requests import BatchRequest, Tick, TransactionRequest

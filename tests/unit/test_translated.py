@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 
 from infra.producer import ProduceFailed
-from projections.writer import Poisoned, Transient, translated
+from projections.faults import Poisoned, Transient, translated
 
 
 async def failing(error: BaseException) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from ledger.bodies import parse_body
 from ledger.errors import InvalidRequest
 from ledger.validation import (
     AMOUNT_MAX,
@@ -9,7 +10,6 @@ from ledger.validation import (
     check_amount,
     check_asset,
     check_tenant,
-    parse_body,
     parse_metadata,
     parse_postings,
 )
