@@ -72,7 +72,7 @@ class Endpoint:
         self.overflowed = False  # some of its deliveries wait in PostgreSQL for room here
 
 
-class Outcome(NamedTuple):
+class DeliveryResult(NamedTuple):
     """What became of one delivery of a batch: the attempt made (0: none), and its state after."""
 
     event_id: str
@@ -162,11 +162,11 @@ class Deliveries:
             return
         hook = await self._webhook(tenant, webhook_id)
         if hook is None:
-            await self._record(key, [Outcome(e["id"], 0, None, None, "cancelled", 0.0) for e in events])
+            await self._record(key, [DeliveryResult(e["id"], 0, None, None, "cancelled", 0.0) for e in events])
             DELIVERIES.labels("cancelled").inc(len(events))
             return
         bodies = await self._bodies(tenant, events)
-        waiting = [Outcome(e["id"], 0, None, None, "pending", NOT_READY_RETRY_S) for e in events
+        waiting = [DeliveryResult(e["id"], 0, None, None, "pending", NOT_READY_RETRY_S) for e in events
                    if bodies.get(e["id"]) is None]  # their decisions' rows are not committed yet: no attempt
         ready = [e for e in events if bodies.get(e["id"]) is not None]
         addresses: list[str] | None = None
@@ -179,7 +179,7 @@ class Deliveries:
         except UrlNotAllowed as e:
             log.info("webhook address refused", extra={"tenant": tenant, "reason": e.message})
             refused = "url_not_allowed: the host must resolve only to public addresses"
-        async def one(event: asyncpg.Record) -> Outcome:
+        async def one(event: asyncpg.Record) -> DeliveryResult:
             body = bodies[event["id"]]
             assert body is not None
             problem, status = refused, None
@@ -200,20 +200,20 @@ class Deliveries:
         outcomes = await asyncio.gather(*(one(e) for e in ready))
         await self._record(key, [*waiting, *outcomes])
 
-    def _judged(self, event: asyncpg.Record, status: int | None, problem: str | None) -> Outcome:
+    def _judged(self, event: asyncpg.Record, status: int | None, problem: str | None) -> DeliveryResult:
         attempt = event["attempts"] + 1
         if problem is None:
             DELIVERIES.labels("delivered").inc()
             LATENCY.observe(max(0.0, (datetime.now(UTC) - event["occurred_at"]).total_seconds()))
-            return Outcome(event["id"], attempt, status, None, "delivered", 0.0)
+            return DeliveryResult(event["id"], attempt, status, None, "delivered", 0.0)
         DELIVERIES.labels("refused" if problem.startswith("url_not_allowed") else "failed").inc()
         error = problem[:ERROR_LEN_MAX]
         if datetime.now(UTC) >= event["give_up_at"]:
             DELIVERIES.labels("gave_up").inc()
-            return Outcome(event["id"], attempt, status, error, "failed", 0.0)
-        return Outcome(event["id"], attempt, status, error, "pending", RETRY.delay(attempt))
+            return DeliveryResult(event["id"], attempt, status, error, "failed", 0.0)
+        return DeliveryResult(event["id"], attempt, status, error, "pending", RETRY.delay(attempt))
 
-    async def _record(self, key: tuple[str, str], outcomes: list[Outcome]) -> None:
+    async def _record(self, key: tuple[str, str], outcomes: list[DeliveryResult]) -> None:
         assert self.pool is not None
         if outcomes:
             await self.pool.execute(RECORD, [o.event_id for o in outcomes], [o.attempt for o in outcomes],

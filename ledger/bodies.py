@@ -4,7 +4,6 @@ of `ledger.validation` in one order wherever it came from; and a batch's items."
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypedDict
 
 from ledger.errors import InvalidRequest
 from ledger.requests import (
@@ -59,47 +58,43 @@ BODY_FIELDS_BY_KIND = {
 }
 
 
-class _Common(TypedDict):
-    id: str
-    tenant: str
-    idempotency_key: str | None
-    metadata: dict[str, str]
-    reference: str | None
-
-
 def build(kind: str, obj: dict[str, object], *, id: object, tenant: str, idempotency_key: object,
           target: Callable[[], str] | None = None) -> TransactionRequest:
     """The request of `kind` that `obj` (an HTTP body or a record, its fields already checked against the
-    kind's) describes, checked field by field in one order wherever it came from; `target` checks what a
-    capture, void, reversal, policy or removal names (from the path, or the record's field)."""
+    kind's) describes, checked field by field in one order wherever it came from; `tenant` is checked already
+    (the record's key, the path's tenant); `target` checks what a capture, void, reversal, policy or removal
+    names (from the path, or the record's field). Each constructor is called with its keywords spelled out:
+    mypyc builds a native instance directly from those, not from a `**` mapping."""
     if kind in (TRANSFER, HOLD):
         postings, maxed = parse_postings_with_max(obj["postings"])
         if_version, asserts = parse_conditions(obj)
-    common: _Common = {"id": check_id(id), "tenant": check_tenant(tenant),
-              "idempotency_key": parse_idempotency_key(idempotency_key),
-              "metadata": parse_metadata(obj.get("metadata")), "reference": parse_reference(obj.get("reference"))}
+    i, key = check_id(id), parse_idempotency_key(idempotency_key)
+    meta, ref = parse_metadata(obj.get("metadata")), parse_reference(obj.get("reference"))
     if kind == TRANSFER:
-        return TransferRequest(**common, postings=postings, if_version=if_version,
-                               asserts=asserts, amount_max=maxed)
+        return TransferRequest(id=i, tenant=tenant, idempotency_key=key, metadata=meta, reference=ref,
+                               postings=postings, if_version=if_version, asserts=asserts, amount_max=maxed)
     if kind == HOLD:
-        return HoldRequest(**common, postings=postings, if_version=if_version,
-                           asserts=asserts, amount_max=maxed, expires_in_s=parse_expires_in_s(obj.get("expires_in_s")))
+        return HoldRequest(id=i, tenant=tenant, idempotency_key=key, metadata=meta, reference=ref,
+                           postings=postings, if_version=if_version, asserts=asserts, amount_max=maxed,
+                           expires_in_s=parse_expires_in_s(obj.get("expires_in_s")))
     if kind == MONITOR:
-        return MonitorRequest(**common, watch=parse_watch(obj))
+        return MonitorRequest(id=i, tenant=tenant, idempotency_key=key, metadata=meta, reference=ref,
+                              watch=parse_watch(obj))
     assert target is not None, kind
     named = target()
     if kind == CAPTURE:
-        return CaptureRequest(**common, hold=named, amount=parse_partial_amount(obj.get("amount")))
-    if kind == VOID:
-        return VoidRequest(**common, hold=named)
-    if kind == REVERSE:
-        return ReverseRequest(**common, transaction=named,
+        return CaptureRequest(id=i, tenant=tenant, idempotency_key=key, metadata=meta, reference=ref, hold=named,
                               amount=parse_partial_amount(obj.get("amount")))
+    if kind == VOID:
+        return VoidRequest(id=i, tenant=tenant, idempotency_key=key, metadata=meta, reference=ref, hold=named)
+    if kind == REVERSE:
+        return ReverseRequest(id=i, tenant=tenant, idempotency_key=key, metadata=meta, reference=ref,
+                              transaction=named, amount=parse_partial_amount(obj.get("amount")))
     if kind == POLICY:
-        return PolicyRequest(**common, account=named, limits=parse_limits(obj.get("overdraft_limit")),
-                             frozen=parse_frozen(obj.get("frozen")))
+        return PolicyRequest(id=i, tenant=tenant, idempotency_key=key, metadata=meta, reference=ref, account=named,
+                             limits=parse_limits(obj.get("overdraft_limit")), frozen=parse_frozen(obj.get("frozen")))
     assert kind == UNMONITOR, kind
-    return UnmonitorRequest(**common, monitor=named)
+    return UnmonitorRequest(id=i, tenant=tenant, idempotency_key=key, metadata=meta, reference=ref, monitor=named)
 
 
 def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | None, kind: str = TRANSFER,
@@ -111,7 +106,7 @@ def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | Non
                   BODY_FIELDS_BY_KIND[kind])
     if kind in (TRANSFER, HOLD) and "postings" not in obj:
         raise InvalidRequest("missing field 'postings'", "body")
-    return build(kind, obj, id=id, tenant=tenant, idempotency_key=idempotency_key,
+    return build(kind, obj, id=id, tenant=check_tenant(tenant), idempotency_key=idempotency_key,
                  target=lambda: check_customer(target, "address") if kind == POLICY else check_id(target, "id"))
 
 
