@@ -17,16 +17,8 @@ def _str(value: object) -> str | None:
 
 def _int(value: object, default: int = 0) -> int:
     """An amount or count: a JSON integer, or a decimal string (sums past int64 are shown so)."""
-    if isinstance(value, bool):
-        return default
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            return default
-    return default
+    found = _opt_int(value)
+    return default if found is None else found
 
 
 def _opt_int(value: object) -> int | None:
