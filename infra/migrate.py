@@ -163,7 +163,8 @@ class Applied:
         return "; ".join(done) or "nothing (up to date)"
 
 
-async def _apply_migrations(conn: asyncpg.Connection, applied: Applied) -> None:
+async def _apply_migrations(conn: asyncpg.Connection, applied: Applied) -> int:
+    """Apply the migrations not recorded yet; returns the newest version the database has recorded."""
     await conn.execute(
         "CREATE TABLE IF NOT EXISTS public.schema_migrations ("
         " version integer PRIMARY KEY, name text NOT NULL,"
@@ -185,6 +186,7 @@ async def _apply_migrations(conn: asyncpg.Connection, applied: Applied) -> None:
                                " VALUES ($1, $2, $3)", version, name, digest)
         log.info("applied migration %03d_%s", version, name)
         applied.migrations.append(version)
+    return max([*done, *applied.migrations], default=0)
 
 
 async def _apply_functions(conn: asyncpg.Connection, applied: Applied) -> None:
@@ -227,19 +229,31 @@ async def _first_projection(conn: asyncpg.Connection, applied: Applied) -> None:
 
 
 async def migrate(url: str) -> Applied:
-    """Apply every migration not yet recorded, then every function file changed since it was applied, then
-    create the first projection if none is live; returns what was done."""
+    """Apply every migration not yet recorded, then every function file changed since it was applied (unless a
+    newer release has migrated the database), then create the first projection if none is live, all in one
+    transaction; returns what was done."""
     await ensure_database(url)
     # Migrations resolve unqualified names in public, whatever a database or role default says.
     conn = await asyncpg.connect(url, server_settings={"search_path": "public"})
     applied = Applied()
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
-        await _apply_migrations(conn, applied)
-        await _apply_functions(conn, applied)
-        await _first_projection(conn, applied)
-        if applied:
-            await conn.execute(REPOINT)
+        # One transaction for the whole run (each step a savepoint in it): a run that fails leaves the database
+        # as it found it. Upgrading from 001..021, migration 101 drops the projection steps that the old
+        # `ledger_create_projection` calls and only its function file replaces it: never one without the other.
+        async with conn.transaction():
+            newest = await _apply_migrations(conn, applied)
+            shipped = max((v for v, _, _ in migrations()), default=0)
+            if newest > shipped:
+                # A newer release migrated this database: its function files are the ones that belong here, and
+                # applying this release's would roll them back (an old pod's migrate during a rolling deploy).
+                log.warning("the database has migration %03d, newer than this release's %03d: its SQL functions "
+                            "are left as the newer release made them", newest, shipped)
+            else:
+                await _apply_functions(conn, applied)
+            await _first_projection(conn, applied)
+            if applied:
+                await conn.execute(REPOINT)
     finally:
         await conn.close()
     return applied

@@ -59,16 +59,20 @@ BODY_FIELDS_BY_KIND = {
 
 
 def build(kind: str, obj: dict[str, object], *, id: object, tenant: str, idempotency_key: object,
-          target: Callable[[], str] | None = None) -> TransactionRequest:
+          target: Callable[[], str] | None = None, tenant_checked: bool = True) -> TransactionRequest:
     """The request of `kind` that `obj` (an HTTP body or a record, its fields already checked against the
     kind's) describes, checked field by field in one order wherever it came from; `tenant` is checked already
-    (the record's key, the path's tenant); `target` checks what a capture, void, reversal, policy or removal
-    names (from the path, or the record's field). Each constructor is called with its keywords spelled out:
+    (the record's key) unless `tenant_checked` is False (a producer client's argument: checked after the id, as
+    it always was); `target` checks what a capture, void, reversal, policy or removal names (from the path, or
+    the record's field). Each constructor is called with its keywords spelled out:
     mypyc builds a native instance directly from those, not from a `**` mapping."""
     if kind in (TRANSFER, HOLD):
         postings, maxed = parse_postings_with_max(obj["postings"])
         if_version, asserts = parse_conditions(obj)
-    i, key = check_id(id), parse_idempotency_key(idempotency_key)
+    i = check_id(id)
+    if not tenant_checked:
+        tenant = check_tenant(tenant)
+    key = parse_idempotency_key(idempotency_key)
     meta, ref = parse_metadata(obj.get("metadata")), parse_reference(obj.get("reference"))
     if kind == TRANSFER:
         return TransferRequest(id=i, tenant=tenant, idempotency_key=key, metadata=meta, reference=ref,
@@ -106,7 +110,7 @@ def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | Non
                   BODY_FIELDS_BY_KIND[kind])
     if kind in (TRANSFER, HOLD) and "postings" not in obj:
         raise InvalidRequest("missing field 'postings'", "body")
-    return build(kind, obj, id=id, tenant=check_tenant(tenant), idempotency_key=idempotency_key,
+    return build(kind, obj, id=id, tenant=tenant, idempotency_key=idempotency_key, tenant_checked=False,
                  target=lambda: check_customer(target, "address") if kind == POLICY else check_id(target, "id"))
 
 

@@ -63,8 +63,9 @@ class AppendUnconfirmed(Unavailable):
     code = "append_unconfirmed"
 
     def __init__(self, tenant: str, id: str, cause: str | None = None) -> None:
+        # The API's answer says what its client can do; a producer's exception names the append and its cause.
         super().__init__("the log (Kafka) did not acknowledge the request in time; it may still be appended: "
-                         "retry with the same Idempotency-Key, or look up the transaction id"
-                         + (f" ({cause})" if cause else ""))
+                         "retry with the same Idempotency-Key, or look up the transaction id" if cause is None else
+                         f"append of {id!r} for {tenant!r} not acknowledged ({cause}); it may still be on the log")
         self.tenant = tenant
         self.id = id

@@ -1,11 +1,17 @@
-"""The migrator (infra/migrate.py), on a database of its own: a second run applies nothing, a changed function file
-is applied alone and reads the live projection, and a database migrated before the baseline is recorded as at it
-(all of 001..021) or refused (some of them)."""
+"""The migrator (infra/migrate.py), on databases of their own: a second run applies nothing; a changed function
+file is applied alone and reads the live projection; a database the release before the baseline migrated (its
+001..021, kept in data/) upgrades to exactly a fresh database's schema, and a failed upgrade leaves it as it was;
+one with some of 001..021 is refused; an older release leaves a newer one's functions alone."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import tarfile
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -13,6 +19,8 @@ import pytest
 
 from infra import migrate
 from infra.migrate import Applied, MigrationsSquashed
+from infra.settings import with_database
+from tools import local
 
 
 async def recorded_functions(conn: asyncpg.Connection) -> dict[str, tuple[str, object]]:
@@ -97,3 +105,105 @@ async def test_a_database_with_some_of_the_squashed_migrations_is_refused(own_da
     finally:
         await conn.close()
     assert sorted(versions) == [1, 2, 3, 4, 5]
+
+
+OLD_MIGRATIONS = Path(__file__).parent / "data" / "migrations_001_021.tar.gz"
+
+
+async def migrated_by_the_release_before_the_baseline(url: str) -> None:
+    """A database as the release before the baseline leaves it: 001..021 applied and recorded by its migrator
+    (the files, as they were, in `data/migrations_001_021.tar.gz`)."""
+    await migrate.ensure_database(url)
+    conn = await asyncpg.connect(url, server_settings={"search_path": "public"})
+    try:
+        await conn.execute("CREATE TABLE public.schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                           " applied_at timestamptz NOT NULL DEFAULT now(), sha256 text)")
+        with tarfile.open(OLD_MIGRATIONS) as archive:
+            members = sorted(archive.getmembers(), key=lambda m: m.name)
+            assert [int(m.name[:3]) for m in members] == sorted(migrate.SQUASHED)
+            for member in members:
+                extracted = archive.extractfile(member)
+                assert extracted is not None
+                text = extracted.read().decode()
+                async with conn.transaction():
+                    await conn.execute(text)
+                    await conn.execute("INSERT INTO public.schema_migrations (version, name, sha256)"
+                                       " VALUES ($1, $2, $3)", int(member.name[:3]), member.name[4:-4],
+                                       hashlib.sha256(text.encode()).hexdigest())
+    finally:
+        await conn.close()
+
+
+def schema(url: str) -> str:
+    """`pg_dump --schema-only`, without its per-run `\\restrict` lines."""
+    dumped = subprocess.run([local.pg_bin("pg_dump"), "--schema-only", "--no-owner", "-d", url], check=True,
+                            capture_output=True, text=True).stdout
+    return "\n".join(line for line in dumped.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
+
+
+@pytest.fixture
+async def old_database() -> AsyncIterator[str]:
+    url = with_database(os.environ["LEDGER_DATABASE_URL"], f"ledger_old_{uuid.uuid4().hex[:8]}")
+    try:
+        await migrated_by_the_release_before_the_baseline(url)
+        yield url
+    finally:
+        admin = await asyncpg.connect(with_database(url, "postgres"))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def test_a_database_of_the_release_before_the_baseline_upgrades_to_exactly_a_fresh_ones_schema(
+        old_database: str, own_database: str) -> None:
+    applied = await migrate.migrate(old_database)
+    assert applied.baseline_recorded and applied.migrations == [
+        v for v, _, _ in migrate.migrations() if v > migrate.BASELINE]
+    assert applied.functions == [name for name, _ in migrate.functions()]
+    assert schema(old_database) == schema(own_database)
+    assert await migrate.migrate(old_database) == Applied()
+
+
+async def test_an_upgrade_that_fails_leaves_the_database_as_it_was(
+        old_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A function file PostgreSQL refuses, applied after migration 101 dropped the projection steps that the old
+    # `ledger_create_projection` calls: the whole run is undone, steps included.
+    functions = tmp_path / "functions"
+    shutil.copytree(migrate.FUNCTIONS_DIR, functions)
+    (functions / "ledger_use_live.sql").write_text("CREATE OR REPLACE FUNCTION ledger_use_live( broken")
+    monkeypatch.setattr(migrate, "FUNCTIONS_DIR", functions)
+    before = schema(old_database)
+    with pytest.raises(asyncpg.PostgresSyntaxError):
+        await migrate.migrate(old_database)
+    assert schema(old_database) == before
+    conn = await asyncpg.connect(old_database)
+    try:
+        versions = {r["version"] for r in await conn.fetch("SELECT version FROM public.schema_migrations")}
+        await conn.execute("SELECT ledger_create_projection('proj_after_failure')")  # its steps are all there
+    finally:
+        await conn.close()
+    assert versions == set(migrate.SQUASHED)
+
+
+async def test_an_older_release_leaves_the_functions_of_a_newer_one(
+        own_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = await asyncpg.connect(own_database)
+    try:
+        # A newer release migrated this database (a version this one does not ship) and changed a function.
+        await conn.execute("INSERT INTO public.schema_migrations (version, name, sha256) VALUES (999, 'newer', '')")
+        functions = tmp_path / "functions"
+        shutil.copytree(migrate.FUNCTIONS_DIR, functions)
+        changed = functions / "api_offsets.sql"
+        changed.write_text(changed.read_text().replace("BEGIN\n", "BEGIN\n    -- an older release's\n", 1))
+        monkeypatch.setattr(migrate, "FUNCTIONS_DIR", functions)
+        before = await recorded_functions(conn)
+        with caplog.at_level("WARNING", logger="ledger.migrate"):
+            assert await migrate.migrate(own_database) == Applied()
+        assert await recorded_functions(conn) == before
+        source = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE oid = 'public.api_offsets()'::regprocedure")
+    finally:
+        await conn.close()
+    assert "an older release's" not in source
+    assert "newer than this release's" in caplog.text
