@@ -1,35 +1,7 @@
-"""Fair shares between tenants (contract v3): per-tenant rate limits, and fair admission when the API is full.
-
-**Limits.** Each tenant has `writes_per_s` and `reads_per_s`, each a token bucket holding `burst_s` seconds of
-its rate: the environment's defaults, or what an operator set (`PUT /v1/tenants/{t}/limits`, kept in
-PostgreSQL and announced by NOTIFY, so every API process applies a change within a second). A request past
-its bucket is refused with 429 `rate_limited` before anything else is done: a refused write is never appended.
-
-**One limit per deployment.** Every API process registers itself in PostgreSQL once a second and counts the
-live ones; each enforces `1/n` of every limit (`share`). Nothing is asked of the database per request, and a
-process that dies gives its share back within `PROCESS_TTL_S`. A tenant whose traffic reaches only some of the
-processes gets less than its limit: spread it (round robin, as `make cluster`'s clients do).
-
-**Shedding the heaviest.** While one of this process's own appends has waited more than
-`LEDGER_API_SHED_DELAY_MS` to be applied (the app's monitor, every 50 ms), the write rate of each other tenant
-that wrote more than `SHED_SHARE` times its equal share of the process's last second of writes is cut, and
-grows back while no other tenant's write waits that long (`adjust`): the flood, not the tenants within their
-share, waits for the backlog. The delay is what another tenant's waited write feels, whatever the cause (the
-flood's records, or the CPU its requests take from the projector). A tenant whose writes wait only on its own
-burst is left alone.
-
-**Refusals held.** A tenant's first `REFUSALS_AT_ONCE` refusals of a second are answered at once; past them each
-is held about `HOLD_S` (spread ±50%) before it is answered (at most `HELD_TENANT_MAX` of a tenant's and
-`held_max` in all at once, the rest answered at once). A client looping on 429s without waiting (64
-connections of `wrk`) was refused 7,600 times a second at ~85 CPU-µs each: two-thirds of the API's core, taken
-from everyone. Held, the same connections are refused ~270 times a second; the 429 and its headers are
-unchanged.
-
-**Fair admission.** A limit alone does not protect a tenant when another's limit is more than the machine can
-serve. Past `inflight_fair` requests in progress in this process, a tenant already holding its equal share of
-them (of the tenants with requests in progress) is refused at once, so those within their share keep their
-latency while the heaviest is shed.
-"""
+"""Fair shares between tenants (contract v3): per-tenant token buckets for writes and reads, a share of each
+limit per live API process, refusals held past the first few of a second, fair admission when a process is
+full, and the heaviest writer throttled while another tenant's writes wait on it. How and why, with the
+measurements behind each rule: docs/fair-shares.md."""
 
 from __future__ import annotations
 

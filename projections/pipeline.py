@@ -1,26 +1,8 @@
-"""The projector's one apply path: fold batches while earlier ones are written, and isolate what cannot be
-written.
-
-**Pipelined.** While batch N is written, N+1 waits its turn, folded, and N+2 is folded: the fold of a batch
-needs the state the batches before it leave, before they commit. So the state is carried in memory from
-batch to batch (one `Ledger`): every balance, id, key and tenant an uncommitted batch touched is in it, and
-whatever it lacks is read from PostgreSQL's committed state on a second connection while the first writes.
-Hot accounts are read from PostgreSQL once, not once a batch. Writes commit one after the other, in order.
-
-Carried state is right while this process is the only writer of its partitions (a tenant lives on one
-partition) and of this projection. Every write checks that under the offsets row lock: each partition must
-stand where this process left it, in the projection the batch was folded on. If not (another worker applied
-records in between, or an operator switched the projection), the carried state is dropped and the batches
-not yet written take the plain way.
-
-**Plain, and poison isolation.** The plain way folds a batch on PostgreSQL's committed state and writes it
-in one transaction. If PostgreSQL refuses the batch for what some record holds (a value its types refuse, an
-id already taken), the batch is split in halves, each applied the plain way, until the one record that fails
-is found: log2(batch size) rounds. That record is decided `invalid` with the database's error (as a rejected
-transaction under its id; if even that is refused, only in `invalid_events`), and every other record is
-applied. A replay meets the same refusal and decides the same. Faults of the surroundings (connection lost,
-serialization failure) are retried, within a deadline, and never isolate anything.
-"""
+"""The projector's one apply path: batches folded while earlier ones are written, on state carried from batch
+to batch (checked under the offsets row lock at every write, else dropped and redone from PostgreSQL); the
+plain way, one batch per transaction on committed state; and poison isolation, a batch PostgreSQL refuses for
+what a record holds split in halves until that record is found and decided `invalid`. The design:
+docs/architecture.md ("The log and the projector") and docs/decisions.md (poison isolation)."""
 
 from __future__ import annotations
 
