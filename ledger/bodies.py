@@ -59,17 +59,19 @@ BODY_FIELDS_BY_KIND = {
 
 
 def build(kind: str, obj: dict[str, object], *, id: object, tenant: str, idempotency_key: object,
-          target: Callable[[], str] | None = None, tenant_checked: bool = True) -> TransactionRequest:
+          target: Callable[[], str] | None = None, tenant_checked: bool = True,
+          id_field: str = "id") -> TransactionRequest:
     """The request of `kind` that `obj` (an HTTP body or a record, its fields already checked against the
     kind's) describes, checked field by field in one order wherever it came from; `tenant` is checked already
     (the record's key) unless `tenant_checked` is False (a producer client's argument: checked after the id, as
-    it always was); `target` checks what a capture, void, reversal, policy or removal names (from the path, or
-    the record's field). Each constructor is called with its keywords spelled out:
-    mypyc builds a native instance directly from those, not from a `**` mapping."""
+    it always was); `target` checks what a capture, void, reversal, policy or removal names (`named`, from the
+    path or the record's field); `id_field` names the id in an error (a batch's item). Each constructor is
+    called with its keywords spelled out: mypyc builds a native instance directly from those, not from a `**`
+    mapping."""
     if kind in (TRANSFER, HOLD):
         postings, maxed = parse_postings_with_max(obj["postings"])
         if_version, asserts = parse_conditions(obj)
-    i = check_id(id)
+    i = check_id(id, id_field)
     if not tenant_checked:
         tenant = check_tenant(tenant)
     key = parse_idempotency_key(idempotency_key)
@@ -111,7 +113,13 @@ def parse_body(body: object, *, id: str, tenant: str, idempotency_key: str | Non
     if kind in (TRANSFER, HOLD) and "postings" not in obj:
         raise InvalidRequest("missing field 'postings'", "body")
     return build(kind, obj, id=id, tenant=tenant, idempotency_key=idempotency_key, tenant_checked=False,
-                 target=lambda: check_customer(target, "address") if kind == POLICY else check_id(target, "id"))
+                 target=named(kind, target, id_field="id", account_field="address"))
+
+
+def named(kind: str, value: object, *, id_field: str, account_field: str) -> Callable[[], str]:
+    """The check of what a capture, void, reversal, policy or removal names: a customer account for a policy,
+    an id for the others; `build` calls it in its turn."""
+    return lambda: check_customer(value, account_field) if kind == POLICY else check_id(value, id_field)
 
 
 ITEM_FIELDS = BODY_FIELDS | CONDITION_FIELDS | {"idempotency_key"}
@@ -130,13 +138,10 @@ def parse_items(value: object, tenant: str, ids: list[str] | None = None,
         obj = check_object(item, field, ITEM_FIELDS if ids is not None else ITEM_FIELDS | {"id"})
         if "postings" not in obj:
             raise InvalidRequest("missing field 'postings'", field)
-        postings, maxed = parse_postings_with_max(obj["postings"])
-        if_version, asserts = parse_conditions(obj)
-        items.append(TransferRequest(
-            id=check_id(ids[index] if ids is not None else obj.get("id"), f"{field}.id"), tenant=tenant,
-            postings=postings, idempotency_key=parse_idempotency_key(obj.get("idempotency_key")),
-            metadata=parse_metadata(obj.get("metadata")), reference=parse_reference(obj.get("reference")),
-            if_version=if_version, asserts=asserts, amount_max=maxed))
+        request = build(TRANSFER, obj, id=ids[index] if ids is not None else obj.get("id"), tenant=tenant,
+                        idempotency_key=obj.get("idempotency_key"), id_field=f"{field}.id")
+        assert isinstance(request, TransferRequest)
+        items.append(request)
     if len({i.id for i in items}) != len(items):
         raise InvalidRequest("ids must differ", "transactions")
     keys = [i.idempotency_key for i in items if i.idempotency_key is not None]

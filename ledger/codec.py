@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from ledger.bodies import build, parse_items
+from ledger.bodies import build, named, parse_items
 from ledger.errors import InvalidRequest, MalformedJson
 from ledger.positions import Position, PositionKey
 from ledger.requests import (
@@ -30,7 +30,7 @@ from ledger.requests import (
     Tick,
     TransferRequest,
 )
-from ledger.validation import check_customer, check_id, check_tenant, check_tenant_name, parse_idempotency_key
+from ledger.validation import check_id, check_tenant, check_tenant_name, parse_idempotency_key
 
 COMMON = frozenset({"v", "kind", "id", "tenant", "idempotency_key", "metadata", "reference"})
 # Per kind: the fields it may carry, and those it must.
@@ -154,11 +154,8 @@ def decode_request(key: bytes | None, value: bytes | None) -> Request:
         return BatchRequest(id=check_id(obj["id"]), tenant=tenant,
                             items=parse_items(obj["transactions"], tenant, batch_key=batch_key),
                             idempotency_key=batch_key, atomic=atomic)
-    named = obj.get(TARGET_FIELD.get(kind, ""))
-
-    def target() -> str:
-        return check_customer(named, "account") if kind == POLICY else check_id(named, TARGET_FIELD[kind])
-
+    target = named(kind, obj.get(TARGET_FIELD.get(kind, "")), id_field=TARGET_FIELD.get(kind, "id"),
+                   account_field="account")
     return build(kind, obj, id=obj["id"], tenant=tenant, idempotency_key=obj.get("idempotency_key"), target=target)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 import asyncpg
 import orjson
@@ -67,7 +66,6 @@ OFFSETS_LOG = "ledger.transactions"
 
 DUE_MS_MAX = 253_402_300_799_000  # 9999-12-31T23:59:59Z, the last instant Python's datetime holds
 
-T = TypeVar("T")
 Publish = Callable[[list[tuple[int, bytes, bytes]]], Awaitable[None]]
 
 def _columns(keys: Iterable[tuple[str, ...]], width: int) -> list[list[str]]:
