@@ -29,7 +29,7 @@ from api.auth import KeyStore
 from api.cache import BalanceCache
 from api.errors import error_response, internal_error
 from api.hot import HEALTHY, HotRoutes
-from api.limits import ADJUST_S, Limits, TenantLimits
+from api.limits import Cadence, Limits, TenantLimits
 from api.metrics import WAITERS, CacheMetrics, MetricsMiddleware
 from api.openapi import document
 from api.progress import Listener, Progress, WaitLimits
@@ -196,21 +196,21 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 async def _saturation(appender: Appender, progress: Progress, limits: TenantLimits, delay_max_s: float,
                       backlog_max: int) -> None:
     """Every `WAITS_CHECK_S`: the tenants of this process's own appends that waited more than `delay_max_s` to be
-    applied, gathered over `ADJUST_S`, then handed to `TenantLimits.adjust` with those that have more than
-    `backlog_max` not applied yet (the heaviest other writers are throttled while one waited, and a tenant
-    with a long backlog is). The delay, not a count, is the signal: it is what a tenant's waited write feels,
-    whatever made the machine slow; records others wrote (a flood straight to Kafka) do not count. Checked
-    every 10 ms, an append applied in 25 ms counts as waiting at most 35."""
+    applied (from when they were sent), gathered over `ADJUST_S`, then handed to `TenantLimits.adjust` with those
+    that have more than `backlog_max` not applied yet (the heaviest other writers are throttled while one waited,
+    and a tenant with a long backlog is). The delay, not a count, is the signal: it is what a tenant's waited
+    write feels, whatever made the machine slow; records others wrote (a flood straight to Kafka) do not count.
+    Checked every 10 ms, an append applied in 25 ms counts as waiting at most 35.
+
+    A tenant found waiting that no adjustment saw lately is acted on at once (`Cadence`)."""
     waited: set[str] = set()
-    next_adjust = time.monotonic() + ADJUST_S
+    cadence = Cadence(time.monotonic())
     while True:
         now = time.monotonic()
-        adjusting = now >= next_adjust
-        waited |= appender.waiting(progress.applied, now, delay_max_s + WAITS_CHECK_S, pending=adjusting)
-        if adjusting:
+        waited |= appender.waiting(progress.applied, now, delay_max_s + WAITS_CHECK_S)
+        if cadence.due(waited, now):
             limits.adjust(frozenset(waited), now, appender.backlogged(backlog_max))
             waited.clear()
-            next_adjust = now + ADJUST_S
         await asyncio.sleep(WAITS_CHECK_S)
 
 

@@ -4,6 +4,7 @@ waited too long to be applied, found without scanning a backlog."""
 from __future__ import annotations
 
 import collections
+import time
 
 from api.appender import OWN_PENDING_MAX, Appender
 from ledger.positions import Position
@@ -47,3 +48,11 @@ def test_waiting_looks_at_a_bounded_part_of_a_backlog_of_one_tenant() -> None:
     appender.own[0] = collections.deque([(o, 0.0, "flood", False) for o in range(40_000)])
     appender.own[0].append((40_000, 0.0, "victim", True))  # past the share of the scan: not looked at
     assert appender.waiting({}, 10.0, 1.0) == {"flood"}
+
+
+def test_an_append_waits_from_when_it_was_sent() -> None:
+    """A slow acknowledgement by Kafka is part of what the client waits: the wait counts from the send."""
+    appender = Appender("127.0.0.1:1", "ledger.transactions")
+    sent = time.monotonic() - 0.5  # acknowledged only now, half a second after it was sent
+    appender._own(Position(0, 0), "victim", waited=True, since=sent)
+    assert appender.waiting({}, time.monotonic(), 0.4) == {"victim"}

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from api.limits import (
+    ADJUST_S,
     HELD_TENANT_MAX,
     HOLD_S,
     READS,
@@ -19,6 +20,7 @@ from api.limits import (
     THROTTLE_STEP,
     WRITES,
     Bucket,
+    Cadence,
     Limits,
     RateLimited,
     TenantLimits,
@@ -236,3 +238,39 @@ def test_csv_is_asked_by_a_media_range_of_quality_above_zero_and_cells_are_not_f
     assert wants_csv("text/csv") and wants_csv("application/json, text/csv;q=0.5") and wants_csv("TEXT/CSV")
     assert not wants_csv(None) and not wants_csv("application/json, text/csv;q=0") and not wants_csv("text/csvx")
     assert [_cell(x) for x in ("-2-3", "=A1", "@x", "ok-1", "+1")] == ["'-2-3", "'=A1", "'@x", "ok-1", "'+1"]
+
+
+def test_a_tenant_newly_waiting_is_acted_on_at_once_then_on_the_cadence() -> None:
+    """`Cadence`: adjustments every `ADJUST_S`; a tenant found waiting that no adjustment saw since the last
+    scheduled one brings one forward, once per tenant and `ADJUST_S` (a flood's first cut does not wait for
+    the next scheduled adjustment while the victim's writes wait)."""
+    step = ADJUST_S / 5
+    cadence = Cadence(now=0.0)
+    assert not cadence.due(set(), step)  # nobody waits: only on schedule
+    assert cadence.due({"flood"}, step)  # newly waiting: at once
+    assert not cadence.due({"flood"}, 2 * step)  # seen already: on schedule
+    assert cadence.due({"flood", "victim"}, 2 * step)  # another newly waiting: at once
+    assert not cadence.due({"victim"}, 3 * step) and not cadence.due({"flood"}, 4 * step)
+    assert cadence.due(set(), ADJUST_S)  # the schedule, whoever waits
+    assert not cadence.due(set(), ADJUST_S + step)
+    assert cadence.due({"victim"}, ADJUST_S + step)  # nobody waited at the last scheduled one: at once again
+    assert not cadence.due({"victim"}, ADJUST_S + 2 * step)
+    assert cadence.due({"victim"}, 2 * ADJUST_S)
+    assert not cadence.due({"victim"}, 2 * ADJUST_S + step)  # waited at the scheduled one: not brought forward
+
+
+def test_a_victims_first_wait_cuts_the_flood_without_waiting_for_the_schedule() -> None:
+    """The cadence and the cut together: a flood writing alone is cut at the first check that finds the
+    victim waiting, not up to `ADJUST_S` later."""
+    limits = TenantLimits(Limits(writes_per_s=100_000, reads_per_s=100, burst_s=2), inflight_fair=256)
+    cadence = Cadence(now=0.0)
+    now = 0.0
+    for _ in range(2_000):  # the flood alone, 2,000 writes in its first 0.2 s
+        now += 0.0001
+        limits.admit("flood", WRITES, now=now)
+    limits.admit("victim", WRITES, now=now)
+    assert cadence.due(set(), now) and not limits.throttled  # the schedule: nobody waits yet
+    now += 0.01
+    assert cadence.due({"victim"}, now)  # 10 ms later, before the next scheduled adjustment
+    limits.adjust(VICTIM_WAITS, now)
+    assert "flood" in limits.throttled and "victim" not in limits.throttled
