@@ -35,21 +35,33 @@ class Receiver:
     server: asyncio.Server | None = None
     port: int = 0
     # Connections still open: closing the server leaves them (Python 3.11), and one left for the garbage
-    # collector raised an unclosed-transport warning in whichever test ran next.
+    # collector raised an unclosed-socket warning in whichever test ran next. Each is known from the moment it
+    # is accepted (`_accepted` runs in the protocol's connection_made), not only once its task first runs: one
+    # accepted as the test ended, its task never started, was left so.
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def __aenter__(self) -> Receiver:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._accepted, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
         for writer in list(self.writers):
             writer.close()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.server.wait_closed(), 2)
+
+    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def url(self, host: str = "localhost", path: str = "/hook") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -67,7 +79,6 @@ class Receiver:
             await asyncio.sleep(0.05)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.add(writer)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
