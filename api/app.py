@@ -165,7 +165,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     cache_metrics = CacheMetrics(cache)
     REGISTRY.register(cache_metrics)
     await listener.start()
-    appender = Appender(cfg.kafka_bootstrap, cfg.transactions_topic)
+    appender = Appender(cfg.kafka_bootstrap, cfg.transactions_topic, cfg.api_linger_us)
     appender.start()
     app.state.ctx = routes.Context(cfg, keys, store, appender, progress, app.state.positions, cache, limits)
     heartbeat = asyncio.create_task(_heartbeat(store, limits))

@@ -34,7 +34,7 @@ class ProduceFailed(Exception):
         self.fatal = fatal
 
 
-def producer_config(bootstrap: str, *, delivery_timeout_ms: int, linger_ms: int = 0, client_id: str = "ledger",
+def producer_config(bootstrap: str, *, delivery_timeout_ms: int, linger_ms: float = 0, client_id: str = "ledger",
                     **extra: Any) -> dict[str, Any]:
     """The settings every producer of the project uses: idempotent, every in-sync replica acknowledges."""
     return {

@@ -87,6 +87,8 @@ class Settings:
     # throttled, and how many of one tenant's unwaited appends may wait to be applied before that tenant is.
     api_shed_delay_ms: int = 20
     api_backlog_records: int = 200
+    # How long the API's producer gathers appends into one request to Kafka (librdkafka's linger.ms), in µs.
+    api_linger_us: int = 500
     # `ledger/` run as Python whatever is built (`pure_asked`, read before the settings are).
     pure: bool = False
     # Events out (contract v3): hosts a webhook may name though they resolve to loopback or private addresses
@@ -235,6 +237,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         db_failover_wait_ms=_int(env, "LEDGER_DB_FAILOVER_WAIT_MS", 0, 0, 120_000),
         api_shed_delay_ms=_int(env, "LEDGER_API_SHED_DELAY_MS", 20, 1, 3_600_000),
         api_backlog_records=_int(env, "LEDGER_API_BACKLOG_RECORDS", 200, 1, 10_000_000),
+        api_linger_us=_int(env, "LEDGER_API_LINGER_US", 500, 0, 100_000),
         pure=pure_asked(env),
         webhook_allow_hosts=frozenset(h.strip().lower() for h in env.get("LEDGER_WEBHOOK_ALLOW_HOSTS", "").split(",")
                                       if h.strip()),
