@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, postmortem, tools, waited
+from bench import ceiling, history, postmortem, tools, waited
 
 
 def _row(name: str, r: dict[str, Any]) -> str:
@@ -53,6 +53,8 @@ def report(results: dict[str, Any]) -> str:
     lines += [_row(f"history page, {label}", r) for label, r in results.get("history", {}).items()]
     lines += [_row("POST ?wait=true", r) for r in results.get("ingest_http_wait", [])]
     lines += [_row("producer client, append to outcome", r) for r in results.get("ingest_client", [])]
+    if "history_cost" in results:
+        lines += ["", history.cost_line(results["history_cost"])]
     sat = results.get("saturation")
     if sat:
         lines += ["", f"saturation (wrk, 64 connections): balance {sat['balance']['rps']:.0f} req/s "
