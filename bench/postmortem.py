@@ -20,7 +20,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from bench import data, tools
+from bench import data, tools, waited
 from bench.stack import Bench
 from tools.local import say
 
@@ -163,11 +163,14 @@ async def postmortem(bench: Bench, owner: asyncpg.Connection) -> None:
     await owner.execute("VACUUM (ANALYZE) transactions")  # the steady state, not a bulk load's aftermath
     await data.settle(owner)
     say(f"appended in {appended_s:.0f} s, projected {projected_s:.0f} s after the last append")
+    # What a waited write costs once the ledger holds this data, against the fresh database's (step `waited`).
+    at_scale = waited.measured(bench, TENANTS[0], keys[TENANTS[0]])
+    say(waited.scale_lines(at_scale, bench.results.get("waited"), transactions * len(keys))[0])
     seconds = 5 if bench.quick else 10
     levels = measure(bench.url, keys, wallets, bench.logs / "bodies", seconds)
     levers_at_10x = levers(bench, keys, wallets, bench.logs / "bodies", seconds)
     bench.results["postmortem"] = {"tenants": len(keys), "wallets_per_tenant": wallets,
                                    "transactions_per_tenant": transactions, "append_s": round(appended_s, 1),
                                    "caught_up_after_s": round(projected_s, 1), "levels": levels,
-                                   "levers_at_10x": levers_at_10x,
+                                   "levers_at_10x": levers_at_10x, "waited_at_scale": at_scale,
                                    "sla": SLA, "seed_balance_read_ms": SEED_READ_MS}

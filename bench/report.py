@@ -118,6 +118,9 @@ def report(results: dict[str, Any]) -> str:
                              f"{'met' if postmortem.verdict(r) else 'MISSED'} |")
         lines += [f"post-mortem {level['multiple']}x, {level['users']} users: {tools.cpu_text(level['cpu'])}"
                   for level in pm["levels"] if "cpu" in level]
+        if pm.get("waited_at_scale"):
+            lines += ["", *waited.scale_lines(pm["waited_at_scale"], results.get("waited"),
+                                              pm["tenants"] * pm["transactions_per_tenant"])]
         if pm.get("levers_at_10x"):
             lines += ["", "post-mortem at 10x (64 users), each lever taken away in turn (same run):",
                       "| stack | balance read p95/p99 ms | history page p95/p99 ms | transfer p95/p99 ms, achieved "
