@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import orjson
 
 from bench import data, tools
-from bench.stack import Bench
+from bench.stack import OUT_OF_REACH, Bench, set_limits
 from infra.producer import LogProducer, producer_config
 from ledger.placement import partition_for
 from tools import local
@@ -118,13 +117,6 @@ def set_quota(bootstrap: str, client_id: str, bytes_per_s: int | None) -> None:
                     "--entity-name", client_id], check=True, capture_output=True, timeout=60)
 
 
-async def _set_limits(url: str, admin_token: str, tenant: str, writes_per_s: int) -> None:
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {admin_token}"}) as client:
-        answer = await client.put(f"/v1/tenants/{tenant}/limits", json={"writes_per_s": writes_per_s})
-        assert answer.status_code == 200, answer.text
-    await asyncio.sleep(1.5)  # every process has it (the notification, and this one at once)
-
-
 def _refusal_cost(url: str, flood: tuple[str, str], directory: Path, duration_s: int,
                   set_writes: Callable[[int], None]) -> dict[str, Any]:
     """What a refusal costs the API against serving the same write: the flood alone (nobody else writes, so
@@ -135,7 +127,7 @@ def _refusal_cost(url: str, flood: tuple[str, str], directory: Path, duration_s:
     time.sleep(3)
     idle = meter.stop(digits=4).get("api", 0.0)
     runs = {}
-    for name, writes_per_s in (("refused", 1), ("served", 10_000_000)):
+    for name, writes_per_s in (("refused", 1), ("served", OUT_OF_REACH)):
         set_writes(writes_per_s)
         meter = tools.CpuMeter().start()
         run = tools.saturate(f"{url}/v1/tenants/{flood[0]}/transactions", duration_s, FLOOD_CONNECTIONS, script)
@@ -166,14 +158,14 @@ async def measure(url: str, admin_token: str, bootstrap: str, topic: str, victim
     http_victim, http_flood, http_cpu = await asyncio.to_thread(
         _with_http_flood, url, targets, flood[0], flood[1], directory, duration_s)
     # What a refusal costs against serving: the same flood with a limit it never reaches.
-    await _set_limits(url, admin_token, flood[0], 10_000_000)
+    await asyncio.to_thread(set_limits, url, admin_token, flood[0], {"writes_per_s": OUT_OF_REACH})
     await settle()
     served_victim, served_flood, served_cpu = await asyncio.to_thread(
         _with_http_flood, url, targets, flood[0], flood[1], directory, duration_s)
     await settle()
     refusal = await asyncio.to_thread(
         _refusal_cost, url, flood, directory, duration_s,
-        lambda writes: asyncio.run(_set_limits(url, admin_token, flood[0], writes)))
+        lambda writes: set_limits(url, admin_token, flood[0], {"writes_per_s": writes}))
     await asyncio.to_thread(set_quota, bootstrap, FLOOD_CLIENT_ID, QUOTA_BYTES_PER_S)
     try:
         await settle()

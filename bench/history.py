@@ -3,9 +3,7 @@ of 20 costs the API and PostgreSQL at saturation (issue 24: at most 100 API CPU-
 
 from __future__ import annotations
 
-import time
-
-import httpx
+from typing import Any
 
 from api.inputs import encode_cursor
 from bench import data, tools
@@ -31,28 +29,19 @@ def history(bench: Bench) -> None:
     page = f"{bench.url}/v1/tenants/{tenant}/accounts/{data.DEEP_ACCOUNT}/entries?limit=20"
     script = bench.logs / "history.lua"
     script.write_text(f'wrk.headers["Authorization"] = "Bearer {key}"\n')
-    admin = {"Authorization": f"Bearer {bench.env['LEDGER_ADMIN_TOKEN']}"}
-    limits = f"{bench.url}/v1/tenants/{tenant}/limits"
-    # Past the tenant's read limit a page would be a cheap 429: measured under a limit it never reaches.
-    httpx.put(limits, headers=admin, json={"reads_per_s": 10_000_000}).raise_for_status()
-    try:
-        time.sleep(1.5)  # in force in every API process
+    with bench.limit_lifted(tenant, "reads_per_s"):
         tools.saturate(page, 2, 64, str(script))  # warm
         meter = tools.CpuMeter().start()
         run = tools.saturate(page, bench.duration_s, 64, str(script))
         cpu = meter.stop(digits=3)
-    finally:
-        httpx.put(limits, headers=admin, json={"reads_per_s": bench.cfg.tenant_reads_per_s}).raise_for_status()
-    per_page = {role: round(cores / run["rps"] * 1e6, 1) for role, cores in cpu.items()
-                if role not in ("machine", "cores")} if run["rps"] else {}
+    per_page = tools.per_request_us(cpu, run["rps"], digits=1)
     bench.results["history_cost"] = {"rps": run["rps"], "p50_ms": run["p50_ms"], "p99_ms": run["p99_ms"],
                                      "non_2xx": run["errors"], "cpu_us_per_page": per_page}
     say(cost_line(bench.results["history_cost"]))
     bench.results["history"] = rows
 
 
-def cost_line(cost: dict[str, object]) -> str:
+def cost_line(cost: dict[str, Any]) -> str:
     per_page = cost["cpu_us_per_page"]
-    assert isinstance(per_page, dict)
     return (f"history page of 20 at saturation (wrk, 64 connections): {cost['rps']:.0f}/s, non-2xx {cost['non_2xx']}; "
             "CPU-us per page: " + ", ".join(f"{role} {us}" for role, us in per_page.items()))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -21,6 +23,18 @@ from tools.testing import session_env
 
 RESULTS = ROOT / "bench" / "results"
 PRODUCE_CONCURRENCY_MAX = 2000
+LIMITS_IN_FORCE_S = 1.5  # a change of limits reaches every API process (its notification) within this
+OUT_OF_REACH = 10_000_000
+
+
+def set_limits(url: str, admin_token: str, tenant: str, limits: dict[str, int], settle: bool = True) -> None:
+    """The operator's `PUT /v1/tenants/{tenant}/limits`; with `settle`, then the wait until every API process
+    has it."""
+    answer = httpx.put(f"{url}/v1/tenants/{tenant}/limits", headers={"Authorization": f"Bearer {admin_token}"},
+                       json=limits)
+    assert answer.status_code == 200, answer.text
+    if settle:
+        time.sleep(LIMITS_IN_FORCE_S)
 
 
 class Bench:
@@ -81,6 +95,18 @@ class Bench:
         if "api" in which:
             processes.stop(self.api, "API")
             self.spawn_api(**env)
+
+    @contextlib.contextmanager
+    def limit_lifted(self, tenant: str, kind: str) -> Iterator[None]:
+        """The tenant's `kind` limit (`writes_per_s`, `reads_per_s`) out of reach meanwhile, then back to the
+        default: a cost measured past the limit would be that of cheap 429s."""
+        token = self.env["LEDGER_ADMIN_TOKEN"]
+        set_limits(self.url, token, tenant, {kind: OUT_OF_REACH})
+        try:
+            yield
+        finally:
+            default = self.cfg.tenant_writes_per_s if kind == "writes_per_s" else self.cfg.tenant_reads_per_s
+            set_limits(self.url, token, tenant, {kind: default}, settle=False)
 
     async def tenants(self) -> None:
         admin = {"Authorization": f"Bearer {self.env['LEDGER_ADMIN_TOKEN']}"}

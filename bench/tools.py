@@ -150,6 +150,13 @@ class CpuMeter:
                 **{r: v for r, v in sorted(roles.items(), key=lambda kv: -kv[1]) if v >= 10 ** -digits}}
 
 
+def per_request_us(cpu: dict[str, Any], rps: float, digits: int | None = None) -> dict[str, float]:
+    """CPU-µs per request by role, from a `CpuMeter` reading over a run of `rps` requests a second."""
+    if not rps:
+        return {}
+    return {role: round(cores / rps * 1e6, digits) for role, cores in cpu.items() if role not in ("machine", "cores")}
+
+
 def cpu_text(cpu: dict[str, Any]) -> str:
     parts = ", ".join(f"{role} {cores:.2f}" for role, cores in cpu.items() if role not in ("machine", "cores"))
     return f"CPU {cpu['machine']:.2f} of {cpu['cores']} cores busy ({parts})"

@@ -5,11 +5,8 @@ post-mortem's targets)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from bench import data, tools
 from bench.stack import Bench
@@ -23,11 +20,9 @@ def _run(target: str, script: str, duration_s: int) -> dict[str, Any]:
     meter = tools.CpuMeter().start()
     run = tools.saturate(target, duration_s, CONNECTIONS, script)
     cpu = meter.stop(digits=3)
-    rps = run["rps"]
-    per_write = {role: round(cores / rps * 1e6) for role, cores in cpu.items()
-                 if role not in ("machine", "cores")} if rps else {}
-    return {"connections": CONNECTIONS, "writes_per_s": round(rps), "p50_ms": run["p50_ms"], "p99_ms": run["p99_ms"],
-            "non_2xx": run["errors"], "cpu_us_per_write": per_write,
+    per_write = tools.per_request_us(cpu, run["rps"])
+    return {"connections": CONNECTIONS, "writes_per_s": round(run["rps"]), "p50_ms": run["p50_ms"],
+            "p99_ms": run["p99_ms"], "non_2xx": run["errors"], "cpu_us_per_write": per_write,
             "stack_cpu_us_per_write": sum(per_write.get(r, 0) for r in STACK_ROLES), "cpu": cpu}
 
 
@@ -42,13 +37,13 @@ def measure(url: str, tenant: str, key: str, duration_s: int, directory: Path) -
     return {**_run(target, script, duration_s), "first": first}
 
 
-def lines(result: dict[str, Any]) -> list[str]:
+def lines(result: dict[str, Any], label: str = "waited writes") -> list[str]:
     out = []
     for name, row in (("", result), (" (the run before, on the fresh stack)", result.get("first"))):
         if row is None:
             continue
         roles = ", ".join(f"{role} {us}" for role, us in row["cpu_us_per_write"].items())
-        out.append(f"waited writes{name} (POST ?wait=true, one account, {row['connections']} connections): "
+        out.append(f"{label}{name} (POST ?wait=true, one account, {row['connections']} connections): "
                    f"{row['writes_per_s']}/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
                    f"non-2xx {row['non_2xx']}; CPU-us per write: stack {row['stack_cpu_us_per_write']} ({roles})")
     return out
@@ -57,7 +52,7 @@ def lines(result: dict[str, Any]) -> list[str]:
 def scale_lines(at_scale: dict[str, Any], fresh: dict[str, Any] | None, transactions: int) -> list[str]:
     """The waited write on a ledger holding `transactions`, and PostgreSQL's cost per write against the fresh
     database's (the `waited` step of the same run), which issue 24 wants within 1.5x."""
-    line = lines(at_scale)[0].replace("waited writes", f"waited writes with {transactions:,} transactions held", 1)
+    line = lines(at_scale, f"waited writes with {transactions:,} transactions held")[0]
     if fresh is None:
         return [line]
     pg, pg_fresh = at_scale["cpu_us_per_write"].get("postgres", 0), fresh["cpu_us_per_write"].get("postgres", 0)
@@ -67,16 +62,9 @@ def scale_lines(at_scale: dict[str, Any], fresh: dict[str, Any] | None, transact
 
 
 def measured(bench: Bench, tenant: str, key: str) -> dict[str, Any]:
-    """`measure` under a write limit the tenant never reaches (past its own, writes would be cheap 429s), the
-    tenant's default limit restored afterwards."""
-    url = f"{bench.url}/v1/tenants/{tenant}/limits"
-    admin = {"Authorization": f"Bearer {bench.env['LEDGER_ADMIN_TOKEN']}"}
-    httpx.put(url, headers=admin, json={"writes_per_s": 10_000_000}).raise_for_status()
-    try:
-        time.sleep(1.5)  # in force in every API process
+    """`measure` under a write limit the tenant never reaches."""
+    with bench.limit_lifted(tenant, "writes_per_s"):
         return measure(bench.url, tenant, key, bench.duration_s, bench.logs)
-    finally:
-        httpx.put(url, headers=admin, json={"writes_per_s": bench.cfg.tenant_writes_per_s}).raise_for_status()
 
 
 def waited(bench: Bench) -> None:
