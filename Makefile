@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 # `make cluster`: three Kafka nodes, PostgreSQL with a standby under pg_auto_failover, two projectors and two
 # APIs, in the foreground (docs/cluster.md).
-.PHONY: cluster cluster-down test-cluster soak-cluster compiled run test soak test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-deps observe
+.PHONY: cluster cluster-down test-cluster soak-cluster compiled run test soak test-unit lint deps kafka-jars services-up services-down clean-data bench bench-quick bench-formance bench-growth bench-deps observe
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,14 @@ bench-deps: deps
 
 bench: bench-deps
 	$(PY) -m bench.run
+
+# Issue 24's write matrix, ours and Formance Ledger v2's (built from source once, on its own PostgreSQL) in one run.
+bench-formance: bench-deps
+	$(PY) -m bench.run --only matrix,formance
+
+# Issue 24's growth: a waited write's cost on a fresh database, then holding 2M and 5M transactions (~20 min).
+bench-growth: bench-deps
+	$(PY) -m bench.run --only growth
 
 bench-quick: bench-deps
 	$(PY) -m bench.run --quick

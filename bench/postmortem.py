@@ -36,18 +36,19 @@ def wallet(n: int) -> str:
     return f"w-{n}"
 
 
-async def load(bootstrap: str, topic: str, wallets: int, transactions: int) -> float:
+async def load(bootstrap: str, topic: str, wallets: int, transactions: int, after: int = 0) -> float:
     """Every tenant's transactions, through the log, in the contract's wire format (as a producer service
-    would write them straight to Kafka): a deposit to a wallet and a payment from it to another. Returns the
-    seconds the appends took."""
+    would write them straight to Kafka): a deposit to a wallet and a payment from it to another; numbered
+    from `after` (an earlier load's total), so a second load adds new ones. Returns the seconds the appends
+    took."""
     rng = random.Random(7)
     started = time.monotonic()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20,
                                 max_batch_size=512 * 1024)
     await producer.start()
     try:
-        total = transactions * len(TENANTS)
-        for first in range(0, total, PRODUCE_AT_ONCE):
+        total = after + transactions * len(TENANTS)
+        for first in range(after, total, PRODUCE_AT_ONCE):
             sends = []
             for n in range(first, min(total, first + PRODUCE_AT_ONCE)):
                 tenant = TENANTS[n % len(TENANTS)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, history, postmortem, tools, waited
+from bench import ceiling, history, matrix, postmortem, tools, waited
 
 
 def _row(name: str, r: dict[str, Any]) -> str:
@@ -100,6 +100,9 @@ def report(results: dict[str, Any]) -> str:
                   for name, row in info["timings"].items()]
     if "waited" in results:
         lines += ["", *waited.lines(results["waited"])]
+    if "matrix" in results:
+        lines += ["", "the write matrix (issue 24; CPU-us a write by role, API/projector/PostgreSQL/Kafka):",
+                  *matrix.table(results["matrix"], results.get("matrix_formance"))]
     if "fairness" in results:
         lines += ["", *fairness_lines(results["fairness"])]
     if "postmortem" in results:

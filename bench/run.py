@@ -18,11 +18,14 @@ import asyncpg
 from bench import data, tools
 from bench.batches import batches_vs_singles
 from bench.fairness import fairness
+from bench.formance import formance
+from bench.growth import growth
 from bench.history import DEEP, history
 from bench.ingest import ingest_direct
 from bench.ingest_client import ingest_client
 from bench.ingest_http import ingest_https
 from bench.isolation import isolation
+from bench.matrix import matrix
 from bench.postmortem import postmortem
 from bench.queries import queries
 from bench.reads import large, reads, reads_held
@@ -53,6 +56,15 @@ async def run(bench: Bench) -> None:
         if bench.only == {"waited"}:  # a fresh database: the cost of a write before any scale data
             waited(bench)
             return
+        if bench.only == {"growth"}:  # its own data, from a fresh database
+            await growth(bench, owner)
+            return
+        if bench.only is not None and bench.only <= {"matrix", "formance"}:  # neither needs the scale data
+            if "matrix" in bench.only:
+                await matrix(bench, owner)
+            if "formance" in bench.only:
+                await formance(bench)
+            return
         small = 10_000
         say(f"loading {small} accounts x 10 entries and one history of {DEEP}")
         await data.load_accounts(owner, 1, small, 10)
@@ -73,6 +85,8 @@ async def run(bench: Bench) -> None:
             ("client", lambda: ingest_client(bench, 500)),
             ("http", lambda: ingest_https(bench, [500] if bench.quick else [100, 500])),
             ("waited", lambda: waited(bench)),
+            ("matrix", lambda: matrix(bench, owner)),
+            ("formance", lambda: formance(bench)),  # only when asked for (make bench-formance): it builds a peer
             ("replay", lambda: replay_rate(bench)),
             ("isolation", lambda: isolation(bench)),
             ("fairness", lambda: fairness(bench)),
@@ -85,7 +99,7 @@ async def run(bench: Bench) -> None:
         for name, step in steps:
             if bench.only is not None and name not in bench.only:
                 continue
-            if name == "large" and bench.quick:
+            if (name == "large" and bench.quick) or (name == "formance" and bench.only is None):
                 continue
             done = step()
             if done is not None:

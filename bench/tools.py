@@ -77,17 +77,20 @@ def post_script(directory: Path, name: str, key: str, destination: str) -> str:
 
 
 def saturate(url: str, duration_s: int, connections: int = 64, script: str | None = None,
-             env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Closed loop: as many requests as `connections` keep in flight."""
-    argv = [wrk(), "-t2", f"-c{connections}", f"-d{duration_s}s", "--latency", url]
+             env: dict[str, str] | None = None, timeout_s: int = 2) -> dict[str, Any]:
+    """Closed loop: as many requests as `connections` keep in flight; an answer later than `timeout_s` counts
+    as a socket error (wrk's timeout), not in the latencies."""
+    argv = [wrk(), f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration_s}s", f"--timeout={timeout_s}s",
+            "--latency", url]
     if script:
         argv[1:1] = ["-s", script]
     out = subprocess.run(argv, capture_output=True, text=True, check=True, env={**os.environ, **(env or {})}).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     pct = {m[0]: _ms(m[1]) for m in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+\w+)", out, re.M)}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50_ms": pct.get("50"), "p99_ms": pct.get("99"),
+    return {"rps": rps, "requests": requests, "p50_ms": pct.get("50"), "p99_ms": pct.get("99"),
             "errors": int(errors.group(1)) if errors else 0,
             "socket_errors": socket_errors.group(1) if socket_errors else None}
 
@@ -101,8 +104,16 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # What each process on the machine counts as, by its command line (the first rule that matches).
 CPU_ROLES = (("projector", "projections.app"), ("dispatcher", "-m dispatch"), ("api", "-m api"), ("api", "uvicorn"),
              ("api", "multiprocessing.spawn"),  # the API's workers (LEDGER_API_WORKERS), the only ones spawned so
+             # A peer's (bench/formance.sh), before ours: its server, and its PostgreSQL (cluster_name formance).
+             ("formance", "/bin/ledger serve"), ("formance_pg", "postgres: formance:"),
+             ("formance_pg", "cluster_name=formance"),
              ("postgres", "postgres"),
              ("kafka", "kafka.Kafka"), ("load", "vegeta"), ("load", "wrk"), ("bench", "bench.run"))
+
+# A PostgreSQL cluster's postmaster reaps its backends, so its children's times (cutime, cstime) hold the CPU of
+# the connections that closed. Formance's pool closes and opens connections during a run: without them, a cell
+# missed most of its PostgreSQL's CPU.
+REAPING_ROLES = frozenset({"postgres", "formance_pg"})
 
 
 def _cpu_by_role() -> tuple[dict[str, float], float]:
@@ -117,7 +128,10 @@ def _cpu_by_role() -> tuple[dict[str, float], float]:
         except OSError:  # gone in between
             continue
         role = next((r for r, needle in CPU_ROLES if needle in command), "other")
-        used[role] = used.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+        ticks = int(fields[11]) + int(fields[12])
+        if role in REAPING_ROLES:  # and the backends it has reaped: a pool that reconnects spends CPU there too
+            ticks += int(fields[13]) + int(fields[14])
+        used[role] = used.get(role, 0.0) + ticks / CLK_TCK
     cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     busy = sum(int(v) for v in cpu[:8]) - int(cpu[3]) - int(cpu[4])  # all but idle and iowait
     return used, busy / CLK_TCK
