@@ -14,6 +14,7 @@ from api import tally
 from api.log_ends import LogEnds
 from infra.kafka import end_offsets
 from infra.producer import LogProducer, ProduceFailed, RenewingProducer, producer_config
+from ledger.batch import ANSWER_HEADER
 from ledger.codec import encode_request
 from ledger.errors import AppendUnconfirmed, Unavailable
 from ledger.positions import Position
@@ -28,6 +29,8 @@ DELIVERY_TIMEOUT_MS = int(APPEND_TIMEOUT_S * 1000)
 WAIT_MARGIN_S = 0.5
 OWN_PENDING_MAX = 100_000  # own appends remembered per partition (past it the oldest are forgotten)
 WAITING_SCAN_MAX = 1_000  # own appends still waiting looked at, in all, for who waits (`Appender.waiting`)
+# Put on a waited append: the projector sends its answer with the batch's notification (`ledger.shown`).
+ASK_ANSWER: list[tuple[str, str | bytes | None]] = [(ANSWER_HEADER, b"1")]
 
 
 # What the API appends: a tenant's request (never the clock's tick, which the projector writes).
@@ -81,7 +84,8 @@ class Appender:
         started = time.monotonic()
         try:
             async with asyncio.timeout(APPEND_TIMEOUT_S + WAIT_MARGIN_S):
-                acknowledged = await producer.send(self.topic, encode_request(request), request.tenant.encode())
+                acknowledged = await producer.send(self.topic, encode_request(request), request.tenant.encode(),
+                                                   headers=ASK_ANSWER if waited else None)
         except (ProduceFailed, TimeoutError) as e:
             raise AppendUnconfirmed(request.tenant, request.id) from e
         (position,) = await self._placed([acknowledged], request.tenant, request.id)

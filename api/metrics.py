@@ -19,6 +19,9 @@ LATENCY = Histogram("ledger_api_request_seconds", "HTTP request latency", ["rout
                     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
 WAITERS = Gauge("ledger_api_waiters", "Requests waiting for the projection (wait=true, min_position)")
+ANSWERS = Counter("ledger_api_waited_answers_total", "Waited transfers answered, by where the answer came from: "
+                  "sent by the projector with its notification, or read from PostgreSQL", ["source"])
+ANSWERS_SENT, ANSWERS_READ = ANSWERS.labels("projector"), ANSWERS.labels("read")
 
 
 class CacheMetrics(Collector):

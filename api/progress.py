@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 
@@ -67,6 +68,7 @@ class _Waiter:
     future: asyncio.Future[None] = field(compare=False)
     queued: bool = field(default=True, compare=False)  # still in its partition's heap
     left: bool = field(default=False, compare=False)  # its `wait` has returned
+    answer: dict[str, Any] | None = field(default=None, compare=False)  # the projector's, for `decided`
 
 
 class Progress:
@@ -87,6 +89,8 @@ class Progress:
         self._by_tenant: dict[str, int] = {}
         self._by_key: dict[str, int] = {}
         self._seq = itertools.count()
+        # The waiters of `decided`, by the position whose answer they take (one request each).
+        self._answering: dict[tuple[int, int], _Waiter] = {}
 
     @property
     def waiting(self) -> int:
@@ -112,20 +116,47 @@ class Progress:
                 elif not waiter.future.done():
                     waiter.future.set_result(None)
 
+    def deliver(self, answers: list[tuple[int, int, dict[str, Any]]]) -> None:
+        """The projector's answers to waited transfers (before the offsets that wake their waiters): each kept
+        for the request of this process that waits for it, if one does, else dropped. The first one for a
+        position stands, and none is taken once its waiter is woken: the projector's comes with the offsets
+        that wake it. (The route also checks the answer's position token, which only a holder of the position
+        key can make: a role that can NOTIFY on the channel cannot answer for the projector.)"""
+        for partition, offset, answer in answers:
+            waiter = self._answering.get((partition, offset))
+            if waiter is not None and waiter.answer is None and not waiter.future.done():
+                waiter.answer = answer
+
     async def wait(self, position: Position, timeout_s: float, tenant: str, key: str) -> bool:
         """True once `position` is applied, False if `timeout_s` passed first. `TooManyWaiting` when
         `tenant` or `key` has its share waiting already, `Unavailable` when every place is taken."""
+        return (await self._wait(position, timeout_s, tenant, key, False))[0]
+
+    async def decided(self, position: Position, timeout_s: float, tenant: str,
+                      key: str) -> tuple[bool, dict[str, Any] | None]:
+        """`wait` for the request appended at `position`, and its answer as the projector sent it (None when it
+        sent none: the request was not a waited transfer's, its answer did not fit a notification, or it was
+        applied before this began waiting)."""
+        return await self._wait(position, timeout_s, tenant, key, True)
+
+    async def _wait(self, position: Position, timeout_s: float, tenant: str, key: str,
+                    answer: bool) -> tuple[bool, dict[str, Any] | None]:
         if self.reached(position):
-            return True
+            return True, None
         self._admit(tenant, key)
         waiter = _Waiter(position.offset, next(self._seq), asyncio.get_running_loop().create_future())
         heapq.heappush(self._heaps.setdefault(position.partition, []), waiter)
+        at = (position.partition, position.offset)
+        if answer:
+            self._answering[at] = waiter
         try:
             await asyncio.wait_for(waiter.future, timeout_s)
-            return True
+            return True, waiter.answer
         except TimeoutError:
-            return self.reached(position)
+            return self.reached(position), waiter.answer
         finally:
+            if answer and self._answering.get(at) is waiter:
+                del self._answering[at]
             self._leave(position.partition, waiter, tenant, key)
 
     def _admit(self, tenant: str, key: str) -> None:
@@ -298,6 +329,8 @@ class Listener:
         if notified.reset:
             self.cache.drop_all()
         self.cache.changed(notified.changed)
+        if notified.answers:
+            self.progress.deliver(notified.answers)
         if notified.offsets:
             self.progress.advance(notified.offsets)
 

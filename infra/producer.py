@@ -67,8 +67,8 @@ class LogProducer:
         self._thread = threading.Thread(target=self._serve, name="kafka-producer-poll", daemon=True)
         self._thread.start()
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None,
-             partition: int | None = None) -> asyncio.Future[tuple[int, int | None]]:
+    def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None,
+             headers: list[tuple[str, str | bytes | None]] | None = None) -> asyncio.Future[tuple[int, int | None]]:
         """Hand `value` to librdkafka; the future resolves to (partition, offset) once the broker has it (offset
         None when the broker acknowledged a retry of a record it already had, without saying where), or
         raises `ProduceFailed`. Raises `ProduceFailed` at once when librdkafka's queue is full."""
@@ -81,9 +81,9 @@ class LogProducer:
 
         try:
             if partition is None:
-                self._producer.produce(topic, value, key, on_delivery=delivered)
+                self._producer.produce(topic, value, key, on_delivery=delivered, headers=headers)
             else:
-                self._producer.produce(topic, value, key, partition=partition, on_delivery=delivered)
+                self._producer.produce(topic, value, key, partition=partition, on_delivery=delivered, headers=headers)
         except BufferError:
             raise ProduceFailed(f"over {QUEUE_MESSAGES_MAX} records wait for Kafka's acknowledgement") from None
         except confluent_kafka.KafkaException as e:

@@ -34,6 +34,8 @@ from ledger.state import BalanceKey
 from ledger.validation import UNSTORABLE_RE
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The Kafka header the API puts on a record whose client waits (`wait=true`): the projector then sends its answer.
+ANSWER_HEADER = "ledger-answer"
 ERROR_LEN_MAX = 500
 
 
@@ -45,6 +47,8 @@ class Record(NamedTuple):
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    # Its producer (the API) waits for its answer: the live projector sends it with the batch's notification.
+    answer: bool = False
 
     @property
     def position(self) -> Position:
@@ -98,6 +102,8 @@ class BatchRows:
     monitor_removals: list[MonitorRemoval] = field(default_factory=list)
     # (partition, key, value): outcomes go to the partition of ledger.outcomes that matches the request's.
     outcomes: list[tuple[int, bytes, bytes]] = field(default_factory=list)
+    # (partition, offset, JSON): the answers to waited transfers, sent with the batch's notifications.
+    answers: list[tuple[int, int, bytes]] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)
     counts: dict[tuple[str, str | None], int] = field(default_factory=dict)
 

@@ -4,7 +4,8 @@ applied, and which accounts' balance rows moved (for the API's balance cache).
 An account is named by 8 bytes of BLAKE2b over its tenant and address: 748 fit in one notification (PostgreSQL
 refuses a payload of 8,000 bytes or more), and a collision costs one needless invalidation, never a stale read.
 A batch's notifications go out in order (changes first, offsets last) and are delivered together at its commit,
-so by the time the API sees a partition advance, it has dropped everything the batch changed.
+so by the time the API sees a partition advance, it has dropped everything the batch changed, and holds the
+answers to the batch's waited transfers (`ledger.shown.answers`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import base64
 import hashlib
 import struct
 from collections.abc import Iterable
+from typing import Any
 
 import orjson
 
@@ -22,6 +24,7 @@ KEY_BYTES = 8
 KEYS_PER_PAYLOAD = 748
 OFFSETS_PER_PAYLOAD = 250  # "1023":9223372036854775807, is 28 bytes at most
 _KEYS = struct.Struct("<Q")
+ANSWERS_OPEN, ANSWERS_CLOSE = b'{"answers":[', b"]}"
 
 
 def account_key(tenant: str, account: str) -> int:
@@ -30,13 +33,28 @@ def account_key(tenant: str, account: str) -> int:
     return int(_KEYS.unpack(digest)[0])
 
 
-def payloads(offsets: dict[int, int], changed: Iterable[int]) -> list[str]:
-    """A batch's notifications, in the order they must be sent: its changed accounts, then its offsets."""
+def payloads(offsets: dict[int, int], changed: Iterable[int],
+             answers: Iterable[tuple[int, int, bytes]] = ()) -> list[str]:
+    """A batch's notifications, in the order they must be sent: its changed accounts, the answers to its
+    waited transfers (partition, offset, JSON object; as many to a notification as fit), then its offsets."""
     keys = list(changed)
     out = []
     for first in range(0, len(keys), KEYS_PER_PAYLOAD):
         packed = b"".join(_KEYS.pack(k) for k in keys[first:first + KEYS_PER_PAYLOAD])
         out.append(orjson.dumps({"changed": base64.b64encode(packed).decode()}).decode())
+    items: list[bytes] = []
+    size = len(ANSWERS_OPEN) + len(ANSWERS_CLOSE)
+    for partition, offset, answer in answers:
+        item = b"[%d,%d,%b]" % (partition, offset, answer)
+        if len(item) + size >= PAYLOAD_MAX:  # past what one notification takes: the API reads it instead
+            if len(item) + len(ANSWERS_OPEN) + len(ANSWERS_CLOSE) >= PAYLOAD_MAX:
+                continue
+            out.append((ANSWERS_OPEN + b",".join(items) + ANSWERS_CLOSE).decode())
+            items, size = [], len(ANSWERS_OPEN) + len(ANSWERS_CLOSE)
+        items.append(item)
+        size += len(item) + 1
+    if items:
+        out.append((ANSWERS_OPEN + b",".join(items) + ANSWERS_CLOSE).decode())
     parts = sorted(offsets)
     for first in range(0, max(len(parts), 1), OFFSETS_PER_PAYLOAD):  # always one, last
         chunk = {str(p): offsets[p] for p in parts[first:first + OFFSETS_PER_PAYLOAD]}
@@ -52,12 +70,14 @@ def reset_payload() -> str:
 class Notification:
     """One notification, read: offsets to advance, accounts changed, or a reset."""
 
-    __slots__ = ("changed", "offsets", "reset")
+    __slots__ = ("answers", "changed", "offsets", "reset")
 
-    def __init__(self, offsets: dict[int, int], changed: list[int], reset: bool) -> None:
+    def __init__(self, offsets: dict[int, int], changed: list[int], reset: bool,
+                 answers: list[tuple[int, int, dict[str, Any]]] | None = None) -> None:
         self.offsets = offsets
         self.changed = changed
         self.reset = reset
+        self.answers = answers or []
 
 
 def parse(payload: str) -> Notification:
@@ -67,6 +87,11 @@ def parse(payload: str) -> Notification:
     try:
         if not isinstance(body, dict):
             raise TypeError("not an object")
+        if "answers" in body:
+            answers = [(int(p), int(o), answer) for p, o, answer in body["answers"]]
+            if not all(isinstance(a, dict) for _, _, a in answers):
+                raise TypeError("an answer is a JSON object")
+            return Notification({}, [], False, answers)
         if "offsets" in body or "changed" in body or "reset" in body:
             raw = base64.b64decode(body.get("changed", ""), validate=True)
             if len(raw) % KEY_BYTES:

@@ -32,7 +32,7 @@ from infra import settings as settings_mod
 from infra.kafka import PacedCommits, log_end, topic_config, topic_partitions
 from infra.producer import RenewingProducer, producer_config
 from infra.settings import Settings
-from ledger.batch import Record
+from ledger.batch import ANSWER_HEADER, Record
 from ledger.codec import encode_request
 from ledger.positions import PositionKey
 from ledger.requests import Tick
@@ -254,7 +254,8 @@ class Projector:
             fetched = await self.consumer.getmany(timeout_ms=self.cfg.batch_wait_ms,
                                                   max_records=self.cfg.batch_size_max)
             if fetched:
-                records = [Record(m.partition, m.offset, m.key, m.value, m.timestamp)
+                records = [Record(m.partition, m.offset, m.key, m.value, m.timestamp,
+                                  bool(m.headers) and any(k == ANSWER_HEADER for k, _ in m.headers))
                            for messages in fetched.values() for m in messages]
                 self._finished(await pipeline.submit(records))
             else:

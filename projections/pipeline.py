@@ -21,7 +21,8 @@ from ledger.fold import POISON_AS_EVENT, fold_batch
 from ledger.memory import Ledger
 from ledger.plan import Needs
 from ledger.positions import Position, PositionKey
-from ledger.requests import Tick
+from ledger.requests import Tick, TransferRequest
+from ledger.shown import answers
 from projections.faults import Poisoned, Transient, translated
 from projections.writer import Publish, begin, committed_offsets, open_batch, preload, store
 
@@ -255,6 +256,12 @@ class Pipeline:
             await asyncio.sleep(0)
         rows.next_offsets.update({r.partition: r.offset + 1 for r in fresh})
         self.expected.update(rows.next_offsets)
+        if self.schema is None and self.positions is not None:  # the live projection's, which the API reads
+            asked = [(records[j], decoded[j]) for j in fresh_at if records[j].answer]
+            transfers = [(r, d) for r, d in asked if isinstance(d, TransferRequest)]
+            if transfers:
+                rows.answers = answers(rows, [r for r, _ in transfers], [(d.tenant, d.id) for _, d in transfers],
+                                       self.positions)
         return Prepared(records, rows, base, schema, len(fresh), time.perf_counter() - started)
 
     async def _preload(self, conn: asyncpg.Connection, decoded: list[Decoded], due: dict[int, int]) -> None:

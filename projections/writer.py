@@ -243,7 +243,7 @@ async def _write_rows(conn: asyncpg.Connection, rows: BatchRows, notify: bool) -
     # before its waiters for these offsets wake (a batch's notifications arrive together, in this order).
     # A rebuild's or a verification's schema notifies nothing: the API's progress is the live projection's.
     changed = {(k[0], k[1]) for k in rows.balances} | rows.accounts.keys() | rows.versions.keys()
-    notices = payloads(rows.next_offsets, {account_key(t, a) for t, a in changed}) if notify else []
+    notices = payloads(rows.next_offsets, {account_key(t, a) for t, a in changed}, rows.answers) if notify else []
     await conn.execute(
         WRITE_TAIL,
         [k[0] for k, _ in items], [k[1] for k, _ in items], [k[2] for k, _ in items],

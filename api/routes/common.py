@@ -48,6 +48,7 @@ from ledger.requests import (
     VOID,
     TransactionRequest,
 )
+from ledger.shown import with_effects
 from ledger.validation import (
     check_tenant,
 )
@@ -163,6 +164,15 @@ async def waited(context: Context, position: Position, timeout_ms: int, tenant: 
         return False
 
 
+async def waited_answer(context: Context, position: Position, timeout_ms: int, tenant: str,
+                        key: str) -> tuple[bool, dict[str, Any] | None]:
+    """`waited`, and the answer the projector sent for the request, if it sent one (`Progress.decided`)."""
+    try:
+        return await context.progress.decided(position, timeout_ms / 1000, tenant, key)
+    except (TooManyWaiting, Unavailable):
+        return False, None
+
+
 def waiter_key(principal: Principal) -> str:
     """The key whose waiting requests are counted together; the operator's token counts as one key."""
     return principal.key_id or ADMIN_WAITER_KEY
@@ -256,12 +266,10 @@ def transaction_body(row: asyncpg.Record, positions: PositionKey, tenant: str, a
                      link: asyncpg.Record | None) -> dict[str, Any]:
     """The transaction's view from its row, its accounts' balances right after it (`balances_of`) and its chain
     link (the dispatcher reads those for many events at once and shows each event's transaction so too)."""
-    body = views.transaction(row, positions, tenant)
-    if after:
-        body["balances_after"] = after
-    if link is not None:  # none: not chained, or written before the chain existed (a replay rebuilds it)
-        body["hash"], body["previous_hash"] = bytes(link["hash"]).hex(), bytes(link["previous_hash"]).hex()
-    return body
+    # No link: not chained, or written before the chain existed (a replay rebuilds it).
+    return with_effects(views.transaction(row, positions, tenant), after,
+                        None if link is None else bytes(link["hash"]),
+                        None if link is None else bytes(link["previous_hash"]))
 
 
 

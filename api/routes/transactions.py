@@ -25,6 +25,7 @@ from api.inputs import (
     transactions_cursor_param,
 )
 from api.limits import WRITES
+from api.metrics import ANSWERS_READ, ANSWERS_SENT
 from api.responses import JSON, error
 from api.routes.common import (
     CONFLICT_MESSAGE,
@@ -43,6 +44,7 @@ from api.routes.common import (
     caught_up,
     params,
     waited,
+    waited_answer,
     waiter_key,
 )
 from api.store import Store
@@ -202,7 +204,19 @@ async def _submit(request: Request, kind: str) -> Response:
                                             "transaction_id": tx.id, "position": position.raw()})
     pending = JSON({"id": tx.id, "status": "pending", "position": context.positions.token(tenant, position)},
                    status_code=202)
-    if not wait or not await waited(context, position, timeout_ms, tenant, waiter_key(principal)):
+    if not wait:
+        return pending
+    if kind == TRANSFER:  # the projector sends a transfer's answer with its progress (`ledger.shown`)
+        decided, answer = await waited_answer(context, position, timeout_ms, tenant, waiter_key(principal))
+        # Its position token: only the projector (which holds the position key) could have sent it.
+        if answer is not None and answer.get("position") == context.positions.token(tenant, position):
+            ANSWERS_SENT.inc()
+            return _decided(answer)
+        if decided:
+            ANSWERS_READ.inc()
+    else:
+        decided = await waited(context, position, timeout_ms, tenant, waiter_key(principal))
+    if not decided:
         return pending
     row = await context.store.transaction_answer(tenant, tx.id)  # the row, with what its answer shows
     if row is None:

@@ -63,7 +63,9 @@ def plain(value: object) -> object:
 def folded(records: list[Record]) -> dict[str, object]:
     ledger = Ledger(tenants={"acme": True, "initech": True})
     rows = fold_batch(ledger, records, decode_all(records, PARTITIONS), BatchRows(positions=KEY))
-    return {f.name: plain(getattr(rows, f.name)) for f in dataclasses.fields(rows) if f.name != "positions"}
+    # `answers` are the live projector's, built after the fold for the API (`ledger.shown`), never written.
+    return {f.name: plain(getattr(rows, f.name)) for f in dataclasses.fields(rows)
+            if f.name not in ("positions", "answers")}
 
 
 def fold_digest(records: list[Record]) -> str:
