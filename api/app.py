@@ -27,14 +27,14 @@ from api import routes
 from api.appender import Appender
 from api.auth import KeyStore
 from api.cache import BalanceCache
-from api.errors import error_response, internal_error
+from api.errors import error_response, http_error_response, internal_error
 from api.hot import HEALTHY, HotRoutes
 from api.limits import Cadence, Limits, TenantLimits
 from api.metrics import WAITERS, CacheMetrics, MetricsMiddleware
 from api.openapi import document
 from api.progress import Listener, Progress, WaitLimits
 from api.projector_group import ProjectorGroup
-from api.responses import JSON, error
+from api.responses import JSON
 from api.store import ALL_LIMITS, LIMITS_OF, Store, init_connection, keep_session
 from infra import gc_pauses
 from infra import settings as settings_mod
@@ -58,9 +58,7 @@ def ledger_error(request: Request, exc: Exception) -> Response:
 
 def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed"}
-    return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
-                 headers=dict(exc.headers) if exc.headers else None)
+    return http_error_response(exc)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:

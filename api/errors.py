@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from api.auth import Forbidden, Unauthorized
@@ -47,6 +48,13 @@ def error_response(exc: LedgerError) -> Response:
     elif status in (429, 503):
         headers = {"Retry-After": "1"}
     return error(status, exc.code, exc.message, headers=headers)
+
+
+def http_error_response(exc: HTTPException) -> Response:
+    """Starlette's own refusals (404, 405) in the ledger's JSON error shape."""
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
+                 headers=dict(exc.headers) if exc.headers else None)
 
 
 def internal_error(exc: BaseException, request_id: str | None, method: str, path: str) -> Response:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from api import routes
-from api.errors import error_response, internal_error
+from api.errors import error_response, http_error_response, internal_error
 from api.limits import READS, WRITES, RateLimited
 from api.responses import JSON
 from ledger.errors import InvalidRequest, LedgerError
@@ -25,6 +27,8 @@ from ledger.validation import check_address
 
 HEALTHY = b'{"status":"ok"}'
 ACCOUNT_PATH = "/v1/tenants/{tenant}/accounts/{address}"
+TRANSFERS_PATH = "/v1/tenants/{tenant}/transactions"
+ENTRIES_PATH = "/v1/tenants/{tenant}/accounts/{address}/entries"
 # A tenant's resources its keys reach (the operator's are keys and limits); GET and HEAD read.
 TENANT_SEGMENTS = frozenset({"transactions", "accounts", "balances", "holds", "chain"})
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -39,6 +43,9 @@ class HotRoutes:
         by_path = {r.path: r for r in app.routes if isinstance(r, Route)}
         self.account_route = by_path[ACCOUNT_PATH]
         self.health_route = by_path["/healthz"]
+        posts = {r.path: r for r in app.routes if isinstance(r, Route) and r.methods and "POST" in r.methods}
+        self.transfer_route = posts[TRANSFERS_PATH]
+        self.entries_route = by_path[ENTRIES_PATH]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,7 +73,39 @@ class HotRoutes:
             scope["route"] = self._route_of(scope)  # counted under its route, not `unmatched`
             await self._answer_refusal(scope, receive, send, *refused)
             return
+        direct = self._direct_route(scope["method"], path)
+        if direct is not None:
+            await self._call(direct[0], direct[1], scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+    def _direct_route(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        """A write of a transfer, or a page of an account's entries: their route and path parameters, found
+        without Starlette's router (which tries the routes in turn, each a regular expression)."""
+        parts = path.split("/")
+        if len(parts) < 5 or parts[1] != "v1" or parts[2] != "tenants" or not parts[3]:
+            return None
+        if method == "POST" and len(parts) == 5 and parts[4] == "transactions":
+            return self.transfer_route, {"tenant": parts[3]}
+        if method == "GET" and len(parts) == 7 and parts[4] == "accounts" and parts[5] and parts[6] == "entries":
+            return self.entries_route, {"tenant": parts[3], "address": parts[5]}
+        return None
+
+    async def _call(self, route: Route, path_params: dict[str, str], scope: Scope, receive: Receive,
+                    send: Send) -> None:
+        """`route`'s endpoint as Starlette's router would call it, with the app's exception handling, without
+        its router and its two exception middlewares (about 10% of a waited write's CPU in the API, py-spy)."""
+        scope["route"], scope["path_params"], scope["app"] = route, path_params, self.app
+        request = Request(scope, receive, send)
+        try:
+            response = await route.endpoint(request)
+        except LedgerError as e:
+            response = error_response(e)
+        except HTTPException as e:
+            response = http_error_response(e)
+        except Exception as e:
+            response = internal_error(e, scope.get("state", {}).get("request_id"), scope["method"], scope["path"])
+        await response(scope, receive, send)
 
     async def _answer_refusal(self, scope: Scope, receive: Receive, send: Send, tenant: str,
                               refusal: RateLimited) -> None:
