@@ -138,7 +138,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                                      server_settings={"application_name": f"{POOL_APPLICATION}:{os.getpid()}"})
     await _warm(pool)
     keys = KeyStore(cfg.admin_token)
-    progress = Progress(WaitLimits(cfg.waiters_max, cfg.waiters_tenant_max, cfg.waiters_key_max))
+    progress = Progress(WaitLimits(cfg.waiters_max, cfg.waiters_tenant_max, cfg.waiters_key_max), app.state.positions)
     WAITERS.set_function(lambda: progress.waiting)
     store = Store(pool, cfg.db_acquire_timeout_ms / 1000, cfg.db_failover_wait_ms / 1000)
     lock = asyncio.Lock()

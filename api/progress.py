@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import orjson
 
 from api import tally
 from api.cache import BalanceCache
 from infra.settings import KEYS_CHANNEL, PROGRESS_CHANNEL
 from ledger import changes
 from ledger.errors import LedgerError, Unavailable
-from ledger.positions import Position
+from ledger.positions import Position, PositionKey
 
 log = logging.getLogger("ledger.api")
 
@@ -69,6 +70,7 @@ class _Waiter:
     queued: bool = field(default=True, compare=False)  # still in its partition's heap
     left: bool = field(default=False, compare=False)  # its `wait` has returned
     answer: dict[str, Any] | None = field(default=None, compare=False)  # the projector's, for `decided`
+    expect: str | None = field(default=None, compare=False)  # the id of the request whose answer it takes
 
 
 class Progress:
@@ -80,8 +82,9 @@ class Progress:
     live waiters.
     """
 
-    def __init__(self, limits: WaitLimits | None = None) -> None:
+    def __init__(self, limits: WaitLimits | None = None, positions: PositionKey | None = None) -> None:
         self.limits = limits or WaitLimits()
+        self.positions = positions  # opens the projector's sealed answers (none taken without it)
         self.applied: dict[int, int] = {}
         self._heaps: dict[int, list[_Waiter]] = {}
         self._gone: dict[int, int] = {}  # per partition: heap entries whose waiter left
@@ -116,38 +119,50 @@ class Progress:
                 elif not waiter.future.done():
                     waiter.future.set_result(None)
 
-    def deliver(self, answers: list[tuple[int, int, dict[str, Any]]]) -> None:
-        """The projector's answers to waited transfers (before the offsets that wake their waiters): each kept
-        for the request of this process that waits for it, if one does, else dropped. The first one for a
-        position stands, and none is taken once its waiter is woken: the projector's comes with the offsets
-        that wake it. (The route also checks the answer's position token, which only a holder of the position
-        key can make: a role that can NOTIFY on the channel cannot answer for the projector.)"""
-        for partition, offset, answer in answers:
+    def deliver(self, answers: list[tuple[int, int, str]]) -> None:
+        """The projector's answers to waited transfers (before the offsets that wake their waiters), each sealed
+        to its position: kept for the request of this process that waits at that position, if one does and the
+        answer opens under the position key and names that request's id; else dropped (no role that can
+        NOTIFY on the channel can make one, and a position guessed after a retried append, which may be
+        another request's, is not answered with that request's). None is taken once its waiter is woken."""
+        if self.positions is None:
+            return
+        for partition, offset, sealed in answers:
             waiter = self._answering.get((partition, offset))
-            if waiter is not None and waiter.answer is None and not waiter.future.done():
+            if waiter is None or waiter.answer is not None or waiter.future.done():
+                continue
+            opened = self.positions.open_answer(Position(partition, offset), sealed)
+            if opened is None:
+                continue
+            try:
+                answer = orjson.loads(opened)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(answer, dict) and answer.get("id") == waiter.expect:
                 waiter.answer = answer
 
     async def wait(self, position: Position, timeout_s: float, tenant: str, key: str) -> bool:
         """True once `position` is applied, False if `timeout_s` passed first. `TooManyWaiting` when
         `tenant` or `key` has its share waiting already, `Unavailable` when every place is taken."""
-        return (await self._wait(position, timeout_s, tenant, key, False))[0]
+        return (await self._wait(position, timeout_s, tenant, key, None))[0]
 
-    async def decided(self, position: Position, timeout_s: float, tenant: str,
-                      key: str) -> tuple[bool, dict[str, Any] | None]:
-        """`wait` for the request appended at `position`, and its answer as the projector sent it (None when it
-        sent none: the request was not a waited transfer's, its answer did not fit a notification, or it was
-        applied before this began waiting)."""
-        return await self._wait(position, timeout_s, tenant, key, True)
+    async def decided(self, position: Position, timeout_s: float, tenant: str, key: str,
+                      id: str) -> tuple[bool, dict[str, Any] | None]:
+        """`wait` for the request `id` appended at `position`, and its answer as the projector sent it (None when
+        it sent none: the request was not a waited transfer's, its answer did not fit, or it was applied before
+        this began waiting; or when what came is not this request's answer)."""
+        return await self._wait(position, timeout_s, tenant, key, id)
 
     async def _wait(self, position: Position, timeout_s: float, tenant: str, key: str,
-                    answer: bool) -> tuple[bool, dict[str, Any] | None]:
+                    answer: str | None) -> tuple[bool, dict[str, Any] | None]:
         if self.reached(position):
             return True, None
         self._admit(tenant, key)
         waiter = _Waiter(position.offset, next(self._seq), asyncio.get_running_loop().create_future())
         heapq.heappush(self._heaps.setdefault(position.partition, []), waiter)
         at = (position.partition, position.offset)
-        if answer:
+        if answer is not None:
+            waiter.expect = answer
             self._answering[at] = waiter
         try:
             await asyncio.wait_for(waiter.future, timeout_s)
@@ -155,7 +170,7 @@ class Progress:
         except TimeoutError:
             return self.reached(position), waiter.answer
         finally:
-            if answer and self._answering.get(at) is waiter:
+            if answer is not None and self._answering.get(at) is waiter:
                 del self._answering[at]
             self._leave(position.partition, waiter, tenant, key)
 

@@ -102,8 +102,8 @@ class BatchRows:
     monitor_removals: list[MonitorRemoval] = field(default_factory=list)
     # (partition, key, value): outcomes go to the partition of ledger.outcomes that matches the request's.
     outcomes: list[tuple[int, bytes, bytes]] = field(default_factory=list)
-    # (partition, offset, JSON): the answers to waited transfers, sent with the batch's notifications.
-    answers: list[tuple[int, int, bytes]] = field(default_factory=list)
+    # (partition, offset, sealed JSON): the answers to waited transfers, sent with the batch's notifications.
+    answers: list[tuple[int, int, str]] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)
     counts: dict[tuple[str, str | None], int] = field(default_factory=dict)
 

@@ -14,7 +14,6 @@ import base64
 import hashlib
 import struct
 from collections.abc import Iterable
-from typing import Any
 
 import orjson
 
@@ -34,9 +33,10 @@ def account_key(tenant: str, account: str) -> int:
 
 
 def payloads(offsets: dict[int, int], changed: Iterable[int],
-             answers: Iterable[tuple[int, int, bytes]] = ()) -> list[str]:
+             answers: Iterable[tuple[int, int, str]] = ()) -> list[str]:
     """A batch's notifications, in the order they must be sent: its changed accounts, the answers to its
-    waited transfers (partition, offset, JSON object; as many to a notification as fit), then its offsets."""
+    waited transfers (partition, offset, sealed answer: base64url; as many to a notification as fit), then its
+    offsets."""
     keys = list(changed)
     out = []
     for first in range(0, len(keys), KEYS_PER_PAYLOAD):
@@ -45,7 +45,7 @@ def payloads(offsets: dict[int, int], changed: Iterable[int],
     items: list[bytes] = []
     size = len(ANSWERS_OPEN) + len(ANSWERS_CLOSE)
     for partition, offset, answer in answers:
-        item = b"[%d,%d,%b]" % (partition, offset, answer)
+        item = b'[%d,%d,"%b"]' % (partition, offset, answer.encode())
         if len(item) + size >= PAYLOAD_MAX:  # past what one notification takes: the API reads it instead
             if len(item) + len(ANSWERS_OPEN) + len(ANSWERS_CLOSE) >= PAYLOAD_MAX:
                 continue
@@ -73,7 +73,7 @@ class Notification:
     __slots__ = ("answers", "changed", "offsets", "reset")
 
     def __init__(self, offsets: dict[int, int], changed: list[int], reset: bool,
-                 answers: list[tuple[int, int, dict[str, Any]]] | None = None) -> None:
+                 answers: list[tuple[int, int, str]] | None = None) -> None:
         self.offsets = offsets
         self.changed = changed
         self.reset = reset
@@ -89,8 +89,8 @@ def parse(payload: str) -> Notification:
             raise TypeError("not an object")
         if "answers" in body:
             answers = [(int(p), int(o), answer) for p, o, answer in body["answers"]]
-            if not all(isinstance(a, dict) for _, _, a in answers):
-                raise TypeError("an answer is a JSON object")
+            if not all(isinstance(a, str) for _, _, a in answers):
+                raise TypeError("an answer is sealed, a string")
             return Notification({}, [], False, answers)
         if "offsets" in body or "changed" in body or "reset" in body:
             raw = base64.b64decode(body.get("changed", ""), validate=True)

@@ -64,7 +64,7 @@ class PositionKey:
     that hands tokens on) must hold the same 32-byte key: `LEDGER_POSITION_KEY`.
     """
 
-    __slots__ = ("_seals", "_tokens")
+    __slots__ = ("_answers", "_seals", "_tokens")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_BYTES:
@@ -72,6 +72,7 @@ class PositionKey:
         # One AES-SIV key per use, derived apart: no sealed value opens as a token or the other way round.
         self._tokens = AESSIV(_derive(key, b"ledger position tokens, AES-SIV"))
         self._seals = AESSIV(_derive(key, b"ledger sealed values, AES-SIV"))
+        self._answers = AESSIV(_derive(key, b"ledger waited answers, AES-SIV"))
 
     def __repr__(self) -> str:
         return "PositionKey(...)"  # never the key
@@ -115,6 +116,23 @@ class PositionKey:
             return None
         try:
             return self._seals.decrypt(raw, [_purpose(purpose), _tenant(tenant)])
+        except InvalidTag:
+            return None
+
+
+    def seal_answer(self, position: Position, answer: bytes) -> str:
+        """A waited request's answer as the projector sends it to the API over PostgreSQL's notifications: sealed
+        to its position (any role that can connect may LISTEN or NOTIFY; none without this key can read or make
+        one)."""
+        return _base64(self._answers.encrypt(answer, [_PLAIN.pack(position.partition, position.offset)]))
+
+    def open_answer(self, position: Position, sealed: str) -> bytes | None:
+        """The answer `seal_answer` sealed to `position`; None for anything else."""
+        raw = _unbase64(sealed) if _SEALED.fullmatch(sealed) else None
+        if raw is None or len(raw) <= _TAG_BYTES:
+            return None
+        try:
+            return self._answers.decrypt(raw, [_PLAIN.pack(position.partition, position.offset)])
         except InvalidTag:
             return None
 

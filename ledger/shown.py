@@ -23,8 +23,12 @@ from ledger.validation import AMOUNT_MAX
 # How a transaction names what it acted on; and which kinds can be reversed (they show `reversed`).
 TARGET_NAMES = {"capture": "captures", "void": "voids", "reverse": "reverses", "unmonitor": "monitor"}
 REVERSIBLE = frozenset({"transfer", "capture", "reverse"})
-# A notification is at most 7,999 bytes; an answer that cannot share one with its wrapping is read instead.
-ANSWER_BYTES_MAX = 7_900
+# A notification is at most 7,999 bytes, and a sealed answer takes a third more than its JSON (base64) and a
+# tag: an answer longer than this is read instead.
+ANSWER_BYTES_MAX = 5_800
+# A batch's answers, in all: past this its requests read theirs. Notifications go to every listener and stay in
+# PostgreSQL's queue until the slowest has read them; this bounds what a batch adds to it.
+BATCH_ANSWERS_BYTES_MAX = 256 * 1024
 
 
 def timestamp(value: datetime | None) -> str | None:
@@ -104,11 +108,11 @@ def jsonb_ordered(value: Any) -> Any:
 
 
 def answers(rows: BatchRows, records: list[Record], asked: list[tuple[str, str]],
-            positions: PositionKey) -> list[tuple[int, int, bytes]]:
+            positions: PositionKey) -> list[tuple[int, int, str]]:
     """The answers to the waited transfers among `records` (each marked by its producer, the API), as their
-    rows in this batch show them, with the transfer's (tenant, id) in `asked`: (partition, offset, JSON). A
-    record whose row is not its own (a repeat, answered with its original) or whose answer is too long for a
-    notification gets none, and the API reads it instead."""
+    rows in this batch show them, with the transfer's (tenant, id) in `asked`: (partition, offset, the JSON
+    sealed to its position). A record whose row is not its own (a repeat, answered with its original), whose
+    answer is too long for a notification, or past the batch's share gets none, and the API reads it instead."""
     wanted: dict[tuple[str, str], Record] = {}
     for record, key in zip(records, asked, strict=True):
         index = rows.transaction_at.get(key)
@@ -124,6 +128,7 @@ def answers(rows: BatchRows, records: list[Record], asked: list[tuple[str, str]]
         if (e.tenant, e.transaction_id) in wanted and e.log_offset == wanted[(e.tenant, e.transaction_id)].offset:
             after.setdefault((e.tenant, e.transaction_id), {}).setdefault(e.account, {})[e.asset] = e.balance_after
     out = []
+    total = 0
     for key, record in wanted.items():
         row = rows.transactions[rows.transaction_at[key]]
         postings = jsonb_ordered(orjson.loads(row.postings))
@@ -138,6 +143,7 @@ def answers(rows: BatchRows, records: list[Record], asked: list[tuple[str, str]]
         chained = row.kind in CHAINED_KINDS and row.hash is not None
         shown = orjson.dumps(with_effects(body, jsonb_ordered(moved), row.hash if chained else None,
                                           row.previous_hash if chained else None))
-        if len(shown) <= ANSWER_BYTES_MAX:
-            out.append((record.partition, record.offset, shown))
+        if len(shown) <= ANSWER_BYTES_MAX and total + len(shown) <= BATCH_ANSWERS_BYTES_MAX:
+            total += len(shown)
+            out.append((record.partition, record.offset, positions.seal_answer(record.position, shown)))
     return out

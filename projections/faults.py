@@ -65,11 +65,20 @@ def transient(error: BaseException) -> bool:
         return False
     if isinstance(error, ProduceFailed):  # Kafka did not acknowledge the outcomes: retried, unless for good
         return error.retriable and not error.fatal
-    return isinstance(error, (*TRANSIENT, asyncpg.InterfaceError))
+    return notify_queue_full(error) or isinstance(error, (*TRANSIENT, asyncpg.InterfaceError))
+
+
+def notify_queue_full(error: BaseException) -> bool:
+    """PostgreSQL's queue of notifications is full (a listener stopped reading, and the queue keeps everything
+    since it last did): a program limit (54000) by its SQLSTATE, but no record's doing. Retried: bisecting the
+    batch would decide a valid request invalid once the queue drained."""
+    return isinstance(error, asyncpg.ProgramLimitExceededError) and "NOTIFY queue" in str(error)
 
 
 def poison(error: BaseException) -> bool:
     """Whether `error` may come from the values of some record of the batch (then the batch is bisected)."""
+    if notify_queue_full(error):
+        return False
     if isinstance(error, asyncpg.PostgresError):
         if getattr(error, "constraint_name", None) in INVARIANT_CONSTRAINTS:
             return False

@@ -164,11 +164,11 @@ async def waited(context: Context, position: Position, timeout_ms: int, tenant: 
         return False
 
 
-async def waited_answer(context: Context, position: Position, timeout_ms: int, tenant: str,
-                        key: str) -> tuple[bool, dict[str, Any] | None]:
-    """`waited`, and the answer the projector sent for the request, if it sent one (`Progress.decided`)."""
+async def waited_answer(context: Context, position: Position, timeout_ms: int, tenant: str, key: str,
+                        id: str) -> tuple[bool, dict[str, Any] | None]:
+    """`waited`, and the answer the projector sent for the request `id`, if it sent one (`Progress.decided`)."""
     try:
-        return await context.progress.decided(position, timeout_ms / 1000, tenant, key)
+        return await context.progress.decided(position, timeout_ms / 1000, tenant, key, id)
     except (TooManyWaiting, Unavailable):
         return False, None
 

@@ -208,9 +208,8 @@ async def _submit(request: Request, kind: str) -> Response:
     if not wait:
         return pending
     if kind == TRANSFER:  # the projector sends a transfer's answer with its progress (`ledger.shown`)
-        decided, answer = await waited_answer(context, position, timeout_ms, tenant, waiter_key(principal))
-        # Its position token: only the projector (which holds the position key) could have sent it.
-        if answer is not None and answer.get("position") == context.positions.token(tenant, position):
+        decided, answer = await waited_answer(context, position, timeout_ms, tenant, waiter_key(principal), tx.id)
+        if answer is not None:  # sealed to its position, and this request's (`Progress.deliver`)
             ANSWERS_SENT.inc()
             return _decided(answer)
         if decided:

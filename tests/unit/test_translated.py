@@ -16,7 +16,9 @@ async def failing(error: BaseException) -> None:
 
 @pytest.mark.parametrize("error", [ConnectionRefusedError("refused"), TimeoutError(),
                                    asyncpg.CannotConnectNowError("starting up"),
-                                   asyncpg.DeadlockDetectedError("deadlock")])
+                                   asyncpg.DeadlockDetectedError("deadlock"),
+                                   # a program limit (54000) by its code, a listener's doing (review of 886dd87)
+                                   asyncpg.ProgramLimitExceededError("too many notifications in the NOTIFY queue")])
 async def test_faults_of_the_surroundings_are_transient(error: BaseException) -> None:
     with pytest.raises(Transient) as raised:
         await translated(failing(error))
