@@ -4,6 +4,7 @@ read of PostgreSQL on the write path), and that answer is, byte for byte, the on
 
 from __future__ import annotations
 
+import os
 import re
 
 import asyncpg
@@ -13,7 +14,7 @@ import orjson
 from api.routes.common import transaction_body
 from api.store import init_connection
 from ledger.chain import CHAINED_KINDS
-from tests.conftest import Tenant
+from tests.conftest import Tenant, live_projection
 from tests.e2e.helpers import posting, transfer
 from tests.e2e.test_holds import funded
 from tests.stack import position_key
@@ -31,7 +32,7 @@ async def shown(tenant: Tenant, id: str) -> bytes:
     return read.content
 
 
-async def test_a_waited_transfers_answer_is_what_its_rows_show(tenant: Tenant, db: asyncpg.Pool) -> None:
+async def test_a_waited_transfers_answer_is_what_its_rows_show(tenant: Tenant) -> None:
     await funded(tenant, 1_000)
     before = await answers(tenant.client)
     sent = [
@@ -53,13 +54,19 @@ async def test_a_waited_transfers_answer_is_what_its_rows_show(tenant: Tenant, d
     refused = sent[2].json()["transaction"]
     assert orjson.dumps(refused) == await shown(tenant, refused["id"])
     # And byte for byte what a waited write answered when it read `api_transaction_answer` (issue 24's before).
-    async with db.acquire() as conn:
+    # A connection of its own: the API's jsonb codec set on one of the shared pool's would stay with it, and
+    # change what later tests write through it.
+    conn = await asyncpg.connect(os.environ["LEDGER_DATABASE_URL"])
+    try:
+        await live_projection(conn)
         await init_connection(conn)
         for body in (sent[0].json(), sent[1].json(), refused):
             row = await conn.fetchrow("SELECT * FROM api_transaction_answer($1, $2)", tenant.id, body["id"])
             link = row if row["hash"] is not None and row["kind"] in CHAINED_KINDS else None
             assert orjson.dumps(body) == orjson.dumps(transaction_body(row, position_key(), tenant.id,
                                                                        row["balances_after"] or {}, link))
+    finally:
+        await conn.close()
     assert list(sent[1].json()["metadata"]) == ["a", "zz", "mid", "émoji"]  # as jsonb keeps them
     after = await answers(tenant.client)
     given = {source: after.get(source, 0) - before.get(source, 0) for source in ("projector", "read")}
