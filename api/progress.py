@@ -154,15 +154,15 @@ class Progress:
         return await self._wait(position, timeout_s, tenant, key, id)
 
     async def _wait(self, position: Position, timeout_s: float, tenant: str, key: str,
-                    answer: str | None) -> tuple[bool, dict[str, Any] | None]:
+                    expect: str | None) -> tuple[bool, dict[str, Any] | None]:
         if self.reached(position):
             return True, None
         self._admit(tenant, key)
         waiter = _Waiter(position.offset, next(self._seq), asyncio.get_running_loop().create_future())
         heapq.heappush(self._heaps.setdefault(position.partition, []), waiter)
         at = (position.partition, position.offset)
-        if answer is not None:
-            waiter.expect = answer
+        if expect is not None:
+            waiter.expect = expect
             self._answering[at] = waiter
         try:
             await asyncio.wait_for(waiter.future, timeout_s)
@@ -170,7 +170,7 @@ class Progress:
         except TimeoutError:
             return self.reached(position), waiter.answer
         finally:
-            if answer is not None and self._answering.get(at) is waiter:
+            if expect is not None and self._answering.get(at) is waiter:
                 del self._answering[at]
             self._leave(position.partition, waiter, tenant, key)
 

@@ -8,11 +8,9 @@ wants it within 1.5x at 2M. About 20 minutes, most of it projecting 5M transacti
 
 from __future__ import annotations
 
-import time
-
 import asyncpg
 
-from bench import data, postmortem, waited
+from bench import postmortem, waited
 from bench.stack import Bench
 from tools.local import say
 
@@ -29,13 +27,8 @@ async def growth(bench: Bench, owner: asyncpg.Connection) -> None:
     held = 0
     for target in HELD:
         per_tenant = (target - held) // len(keys)
-        appended_s = await postmortem.load(bench.bootstrap, bench.topic, WALLETS, per_tenant, after=held)
-        started = time.monotonic()
-        await bench.caught_up(owner, timeout_s=3600)
-        projected_s = time.monotonic() - started
+        appended_s, projected_s = await postmortem.loaded(bench, owner, WALLETS, per_tenant, held, 3600)
         held = target
-        await owner.execute("VACUUM (ANALYZE) transactions")
-        await data.settle(owner)
         size = await owner.fetchval("SELECT pg_database_size(current_database())")
         at = waited.measured(bench, tenant, keys[tenant])
         rows.append({"transactions": held, "appended_s": round(appended_s, 1),

@@ -24,6 +24,7 @@ KEYS_PER_PAYLOAD = 748
 OFFSETS_PER_PAYLOAD = 250  # "1023":9223372036854775807, is 28 bytes at most
 _KEYS = struct.Struct("<Q")
 ANSWERS_OPEN, ANSWERS_CLOSE = b'{"answers":[', b"]}"
+_ANSWERS_WRAP = len(ANSWERS_OPEN) + len(ANSWERS_CLOSE)
 
 
 def account_key(tenant: str, account: str) -> int:
@@ -43,14 +44,14 @@ def payloads(offsets: dict[int, int], changed: Iterable[int],
         packed = b"".join(_KEYS.pack(k) for k in keys[first:first + KEYS_PER_PAYLOAD])
         out.append(orjson.dumps({"changed": base64.b64encode(packed).decode()}).decode())
     items: list[bytes] = []
-    size = len(ANSWERS_OPEN) + len(ANSWERS_CLOSE)
+    size = _ANSWERS_WRAP
     for partition, offset, answer in answers:
         item = b'[%d,%d,"%b"]' % (partition, offset, answer.encode())
-        if len(item) + size >= PAYLOAD_MAX:  # past what one notification takes: the API reads it instead
-            if len(item) + len(ANSWERS_OPEN) + len(ANSWERS_CLOSE) >= PAYLOAD_MAX:
+        if len(item) + size >= PAYLOAD_MAX:
+            if len(item) + _ANSWERS_WRAP >= PAYLOAD_MAX:  # past what one notification takes: the API reads it
                 continue
             out.append((ANSWERS_OPEN + b",".join(items) + ANSWERS_CLOSE).decode())
-            items, size = [], len(ANSWERS_OPEN) + len(ANSWERS_CLOSE)
+            items, size = [], _ANSWERS_WRAP
         items.append(item)
         size += len(item) + 1
     if items:

@@ -18,6 +18,7 @@ from ledger.batch import BatchRows, Record
 from ledger.chain import CHAINED_KINDS, timestamp_text
 from ledger.positions import Position, PositionKey
 from ledger.requests import TRANSFER
+from ledger.rows import TransactionRow
 from ledger.validation import AMOUNT_MAX
 
 # How a transaction names what it acted on; and which kinds can be reversed (they show `reversed`).
@@ -113,32 +114,29 @@ def answers(rows: BatchRows, records: list[Record], asked: list[tuple[str, str]]
     rows in this batch show them, with the transfer's (tenant, id) in `asked`: (partition, offset, the JSON
     sealed to its position). A record whose row is not its own (a repeat, answered with its original), whose
     answer is too long for a notification, or past the batch's share gets none, and the API reads it instead."""
-    wanted: dict[tuple[str, str], Record] = {}
+    wanted: dict[tuple[str, str], tuple[Record, TransactionRow]] = {}
     for record, key in zip(records, asked, strict=True):
         index = rows.transaction_at.get(key)
         if index is None:
             continue
         row = rows.transactions[index]
         if row.log_partition == record.partition and row.log_offset == record.offset and row.kind == TRANSFER:
-            wanted[key] = record
+            wanted[key] = (record, row)
     if not wanted:
         return []
     after: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
     for e in rows.entries:  # in leg order: the last leg of an account and asset is its balance after
-        if (e.tenant, e.transaction_id) in wanted and e.log_offset == wanted[(e.tenant, e.transaction_id)].offset:
+        found = wanted.get((e.tenant, e.transaction_id))
+        if found is not None and e.log_offset == found[0].offset:
             after.setdefault((e.tenant, e.transaction_id), {}).setdefault(e.account, {})[e.asset] = e.balance_after
     out = []
     total = 0
-    for key, record in wanted.items():
-        row = rows.transactions[rows.transaction_at[key]]
+    for key, (record, row) in wanted.items():
         postings = jsonb_ordered(orjson.loads(row.postings))
-        body = transaction({
-            "id": row.id, "status": row.status, "postings": postings,
-            "metadata": jsonb_ordered(orjson.loads(row.metadata)), "reference": row.reference,
-            "idempotency_key": row.idempotency_key, "log_partition": row.log_partition,
-            "log_offset": row.log_offset, "created_at": row.created_at, "committed_at": row.committed_at,
-            "reason": row.reason, "replay_of": None, "kind": row.kind, "target": row.target,
-            "reversed": row.reversed}, positions, key[0])
+        # The row as `api_transaction` returns it: its JSON columns decoded as jsonb keeps them, not a repeat.
+        shown_row = {**row._asdict(), "postings": postings, "metadata": jsonb_ordered(orjson.loads(row.metadata)),
+                     "replay_of": None}
+        body = transaction(shown_row, positions, key[0])
         moved = after.get(key, {}) if row.status == "committed" and postings else {}
         chained = row.kind in CHAINED_KINDS and row.hash is not None
         shown = orjson.dumps(with_effects(body, jsonb_ordered(moved), row.hash if chained else None,
