@@ -14,6 +14,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from ledger.batch import ANSWER_HEADER
 from ledger.placement import partition_for
 from ledger.positions import Position
 from ops.verify import verify
@@ -26,6 +27,9 @@ RECORDS = 3000
 DEADLINE_S = 60.0
 ACCOUNTS = ["@world", "@fees", "alice", "bob", "carol"]
 TICK = b'{"v":1,"kind":"tick"}'
+ANSWER_MARKS: list[list[tuple[str, bytes]] | None] = [
+    None, None, [(ANSWER_HEADER, b"1")], [(ANSWER_HEADER, b"1"), (ANSWER_HEADER, b"1")], [(ANSWER_HEADER, b"")],
+    [(ANSWER_HEADER, b"\x00" * 4096)], [("other", b"1"), (ANSWER_HEADER, b"1")]]
 
 
 class Hostile:
@@ -207,6 +211,7 @@ async def test_a_hostile_log_stops_nothing_and_every_record_is_decided(admin: ht
     for t in tenants:
         await t.client.aclose()
     hostile = Hostile(random.Random(SEED), [t.id for t in tenants], SETTINGS.topic_partitions)
+    marks = random.Random(SEED + 1)  # apart: the records are the same as without the marks
     positions: set[str] = set()
     seen: set[str] = set()
     consumer, reader = await outcomes_reader(seen)
@@ -216,7 +221,10 @@ async def test_a_hostile_log_stops_nothing_and_every_record_is_decided(admin: ht
         sent, ticks = [], []
         for _ in range(RECORDS):
             key, value, partition = hostile.make()
-            future = await producer.send(TRANSACTIONS_TOPIC, value, key=key, partition=partition)
+            # The header the API puts on a waited write, on any record (the projector then builds and sends its
+            # answer), as anyone producing straight to Kafka can: once, twice, empty or long.
+            mark = marks.choice(ANSWER_MARKS)
+            future = await producer.send(TRANSACTIONS_TOPIC, value, key=key, partition=partition, headers=mark)
             (ticks if value == TICK else sent).append(future)
         # Every record but the clock's ticks (which carry only time) is answered by an outcome.
         positions.update(Position(m.partition, m.offset).raw() for m in await asyncio.gather(*sent))
